@@ -1,0 +1,272 @@
+"""Temperature softmax / log-softmax, forward and backward, over the last dim of ``(N, C)``.
+
+Forward, per row, with ``k = log2(e) / T``, ``u = k x``, ``m = max u``, ``s = sum 2^(u - m)``:
+
+    softmax      y = 2^(u - m) / s
+    log_softmax  y = ln2 (u - m - log2 s)
+
+Backward, with ``dy`` the incoming gradient (``p = exp(y)`` for log-softmax):
+
+    softmax      dx = y (dy - A) / T,   A = sum(dy y)
+    log_softmax  dx = (dy - p A) / T,   A = sum(dy)
+    dL/dT        = -(B - A Q) / T^2,    B = sum(y dy x) | sum(dy x),  Q = sum(y x) | sum(p x)
+
+All sums are fp32; outputs are stored in the output buffer's dtype; offsets are 64-bit. A
+temperature that is not finite and positive gives NaN for its row.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .cross_entropy import _scale_log2
+
+
+@triton.jit
+def _max_sum(x_row, k, c_start, c_end, BLOCK_C: tl.constexpr):
+    """Online ``(m, s)`` of ``u = k x`` over columns ``[c_start, c_end)`` (log2 units)."""
+    m = tl.full((), -float("inf"), tl.float32)
+    s = tl.full((), 0.0, tl.float32)
+    for c0 in range(c_start, c_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < c_end
+        u = tl.where(mask, tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k,
+                     -float("inf"))
+        m_new = tl.maximum(m, tl.max(u, axis=0))
+        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s = s * tl.exp2(m - m_ref) + tl.sum(tl.exp2(u - m_ref), axis=0)
+        m = m_new
+    return m, s
+
+
+@triton.jit
+def _write_softmax(x_row, y_row, k, lse2, c_start, c_end, LOG: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """Store softmax (or log-softmax) for columns ``[c_start, c_end)`` given ``lse2``."""
+    for c0 in range(c_start, c_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < c_end
+        u = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k - lse2
+        if LOG:
+            out = u * 0.6931471805599453
+        else:
+            out = tl.exp2(u)
+        tl.store(y_row + cols, out.to(y_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_single_pass_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y,
+                               n_rows, n_cols, LOG: tl.constexpr, BLOCK_N: tl.constexpr,
+                               BLOCK_C: tl.constexpr):
+    """``BLOCK_N`` whole rows per program (``C <= BLOCK_C``): one read, one write."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n_rows
+    cols = tl.arange(0, BLOCK_C)
+    mask = row_mask[:, None] & (cols < n_cols)[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    k = _scale_log2(tl.load(t_ptr + rows * stride_t, mask=row_mask, other=1.0))
+    u = tl.where(mask, x.to(tl.float32) * k[:, None], -float("inf"))
+    m = tl.max(u, axis=1)
+    m = tl.where(row_mask & (m > -float("inf")), m, 0.0)
+    e = tl.exp2(u - m[:, None])
+    s = tl.sum(e, axis=1)
+    if LOG:
+        out = (u - (m + tl.log2(s))[:, None]) * 0.6931471805599453
+    else:
+        out = e / s[:, None]
+    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], out.to(y_ptr.dtype.element_ty),
+             mask=mask)
+
+
+@triton.jit
+def softmax_stream_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, n_cols,
+                          LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One row per program: an online max / sum pass, then a write pass."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    k = _scale_log2(tl.load(t_ptr + row * stride_t))
+    m, s = _max_sum(x_row, k, 0, n_cols, BLOCK_C)
+    lse2 = tl.where(m == -float("inf"), 0.0, m) + tl.log2(s)
+    _write_softmax(x_row, y_ptr + row * stride_y, k, lse2, 0, n_cols, LOG, BLOCK_C)
+
+
+@triton.jit
+def softmax_split_stats_kernel(x_ptr, stride_x, t_ptr, stride_t, part_ptr, n_cols,
+                               cols_per_split, BLOCK_C: tl.constexpr):
+    """Grid ``(N, splits)``: ``part[row, split] = (m, s)`` of one column range."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    c_start = split * cols_per_split
+    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    k = _scale_log2(tl.load(t_ptr + row * stride_t))
+    m, s = _max_sum(x_ptr + row * stride_x, k, c_start, c_end, BLOCK_C)
+    out = part_ptr + (row * tl.num_programs(1) + split) * 2
+    tl.store(out, m)
+    tl.store(out + 1, s)
+
+
+@triton.jit
+def softmax_split_finish_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, part_ptr,
+                                n_cols, cols_per_split, LOG: tl.constexpr,
+                                BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Grid ``(N, splits)``: combine the row's partials, write one column range."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    offs = tl.arange(0, BLOCK_S)
+    smask = offs < n_splits
+    part = part_ptr + row * n_splits * 2 + offs * 2
+    m_i = tl.load(part, mask=smask, other=-float("inf"))
+    m = tl.max(m_i, axis=0)
+    m_ref = tl.where(m == -float("inf"), 0.0, m)
+    s = tl.sum(tl.where(smask, tl.load(part + 1, mask=smask, other=0.0) * tl.exp2(m_i - m_ref),
+                        0.0), axis=0)
+    k = _scale_log2(tl.load(t_ptr + row * stride_t))
+    c_start = split * cols_per_split
+    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    _write_softmax(x_ptr + row * stride_x, y_ptr + row * stride_y, k, m_ref + tl.log2(s),
+                   c_start, c_end, LOG, BLOCK_C)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _bwd_sums(y_row, dy_row, x_row, c_start, c_end, LOG: tl.constexpr,
+              COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``(A, B, Q)`` of the module docstring over columns ``[c_start, c_end)``."""
+    a = tl.full((), 0.0, tl.float32)
+    b = tl.full((), 0.0, tl.float32)
+    q = tl.full((), 0.0, tl.float32)
+    for c0 in range(c_start, c_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < c_end
+        dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            a += tl.sum(dy, axis=0)
+        else:
+            a += tl.sum(dy * y, axis=0)
+        if COMPUTE_DT:
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+            if LOG:
+                p = tl.where(mask, tl.exp(y), 0.0)
+                b += tl.sum(dy * x, axis=0)
+            else:
+                p = y
+                b += tl.sum(tl.where(p > 0.0, p * x * dy, 0.0), axis=0)
+            q += tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=0)
+    return a, b, q
+
+
+@triton.jit
+def _write_bwd(y_row, dy_row, dx_row, a, inv_t, c_start, c_end, LOG: tl.constexpr,
+               BLOCK_C: tl.constexpr):
+    """Store ``dx`` for columns ``[c_start, c_end)`` given the row sum ``A``."""
+    for c0 in range(c_start, c_end, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        mask = cols < c_end
+        dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if LOG:
+            dx = (dy - tl.exp(y) * a) * inv_t
+        else:
+            dx = y * (dy - a) * inv_t
+        tl.store(dx_row + cols, dx.to(dx_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def softmax_bwd_single_pass_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
+                                   stride_t, dx_ptr, stride_dx, dt_ptr, n_rows, n_cols,
+                                   LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
+                                   BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``BLOCK_N`` whole rows per program: reads ``y`` and ``dy`` once, writes ``dx``."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n_rows
+    cols = tl.arange(0, BLOCK_C)
+    mask = row_mask[:, None] & (cols < n_cols)[None, :]
+    y = tl.load(y_ptr + rows[:, None] * stride_y + cols[None, :], mask=mask, other=0.0)
+    y = y.to(tl.float32)
+    dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
+    dy = dy.to(tl.float32)
+    inv_t = _scale_log2(tl.load(t_ptr + rows * stride_t, mask=row_mask, other=1.0))
+    inv_t = inv_t * 0.6931471805599453
+    if LOG:
+        p = tl.where(mask, tl.exp(y), 0.0)
+        a = tl.sum(dy, axis=1)
+        dx = (dy - p * a[:, None]) * inv_t[:, None]
+    else:
+        p = y
+        a = tl.sum(dy * y, axis=1)
+        dx = y * (dy - a[:, None]) * inv_t[:, None]
+    tl.store(dx_ptr + rows[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=mask)
+    if COMPUTE_DT:
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        if LOG:
+            b = tl.sum(dy * x, axis=1)
+        else:
+            b = tl.sum(tl.where(p > 0.0, p * x * dy, 0.0), axis=1)
+        q = tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=1)
+        tl.store(dt_ptr + rows, -(b - a * q) * inv_t * inv_t, mask=row_mask)
+
+
+@triton.jit
+def softmax_bwd_stream_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
+                              stride_t, dx_ptr, stride_dx, dt_ptr, n_cols, LOG: tl.constexpr,
+                              COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One row per program: a pass for the row sums, then a write pass."""
+    row = tl.program_id(0).to(tl.int64)
+    y_row = y_ptr + row * stride_y
+    dy_row = dy_ptr + row * stride_dy
+    inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
+    a, b, q = _bwd_sums(y_row, dy_row, x_ptr + row * stride_x, 0, n_cols, LOG, COMPUTE_DT,
+                        BLOCK_C)
+    if COMPUTE_DT:
+        tl.store(dt_ptr + row, -(b - a * q) * inv_t * inv_t)
+    _write_bwd(y_row, dy_row, dx_ptr + row * stride_dx, a, inv_t, 0, n_cols, LOG, BLOCK_C)
+
+
+@triton.jit
+def softmax_bwd_split_stats_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x,
+                                   part_ptr, n_cols, cols_per_split, LOG: tl.constexpr,
+                                   COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Grid ``(N, splits)``: ``part[row, split] = (A, B, Q)`` of one column range."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    c_start = split * cols_per_split
+    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    a, b, q = _bwd_sums(y_ptr + row * stride_y, dy_ptr + row * stride_dy,
+                        x_ptr + row * stride_x, c_start, c_end, LOG, COMPUTE_DT, BLOCK_C)
+    out = part_ptr + (row * tl.num_programs(1) + split) * 3
+    tl.store(out, a)
+    tl.store(out + 1, b)
+    tl.store(out + 2, q)
+
+
+@triton.jit
+def softmax_bwd_split_finish_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
+                                    stride_t, dx_ptr, stride_dx, dt_ptr, part_ptr, n_cols,
+                                    cols_per_split, LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
+                                    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Grid ``(N, splits)``: sum the row's partials; split 0 stores dL/dT; every split writes
+    ``dx`` for its column range."""
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    offs = tl.arange(0, BLOCK_S)
+    smask = offs < n_splits
+    part = part_ptr + row * n_splits * 3 + offs * 3
+    a = tl.sum(tl.load(part, mask=smask, other=0.0), axis=0)
+    inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
+    if COMPUTE_DT:
+        b = tl.sum(tl.load(part + 1, mask=smask, other=0.0), axis=0)
+        q = tl.sum(tl.load(part + 2, mask=smask, other=0.0), axis=0)
+        if split == 0:
+            tl.store(dt_ptr + row, -(b - a * q) * inv_t * inv_t)
+    c_start = split * cols_per_split
+    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    _write_bwd(y_ptr + row * stride_y, dy_ptr + row * stride_dy, dx_ptr + row * stride_dx, a,
+               inv_t, c_start, c_end, LOG, BLOCK_C)

@@ -1,0 +1,134 @@
+"""Argument checks shared by the public ops.
+
+Every check runs before any kernel launch and raises a one-line error that names the
+argument. Checks of *shapes, dtypes and Python scalars* run here, in the Python wrapper (they
+are static, so ``torch.compile`` folds them away). Checks of tensor *values* (temperature
+values, class indices) need the data; they run inside the op implementation, and only for
+tensors in host memory, so that no op ever waits on the GPU (see :func:`check_values_on_host`).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor
+
+REDUCTIONS = ("none", "mean", "sum")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_floating(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.dtype.is_floating_point or x.dtype.is_complex:
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.dtype not in _KERNEL_DTYPES and x.dtype != torch.float64:
+        raise TypeError(
+            f"{name}: dtype {x.dtype} is not supported; use float32, float16, bfloat16 or float64"
+        )
+
+
+def check_same_device(**tensors: Tensor | None) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first_name, first = next(iter(devices.items()))
+    for name, dev in devices.items():
+        if dev != first:
+            raise ValueError(f"{name}: on {dev}, but {first_name} is on {first}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_label_smoothing(label_smoothing: float) -> float:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, Real):
+        raise TypeError(f"label_smoothing: expected a float, got {type(label_smoothing).__name__}")
+    value = float(label_smoothing)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing: must lie in [0, 1], got {value}")
+    return value
+
+
+def check_ignore_index(ignore_index: int) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")
+    return ignore_index
+
+
+def check_dim(dim: int, ndim: int) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim: expected an int, got {type(dim).__name__}")
+    if ndim == 0 or not -ndim <= dim < ndim:
+        raise IndexError(f"dim: {dim} is out of range for a tensor with {ndim} dimensions")
+    return dim % ndim
+
+
+def check_weight(weight: Tensor | None, num_classes: int) -> None:
+    if weight is None:
+        return
+    check_floating("weight", weight)
+    if weight.dim() != 1 or weight.shape[0] != num_classes:
+        raise ValueError(
+            f"weight: expected shape ({num_classes},) (one per class), got {tuple(weight.shape)}"
+        )
+
+
+def temperature_rows(temperature: float | Tensor, rows_shape: torch.Size,
+                     device: torch.device) -> Tensor:
+    """Normalise ``temperature`` to an fp32 tensor of shape ``(1,)`` or ``(N,)``.
+
+    ``temperature`` is a Python number, a 0-dim tensor, a 1-element tensor, or a tensor of
+    shape ``rows_shape`` (one temperature per row; ``N = prod(rows_shape)``; a flat ``(N,)``
+    tensor is also accepted). Conversions are differentiable, so a tensor that requires grad
+    receives its gradient through the returned view.
+    """
+    if isinstance(temperature, bool):
+        raise TypeError("temperature: expected a float or a tensor, got bool")
+    if isinstance(temperature, Real):
+        value = float(temperature)
+        if not math.isfinite(value) or value <= 0.0:
+            raise ValueError(f"temperature: must be finite and > 0, got {value}")
+        return torch.full((1,), value, dtype=torch.float32, device=device)
+    if not isinstance(temperature, Tensor):
+        raise TypeError(
+            f"temperature: expected a float or a tensor, got {type(temperature).__name__}"
+        )
+    if not temperature.dtype.is_floating_point:
+        raise TypeError(f"temperature: expected a floating-point tensor, got {temperature.dtype}")
+    if temperature.device != device:
+        raise ValueError(f"temperature: on {temperature.device}, but the input is on {device}")
+    n_rows = math.prod(rows_shape)
+    if temperature.numel() == 1 and temperature.dim() <= 1:
+        return temperature.reshape(1).float()
+    if tuple(temperature.shape) in (tuple(rows_shape), (n_rows,)):
+        return temperature.reshape(n_rows).float()
+    raise ValueError(
+        f"temperature: expected a scalar or one value per row (shape {tuple(rows_shape)}), "
+        f"got shape {tuple(temperature.shape)}"
+    )
+
+
+def check_temperature_values(t: Tensor) -> None:
+    """Raise if a host-memory temperature tensor holds a value <= 0, NaN or inf."""
+    if t.device.type != "cpu" or t.numel() == 0:
+        return
+    bad = ~(torch.isfinite(t) & (t > 0))
+    if bool(bad.any()):
+        value = t[bad][0].item()
+        raise ValueError(f"temperature: must be finite and > 0, got {value}")
+
+
+def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """Raise if a host-memory class-index target lies outside [0, C) and is not ignore_index."""
+    if target.device.type != "cpu" or target.numel() == 0:
+        return
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        value = int(target[bad][0].item())
+        raise ValueError(
+            f"target: class index {value} is out of range [0, {num_classes}) "
+            f"and is not ignore_index ({ignore_index})"
+        )

@@ -1,0 +1,151 @@
+"""Public ops: temperature-scaled softmax, log-softmax and cross-entropy.
+
+``T`` (``temperature``) divides the logits before the softmax. It is a Python number, a 0-dim
+tensor, or one value per row (shape ``logits.shape[:-1]`` for cross-entropy, ``x.shape`` without
+``dim`` for softmax). A tensor that requires grad gets its gradient in the same pass. On CUDA
+tensors the ops run fused Triton kernels; on CPU tensors a chunked PyTorch path (see
+:mod:`tempfast.backend`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from .ops.cross_entropy import CrossEntropyInplace, cross_entropy_2d
+from .ops.softmax import softmax_2d
+
+
+def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Tensor:
+    _checks.check_floating("x", x)
+    if x.dim() == 0:
+        x_1d = x.reshape(1)
+        return _softmax(x_1d, temperature, 0, log).reshape(())
+    dim = _checks.check_dim(dim, x.dim())
+    moved = x.movedim(dim, -1)
+    num_classes = moved.shape[-1]
+    t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device)
+    y = softmax_2d(moved.reshape(-1, num_classes), t, log)
+    return y.reshape(moved.shape).movedim(-1, dim)
+
+
+def softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
+    """``torch.softmax(x / T, dim)``, fused.
+
+    Args:
+        x: floating tensor of any shape (fp32, fp16, bf16; fp64 runs the PyTorch path).
+        temperature: ``T > 0``; a number, 0-dim tensor, or one value per row.
+        dim: the dimension normalised over.
+
+    Returns:
+        a tensor shaped and typed like ``x``. Gradients: ``dx = y * (dy - sum(dy * y)) / T``,
+        ``dT = -sum(dx * x) / T`` per row.
+    """
+    return _softmax(x, temperature, dim, log=False)
+
+
+def log_softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
+    """``torch.log_softmax(x / T, dim)``, fused. Arguments as :func:`softmax`.
+
+    Gradients: ``dx = (dy - exp(y) * sum(dy)) / T``, ``dT = -sum(dx * x) / T`` per row.
+    """
+    return _softmax(x, temperature, dim, log=True)
+
+
+def _check_target(target: Tensor, logits: Tensor) -> bool:
+    """Validate ``target``; True for probability targets, False for class indices."""
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    rows_shape = logits.shape[:-1]
+    if target.shape == logits.shape and target.dtype.is_floating_point:
+        return True
+    if target.shape == rows_shape:
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(
+                f"target: class-index targets of shape {tuple(target.shape)} must be an integer "
+                f"tensor, got {target.dtype} (probability targets have the logits' shape)"
+            )
+        return False
+    raise ValueError(
+        f"target: expected shape {tuple(rows_shape)} (class indices) or {tuple(logits.shape)} "
+        f"(probabilities), got {tuple(target.shape)}"
+    )
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    temperature: float | Tensor = 1.0,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    inplace_backward: bool = False,
+) -> Tensor:
+    """``F.cross_entropy(logits / T, target, ...)`` with the class dimension last, fused.
+
+    Args:
+        logits: ``(*, C)`` floating tensor: ``(N, C)`` for a classifier, ``(B, S, C)`` for a
+            language-model head, ``(C,)`` for one example.
+        target: ``(*)`` integer class indices, or ``(*, C)`` class probabilities (soft labels:
+            mixup, cutmix, distillation).
+        temperature: ``T > 0``: a number, a 0-dim tensor, or one value per row (shape ``(*)``).
+            A tensor that requires grad receives
+            ``dL/dT = (sum_j q_j z_j - sum_j p_j z_j) / T**2`` per row (``p = softmax(z / T)``,
+            ``q`` the smoothed, weighted target distribution).
+        weight: ``(C,)`` per-class weights, as in torch.
+        ignore_index: class-index value whose rows contribute nothing (indices only).
+        reduction: ``"mean"`` (over non-ignored rows, weighted as in torch), ``"sum"``, ``"none"``.
+        label_smoothing: ``eps`` in [0, 1]; the target becomes ``(1 - eps) q + eps / C``.
+        inplace_backward: write the logits' gradient into ``logits`` during the forward pass, so
+            no ``N x C`` gradient buffer is allocated. **The logits are overwritten**: do not
+            read them after this call. Needs a class dimension with unit stride.
+
+    Returns:
+        fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``.
+
+    A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
+    tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
+    """
+    _checks.check_floating("logits", logits)
+    if logits.dim() == 0:
+        raise ValueError("logits: expected shape (*, C), got a 0-dim tensor")
+    num_classes = logits.shape[-1]
+    if num_classes == 0:
+        raise ValueError("logits: the class dimension (last) is empty")
+    probs = _check_target(target, logits)
+    _checks.check_reduction(reduction)
+    eps = _checks.check_label_smoothing(label_smoothing)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    _checks.check_weight(weight, num_classes)
+    _checks.check_same_device(logits=logits, target=target, weight=weight)
+    rows_shape = logits.shape[:-1]
+    t = _checks.temperature_rows(temperature, rows_shape, logits.device)
+
+    logits_2d = logits.reshape(-1, num_classes)
+    target_2d = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()
+    grad_on = torch.is_grad_enabled()
+    needs_grad = grad_on and logits.requires_grad
+    target_grad = grad_on and probs and target.requires_grad
+    compute_dt = grad_on and t.requires_grad
+
+    if inplace_backward and needs_grad:
+        if target_grad:
+            raise ValueError("inplace_backward: a probability target that requires grad needs "
+                             "the logits, which the in-place mode overwrites")
+        try:
+            logits_view = logits.view(-1, num_classes)
+        except RuntimeError:
+            logits_view = None
+        if logits_view is None or logits_view.stride(-1) != 1:
+            raise ValueError("inplace_backward: logits must be viewable as (N, C) with unit "
+                             "stride along the class dimension")
+        loss = CrossEntropyInplace.apply(logits_view, target_2d, t, weight, ignore_index, eps,
+                                         reduction, compute_dt)
+    else:
+        fused = needs_grad and reduction != "none" and not target_grad
+        loss = cross_entropy_2d(logits_2d, target_2d, t, weight, ignore_index, eps, reduction,
+                                fused, compute_dt)[0]
+    return loss.reshape(rows_shape) if reduction == "none" else loss

@@ -1,0 +1,1 @@
+"""Op layer: torch.library custom ops, their autograd, and backend dispatch."""

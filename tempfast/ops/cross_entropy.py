@@ -1,0 +1,274 @@
+"""``tempfast::cross_entropy`` and friends: torch.library custom ops and their autograd.
+
+All ops take 2-D logits ``(N, C)``; ``target`` is ``(N,)`` int64 class indices or ``(N, C)``
+probabilities; ``temperature`` fp32 ``(1,)`` or ``(N,)``; ``weight`` ``(C,)`` or ``None``.
+
+Two ways to get the logits' gradient:
+
+* **fused** (``reduction`` mean or sum): the forward pass writes
+  ``(s * p - c) / (T * denom)`` while it has the row on chip, so the backward pass only
+  multiplies by the incoming scalar gradient ``g`` -- and skips even that, on the device, when
+  ``g == 1`` (the usual ``loss.backward()``). The logits are read once and the gradient written
+  once.
+* **recompute** (``reduction="none"``, or a probability target that needs its own gradient):
+  the forward pass stores only the per-row log-sum-exp; the backward pass re-reads the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_class_indices, check_temperature_values
+from .dispatch import impl_for
+
+
+def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
+                 num_classes: int) -> Tensor:
+    """The divisor of ``reduction="mean"``, as torch defines it, computed on the device:
+    class indices: ``sum of weight[y]`` over rows that are not ignored (their count if no
+    weight); probabilities: the number of rows."""
+    if target.dim() == 2:
+        return torch.tensor(float(target.shape[0]), device=target.device)
+    valid = target != ignore_index
+    if weight is None:
+        return valid.sum().float()
+    safe = torch.where(valid, target, 0).clamp_(0, num_classes - 1)
+    return (weight.float()[safe] * valid).sum()
+
+
+def _reduce(loss_rows: Tensor, denom: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return loss_rows
+    total = loss_rows.sum()
+    return total / denom if reduction == "mean" else total
+
+
+def _check_values(logits: Tensor, target: Tensor, temperature: Tensor, ignore_index: int) -> None:
+    check_temperature_values(temperature)
+    if target.dim() == 1:
+        check_class_indices(target, logits.shape[1], ignore_index)
+
+
+def _row_scale(g: Tensor, denom: Tensor, reduction: str) -> Tensor:
+    """d(loss)/d(loss_row) times the incoming gradient: ``(1,)`` for mean/sum, ``(N,)`` else."""
+    g = g.float()
+    if reduction == "mean":
+        return (g / denom).reshape(1)
+    return g.reshape(1) if reduction == "sum" else g
+
+
+# --------------------------------------------------------------------------------------------
+# Forward op: loss (+ fused gradient).
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("tempfast::cross_entropy", mutates_args=())
+def cross_entropy_2d(
+    logits: Tensor,
+    target: Tensor,
+    temperature: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    fused_grad: bool,
+    compute_dt: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(loss, lse, grad, dt_rows, denom)``.
+
+    ``loss`` fp32 (scalar, or ``(N,)`` for ``"none"``); ``lse`` fp32 ``(N,)``; ``grad`` the
+    logits' gradient for an incoming gradient of 1 (``(N, C)``, logits dtype) when
+    ``fused_grad``, else empty; ``dt_rows`` fp32 ``(N,)`` d(loss_row)/dT when ``compute_dt``,
+    else empty; ``denom`` the mean's divisor (fp32 scalar).
+    """
+    _check_values(logits, target, temperature, ignore_index)
+    n_rows, n_cols = logits.shape
+    denom = _denominator(target, weight, ignore_index, n_cols)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if fused_grad \
+        else logits.new_empty(0)
+    if n_rows == 0:
+        loss_rows = logits.new_zeros(0, dtype=torch.float32)
+        return (_reduce(loss_rows, denom, reduction), loss_rows.clone(), grad,
+                loss_rows.clone(), denom)
+    scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+    loss_rows, lse, dt_rows = impl_for(logits).ce_rows(
+        logits, target, temperature, weight, ignore_index, label_smoothing,
+        scale if fused_grad else None, grad if fused_grad else None, compute_dt,
+    )
+    return _reduce(loss_rows, denom, reduction), lse, grad, dt_rows, denom
+
+
+@cross_entropy_2d.register_fake
+def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
+      fused_grad, compute_dt):
+    n_rows = logits.shape[0]
+    f32 = {"dtype": torch.float32}
+    loss = logits.new_empty(n_rows if reduction == "none" else (), **f32)
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if fused_grad \
+        else logits.new_empty(0)
+    return (loss, logits.new_empty(n_rows, **f32), grad,
+            logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32))
+
+
+# --------------------------------------------------------------------------------------------
+# Backward helpers: in-place rescale of a fused gradient, and the recompute path.
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("tempfast::rescale_", mutates_args=("buf",))
+def rescale_(buf: Tensor, g: Tensor) -> None:
+    """``buf[i, :] *= g[i]`` for ``g`` of shape ``(1,)`` or ``(N,)``; rows whose ``g`` is exactly
+    1 are not touched (decided on the device: no synchronisation)."""
+    if buf.numel():
+        impl_for(buf).rescale_(buf, g)
+
+
+@rescale_.register_fake
+def _(buf: Tensor, g: Tensor) -> None:
+    return None
+
+
+@torch.library.custom_op("tempfast::cross_entropy_backward", mutates_args=())
+def cross_entropy_backward_2d(
+    logits: Tensor,
+    target: Tensor,
+    temperature: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    row_scale: Tensor,
+) -> Tensor:
+    """The logits' gradient ``row_scale / T * (s * p - c)`` recomputed from the logits."""
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+    if logits.numel():
+        impl_for(logits).ce_rows(logits, target, temperature, weight, ignore_index,
+                                 label_smoothing, row_scale, grad, False)
+    return grad
+
+
+@cross_entropy_backward_2d.register_fake
+def _(logits, target, temperature, weight, ignore_index, label_smoothing, row_scale):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _temperature_grad(dt_rows: Tensor, row_scale: Tensor, temperature: Tensor) -> Tensor:
+    dt = dt_rows * row_scale
+    return dt.sum().reshape(1) if temperature.numel() == 1 else dt
+
+
+def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse: Tensor,
+                 label_smoothing: float, row_scale: Tensor, target: Tensor) -> Tensor:
+    """d loss / d q for probability targets: ``-g (1 - eps) w (z / T - lse)``."""
+    logp = logits.float() / temperature.unsqueeze(1) - lse.unsqueeze(1)
+    scale = row_scale.unsqueeze(1) * (label_smoothing - 1.0)
+    grad = logp * scale if weight is None else logp * scale * weight.float()
+    return grad.to(target.dtype)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    (logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
+     fused_grad, _compute_dt) = inputs
+    _loss, lse, grad, dt_rows, denom = output
+    ctx.mark_non_differentiable(lse, grad, dt_rows, denom)
+    ctx.fused = fused_grad
+    ctx.options = (ignore_index, label_smoothing, reduction)
+    if fused_grad:
+        ctx.save_for_backward(grad, dt_rows, denom, temperature)
+    else:
+        ctx.save_for_backward(logits, target, temperature, weight, lse, dt_rows, denom)
+
+
+def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
+    ignore_index, label_smoothing, reduction = ctx.options
+    need_logits, need_target, need_t = ctx.needs_input_grad[:3]
+    grad_logits = grad_target = grad_t = None
+    if ctx.fused:
+        grad, dt_rows, denom, temperature = ctx.saved_tensors
+        row_scale = _row_scale(g_loss, denom, reduction)
+        if need_logits:
+            rescale_(grad, g_loss.float().reshape(1))
+            grad_logits = grad
+    else:
+        logits, target, temperature, weight, lse, dt_rows, denom = ctx.saved_tensors
+        row_scale = _row_scale(g_loss, denom, reduction)
+        if need_logits:
+            grad_logits = cross_entropy_backward_2d(logits, target, temperature, weight,
+                                                    ignore_index, label_smoothing, row_scale)
+        if need_target:
+            grad_target = _target_grad(logits, temperature, weight, lse, label_smoothing,
+                                       row_scale, target)
+    if need_t:
+        grad_t = _temperature_grad(dt_rows, row_scale, temperature)
+    return grad_logits, grad_target, grad_t, None, None, None, None, None, None
+
+
+cross_entropy_2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# In-place mode: the forward pass writes the gradient into the logits buffer.
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("tempfast::cross_entropy_inplace_", mutates_args=("logits",))
+def cross_entropy_inplace_2d(
+    logits: Tensor,
+    target: Tensor,
+    temperature: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    compute_dt: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Like ``cross_entropy`` with ``fused_grad``, but the gradient overwrites ``logits``.
+    Returns ``(loss, dt_rows, denom)``."""
+    _check_values(logits, target, temperature, ignore_index)
+    n_cols = logits.shape[1]
+    denom = _denominator(target, weight, ignore_index, n_cols)
+    scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+    if logits.shape[0] == 0:
+        loss_rows = logits.new_zeros(0, dtype=torch.float32)
+        return _reduce(loss_rows, denom, reduction), loss_rows.clone(), denom
+    loss_rows, _lse, dt_rows = impl_for(logits).ce_rows(
+        logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
+        compute_dt,
+    )
+    return _reduce(loss_rows, denom, reduction), dt_rows, denom
+
+
+@cross_entropy_inplace_2d.register_fake
+def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
+      compute_dt):
+    n_rows = logits.shape[0]
+    f32 = {"dtype": torch.float32}
+    return (logits.new_empty(n_rows if reduction == "none" else (), **f32),
+            logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32))
+
+
+class CrossEntropyInplace(torch.autograd.Function):
+    """Autograd for :func:`cross_entropy_inplace_2d`: backward returns the logits buffer,
+    which the forward pass filled with the gradient, rescaled by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, target, temperature, weight, ignore_index, label_smoothing,
+                reduction, compute_dt):
+        loss, dt_rows, denom = cross_entropy_inplace_2d(
+            logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
+            compute_dt,
+        )
+        ctx.grad_buffer = logits
+        ctx.reduction = reduction
+        ctx.save_for_backward(dt_rows, denom, temperature)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        grad = ctx.grad_buffer
+        if grad is None:
+            raise RuntimeError(
+                "tempfast.cross_entropy(inplace_backward=True): backward ran twice through the "
+                "same graph; the gradient lives in the logits buffer and is consumed once"
+            )
+        ctx.grad_buffer = None
+        dt_rows, denom, temperature = ctx.saved_tensors
+        row_scale = _row_scale(g_loss, denom, ctx.reduction)
+        rescale_(grad, g_loss.float().reshape(-1))
+        grad_t = _temperature_grad(dt_rows, row_scale, temperature) if ctx.needs_input_grad[2] \
+            else None
+        return grad, None, grad_t, None, None, None, None, None

@@ -1,0 +1,69 @@
+"""``tempfast::softmax`` and ``tempfast::softmax_backward``: torch.library custom ops.
+
+Both work on 2-D ``(N, C)`` tensors along dim 1; the public wrappers in
+:mod:`tempfast.functional` move any ``dim`` last and flatten the rest. ``temperature`` is fp32,
+``(1,)`` or ``(N,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import check_temperature_values
+from .dispatch import impl_for
+
+
+@torch.library.custom_op("tempfast::softmax", mutates_args=())
+def softmax_2d(x: Tensor, temperature: Tensor, log: bool) -> Tensor:
+    """``softmax(x / T)`` (``log=True``: ``log_softmax``) over dim 1 of ``x (N, C)``."""
+    check_temperature_values(temperature)
+    if x.numel() == 0:
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+    return impl_for(x).softmax_forward(x, temperature, log)
+
+
+@softmax_2d.register_fake
+def _(x: Tensor, temperature: Tensor, log: bool) -> Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("tempfast::softmax_backward", mutates_args=())
+def softmax_backward_2d(
+    y: Tensor, dy: Tensor, temperature: Tensor, log: bool, x: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``(dL/dx, dL/dT per row)`` from the forward output ``y``, its gradient ``dy`` and, when
+    the temperature needs a gradient, the forward input ``x`` (else ``None``: empty ``dT``)."""
+    if y.numel() == 0:
+        n_dt = y.shape[0] if x is not None else 0
+        return (torch.zeros_like(y, memory_format=torch.contiguous_format),
+                torch.zeros(n_dt, dtype=torch.float32, device=y.device))
+    return impl_for(y).softmax_backward(y, dy, temperature, log, x)
+
+
+@softmax_backward_2d.register_fake
+def _(y: Tensor, dy: Tensor, temperature: Tensor, log: bool,
+      x: Tensor | None) -> tuple[Tensor, Tensor]:
+    n_dt = y.shape[0] if x is not None else 0
+    return (torch.empty_like(y, memory_format=torch.contiguous_format),
+            y.new_empty(n_dt, dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, temperature, log = inputs
+    ctx.log = log
+    ctx.t_grad = ctx.needs_input_grad[1]
+    ctx.t_shape = temperature.shape
+    ctx.save_for_backward(output, temperature, x if ctx.t_grad else None)
+
+
+def _backward(ctx, dy: Tensor):
+    y, temperature, x = ctx.saved_tensors
+    dx, dt_row = softmax_backward_2d(y, dy, temperature, ctx.log, x)
+    dt = None
+    if ctx.t_grad:
+        dt = dt_row.sum().reshape(1) if temperature.numel() == 1 else dt_row
+    return dx, dt, None
+
+
+softmax_2d.register_autograd(_backward, setup_context=_setup_context)

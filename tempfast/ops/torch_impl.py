@@ -1,0 +1,164 @@
+"""The PyTorch path: the same row-wise contract as the Triton launchers, for CPU tensors.
+
+Rows are processed in chunks of about ``CHUNK_ELEMENTS`` values, computed in fp32 (fp64 for
+fp64 inputs) and written back in the input dtype, so temporaries stay bounded by the chunk and
+never reach ``N x C``. Shapes: logits / x ``(N, C)``; ``t`` the temperature, fp32, ``(1,)`` or
+``(N,)``; per-row outputs ``(N,)`` in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+CHUNK_ELEMENTS = 1 << 16
+
+
+def _row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
+    """Chunk starts and the chunk height (rows) that keep a chunk near CHUNK_ELEMENTS values."""
+    step = max(1, CHUNK_ELEMENTS // max(n_cols, 1))
+    return range(0, n_rows, step), step
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rows(t: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
+    """Rows ``start:stop`` of a per-row ``(N,)`` or broadcast ``(1,)`` tensor, as a column."""
+    part = t if t.numel() == 1 else t[start:stop]
+    return part.to(dtype).unsqueeze(1)
+
+
+def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
+    """``y = softmax(x / t)`` or ``log_softmax(x / t)`` along dim 1."""
+    n_rows, n_cols = x.shape
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    starts, step = _row_chunks(n_rows, n_cols)
+    cdt = _compute_dtype(x.dtype)
+    for r0 in starts:
+        r1 = min(r0 + step, n_rows)
+        u = x[r0:r1].to(cdt) / _rows(t, r0, r1, cdt)
+        y[r0:r1] = torch.log_softmax(u, 1) if log else torch.softmax(u, 1)
+    return y
+
+
+def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
+                     x: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Gradients of ``softmax(x / t)`` (or log_softmax) given its output ``y`` and ``dy``.
+
+    softmax:      dx = y * (dy - sum(dy * y)) / t
+    log_softmax:  dx = (dy - exp(y) * sum(dy)) / t
+    and, when ``x`` is given, the per-row ``dL/dt = -sum(dx * x) / t``.
+    """
+    n_rows, n_cols = y.shape
+    dx = torch.empty_like(y, memory_format=torch.contiguous_format)
+    dt_row = torch.empty(n_rows if x is not None else 0, dtype=torch.float32, device=y.device)
+    starts, step = _row_chunks(n_rows, n_cols)
+    cdt = _compute_dtype(y.dtype)
+    for r0 in starts:
+        r1 = min(r0 + step, n_rows)
+        yc, dyc = y[r0:r1].to(cdt), dy[r0:r1].to(cdt)
+        inv_t = 1.0 / _rows(t, r0, r1, cdt)
+        if log:
+            g = (dyc - yc.exp() * dyc.sum(1, keepdim=True)) * inv_t
+        else:
+            g = yc * (dyc - (dyc * yc).sum(1, keepdim=True)) * inv_t
+        dx[r0:r1] = g
+        if x is not None:
+            dt_row[r0:r1] = (-(g * x[r0:r1].to(cdt)).sum(1) * inv_t[:, 0]).float()
+    return dx, dt_row
+
+
+def ce_rows(
+    logits: Tensor,
+    target: Tensor,
+    t: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Tensor | None,
+    grad_out: Tensor | None,
+    compute_dt: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row temperature cross-entropy; optionally the scaled gradient, written to ``grad_out``.
+
+    With ``c`` the target weights of a row (class indices: ``c_j = (1-eps) w_y [j=y] +
+    (eps/C) w_j``; probabilities ``q``: ``c_j = w_j ((1-eps) q_j + eps/C)``), ``s = sum(c)``,
+    ``lse = logsumexp(z / t)`` and ``p = softmax(z / t)``:
+
+        loss   = s * lse - sum(c * z) / t
+        grad   = grad_scale / t * (s * p - c)             (ignored rows: 0)
+        dL/dt  = (sum(c * z) - s * sum(p * z)) / t**2
+
+    Returns ``(loss_rows, lse, dt_rows)``, all fp32 ``(N,)`` (``dt_rows`` empty unless asked).
+    """
+    n_rows, n_cols = logits.shape
+    probs = target.dim() == 2
+    device = logits.device
+    cdt = _compute_dtype(logits.dtype)
+    eps = label_smoothing
+    loss = torch.empty(n_rows, dtype=torch.float32, device=device)
+    lse = torch.empty(n_rows, dtype=torch.float32, device=device)
+    dt_row = torch.empty(n_rows if compute_dt else 0, dtype=torch.float32, device=device)
+    w = weight.to(cdt) if weight is not None else None
+    total_weight = w.sum() if w is not None else float(n_cols)
+    starts, step = _row_chunks(n_rows, n_cols)
+    for r0 in starts:
+        r1 = min(r0 + step, n_rows)
+        z = logits[r0:r1].to(cdt)
+        inv_t = 1.0 / _rows(t, r0, r1, cdt)
+        u = z * inv_t
+        row_lse = torch.logsumexp(u, 1)
+        if probs:
+            c = target[r0:r1].to(cdt)
+            if eps > 0:
+                c = c * (1.0 - eps) + eps / n_cols
+            if w is not None:
+                c = c * w
+            c_sum, cz = c.sum(1), (c * z).sum(1)
+            valid = None
+        else:
+            y = target[r0:r1]
+            valid = y != ignore_index
+            y_safe = torch.where(valid, y, 0).unsqueeze(1)
+            w_y = (w[y_safe[:, 0]] if w is not None else torch.ones_like(u[:, 0])) * valid
+            z_y = z.gather(1, y_safe)[:, 0]
+            c_sum, cz = (1.0 - eps) * w_y, (1.0 - eps) * w_y * z_y
+            if eps > 0:
+                z_w = z @ w if w is not None else z.sum(1)
+                c_sum = c_sum + valid * (eps / n_cols) * total_weight
+                cz = cz + valid * (eps / n_cols) * z_w
+        loss[r0:r1] = c_sum * row_lse - cz * inv_t[:, 0]
+        lse[r0:r1] = row_lse
+        if grad_scale is None and not compute_dt:
+            continue
+        p = (u - row_lse.unsqueeze(1)).exp_()
+        if compute_dt:
+            dt_row[r0:r1] = (cz - c_sum * (p * z).sum(1)) * inv_t[:, 0] ** 2
+        if grad_scale is None:
+            continue
+        g = p.mul_(c_sum.unsqueeze(1))
+        if probs:
+            g.sub_(c)
+        else:
+            g.scatter_add_(1, y_safe, -((1.0 - eps) * w_y).unsqueeze(1))
+            if eps > 0:
+                g.sub_(valid.unsqueeze(1) * (eps / n_cols) * (w if w is not None else 1.0))
+        row_scale = _rows(grad_scale, r0, r1, cdt) * inv_t
+        if valid is not None:
+            row_scale = row_scale * valid.unsqueeze(1)
+        grad_out[r0:r1] = g.mul_(row_scale)
+    return loss, lse, dt_row
+
+
+def rescale_(buf: Tensor, g: Tensor) -> None:
+    """``buf[i, :] *= g[i]`` (``g`` of shape ``(1,)`` or ``(N,)``), skipped where ``g == 1``."""
+    if g.numel() == 1 and float(g) == 1.0:
+        return
+    n_rows, n_cols = buf.shape
+    starts, step = _row_chunks(n_rows, n_cols)
+    cdt = _compute_dtype(buf.dtype)
+    for r0 in starts:
+        r1 = min(r0 + step, n_rows)
+        buf[r0:r1] = buf[r0:r1].to(cdt) * _rows(g, r0, r1, cdt)

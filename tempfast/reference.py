@@ -1,0 +1,90 @@
+"""Plain-PyTorch oracles for every tempfast op.
+
+Each function is the textbook definition, written with stock PyTorch ops and differentiated by
+autograd; the tests and the benchmarks compare the fused ops against these. They compute in the
+dtype they are given: pass float64 tensors for a high-precision oracle.
+
+Temperature ``T`` is a number, a 0-dim tensor, or one value per row; it divides the logits
+before the softmax: ``softmax(x / T)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _per_row(temperature: float | Tensor, x: Tensor, dim: int) -> float | Tensor:
+    """Reshape a per-row temperature so that it broadcasts against ``x`` along ``dim``."""
+    if not isinstance(temperature, Tensor) or temperature.numel() == 1:
+        return temperature if not isinstance(temperature, Tensor) else temperature.reshape(())
+    rows_shape = x.shape[:dim] + x.shape[dim + 1:]
+    return temperature.reshape(rows_shape).unsqueeze(dim)
+
+
+def softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
+    """``torch.softmax(x / T, dim)``."""
+    dim = dim % x.dim()
+    return torch.softmax(x / _per_row(temperature, x, dim), dim)
+
+
+def log_softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
+    """``torch.log_softmax(x / T, dim)``."""
+    dim = dim % x.dim()
+    return torch.log_softmax(x / _per_row(temperature, x, dim), dim)
+
+
+def cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    temperature: float | Tensor = 1.0,
+    *,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``F.cross_entropy(logits / T, target, ...)`` with the class dimension last.
+
+    logits ``(*, C)``; target ``(*)`` class indices or ``(*, C)`` probabilities; the loss has
+    shape ``(*)`` for ``reduction="none"`` and is a scalar otherwise.
+    """
+    num_classes = logits.shape[-1]
+    rows_shape = logits.shape[:-1]
+    scaled = logits / _per_row(temperature, logits, logits.dim() - 1)
+    probs = target.shape == logits.shape
+    flat_target = target.reshape(-1, num_classes) if probs else target.reshape(-1)
+    loss = F.cross_entropy(
+        scaled.reshape(-1, num_classes),
+        flat_target,
+        weight=weight,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
+    return loss.reshape(rows_shape) if reduction == "none" else loss
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)``: hidden ``(*, H)``,
+    weight ``(C, H)``, bias ``(C,)``, target ``(*)``."""
+    logits = F.linear(hidden, weight, bias)
+    return cross_entropy(
+        logits,
+        target,
+        temperature,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        label_smoothing=label_smoothing,
+    )
