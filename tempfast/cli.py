@@ -1,10 +1,18 @@
-"""The ``tempfast`` command line (also ``python -m tempfast``)."""
+"""The ``tempfast`` command line (also ``python -m tempfast``).
+
+Each subcommand lives in its own module, which provides ``add_parser(subparsers)``; the parser
+it adds sets ``func`` (called with the parsed arguments, returns an exit status). A
+:class:`tempfast.errors.UsageError` anywhere below is printed as one line on stderr with exit
+status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from .errors import UsageError
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -15,21 +23,30 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_info(sub) -> None:
+    info = sub.add_parser("info", help="versions, devices and active backends")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tempfast",
         description="Temperature-scaled softmax kernels, training and robustness evaluation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser("info", help="versions, devices and active backends")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=_info)
+    _add_info(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"tempfast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
