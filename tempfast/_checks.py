@@ -16,6 +16,12 @@ import torch
 from torch import Tensor
 
 REDUCTIONS = ("none", "mean", "sum")
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of losses, log-sum-exps, temperatures and dL/dT: fp64 for fp64 inputs, else
+    fp32 (fp16 / bf16 / fp32 inputs all accumulate in fp32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -77,8 +83,8 @@ def check_weight(weight: Tensor | None, num_classes: int) -> None:
 
 
 def temperature_rows(temperature: float | Tensor, rows_shape: torch.Size,
-                     device: torch.device) -> Tensor:
-    """Normalise ``temperature`` to an fp32 tensor of shape ``(1,)`` or ``(N,)``.
+                     device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Normalise ``temperature`` to a ``dtype`` tensor of shape ``(1,)`` or ``(N,)``.
 
     ``temperature`` is a Python number, a 0-dim tensor, a 1-element tensor, or a tensor of
     shape ``rows_shape`` (one temperature per row; ``N = prod(rows_shape)``; a flat ``(N,)``
@@ -91,7 +97,7 @@ def temperature_rows(temperature: float | Tensor, rows_shape: torch.Size,
         value = float(temperature)
         if not math.isfinite(value) or value <= 0.0:
             raise ValueError(f"temperature: must be finite and > 0, got {value}")
-        return torch.full((1,), value, dtype=torch.float32, device=device)
+        return torch.full((1,), value, dtype=dtype, device=device)
     if not isinstance(temperature, Tensor):
         raise TypeError(
             f"temperature: expected a float or a tensor, got {type(temperature).__name__}"
@@ -102,9 +108,9 @@ def temperature_rows(temperature: float | Tensor, rows_shape: torch.Size,
         raise ValueError(f"temperature: on {temperature.device}, but the input is on {device}")
     n_rows = math.prod(rows_shape)
     if temperature.numel() == 1 and temperature.dim() <= 1:
-        return temperature.reshape(1).float()
+        return temperature.reshape(1).to(dtype)
     if tuple(temperature.shape) in (tuple(rows_shape), (n_rows,)):
-        return temperature.reshape(n_rows).float()
+        return temperature.reshape(n_rows).to(dtype)
     raise ValueError(
         f"temperature: expected a scalar or one value per row (shape {tuple(rows_shape)}), "
         f"got shape {tuple(temperature.shape)}"

@@ -25,7 +25,8 @@ def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Ten
     dim = _checks.check_dim(dim, x.dim())
     moved = x.movedim(dim, -1)
     num_classes = moved.shape[-1]
-    t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device)
+    t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device,
+                                 _checks.accumulation_dtype(x.dtype))
     y = softmax_2d(moved.reshape(-1, num_classes), t, log)
     return y.reshape(moved.shape).movedim(-1, dim)
 
@@ -122,7 +123,8 @@ def cross_entropy(
     _checks.check_weight(weight, num_classes)
     _checks.check_same_device(logits=logits, target=target, weight=weight)
     rows_shape = logits.shape[:-1]
-    t = _checks.temperature_rows(temperature, rows_shape, logits.device)
+    t = _checks.temperature_rows(temperature, rows_shape, logits.device,
+                                 _checks.accumulation_dtype(logits.dtype))
 
     logits_2d = logits.reshape(-1, num_classes)
     target_2d = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()

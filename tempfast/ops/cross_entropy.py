@@ -19,22 +19,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_class_indices, check_temperature_values
+from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
 from .dispatch import impl_for
 
 
 def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
-                 num_classes: int) -> Tensor:
+                 num_classes: int, dtype: torch.dtype) -> Tensor:
     """The divisor of ``reduction="mean"``, as torch defines it, computed on the device:
     class indices: ``sum of weight[y]`` over rows that are not ignored (their count if no
     weight); probabilities: the number of rows."""
     if target.dim() == 2:
-        return torch.tensor(float(target.shape[0]), device=target.device)
+        return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
     valid = target != ignore_index
     if weight is None:
-        return valid.sum().float()
+        return valid.sum().to(dtype)
     safe = torch.where(valid, target, 0).clamp_(0, num_classes - 1)
-    return (weight.float()[safe] * valid).sum()
+    return (weight.to(dtype)[safe] * valid).sum()
 
 
 def _reduce(loss_rows: Tensor, denom: Tensor, reduction: str) -> Tensor:
@@ -52,7 +52,7 @@ def _check_values(logits: Tensor, target: Tensor, temperature: Tensor, ignore_in
 
 def _row_scale(g: Tensor, denom: Tensor, reduction: str) -> Tensor:
     """d(loss)/d(loss_row) times the incoming gradient: ``(1,)`` for mean/sum, ``(N,)`` else."""
-    g = g.float()
+    g = g.to(denom.dtype)
     if reduction == "mean":
         return (g / denom).reshape(1)
     return g.reshape(1) if reduction == "sum" else g
@@ -75,18 +75,18 @@ def cross_entropy_2d(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(loss, lse, grad, dt_rows, denom)``.
 
-    ``loss`` fp32 (scalar, or ``(N,)`` for ``"none"``); ``lse`` fp32 ``(N,)``; ``grad`` the
-    logits' gradient for an incoming gradient of 1 (``(N, C)``, logits dtype) when
+    ``loss`` fp32, fp64 for fp64 logits (scalar, or ``(N,)`` for ``"none"``); ``lse``
+    ``(N,)``; ``grad`` the logits' gradient for an incoming gradient of 1 (``(N, C)``, logits dtype) when
     ``fused_grad``, else empty; ``dt_rows`` fp32 ``(N,)`` d(loss_row)/dT when ``compute_dt``,
     else empty; ``denom`` the mean's divisor (fp32 scalar).
     """
     _check_values(logits, target, temperature, ignore_index)
     n_rows, n_cols = logits.shape
-    denom = _denominator(target, weight, ignore_index, n_cols)
+    denom = _denominator(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if fused_grad \
         else logits.new_empty(0)
     if n_rows == 0:
-        loss_rows = logits.new_zeros(0, dtype=torch.float32)
+        loss_rows = logits.new_zeros(0, dtype=denom.dtype)
         return (_reduce(loss_rows, denom, reduction), loss_rows.clone(), grad,
                 loss_rows.clone(), denom)
     scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
@@ -101,7 +101,7 @@ def cross_entropy_2d(
 def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
       fused_grad, compute_dt):
     n_rows = logits.shape[0]
-    f32 = {"dtype": torch.float32}
+    f32 = {"dtype": accumulation_dtype(logits.dtype)}
     loss = logits.new_empty(n_rows if reduction == "none" else (), **f32)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if fused_grad \
         else logits.new_empty(0)
@@ -110,19 +110,34 @@ def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduct
 
 
 # --------------------------------------------------------------------------------------------
-# Backward helpers: in-place rescale of a fused gradient, and the recompute path.
+# Backward helpers: the upstream gradient applied to a fused gradient, and the recompute path.
 # --------------------------------------------------------------------------------------------
-@torch.library.custom_op("tempfast::rescale_", mutates_args=("buf",))
-def rescale_(buf: Tensor, g: Tensor) -> None:
-    """``buf[i, :] *= g[i]`` for ``g`` of shape ``(1,)`` or ``(N,)``; rows whose ``g`` is exactly
-    1 are not touched (decided on the device: no synchronisation)."""
-    if buf.numel():
-        impl_for(buf).rescale_(buf, g)
+def _mul_rows(buf: Tensor, g: Tensor) -> Tensor:
+    """``buf * g`` row-wise (``g`` of shape ``(1,)`` or ``(N,)``), out of place, in fp32."""
+    factor = g if g.numel() == 1 else g.unsqueeze(1)
+    return (buf.to(factor.dtype) * factor).to(buf.dtype)
 
 
-@rescale_.register_fake
-def _(buf: Tensor, g: Tensor) -> None:
-    return None
+def apply_upstream(ctx, buf: Tensor, g: Tensor) -> Tensor:
+    """The logits' gradient from a buffer holding it for an upstream gradient of 1.
+
+    The first backward call rescales ``buf`` in place (rows whose ``g`` is exactly 1 are skipped
+    on the device: no memory traffic, no synchronisation) and returns it. A later call through
+    a retained graph returns ``buf * g / g_first`` out of place, so earlier results are never
+    modified. Under ``torch.compile`` the product is always out of place.
+    """
+    g = g.detach().to(accumulation_dtype(buf.dtype)).reshape(-1)
+    if torch.compiler.is_compiling():
+        return _mul_rows(buf, g)
+    first = getattr(ctx, "first_upstream", None)
+    if first is None:
+        ctx.first_upstream = g.clone()
+        if buf.numel():
+            # ``.data``: this rescale must not bump the saved buffer's version counter, or a
+            # retained graph could not be traversed again.
+            impl_for(buf).rescale_(buf.data, g)
+        return buf
+    return _mul_rows(buf, g / first)
 
 
 @torch.library.custom_op("tempfast::cross_entropy_backward", mutates_args=())
@@ -156,9 +171,9 @@ def _temperature_grad(dt_rows: Tensor, row_scale: Tensor, temperature: Tensor) -
 def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse: Tensor,
                  label_smoothing: float, row_scale: Tensor, target: Tensor) -> Tensor:
     """d loss / d q for probability targets: ``-g (1 - eps) w (z / T - lse)``."""
-    logp = logits.float() / temperature.unsqueeze(1) - lse.unsqueeze(1)
+    logp = logits.to(lse.dtype) / temperature.unsqueeze(1) - lse.unsqueeze(1)
     scale = row_scale.unsqueeze(1) * (label_smoothing - 1.0)
-    grad = logp * scale if weight is None else logp * scale * weight.float()
+    grad = logp * scale if weight is None else logp * scale * weight.to(lse.dtype)
     return grad.to(target.dtype)
 
 
@@ -183,8 +198,7 @@ def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
         grad, dt_rows, denom, temperature = ctx.saved_tensors
         row_scale = _row_scale(g_loss, denom, reduction)
         if need_logits:
-            rescale_(grad, g_loss.float().reshape(1))
-            grad_logits = grad
+            grad_logits = apply_upstream(ctx, grad, g_loss)
     else:
         logits, target, temperature, weight, lse, dt_rows, denom = ctx.saved_tensors
         row_scale = _row_scale(g_loss, denom, reduction)
@@ -220,10 +234,10 @@ def cross_entropy_inplace_2d(
     Returns ``(loss, dt_rows, denom)``."""
     _check_values(logits, target, temperature, ignore_index)
     n_cols = logits.shape[1]
-    denom = _denominator(target, weight, ignore_index, n_cols)
+    denom = _denominator(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
     scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
     if logits.shape[0] == 0:
-        loss_rows = logits.new_zeros(0, dtype=torch.float32)
+        loss_rows = logits.new_zeros(0, dtype=denom.dtype)
         return _reduce(loss_rows, denom, reduction), loss_rows.clone(), denom
     loss_rows, _lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
@@ -236,14 +250,15 @@ def cross_entropy_inplace_2d(
 def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
       compute_dt):
     n_rows = logits.shape[0]
-    f32 = {"dtype": torch.float32}
+    f32 = {"dtype": accumulation_dtype(logits.dtype)}
     return (logits.new_empty(n_rows if reduction == "none" else (), **f32),
             logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32))
 
 
 class CrossEntropyInplace(torch.autograd.Function):
     """Autograd for :func:`cross_entropy_inplace_2d`: backward returns the logits buffer,
-    which the forward pass filled with the gradient, rescaled by the incoming gradient."""
+    which the forward pass filled with the gradient, rescaled by the incoming gradient
+    (:func:`apply_upstream`)."""
 
     @staticmethod
     def forward(ctx, logits, target, temperature, weight, ignore_index, label_smoothing,
@@ -252,23 +267,15 @@ class CrossEntropyInplace(torch.autograd.Function):
             logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
             compute_dt,
         )
-        ctx.grad_buffer = logits
         ctx.reduction = reduction
-        ctx.save_for_backward(dt_rows, denom, temperature)
+        ctx.save_for_backward(logits, dt_rows, denom, temperature)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
-        grad = ctx.grad_buffer
-        if grad is None:
-            raise RuntimeError(
-                "tempfast.cross_entropy(inplace_backward=True): backward ran twice through the "
-                "same graph; the gradient lives in the logits buffer and is consumed once"
-            )
-        ctx.grad_buffer = None
-        dt_rows, denom, temperature = ctx.saved_tensors
+        buf, dt_rows, denom, temperature = ctx.saved_tensors
         row_scale = _row_scale(g_loss, denom, ctx.reduction)
-        rescale_(grad, g_loss.float().reshape(-1))
+        grad = apply_upstream(ctx, buf, g_loss)
         grad_t = _temperature_grad(dt_rows, row_scale, temperature) if ctx.needs_input_grad[2] \
             else None
         return grad, None, grad_t, None, None, None, None, None

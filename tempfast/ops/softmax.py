@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_temperature_values
+from .._checks import accumulation_dtype, check_temperature_values
 from .dispatch import impl_for
 
 
@@ -37,7 +37,7 @@ def softmax_backward_2d(
     if y.numel() == 0:
         n_dt = y.shape[0] if x is not None else 0
         return (torch.zeros_like(y, memory_format=torch.contiguous_format),
-                torch.zeros(n_dt, dtype=torch.float32, device=y.device))
+                torch.zeros(n_dt, dtype=accumulation_dtype(y.dtype), device=y.device))
     return impl_for(y).softmax_backward(y, dy, temperature, log, x)
 
 
@@ -46,7 +46,7 @@ def _(y: Tensor, dy: Tensor, temperature: Tensor, log: bool,
       x: Tensor | None) -> tuple[Tensor, Tensor]:
     n_dt = y.shape[0] if x is not None else 0
     return (torch.empty_like(y, memory_format=torch.contiguous_format),
-            y.new_empty(n_dt, dtype=torch.float32))
+            y.new_empty(n_dt, dtype=accumulation_dtype(y.dtype)))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -3,7 +3,7 @@
 Rows are processed in chunks of about ``CHUNK_ELEMENTS`` values, computed in fp32 (fp64 for
 fp64 inputs) and written back in the input dtype, so temporaries stay bounded by the chunk and
 never reach ``N x C``. Shapes: logits / x ``(N, C)``; ``t`` the temperature, fp32, ``(1,)`` or
-``(N,)``; per-row outputs ``(N,)`` in fp32.
+``(N,)``; per-row outputs ``(N,)`` in fp32 (fp64 for fp64 inputs).
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
     and, when ``x`` is given, the per-row ``dL/dt = -sum(dx * x) / t``.
     """
     n_rows, n_cols = y.shape
-    dx = torch.empty_like(y, memory_format=torch.contiguous_format)
-    dt_row = torch.empty(n_rows if x is not None else 0, dtype=torch.float32, device=y.device)
-    starts, step = _row_chunks(n_rows, n_cols)
     cdt = _compute_dtype(y.dtype)
+    dx = torch.empty_like(y, memory_format=torch.contiguous_format)
+    dt_row = torch.empty(n_rows if x is not None else 0, dtype=cdt, device=y.device)
+    starts, step = _row_chunks(n_rows, n_cols)
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
         yc, dyc = y[r0:r1].to(cdt), dy[r0:r1].to(cdt)
@@ -66,7 +66,7 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
             g = yc * (dyc - (dyc * yc).sum(1, keepdim=True)) * inv_t
         dx[r0:r1] = g
         if x is not None:
-            dt_row[r0:r1] = (-(g * x[r0:r1].to(cdt)).sum(1) * inv_t[:, 0]).float()
+            dt_row[r0:r1] = -(g * x[r0:r1].to(cdt)).sum(1) * inv_t[:, 0]
     return dx, dt_row
 
 
@@ -91,16 +91,16 @@ def ce_rows(
         grad   = grad_scale / t * (s * p - c)             (ignored rows: 0)
         dL/dt  = (sum(c * z) - s * sum(p * z)) / t**2
 
-    Returns ``(loss_rows, lse, dt_rows)``, all fp32 ``(N,)`` (``dt_rows`` empty unless asked).
+    Returns ``(loss_rows, lse, dt_rows)``, each ``(N,)`` (``dt_rows`` empty unless asked).
     """
     n_rows, n_cols = logits.shape
     probs = target.dim() == 2
     device = logits.device
     cdt = _compute_dtype(logits.dtype)
     eps = label_smoothing
-    loss = torch.empty(n_rows, dtype=torch.float32, device=device)
-    lse = torch.empty(n_rows, dtype=torch.float32, device=device)
-    dt_row = torch.empty(n_rows if compute_dt else 0, dtype=torch.float32, device=device)
+    loss = torch.empty(n_rows, dtype=cdt, device=device)
+    lse = torch.empty(n_rows, dtype=cdt, device=device)
+    dt_row = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=device)
     w = weight.to(cdt) if weight is not None else None
     total_weight = w.sum() if w is not None else float(n_cols)
     starts, step = _row_chunks(n_rows, n_cols)
@@ -147,7 +147,7 @@ def ce_rows(
                 g.sub_(valid.unsqueeze(1) * (eps / n_cols) * (w if w is not None else 1.0))
         row_scale = _rows(grad_scale, r0, r1, cdt) * inv_t
         if valid is not None:
-            row_scale = row_scale * valid.unsqueeze(1)
+            row_scale = torch.where(valid.unsqueeze(1), row_scale, 0.0)
         grad_out[r0:r1] = g.mul_(row_scale)
     return loss, lse, dt_row
 

@@ -1,0 +1,315 @@
+"""tempfast.cross_entropy against the float64 oracle (tempfast.reference), on both backends.
+
+Each case computes the loss and the gradients of the logits (and of the temperature / the
+probability target where they require grad) for a random upstream gradient, and compares them
+with autograd through ``reference.cross_entropy`` evaluated in float64 on the same inputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tempfast
+from tempfast import reference
+
+from ._util import DTYPES, LOSS_TOL, REL_TOL, assert_close, logits_like, run_backend
+
+BACKENDS = ("torch", "triton")
+SIZES = (1, 2, 10, 1000, 4097, 32769, 131072)
+TEMPERATURES = (0.05, 0.5, 1.0, 8.0, 64.0)
+T_GRAD_TOL = 1e-4
+
+
+def _tensor_t(temperature, requires_grad: bool):
+    if isinstance(temperature, torch.Tensor):
+        return temperature.clone().requires_grad_(requires_grad)
+    return temperature
+
+
+def check_against_reference(backend, logits, target, temperature=1.0, *, t_grad=False,
+                            target_grad=False, upstream=None, **kwargs):
+    """Run tempfast and the float64 oracle; compare loss and every gradient."""
+    dtype = logits.dtype
+    x = logits.clone().requires_grad_(True)
+    t = _tensor_t(temperature, t_grad)
+    tgt = target.clone().requires_grad_(target_grad) if target_grad else target
+    loss = run_backend(backend, tempfast.cross_entropy, x, tgt, t, **kwargs)
+    assert loss.dtype == torch.float32
+    if upstream is None:
+        upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(7)) + 0.5
+    loss.backward(upstream)
+
+    x64 = logits.double().requires_grad_(True)
+    t64 = _tensor_t(temperature.double() if isinstance(temperature, torch.Tensor)
+                    else temperature, t_grad)
+    tgt64 = target.double().requires_grad_(target_grad) if target.dtype.is_floating_point \
+        else target
+    kw64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()
+            if k != "inplace_backward"}
+    expected = reference.cross_entropy(x64, tgt64, t64, **kw64)
+    expected.backward(upstream.double())
+
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    assert x.grad.dtype == dtype
+    assert_close(x.grad, x64.grad, REL_TOL[dtype], "grad logits", floor=1e-3)
+    if t_grad:
+        assert_close(t.grad, t64.grad, T_GRAD_TOL, "grad temperature", floor=1e-3)
+    if target_grad:
+        assert_close(tgt.grad, tgt64.grad, REL_TOL[dtype] + LOSS_TOL, "grad target", floor=1e-3)
+    return loss
+
+
+def _targets(n: int, c: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("num_classes", SIZES)
+def test_matches_reference_for_every_class_count_and_dtype(backend, dtype, num_classes):
+    n = 3 if num_classes > 4096 else 6
+    temperature = TEMPERATURES[SIZES.index(num_classes) % len(TEMPERATURES)]
+    logits = logits_like(n, num_classes, dtype)
+    target = _targets(n, num_classes)
+    check_against_reference(backend, logits, target, temperature)
+    per_row = torch.linspace(0.3, 5.0, n)
+    check_against_reference(backend, logits, target, per_row, t_grad=True,
+                            label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("temperature", [*TEMPERATURES, "rows", "scalar_tensor"])
+def test_matches_reference_across_temperatures_with_learnable_t(backend, temperature):
+    n, c = 5, 1000
+    if temperature == "rows":
+        temperature = torch.tensor([0.05, 0.5, 1.0, 8.0, 64.0])
+    elif temperature == "scalar_tensor":
+        temperature = torch.tensor(2.5)
+    else:
+        temperature = torch.tensor(temperature)
+    check_against_reference(backend, logits_like(n, c, torch.float32), _targets(n, c),
+                            temperature, t_grad=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n_rows", [0, 1, 7])
+@pytest.mark.parametrize("num_classes", [10, 4097])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_handles_zero_one_and_several_rows(backend, n_rows, num_classes, reduction):
+    logits = logits_like(n_rows, num_classes, torch.float32)
+    target = _targets(n_rows, num_classes)
+    loss = check_against_reference(backend, logits, target, 2.0, reduction=reduction)
+    if n_rows == 0 and reduction == "mean":
+        assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_classes", [10, 4097, 40000])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_options_match_torch_semantics(backend, num_classes, reduction, label_smoothing,
+                                       weighted):
+    n = 4
+    target = _targets(n, num_classes)
+    target[1] = -1  # a custom ignore_index
+    weight = torch.rand(num_classes, generator=torch.Generator().manual_seed(3)) + 0.1 \
+        if weighted else None
+    check_against_reference(backend, logits_like(n, num_classes, torch.float32), target,
+                            torch.tensor(1.7), t_grad=True, weight=weight, ignore_index=-1,
+                            reduction=reduction, label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_all_rows_ignored_gives_what_torch_gives(backend, reduction, weighted):
+    n, c = 3, 10
+    logits = logits_like(n, c, torch.float32)
+    target = torch.full((n,), -100)
+    weight = torch.rand(c) if weighted else None
+    x = logits.clone().requires_grad_(True)
+    loss = run_backend(backend, tempfast.cross_entropy, x, target, 4.0, weight=weight,
+                       reduction=reduction)
+    x_ref = logits.clone().requires_grad_(True)
+    expected = F.cross_entropy(x_ref / 4.0, target, weight=weight, reduction=reduction)
+    assert torch.equal(torch.isnan(loss), torch.isnan(expected))
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    loss.sum().backward()
+    expected.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(logits))
+    assert_close(x.grad, torch.nan_to_num(x_ref.grad), 0.0, "grad", floor=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_classes", [10, 4097, 40000])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_probability_targets_with_gradients(backend, num_classes, label_smoothing, weighted,
+                                            reduction):
+    n = 3
+    g = torch.Generator().manual_seed(11)
+    probs = torch.softmax(torch.randn(n, num_classes, generator=g) * 2, dim=1)
+    weight = torch.rand(num_classes, generator=g) + 0.5 if weighted else None
+    check_against_reference(backend, logits_like(n, num_classes, torch.float32), probs,
+                            torch.tensor(3.0), t_grad=True, target_grad=True, weight=weight,
+                            reduction=reduction, label_smoothing=label_smoothing)
+    # Without target gradients the fused path runs.
+    check_against_reference(backend, logits_like(n, num_classes, torch.bfloat16), probs, 0.5,
+                            weight=weight, reduction=reduction,
+                            label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_language_model_shaped_logits(backend, dtype):
+    b, s, c = 2, 5, 257
+    logits = logits_like(b * s, c, dtype).reshape(b, s, c)
+    target = _targets(b * s, c).reshape(b, s)
+    target[1, 3:] = -100  # padding
+    per_position = torch.rand(b, s, generator=torch.Generator().manual_seed(2)) + 0.5
+    check_against_reference(backend, logits, target, per_position, t_grad=True)
+    loss = check_against_reference(backend, logits, target, 8.0, reduction="none")
+    assert loss.shape == (b, s)
+    assert torch.all(loss[1, 3:] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_example_without_batch_dim(backend):
+    check_against_reference(backend, logits_like(1, 33, torch.float32)[0],
+                            torch.tensor(4), 2.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", ["transposed", "column_slice", "row_stride", "expanded_t"])
+def test_non_contiguous_inputs(backend, layout):
+    n, c = 6, 300
+    base = logits_like(2 * max(n, c), 2 * max(n, c), torch.float32)
+    if layout == "transposed":
+        logits = base[:c, :n].t()
+    elif layout == "column_slice":
+        logits = base[:n, 5:5 + c]
+    elif layout == "row_stride":
+        logits = base[: 2 * n : 2, :c]
+    else:
+        logits = base[:n, :c]
+    assert not logits.is_contiguous() or layout == "expanded_t"
+    temperature = torch.tensor(1.5).expand(n) if layout == "expanded_t" else 1.5
+    target = _targets(n, c)
+    check_against_reference(backend, logits, target, temperature)
+    probs = torch.softmax(base[:c, n:2 * n], 0).t()
+    assert not probs.is_contiguous()
+    check_against_reference(backend, logits, probs, 2.0, reduction="sum")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_classes", [10, 4097, 40000])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_inplace_backward_overwrites_logits_with_the_gradient(backend, num_classes, reduction):
+    n = 4
+    logits = logits_like(n, num_classes, torch.bfloat16)
+    target = _targets(n, num_classes)
+    target[0] = -100
+    t = torch.tensor(2.0)
+    x_ref = logits.clone().requires_grad_(True)
+    t_ref = t.clone().requires_grad_(True)
+    expected = run_backend(backend, tempfast.cross_entropy, x_ref, target, t_ref,
+                           reduction=reduction, label_smoothing=0.1)
+    upstream = torch.full(expected.shape, 3.0)
+    expected.backward(upstream)
+
+    leaf = logits.float().requires_grad_(True)
+    x = leaf.to(torch.bfloat16)  # a non-leaf buffer, as a linear layer's output would be
+    grads = []
+    x.register_hook(lambda grad: grads.append(grad))
+    t_in = t.clone().requires_grad_(True)
+    loss = run_backend(backend, tempfast.cross_entropy, x, target, t_in, reduction=reduction,
+                       label_smoothing=0.1, inplace_backward=True)
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    assert not torch.equal(x.detach(), logits), "the logits buffer holds the gradient"
+    loss.backward(upstream)
+    assert_close(grads[0], x_ref.grad, REL_TOL[torch.bfloat16], "grad", floor=1e-3)
+    assert grads[0].data_ptr() == x.data_ptr(), "the gradient lives in the logits buffer"
+    assert_close(t_in.grad, t_ref.grad, T_GRAD_TOL, "grad temperature", floor=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_twice_through_a_retained_graph(backend, inplace, reduction):
+    """Each backward call gets the gradient for its own upstream gradient; the first result is
+    not modified by the later calls."""
+    n, c = 3, 10
+    logits = logits_like(n, c, torch.float32)
+    target = _targets(n, c)
+    leaf = logits.clone().requires_grad_(True)
+    x = leaf * 1.0
+    loss = run_backend(backend, tempfast.cross_entropy, x, target, 2.0, reduction=reduction,
+                       inplace_backward=inplace)
+    shape = loss.shape
+    (first,) = torch.autograd.grad(loss, leaf, torch.full(shape, 2.0), retain_graph=True)
+    first_copy = first.clone()
+    (second,) = torch.autograd.grad(loss, leaf, torch.full(shape, -0.5), retain_graph=True)
+    (third,) = torch.autograd.grad(loss, leaf, torch.full(shape, 1.0))
+    ref = logits.double().requires_grad_(True)
+    expected = reference.cross_entropy(ref, target, 2.0, reduction=reduction)
+    (unit,) = torch.autograd.grad(expected, ref, torch.ones(shape, dtype=torch.float64))
+    assert_close(first, 2.0 * unit, REL_TOL[torch.float32], "first", floor=1e-3)
+    assert_close(second, -0.5 * unit, REL_TOL[torch.float32], "second", floor=1e-3)
+    assert_close(third, unit, REL_TOL[torch.float32], "third", floor=1e-3)
+    assert torch.equal(first, first_copy)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("upstream", [1.0, 0.0, -2.5, 65536.0])
+def test_fused_gradient_is_rescaled_by_any_upstream_gradient(backend, upstream):
+    n, c = 5, 77
+    check_against_reference(backend, logits_like(n, c, torch.float16), _targets(n, c), 3.0,
+                            upstream=torch.tensor(upstream), label_smoothing=0.05)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_grad_and_frozen_logits_compute_only_what_is_needed(backend):
+    logits = logits_like(4, 50, torch.float32)
+    target = _targets(4, 50)
+    with torch.no_grad():
+        loss = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0)
+    assert_close(loss, reference.cross_entropy(logits.double(), target, 2.0), LOSS_TOL, "loss")
+    # Temperature calibration: only T learns, the logits are data.
+    check_against_reference(backend, logits, target, torch.tensor(1.3), t_grad=True)
+
+
+def test_torch_path_gradcheck_in_float64():
+    # nondet_tol: a second backward through the retained graph rescales the first result by
+    # g2 / g1, which can differ from the direct product in the last bit.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    t = torch.tensor([0.7, 1.1, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 7, (4,), generator=g)
+    probs = torch.softmax(torch.randn(4, 7, dtype=torch.float64, generator=g), 1)
+    probs.requires_grad_(True)
+    weight = torch.rand(7, dtype=torch.float64, generator=g) + 0.5
+    with tempfast.use_backend("torch"):
+        for reduction in ("mean", "sum", "none"):
+            assert torch.autograd.gradcheck(
+                lambda x, tt, r=reduction: tempfast.cross_entropy(
+                    x, target, tt, weight=weight, reduction=r, label_smoothing=0.1),
+                (logits, t), nondet_tol=1e-12)
+            assert torch.autograd.gradcheck(
+                lambda x, tt, q, r=reduction: tempfast.cross_entropy(
+                    x, q, tt, reduction=r, label_smoothing=0.2), (logits, t, probs),
+                nondet_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_torch_in_the_input_dtype(backend):
+    """Against torch's own bf16 / fp16 computation (which rounds x / T to the dtype first)."""
+    for dtype in (torch.bfloat16, torch.float16):
+        logits = logits_like(8, 1000, dtype)
+        target = _targets(8, 1000)
+        ours = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0)
+        theirs = F.cross_entropy(logits / 2.0, target)
+        assert_close(ours, theirs.float(), 2 * REL_TOL[dtype], f"loss {dtype}")
