@@ -75,10 +75,11 @@ def cross_entropy_2d(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(loss, lse, grad, dt_rows, denom)``.
 
-    ``loss`` fp32, fp64 for fp64 logits (scalar, or ``(N,)`` for ``"none"``); ``lse``
-    ``(N,)``; ``grad`` the logits' gradient for an incoming gradient of 1 (``(N, C)``, logits dtype) when
-    ``fused_grad``, else empty; ``dt_rows`` fp32 ``(N,)`` d(loss_row)/dT when ``compute_dt``,
-    else empty; ``denom`` the mean's divisor (fp32 scalar).
+    ``loss``: scalar, or ``(N,)`` for ``"none"``. ``lse``: ``(N,)``. ``grad``: the logits'
+    gradient for an incoming gradient of 1, ``(N, C)`` in the logits' dtype, when
+    ``fused_grad`` (else empty). ``dt_rows``: ``(N,)`` d(loss_row)/dT when ``compute_dt`` (else
+    empty). ``denom``: the mean's divisor (scalar). Everything but ``grad`` is fp32 (fp64 for
+    fp64 logits).
     """
     _check_values(logits, target, temperature, ignore_index)
     n_rows, n_cols = logits.shape
