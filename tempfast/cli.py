@@ -13,6 +13,7 @@ import json
 import sys
 
 from .errors import UsageError
+from .train_cli import add_parser as _add_train
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_info(sub)
+    _add_train(sub)
     return parser
 
 

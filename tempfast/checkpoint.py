@@ -1,0 +1,137 @@
+"""Training checkpoints: atomic writes, safe loads, RNG state, model restore.
+
+A checkpoint is a dict saved with ``torch.save`` and read back with
+``torch.load(weights_only=True)`` (tensors and plain Python containers only, no code runs on
+load). The trainer stores:
+
+==============  =============================================================================
+key             value
+==============  =============================================================================
+format          ``"tempfast-train/1"``
+model           the model's ``state_dict`` (no DDP / torch.compile prefixes)
+model_config    ``name, num_classes, in_chans, img_size, mean, std`` for :func:`build_model`
+criterion       the loss module's ``state_dict`` (``log_temperature``)
+temperature     the current temperature ``T`` (float; the learned value with --learn-temp)
+optimizer       ``optimizer.state_dict()``; ``scheduler``, ``scaler`` likewise (or None)
+rng             one dict per rank: python, numpy, torch CPU and CUDA generator states
+epoch, step     finished epochs, and the next step inside epoch ``epoch`` (0 at a boundary)
+partial         running ``[loss_sum, correct, count]`` of an interrupted epoch, else None
+best            ``{"metric", "value", "epoch"}`` of the best evaluated epoch so far
+config          the run's resolved flags (plain JSON-able dict)
+==============  =============================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .models import build_model
+
+FORMAT = "tempfast-train/1"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, rename.
+
+    Readers see the old file or the complete new one, never a partial write.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` for UTF-8 text."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save(state)`` to ``path`` atomically (temp file in the same folder, fsync,
+    ``os.replace``)."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a tempfast checkpoint onto the CPU with ``torch.load(weights_only=True)``.
+
+    Raises:
+        UsageError: (one line) the file is missing, unreadable, corrupt or not a tempfast
+            checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} not found" if not path.exists()
+                         else f"checkpoint {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile, KeyError, TypeError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt: {reason}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise UsageError(f"checkpoint {path} is not a tempfast training checkpoint")
+    return state
+
+
+def restore_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild the model stored in ``ckpt`` (see ``model_config``), load its weights, move it
+    to ``device`` and return it in eval mode."""
+    cfg = ckpt["model_config"]
+    model = build_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["img_size"],
+                        cfg["mean"], cfg["std"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise UsageError(f"checkpoint weights do not fit model {cfg['name']!r}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def rng_state() -> dict:
+    """This process's random generator states (python, numpy, torch CPU, current CUDA)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                  *(float(v) if isinstance(v, float) else int(v) for v in np_state[2:])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,116 @@
+"""Multi-process training (``torchrun --nproc_per_node=K -m tempfast train ...``).
+
+torchrun sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; with ``WORLD_SIZE > 1`` the
+process group uses NCCL on CUDA devices and gloo on the CPU. Rank 0 logs and writes files;
+every rank trains on its own shard of each epoch (see ``DataBundle.epoch_plan``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process runs: its rank among ``world_size`` and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> UsageError."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def setup(device: str) -> Context:
+    """Join the torchrun process group if there is one; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Context(rank, world_size, local_rank, dev)
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(ctx: Context, t: Tensor) -> Tensor:
+    """Sum ``t`` over ranks, in place (no-op for one process)."""
+    if ctx.distributed:
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_max(ctx: Context, t: Tensor) -> Tensor:
+    """Elementwise max of ``t`` over ranks, in place (no-op for one process)."""
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def all_gather(ctx: Context, obj: object) -> list:
+    """Every rank's ``obj`` (picklable), in rank order."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(ctx: Context, obj: object) -> object:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def run_on_main(ctx: Context, fn, *args, **kwargs):
+    """Run ``fn`` on rank 0 and return its result on every rank; a :class:`UsageError` it
+    raises is raised on every rank (so no rank waits forever)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn(*args, **kwargs)
+        except UsageError as exc:
+            error = str(exc)
+    result, error = broadcast(ctx, (result, error))
+    if error is not None:
+        raise UsageError(error)
+    return result
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()

@@ -1,0 +1,137 @@
+"""Classifiers for [0, 1] images: normalisation is the model's first layer.
+
+``build_model(name, ...)`` returns ``Classifier(Normalize(mean, std), net)``: input
+``(B, C, H, W)`` in [0, 1], output logits ``(B, num_classes)``. Attacks and corruptions act
+on [0, 1] images and never need to know the data statistics.
+
+``name`` is ``"small_cnn"`` (:class:`SmallCNN`, the default for digits) or any timm model
+name (built with ``pretrained=False``: no network). For images of 64 px or less the timm
+stem is adapted to small inputs: the first convolution becomes 3x3 stride 1, the stem's
+max-pool is removed; vision transformers get ``img_size`` set to the data and a patch size of
+``img_size // 8`` (so 32 px -> 4 px patches, 8 x 8 tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import UsageError
+
+SMALL_INPUT = 64
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` per channel, for ``x`` of shape ``(B, C, H, W)``."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class Classifier(nn.Module):
+    """``net(normalize(x))``: logits ``(B, K)`` for [0, 1] images ``x`` ``(B, C, H, W)``."""
+
+    def __init__(self, normalize: Normalize, net: nn.Module) -> None:
+        super().__init__()
+        self.normalize, self.net = normalize, net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(self.normalize(x))
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Sequential):
+    """Three 3x3 conv-BN-ReLU blocks (``width``, 2x, 4x channels), a 2x2 max-pool after the
+    second, global average pooling and a linear head. Any image size >= 2 px; about 95k
+    parameters at ``width=32`` on digits."""
+
+    def __init__(self, in_chans: int, num_classes: int, width: int = 32) -> None:
+        super().__init__(
+            _conv_bn(in_chans, width), _conv_bn(width, 2 * width), nn.MaxPool2d(2),
+            _conv_bn(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(4 * width, num_classes),
+        )
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _adapt_stem(model: nn.Module) -> None:
+    """3x3 stride-1 first convolution and no stem max-pool (timm CNNs on small images)."""
+    first = model.pretrained_cfg.get("first_conv")
+    conv = model.get_submodule(first) if isinstance(first, str) else None
+    if not isinstance(conv, nn.Conv2d):
+        conv_name, conv = next(((n, m) for n, m in model.named_modules()
+                                if isinstance(m, nn.Conv2d)), (None, None))
+        if conv is None:
+            return
+        first = conv_name
+    _set_submodule(model, first, nn.Conv2d(conv.in_channels, conv.out_channels, 3, stride=1,
+                                           padding=1, bias=conv.bias is not None))
+    for path in ("maxpool", "stem.pool", "pool"):
+        try:
+            pool = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(pool, nn.MaxPool2d):
+            _set_submodule(model, path, nn.Identity())
+
+
+def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+    import timm
+
+    check_model_name(name)
+    kwargs = {"pretrained": False, "num_classes": num_classes, "in_chans": in_chans}
+    model = timm.create_model(name, **kwargs)
+    if hasattr(model, "patch_embed"):
+        extra = {"img_size": img_size}
+        if img_size <= SMALL_INPUT:
+            extra["patch_size"] = max(1, img_size // 8)
+        try:
+            return timm.create_model(name, **kwargs, **extra)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+            raise UsageError(f"model {name!r} cannot take {img_size} px images: {exc}") from None
+    if img_size <= SMALL_INPUT:
+        _adapt_stem(model)
+    return model
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`UsageError` unless ``name`` is ``small_cnn`` or a timm model name."""
+    if name == "small_cnn":
+        return
+    import timm
+
+    if not timm.is_model(name):
+        raise UsageError(f"unknown model {name!r}; use small_cnn or a timm model name "
+                         f"(e.g. resnet18, resnetv2_18, wide_resnet50_2, vit_tiny_patch16_224)")
+
+
+def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
+                mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """A :class:`Classifier` for ``(B, in_chans, img_size, img_size)`` images in [0, 1].
+
+    Raises:
+        UsageError: unknown model name.
+    """
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"mean/std: expected {in_chans} values each, got {len(mean)}, "
+                         f"{len(std)}")
+    if name == "small_cnn":
+        net = SmallCNN(in_chans, num_classes)
+    else:
+        net = _timm_model(name, num_classes, in_chans, img_size)
+    return Classifier(Normalize(mean, std), net)

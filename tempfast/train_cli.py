@@ -1,0 +1,148 @@
+"""``tempfast train``: the command-line face of :func:`tempfast.train.run`.
+
+Every flag maps onto a :class:`tempfast.train.TrainConfig` field of the same name; a flag left
+out takes the per-data-set default (see ``tempfast train --help``). Exit status: 0 done,
+2 bad input (one line on stderr, nothing written), 130 interrupted by Ctrl-C (a recovery
+checkpoint was written; continue with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from fractions import Fraction
+
+from .data import DATASETS
+
+EXIT_INTERRUPTED = 130
+
+
+def number(text: str) -> float:
+    """A float, also written as a fraction: ``0.03``, ``8/255``."""
+    try:
+        return float(Fraction(text.strip())) if "/" in text else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _one_line_error(message: str) -> None:
+    print(f"tempfast train: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``tempfast`` subcommand parser."""
+    p = subparsers.add_parser(
+        "train", help="standard or PGD adversarial training at a temperature",
+        description="Train a classifier with the temperature-scaled cross-entropy "
+                    "CE(z / T, y), optionally on PGD adversarial examples, then run a short "
+                    "robustness evaluation. Defaults depend on --data (shown as 'data').",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = _one_line_error
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="digits", choices=DATASETS,
+                   help="data set (digits: sklearn 8x8 digits, built in)")
+    g.add_argument("--data-dir", help="folder holding the data files (cifar: ./data)")
+    g.add_argument("--download", action="store_true",
+                   help="let torchvision download CIFAR files that are missing")
+    g.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the digits split and of the synthetic data")
+    g.add_argument("--num-classes", type=int, help="synthetic: number of classes (1000)")
+    g.add_argument("--img-size", type=int,
+                   help="imagefolder: image size (first image's); synthetic: 8")
+    g.add_argument("--workers", type=int, help="imagefolder: DataLoader workers (min(4, cpus))")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="small_cnn or a timm model name (data: small_cnn for "
+                   "digits/synthetic, resnet18 otherwise)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g = p.add_argument_group("temperature")
+    g.add_argument("--temp", type=number, default=1.0, help="training temperature T > 0")
+    g.add_argument("--learn-temp", action="store_true",
+                   help="learn T (starting at --temp) with the model")
+    g = p.add_argument_group("adversarial training")
+    g.add_argument("--adv", default="none", choices=("none", "pgd"),
+                   help="train on clean inputs or on PGD adversarial examples")
+    g.add_argument("--eps", type=number, help="L-inf budget (data: 0.1 digits, 8/255 others)")
+    g.add_argument("--alpha", type=number, help="PGD step (data: 0.025 digits, 2/255 others)")
+    g.add_argument("--steps", type=int, help="PGD steps (data: 7 digits, 10 others)")
+    g.add_argument("--attack-loss", default="train", choices=("train", "raw"),
+                   help="training attack's loss: CE at the training T, or on raw logits")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs (data: 15 digits, 100 cifar)")
+    g.add_argument("--batch-size", type=int,
+                   help="batch size per process (data: 64 digits, 128 cifar)")
+    g.add_argument("--lr", type=number,
+                   help="peak learning rate (data: sgd 0.05 digits, 0.1 cifar; adamw 1e-3)")
+    g.add_argument("--opt", default="sgd", choices=("sgd", "adamw"),
+                   help="SGD (momentum 0.9, Nesterov) or AdamW")
+    g.add_argument("--sched", default="cosine", choices=("cosine", "step", "none"),
+                   help="per-step schedule: cosine to 0, x0.1 at 50%% and 75%%, or constant")
+    g.add_argument("--wd", type=number, help="weight decay (sgd 5e-4, adamw 0.05)")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs")
+    g.add_argument("--seed", type=int, default=0, help="training seed (init, order, PGD)")
+    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="autocast precision (fp16 adds a gradient scaler)")
+    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: CUDA when available")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", help="run folder (output/train/<data>-<model>-T<temp>-<adv>-"
+                   "seed<seed>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run files of a run already in --output")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="print only the final result line")
+    mode.add_argument("--json", action="store_true", help="print JSON lines on stdout")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every", type=int, default=1,
+                   help="test every N epochs (0: only after the last)")
+    g.add_argument("--eval-adv-examples", type=int, default=512,
+                   help="--adv pgd: test images attacked at each evaluated epoch (0: none)")
+    g.add_argument("--no-final-eval", dest="final_eval", action="store_false",
+                   help="skip the final robustness evaluation")
+    g.add_argument("--eval-examples", type=int,
+                   help="final evaluation: test images (data: 360 digits, 1000 others)")
+    g.add_argument("--eval-steps", type=int, help="final evaluation: PGD steps (max(steps, 10))")
+    g.add_argument("--eval-restarts", type=int, default=1,
+                   help="final evaluation: PGD restarts")
+    g.add_argument("--eval-attacks", type=_names,
+                   help="final evaluation: comma-separated attacks (default: the full suite)")
+    g.add_argument("--no-corruptions", dest="eval_corruptions", action="store_false",
+                   help="final evaluation: skip the corruption suite")
+    p.set_defaults(func=_main)
+    return p
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`~tempfast.train.TrainConfig` of parsed ``tempfast train`` arguments."""
+    from .train import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .progress import make_reporter
+    from .train import RunInterruptedError, run
+
+    mode = "json" if args.json else "quiet" if args.quiet else "rich"
+    reporter = make_reporter(mode, is_main=os.environ.get("RANK", "0") == "0")
+    try:
+        run(config_from_args(args), reporter)
+    except RunInterruptedError as exc:
+        where = (f"checkpoint {exc.path}; continue with --resume" if exc.path
+                 else "no epoch had finished, nothing to resume")
+        print(f"tempfast train: interrupted: {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("tempfast train: aborted; the checkpoints in the output folder are complete up "
+              "to the last finished epoch", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
