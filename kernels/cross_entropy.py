@@ -102,7 +102,8 @@ def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, eps, n_cols,
 @triton.jit
 def _row_finish(x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
                 PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Complete a row from its statistics: ``(lse2, loss, lse, dt, cs, y, w_y, valid)``."""
+    """Complete a row from its statistics: ``(m_ref, loss, lse, dt, cs, y, w_y, valid)`` with
+    ``m_ref`` the max to subtract before exponentiating (0 for a row of -inf)."""
     m_ref = tl.where(m == -float("inf"), 0.0, m)
     lse2 = m_ref + tl.log2(s)
     inv_t = k * 0.6931471805599453
@@ -123,19 +124,21 @@ def _row_finish(x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps
     lse = lse2 * 0.6931471805599453
     loss = cs * lse - cz * inv_t
     dt = (cz - cs * (ez / s)) * inv_t * inv_t
-    return lse2, loss, lse, dt, cs, y, w_y, valid
+    return m_ref, loss, lse, dt, cs, y, w_y, valid
 
 
 @triton.jit
-def _row_write_grad(x_row, q_row, g_row, w_ptr, k, lse2, gs, cs, y, w_y, c_start, c_end, eps,
-                    n_cols, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+def _row_write_grad(x_row, q_row, g_row, w_ptr, k, m_ref, s, gs, cs, y, w_y, c_start, c_end,
+                    eps, n_cols, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
                     BLOCK_C: tl.constexpr):
-    """Write ``gs * (cs * p - c)`` for columns ``[c_start, c_end)`` of one row."""
+    """Write ``gs * (cs * p - c)`` for columns ``[c_start, c_end)`` of one row, with
+    ``p = 2^(k x - m_ref) / s``."""
+    cs_over_s = cs / s
     for c0 in range(c_start, c_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.exp2(x * k - lse2) * cs
+        g = tl.exp2(x * k - m_ref) * cs_over_s
         if PROB:
             q = tl.load(q_row + cols, mask=mask, other=0.0).to(tl.float32)
             if SMOOTH:
@@ -251,7 +254,7 @@ def ce_stream_kernel(
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
     m, s, ez, cz, cs = _row_stats(x_row, q_row, w_ptr, k, 0, n_cols, eps, n_cols,
                                   PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
-    lse2, loss, lse, dt, cs, y, w_y, valid = _row_finish(
+    m_ref, loss, lse, dt, cs, y, w_y, valid = _row_finish(
         x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
         PROB, HAS_WEIGHT, SMOOTH)
     tl.store(loss_ptr + row, loss)
@@ -261,8 +264,8 @@ def ce_stream_kernel(
     if COMPUTE_GRAD:
         scale = tl.load(scale_ptr + row * stride_scale)
         gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
-        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, lse2, gs, cs, y, w_y,
-                        0, n_cols, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
+        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
+                        w_y, 0, n_cols, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
 
 
 @triton.jit
@@ -319,7 +322,7 @@ def ce_split_finish_kernel(
     x_row = x_ptr + row * stride_x
     q_row = q_ptr + row * stride_q
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    lse2, loss, lse, dt, cs, y, w_y, valid = _row_finish(
+    m_ref, loss, lse, dt, cs, y, w_y, valid = _row_finish(
         x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
         PROB, HAS_WEIGHT, SMOOTH)
     if split == 0:
@@ -332,5 +335,5 @@ def ce_split_finish_kernel(
         gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
         c_start = split * cols_per_split
         c_end = tl.minimum(c_start + cols_per_split, n_cols)
-        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, lse2, gs, cs, y, w_y,
-                        c_start, c_end, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
+        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
+                        w_y, c_start, c_end, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)

@@ -9,7 +9,8 @@ Backward, with ``dy`` the incoming gradient (``p = exp(y)`` for log-softmax):
 
     softmax      dx = y (dy - A) / T,   A = sum(dy y)
     log_softmax  dx = (dy - p A) / T,   A = sum(dy)
-    dL/dT        = -(B - A Q) / T^2,    B = sum(y dy x) | sum(dy x),  Q = sum(y x) | sum(p x)
+    dL/dT        = -sum(dx x) / T       (accumulated while dx is written: no cancellation
+                                         between two large sums)
 
 All sums are fp32; outputs are stored in the output buffer's dtype; offsets are 64-bit. A
 temperature that is not finite and positive gives NaN for its row.
@@ -41,17 +42,19 @@ def _max_sum(x_row, k, c_start, c_end, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _write_softmax(x_row, y_row, k, lse2, c_start, c_end, LOG: tl.constexpr,
+def _write_softmax(x_row, y_row, k, m_ref, s, c_start, c_end, LOG: tl.constexpr,
                    BLOCK_C: tl.constexpr):
-    """Store softmax (or log-softmax) for columns ``[c_start, c_end)`` given ``lse2``."""
+    """Store softmax (or log-softmax) for columns ``[c_start, c_end)`` given the row's max
+    ``m_ref`` (0 for a row of -inf) and ``s = sum 2^(u - m_ref)``."""
+    log2_s = tl.log2(s)
     for c0 in range(c_start, c_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = cols < c_end
-        u = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k - lse2
+        u = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k - m_ref
         if LOG:
-            out = u * 0.6931471805599453
+            out = (u - log2_s) * 0.6931471805599453
         else:
-            out = tl.exp2(u)
+            out = tl.exp2(u) / s
         tl.store(y_row + cols, out.to(y_row.dtype.element_ty), mask=mask)
 
 
@@ -87,8 +90,8 @@ def softmax_stream_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, n_c
     x_row = x_ptr + row * stride_x
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
     m, s = _max_sum(x_row, k, 0, n_cols, BLOCK_C)
-    lse2 = tl.where(m == -float("inf"), 0.0, m) + tl.log2(s)
-    _write_softmax(x_row, y_ptr + row * stride_y, k, lse2, 0, n_cols, LOG, BLOCK_C)
+    m_ref = tl.where(m == -float("inf"), 0.0, m)
+    _write_softmax(x_row, y_ptr + row * stride_y, k, m_ref, s, 0, n_cols, LOG, BLOCK_C)
 
 
 @triton.jit
@@ -125,45 +128,34 @@ def softmax_split_finish_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
     c_start = split * cols_per_split
     c_end = tl.minimum(c_start + cols_per_split, n_cols)
-    _write_softmax(x_ptr + row * stride_x, y_ptr + row * stride_y, k, m_ref + tl.log2(s),
-                   c_start, c_end, LOG, BLOCK_C)
+    _write_softmax(x_ptr + row * stride_x, y_ptr + row * stride_y, k, m_ref, s, c_start, c_end,
+                   LOG, BLOCK_C)
 
 
 # --------------------------------------------------------------------------------------------
 # Backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_sums(y_row, dy_row, x_row, c_start, c_end, LOG: tl.constexpr,
-              COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """``(A, B, Q)`` of the module docstring over columns ``[c_start, c_end)``."""
+def _bwd_row_sum(y_row, dy_row, c_start, c_end, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``A`` of the module docstring over columns ``[c_start, c_end)``."""
     a = tl.full((), 0.0, tl.float32)
-    b = tl.full((), 0.0, tl.float32)
-    q = tl.full((), 0.0, tl.float32)
     for c0 in range(c_start, c_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
-        y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
         if LOG:
             a += tl.sum(dy, axis=0)
         else:
-            a += tl.sum(dy * y, axis=0)
-        if COMPUTE_DT:
-            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-            if LOG:
-                p = tl.where(mask, tl.exp(y), 0.0)
-                b += tl.sum(dy * x, axis=0)
-            else:
-                p = y
-                b += tl.sum(tl.where(p > 0.0, p * x * dy, 0.0), axis=0)
-            q += tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=0)
-    return a, b, q
+            a += tl.sum(dy * tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32), axis=0)
+    return a
 
 
 @triton.jit
-def _write_bwd(y_row, dy_row, dx_row, a, inv_t, c_start, c_end, LOG: tl.constexpr,
-               BLOCK_C: tl.constexpr):
-    """Store ``dx`` for columns ``[c_start, c_end)`` given the row sum ``A``."""
+def _write_bwd(y_row, dy_row, x_row, dx_row, a, inv_t, c_start, c_end, LOG: tl.constexpr,
+               COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Store ``dx`` for columns ``[c_start, c_end)`` given the row sum ``A``; return
+    ``sum(dx x)`` over them (0 unless COMPUTE_DT)."""
+    dx_x = tl.full((), 0.0, tl.float32)
     for c0 in range(c_start, c_end, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = cols < c_end
@@ -174,6 +166,10 @@ def _write_bwd(y_row, dy_row, dx_row, a, inv_t, c_start, c_end, LOG: tl.constexp
         else:
             dx = y * (dy - a) * inv_t
         tl.store(dx_row + cols, dx.to(dx_row.dtype.element_ty), mask=mask)
+        if COMPUTE_DT:
+            x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+            dx_x += tl.sum(tl.where(dx != 0.0, dx * x, 0.0), axis=0)
+    return dx_x
 
 
 @triton.jit
@@ -193,57 +189,46 @@ def softmax_bwd_single_pass_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, st
     inv_t = _scale_log2(tl.load(t_ptr + rows * stride_t, mask=row_mask, other=1.0))
     inv_t = inv_t * 0.6931471805599453
     if LOG:
-        p = tl.where(mask, tl.exp(y), 0.0)
         a = tl.sum(dy, axis=1)
-        dx = (dy - p * a[:, None]) * inv_t[:, None]
+        dx = (dy - tl.where(mask, tl.exp(y), 0.0) * a[:, None]) * inv_t[:, None]
     else:
-        p = y
         a = tl.sum(dy * y, axis=1)
         dx = y * (dy - a[:, None]) * inv_t[:, None]
     tl.store(dx_ptr + rows[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=mask)
     if COMPUTE_DT:
         x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-        x = x.to(tl.float32)
-        if LOG:
-            b = tl.sum(dy * x, axis=1)
-        else:
-            b = tl.sum(tl.where(p > 0.0, p * x * dy, 0.0), axis=1)
-        q = tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=1)
-        tl.store(dt_ptr + rows, -(b - a * q) * inv_t * inv_t, mask=row_mask)
+        dx_x = tl.sum(tl.where(dx != 0.0, dx * x.to(tl.float32), 0.0), axis=1)
+        tl.store(dt_ptr + rows, -dx_x * inv_t, mask=row_mask)
 
 
 @triton.jit
 def softmax_bwd_stream_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
                               stride_t, dx_ptr, stride_dx, dt_ptr, n_cols, LOG: tl.constexpr,
                               COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """One row per program: a pass for the row sums, then a write pass."""
+    """One row per program: a pass for the row sum ``A``, then a write pass."""
     row = tl.program_id(0).to(tl.int64)
     y_row = y_ptr + row * stride_y
     dy_row = dy_ptr + row * stride_dy
     inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
-    a, b, q = _bwd_sums(y_row, dy_row, x_ptr + row * stride_x, 0, n_cols, LOG, COMPUTE_DT,
-                        BLOCK_C)
+    a = _bwd_row_sum(y_row, dy_row, 0, n_cols, LOG, BLOCK_C)
+    dx_x = _write_bwd(y_row, dy_row, x_ptr + row * stride_x, dx_ptr + row * stride_dx, a, inv_t,
+                      0, n_cols, LOG, COMPUTE_DT, BLOCK_C)
     if COMPUTE_DT:
-        tl.store(dt_ptr + row, -(b - a * q) * inv_t * inv_t)
-    _write_bwd(y_row, dy_row, dx_ptr + row * stride_dx, a, inv_t, 0, n_cols, LOG, BLOCK_C)
+        tl.store(dt_ptr + row, -dx_x * inv_t)
 
 
 @triton.jit
-def softmax_bwd_split_stats_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x,
-                                   part_ptr, n_cols, cols_per_split, LOG: tl.constexpr,
-                                   COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Grid ``(N, splits)``: ``part[row, split] = (A, B, Q)`` of one column range."""
+def softmax_bwd_split_stats_kernel(y_ptr, stride_y, dy_ptr, stride_dy, part_ptr, n_cols,
+                                   cols_per_split, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Grid ``(N, splits)``: ``part[row, split] = A`` of one column range."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     c_start = split * cols_per_split
     c_end = tl.minimum(c_start + cols_per_split, n_cols)
-    a, b, q = _bwd_sums(y_ptr + row * stride_y, dy_ptr + row * stride_dy,
-                        x_ptr + row * stride_x, c_start, c_end, LOG, COMPUTE_DT, BLOCK_C)
-    out = part_ptr + (row * tl.num_programs(1) + split) * 3
-    tl.store(out, a)
-    tl.store(out + 1, b)
-    tl.store(out + 2, q)
+    a = _bwd_row_sum(y_ptr + row * stride_y, dy_ptr + row * stride_dy, c_start, c_end, LOG,
+                     BLOCK_C)
+    tl.store(part_ptr + row * tl.num_programs(1) + split, a)
 
 
 @triton.jit
@@ -251,22 +236,20 @@ def softmax_bwd_split_finish_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, s
                                     stride_t, dx_ptr, stride_dx, dt_ptr, part_ptr, n_cols,
                                     cols_per_split, LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
                                     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """Grid ``(N, splits)``: sum the row's partials; split 0 stores dL/dT; every split writes
-    ``dx`` for its column range."""
+    """Grid ``(N, splits)``: sum the row's partial ``A``; write ``dx`` for one column range and,
+    with COMPUTE_DT, that range's share of dL/dT into ``dt[row, split]`` (summed by the
+    launcher)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
     offs = tl.arange(0, BLOCK_S)
-    smask = offs < n_splits
-    part = part_ptr + row * n_splits * 3 + offs * 3
-    a = tl.sum(tl.load(part, mask=smask, other=0.0), axis=0)
+    a = tl.sum(tl.load(part_ptr + row * n_splits + offs, mask=offs < n_splits, other=0.0),
+               axis=0)
     inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
-    if COMPUTE_DT:
-        b = tl.sum(tl.load(part + 1, mask=smask, other=0.0), axis=0)
-        q = tl.sum(tl.load(part + 2, mask=smask, other=0.0), axis=0)
-        if split == 0:
-            tl.store(dt_ptr + row, -(b - a * q) * inv_t * inv_t)
     c_start = split * cols_per_split
     c_end = tl.minimum(c_start + cols_per_split, n_cols)
-    _write_bwd(y_ptr + row * stride_y, dy_ptr + row * stride_dy, dx_ptr + row * stride_dx, a,
-               inv_t, c_start, c_end, LOG, BLOCK_C)
+    dx_x = _write_bwd(y_ptr + row * stride_y, dy_ptr + row * stride_dy, x_ptr + row * stride_x,
+                      dx_ptr + row * stride_dx, a, inv_t, c_start, c_end, LOG, COMPUTE_DT,
+                      BLOCK_C)
+    if COMPUTE_DT:
+        tl.store(dt_ptr + row * n_splits + split, -dx_x * inv_t)

@@ -19,7 +19,8 @@ LOSS_TOL = 2e-5
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str,
                  floor: float = 1.0) -> None:
-    """``|actual - expected| <= rel * max(floor, max|expected|)`` elementwise; NaN must match NaN.
+    """``|actual - expected| <= rel * max(floor, max|expected|)`` elementwise; NaN and
+    infinities must match exactly.
 
     ``floor=1`` suits losses; gradients, which can be tiny, use a tiny floor so that the
     tolerance follows their own scale.
@@ -28,7 +29,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what:
     a, e = actual.double(), expected.double()
     nan_a, nan_e = torch.isnan(a), torch.isnan(e)
     assert torch.equal(nan_a, nan_e), f"{what}: NaN pattern differs"
-    a, e = a[~nan_e], e[~nan_e]
+    infinite = torch.isinf(e)
+    assert torch.equal(a[infinite], e[infinite]), f"{what}: infinities differ"
+    keep = ~nan_e & ~infinite
+    a, e = a[keep], e[keep]
     if e.numel() == 0:
         return
     scale = max(floor, e.abs().max().item())

@@ -121,7 +121,8 @@ def _softmax_kernels(kind: str, dtype: str, cfg, flags: dict):
         yield kmod.softmax_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
                                                      "BLOCK_S": 64}
     else:
-        yield kmod.softmax_bwd_split_stats_kernel, types, {**flags, "BLOCK_C": cfg.block_c}
+        yield kmod.softmax_bwd_split_stats_kernel, types, {"LOG": flags["LOG"],
+                                                           "BLOCK_C": cfg.block_c}
         yield kmod.softmax_bwd_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
                                                          "BLOCK_S": 64}
 

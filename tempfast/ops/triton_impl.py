@@ -153,13 +153,18 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
             *args, n_cols, LOG=log, COMPUTE_DT=compute_dt, BLOCK_C=cfg.block_c,
             num_warps=cfg.num_warps)
     else:
-        part = torch.empty((n_rows, cfg.splits, 3), dtype=torch.float32, device=y.device)
+        part = torch.empty((n_rows, cfg.splits), dtype=torch.float32, device=y.device)
+        dt_parts = torch.empty((n_rows, cfg.splits) if compute_dt else 0, dtype=torch.float32,
+                               device=y.device)
         softmax_kernels.softmax_bwd_split_stats_kernel[(n_rows, cfg.splits)](
-            *args[:6], part, n_cols, cfg.cols_per_split, LOG=log, COMPUTE_DT=compute_dt,
-            BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+            *args[:4], part, n_cols, cfg.cols_per_split, LOG=log, BLOCK_C=cfg.block_c,
+            num_warps=cfg.num_warps)
         softmax_kernels.softmax_bwd_split_finish_kernel[(n_rows, cfg.splits)](
-            *args, part, n_cols, cfg.cols_per_split, LOG=log, COMPUTE_DT=compute_dt,
-            BLOCK_C=cfg.block_c, BLOCK_S=next_pow2(cfg.splits), num_warps=cfg.num_warps)
+            *args[:10], dt_parts, part, n_cols, cfg.cols_per_split, LOG=log,
+            COMPUTE_DT=compute_dt, BLOCK_C=cfg.block_c, BLOCK_S=next_pow2(cfg.splits),
+            num_warps=cfg.num_warps)
+        if compute_dt:
+            dt = dt_parts.sum(1)
     return dx, dt
 
 
