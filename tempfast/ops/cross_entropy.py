@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
 from .dispatch import impl_for
@@ -119,16 +120,23 @@ def _mul_rows(buf: Tensor, g: Tensor) -> Tensor:
     return (buf.to(factor.dtype) * factor).to(buf.dtype)
 
 
+def _is_eager(t: Tensor) -> bool:
+    """True for a plain tensor outside any tracing: safe to mutate behind autograd's back."""
+    return (type(t) is torch.Tensor and not torch.compiler.is_compiling()
+            and _get_current_dispatch_mode() is None)
+
+
 def apply_upstream(ctx, buf: Tensor, g: Tensor) -> Tensor:
     """The logits' gradient from a buffer holding it for an upstream gradient of 1.
 
     The first backward call rescales ``buf`` in place (rows whose ``g`` is exactly 1 are skipped
     on the device: no memory traffic, no synchronisation) and returns it. A later call through
     a retained graph returns ``buf * g / g_first`` out of place, so earlier results are never
-    modified. Under ``torch.compile`` the product is always out of place.
+    modified. While traced (``torch.compile``, export, fake tensors, any dispatch mode) the
+    product is always out of place.
     """
     g = g.detach().to(accumulation_dtype(buf.dtype)).reshape(-1)
-    if torch.compiler.is_compiling():
+    if not _is_eager(buf):
         return _mul_rows(buf, g)
     first = getattr(ctx, "first_upstream", None)
     if first is None:

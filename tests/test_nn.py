@@ -1,0 +1,75 @@
+"""Modules: fixed and learnable temperatures, state dicts, optimisation of T."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import tempfast
+from tempfast.nn import TemperatureCrossEntropyLoss, TemperatureSoftmax
+
+from ._util import LOSS_TOL, assert_close
+
+
+def test_fixed_temperature_is_a_buffer_and_matches_the_functional_op():
+    loss_fn = TemperatureCrossEntropyLoss(8.0, label_smoothing=0.1)
+    assert [n for n, _ in loss_fn.named_parameters()] == []
+    assert "log_temperature" in loss_fn.state_dict()
+    logits, target = torch.randn(6, 11), torch.randint(0, 11, (6,))
+    expected = tempfast.reference.cross_entropy(logits, target, 8.0, label_smoothing=0.1)
+    assert_close(loss_fn(logits, target), expected, LOSS_TOL, "loss")
+    assert math.isclose(float(loss_fn.temperature), 8.0, rel_tol=1e-6)
+
+
+def test_learnable_temperature_is_positive_and_gets_the_gradient():
+    loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
+    (name, param), = loss_fn.named_parameters()
+    assert name == "log_temperature"
+    logits, target = torch.randn(6, 11), torch.randint(0, 11, (6,))
+    loss_fn(logits, target).backward()
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    tempfast.reference.cross_entropy(logits.double(), target, t).backward()
+    # d/d(log T) = T * d/dT
+    assert_close(param.grad, 2.0 * t.grad, 1e-5, "grad log T")
+
+
+def test_temperature_calibration_converges_to_the_optimum():
+    """Fit T on frozen logits (temperature scaling): the NLL-optimal T of over-confident logits
+    is > 1, and gradient descent through the module finds the same T as a grid search."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 5, (400,), generator=g)
+    logits = torch.randn(400, 5, generator=g) + 2.0 * torch.nn.functional.one_hot(target, 5)
+    logits = logits * 4.0  # over-confident
+    loss_fn = TemperatureCrossEntropyLoss(1.0, learnable=True)
+    opt = torch.optim.Adam(loss_fn.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        loss_fn(logits, target).backward()
+        opt.step()
+    grid = torch.linspace(1.0, 10.0, 901)
+    nll = torch.stack([torch.nn.functional.cross_entropy(logits / t, target) for t in grid])
+    best = float(grid[nll.argmin()])
+    assert best > 1.5
+    assert abs(float(loss_fn.temperature) - best) < 0.05
+
+
+def test_softmax_module_any_dim_and_log():
+    x = torch.randn(3, 4, 5)
+    module = TemperatureSoftmax(0.5, dim=1)
+    assert_close(module(x), torch.softmax(x / 0.5, 1), 1e-6, "softmax")
+    log_module = TemperatureSoftmax(3.0, dim=0, log=True, learnable=True)
+    out = log_module(x)
+    assert_close(out, torch.log_softmax(x / 3.0, 0), 1e-6, "log_softmax")
+    out.sum().backward()
+    assert log_module.log_temperature.grad is not None
+    assert "temperature=3" in repr(log_module)
+
+
+def test_state_dict_round_trip_keeps_a_learned_temperature():
+    a = TemperatureCrossEntropyLoss(1.0, learnable=True)
+    with torch.no_grad():
+        a.log_temperature.fill_(math.log(5.0))
+    b = TemperatureCrossEntropyLoss(1.0, learnable=True)
+    b.load_state_dict(a.state_dict())
+    assert math.isclose(float(b.temperature), 5.0, rel_tol=1e-6)
