@@ -1,0 +1,300 @@
+"""Benchmark cases: one op, one provider, one shape and one dtype.
+
+Logits ``x (N, C)`` are ``T * randn`` with ``T = 8`` (so ``x / T`` is standard normal), class
+indices ``y (N,)`` are uniform, the softmax's upstream gradient ``dy (N, C)`` is ``randn``.
+``e`` is the element size (2 bytes for bf16, 4 for fp32).
+
+=========================  =============================================  ===========
+op                         timed work                                     floor bytes
+=========================  =============================================  ===========
+softmax_fwd                ``p = softmax(x / T)``                         2 N C e
+softmax_fwd_bwd            ``p = softmax(x / T); p.backward(dy)``         5 N C e
+ce_fwd                     ``loss = CE(x / T, y)`` (mean), no grad        1 N C e
+ce_fwd_bwd                 ``loss = CE(x / T, y); loss.backward()``       2 N C e
+ce_learnable_t_fwd_bwd     as ce_fwd_bwd, ``T`` a 0-dim tensor with grad  2 N C e
+=========================  =============================================  ===========
+
+The floor is the memory traffic no implementation can avoid: softmax reads ``x`` and writes
+``p``; its backward reads ``p`` and ``dy`` and writes ``dx``; cross-entropy reads ``x`` and
+(with backward) writes ``dx``.
+
+Providers: ``copy`` (``dst.copy_(x)``: reads and writes ``N C e`` bytes once, the bandwidth
+yardstick), ``tempfast`` (the public ops: Triton on CUDA, the PyTorch path on CPU),
+``torch_eager`` (``F.cross_entropy(x / T, y)``, ``torch.softmax(x / T, -1)``),
+``torch_compile`` (``torch.compile(..., dynamic=False)`` of the eager function, compiled for
+the exact shape before timing) and ``liger_x_div_t`` (Liger-Kernel's cross entropy / softmax
+applied to ``x / T``: Liger has no temperature argument, so the division is part of its time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import tempfast
+from tempfast import backend, reference
+
+TEMPERATURE = 8.0
+OPS = ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd", "ce_learnable_t_fwd_bwd")
+PROVIDERS = ("copy", "tempfast", "torch_eager", "torch_compile", "liger_x_div_t")
+CLASS_COUNTS = {"cuda": (10, 100, 1000, 32000, 128256, 262144), "cpu": (10, 1000, 32000, 262144)}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FLOOR_UNITS = {"softmax_fwd": 2, "softmax_fwd_bwd": 5, "ce_fwd": 1, "ce_fwd_bwd": 2,
+               "ce_learnable_t_fwd_bwd": 2}
+COPY_UNITS = 2
+CPU_ELEMENTS = 1 << 22
+GPU_ELEMENTS = 1 << 28
+GPU_WIDE_ROWS = 8192
+WIDE_CLASSES = 32000
+REFERENCE_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|actual - expected| <= atol * max|expected| + rtol * |expected|`` elementwise."""
+
+    rtol: float
+    atol: float
+
+
+TOLERANCES = {"fp32": Tolerance(rtol=1e-4, atol=1e-5), "bf16": Tolerance(rtol=2e-2, atol=1e-2)}
+
+
+def bench_device() -> str:
+    """``TEMPFAST_BENCH_DEVICE`` (``cpu`` or ``cuda``), else ``cuda`` when available."""
+    name = os.environ.get("TEMPFAST_BENCH_DEVICE", "").strip().lower()
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"TEMPFAST_BENCH_DEVICE: expected 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("TEMPFAST_BENCH_DEVICE=cuda, but torch sees no CUDA device")
+    return name
+
+
+def rows_for(classes: int, device: str) -> int:
+    """N for C classes: on CUDA 8192 rows for C >= 32000 (2^28 to 2^31 elements) and 2^28
+    elements otherwise; on CPU about 2^22 elements (and fewer class counts: each
+    torch.compile case compiles for its exact shape, seconds per shape on 2 cores)."""
+    if device == "cuda":
+        return GPU_WIDE_ROWS if classes >= WIDE_CLASSES else GPU_ELEMENTS // classes
+    return max(1, CPU_ELEMENTS // classes)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one benchmark case runs."""
+
+    op: str
+    provider: str
+    classes: int
+    rows: int
+    dtype: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-C{self.classes}-N{self.rows}-{self.dtype}-{self.provider}"
+
+    @property
+    def group_name(self) -> str:
+        return f"{self.op} C={self.classes} N={self.rows} {self.dtype} {self.device}"
+
+    @property
+    def elements(self) -> int:
+        return self.rows * self.classes
+
+    @property
+    def element_size(self) -> int:
+        return torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+
+    @property
+    def copy_bytes(self) -> int:
+        return COPY_UNITS * self.elements * self.element_size
+
+    @property
+    def floor_bytes(self) -> int:
+        """The op's floor; for the copy provider, the bytes the copy itself moves."""
+        if self.provider == "copy":
+            return self.copy_bytes
+        return FLOOR_UNITS[self.op] * self.elements * self.element_size
+
+    def extra_info(self) -> dict[str, object]:
+        return {**dataclasses.asdict(self), "floor_bytes": self.floor_bytes,
+                "copy_bytes": self.copy_bytes, "temperature": TEMPERATURE}
+
+
+def is_headline(spec: Spec) -> bool:
+    """The shapes of the performance targets (bf16; CE fwd+bwd at C >= 32000; softmax
+    forward at C >= 1000): run first, so a time budget never cuts them."""
+    if spec.dtype != "bf16":
+        return False
+    if spec.op == "ce_fwd_bwd":
+        return spec.classes >= WIDE_CLASSES
+    return spec.op == "softmax_fwd" and spec.classes >= 1000
+
+
+def all_specs(device: str) -> list[Spec]:
+    """Every case, headline shapes first, then bf16 before fp32, by op, C and provider."""
+    specs = [Spec(g, p, c, rows_for(c, device), d, device)
+             for g in OPS for d in DTYPES for c in CLASS_COUNTS[device] for p in PROVIDERS]
+    return sorted(specs, key=lambda s: (not is_headline(s), list(DTYPES).index(s.dtype),
+                                        OPS.index(s.op), s.classes,
+                                        PROVIDERS.index(s.provider)))
+
+
+def liger_functions() -> tuple[Callable, Callable] | None:
+    """Liger-Kernel's ``(cross_entropy, softmax)``, or None when it is not installed."""
+    try:
+        from liger_kernel.transformers.functional import liger_cross_entropy
+    except ImportError:
+        return None
+    try:
+        from liger_kernel.transformers.functional import liger_softmax
+    except ImportError:
+        from liger_kernel.ops.softmax import LigerSoftmaxFunction
+
+        liger_softmax = LigerSoftmaxFunction.apply
+    return liger_cross_entropy, liger_softmax
+
+
+def skip_reason(spec: Spec) -> str | None:
+    """Why a case cannot be benchmarked here, or None."""
+    if spec.provider == "liger_x_div_t":
+        if spec.device != "cuda":
+            return ("Liger-Kernel is Triton-only: on CPU only the Triton interpreter could run "
+                    "it, and the interpreter is not a benchmark")
+        if liger_functions() is None:
+            return "liger_kernel is not installed"
+    if spec.provider == "tempfast" and spec.device == "cpu" and backend.get_backend() == "triton":
+        return ("TEMPFAST_BACKEND=triton runs the Triton interpreter on CPU tensors, and the "
+                "interpreter is not a benchmark")
+    return None
+
+
+def _eager_softmax(x: Tensor, t: float | Tensor) -> Tensor:
+    return torch.softmax(x / t, -1)
+
+
+def _eager_cross_entropy(x: Tensor, y: Tensor, t: float | Tensor) -> Tensor:
+    return F.cross_entropy(x / t, y)
+
+
+def _row_chunks(rows: int, classes: int) -> Iterator[slice]:
+    step = max(1, REFERENCE_CHUNK_ELEMENTS // classes)
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+class Case:
+    """The inputs of one spec, its timed ``step`` and its correctness ``check``."""
+
+    def __init__(self, spec: Spec, seed: int = 0) -> None:
+        self.spec = spec
+        device = torch.device(spec.device)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        shape = (spec.rows, spec.classes)
+        self.softmax = spec.op.startswith("softmax")
+        self.backward = spec.op.endswith("_bwd") and spec.provider != "copy"
+        self.x = torch.randn(shape, generator=gen, device=device, dtype=DTYPES[spec.dtype])
+        self.x.mul_(TEMPERATURE).requires_grad_(self.backward)
+        self.y = None if self.softmax else torch.randint(0, spec.classes, (spec.rows,),
+                                                         generator=gen, device=device)
+        self.dy = torch.randn(shape, generator=gen, device=device, dtype=self.x.dtype) \
+            if self.softmax and self.backward else None
+        self.t: float | Tensor = TEMPERATURE
+        if spec.op == "ce_learnable_t_fwd_bwd" and spec.provider != "copy":
+            self.t = torch.tensor(TEMPERATURE, device=device, requires_grad=True)
+        self.dst = torch.empty_like(self.x) if spec.provider == "copy" else None
+        self.forward = self._forward_fn()
+
+    def _forward_fn(self) -> Callable[[], Tensor]:
+        provider, x, y, t = self.spec.provider, self.x, self.y, self.t
+        if provider == "copy":
+            src = x.detach()
+            return lambda: self.dst.copy_(src)
+        if provider == "tempfast":
+            return (lambda: tempfast.softmax(x, t)) if self.softmax \
+                else (lambda: tempfast.cross_entropy(x, y, t))
+        eager = _eager_softmax if self.softmax else _eager_cross_entropy
+        if provider == "torch_compile":
+            torch._dynamo.reset()
+            eager = torch.compile(eager, dynamic=False)
+        elif provider == "liger_x_div_t":
+            liger_ce, liger_sm = liger_functions()
+            return (lambda: liger_sm(x / t)) if self.softmax else (lambda: liger_ce(x / t, y))
+        return (lambda: eager(x, t)) if self.softmax else (lambda: eager(x, y, t))
+
+    def reset(self) -> None:
+        """Drop the gradients of the last step, so that a step never accumulates into them."""
+        self.x.grad = None
+        if isinstance(self.t, Tensor):
+            self.t.grad = None
+
+    def step(self) -> Tensor:
+        """The timed work: the forward, and the backward for the ``*_bwd`` groups."""
+        if not self.backward:
+            return self.forward()
+        self.reset()
+        out = self.forward()
+        if self.softmax:
+            out.backward(self.dy)
+        else:
+            out.backward()
+        return out
+
+    def check(self) -> None:
+        """Run one step and compare its results with :mod:`tempfast.reference` in fp32.
+
+        Raises AssertionError (tolerances: :data:`TOLERANCES`) naming the case and the tensor.
+        """
+        out = self.step()
+        if self.spec.provider == "copy":
+            assert torch.equal(self.dst, self.x), f"{self.spec.id}: the copy differs from x"
+            return
+        if self.softmax:
+            self._check_softmax(out)
+        else:
+            self._check_cross_entropy(out)
+
+    def _assert_close(self, what: str, actual: Tensor, expected: Tensor) -> None:
+        tol = TOLERANCES[self.spec.dtype]
+        expected = expected.detach().float()
+        scale = float(expected.abs().max()) if expected.numel() else 0.0
+        torch.testing.assert_close(
+            actual.detach().float(), expected, rtol=tol.rtol, atol=tol.atol * scale,
+            msg=lambda m: f"{self.spec.id}: {what} differs from tempfast.reference: {m}")
+
+    def _check_softmax(self, out: Tensor) -> None:
+        for rows in _row_chunks(self.spec.rows, self.spec.classes):
+            xc = self.x[rows].detach().float().requires_grad_(self.backward)
+            ref = reference.softmax(xc, TEMPERATURE)
+            self._assert_close("softmax output", out[rows], ref)
+            if self.backward:
+                (grad,) = torch.autograd.grad(ref, xc, self.dy[rows].float())
+                self._assert_close("x.grad", self.x.grad[rows], grad)
+
+    def _check_cross_entropy(self, out: Tensor) -> None:
+        learnable = isinstance(self.t, Tensor)
+        loss = torch.zeros((), device=self.x.device)
+        dt = torch.zeros((), device=self.x.device)
+        for rows in _row_chunks(self.spec.rows, self.spec.classes):
+            xc = self.x[rows].detach().float().requires_grad_(self.backward)
+            tc = torch.tensor(TEMPERATURE, device=xc.device, requires_grad=True) \
+                if learnable else TEMPERATURE
+            part = reference.cross_entropy(xc, self.y[rows], tc, reduction="sum") / self.spec.rows
+            loss += part.detach()
+            if self.backward:
+                grads = torch.autograd.grad(part, (xc, tc) if learnable else (xc,))
+                self._assert_close("x.grad", self.x.grad[rows], grads[0])
+                if learnable:
+                    dt += grads[1]
+        self._assert_close("loss", out, loss)
+        if learnable:
+            self._assert_close("temperature.grad", self.t.grad, dt)

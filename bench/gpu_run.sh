@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Run tempfast's GPU tests and benchmark suite on a machine without network; write all results
+# flat into OUTDIR (at most 7 files):
+#   versions.txt   GPU, driver, CUDA, Python and package versions, how tempfast was installed
+#   gpu_tests.log  pytest tests -m gpu
+#   bench.log      pytest bench --benchmark-only (the pytest-benchmark tables)
+#   bench.json     --benchmark-json output (input of python -m bench.report)
+#   bench.md       the report as markdown
+#   report.txt     the report as text
+#   status.txt     exit status and seconds of each phase
+# Usage: bench/gpu_run.sh OUTDIR    (from anywhere; the repository is this script's parent)
+# Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 150).
+# Wheels in .whl/ at the repository root (e.g. liger-kernel) are installed into /tmp/site.
+set -uo pipefail
+
+if [[ $# -ne 1 ]]; then
+    echo "usage: bench/gpu_run.sh OUTDIR" >&2
+    exit 2
+fi
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+TOTAL_S=${TOTAL_S:-480}
+GPU_TESTS_S=${GPU_TESTS_S:-150}
+START=$SECONDS
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET TEMPFAST_BACKEND
+
+phase() {  # phase NAME STATUS: record a finished phase
+    echo "$1 exit=$2 at=$((SECONDS - START))s" >>"$OUT/status.txt"
+}
+
+: >"$OUT/status.txt"
+{
+    echo "# tempfast GPU run, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "## nvidia-smi"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv 2>&1 \
+        || echo "nvidia-smi: not available"
+    nvidia-smi 2>/dev/null | grep -m1 "CUDA Version" || true
+} >"$OUT/versions.txt"
+
+# Carried wheels (no index: the machine has no network).
+shopt -s nullglob
+wheels=(.whl/*.whl)
+shopt -u nullglob
+if ((${#wheels[@]})); then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "${wheels[@]}" >>"$OUT/versions.txt" 2>&1; then
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+        echo "wheels installed into /tmp/site: ${wheels[*]}" >>"$OUT/versions.txt"
+    else
+        echo "wheel install FAILED: ${wheels[*]}" >>"$OUT/versions.txt"
+    fi
+fi
+
+# tempfast itself: an editable install if pip and setuptools allow it; else the installed
+# layout made in place (a link tempfast/kernels -> ../kernels, removed on exit) with the
+# repository on PYTHONPATH.
+if "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/tmp/tempfast_install.log 2>&1 \
+    && (cd / && "$PY" -c "import tempfast.kernels") >/dev/null 2>&1; then
+    echo "tempfast: pip install -e . (editable)" >>"$OUT/versions.txt"
+elif [[ ! -e tempfast/kernels ]]; then
+    ln -s ../kernels tempfast/kernels
+    trap 'rm -f "$ROOT/tempfast/kernels"' EXIT
+    echo "tempfast: repository on PYTHONPATH with a link tempfast/kernels (editable install" \
+        "failed: $(tail -n 1 /tmp/tempfast_install.log))" >>"$OUT/versions.txt"
+fi
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+
+"$PY" - >>"$OUT/versions.txt" 2>&1 <<'EOF'
+import importlib, platform
+import torch
+print("## python", platform.python_version(), platform.machine())
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(), "sm", torch.cuda.get_device_capability())
+for name in ("triton", "tempfast", "liger_kernel", "timm", "pytest_benchmark", "rich"):
+    try:
+        mod = importlib.import_module(name)
+        print(name, getattr(mod, "__version__", "installed"), getattr(mod, "__file__", ""))
+    except Exception as exc:
+        print(name, "NOT importable:", type(exc).__name__, exc)
+EOF
+phase setup 0
+
+timeout -k 10 "$GPU_TESTS_S" "$PY" -m pytest tests -m gpu -q -p no:cacheprovider \
+    >"$OUT/gpu_tests.log" 2>&1
+status=$?
+if ((status == 5)); then
+    echo "(no test selected by -m gpu)" >>"$OUT/gpu_tests.log"
+fi
+phase gpu_tests "$status"
+
+# The suite skips its remaining cases once its budget is spent (headline shapes run first);
+# the hard timeout only guards against a hung case (it loses bench.json).
+left=$((TOTAL_S - (SECONDS - START)))
+budget=$((left - 75))
+if ((budget < 30)); then
+    budget=30
+fi
+TEMPFAST_BENCH_BUDGET_S=$budget timeout -k 10 $((budget + 45)) \
+    "$PY" -m pytest bench --benchmark-only --benchmark-json "$OUT/bench.json" \
+    -p no:cacheprovider -q -rs >"$OUT/bench.log" 2>&1
+phase "bench(budget=${budget}s)" $?
+
+if [[ -s "$OUT/bench.json" ]]; then
+    "$PY" -m bench.report "$OUT/bench.json" --markdown "$OUT/bench.md" >"$OUT/report.txt" 2>&1
+    phase report $?
+else
+    echo "no bench.json: see bench.log" >"$OUT/report.txt"
+    phase report 1
+fi
+cat "$OUT/status.txt"

@@ -1,0 +1,122 @@
+"""Numbers derived from a pytest-benchmark JSON file, across the cases of one group.
+
+For each case of a group (same op, shape, dtype and device), with ``t`` its median time:
+
+* ``gbps``: the group's floor bytes / ``t`` (for the copy provider: the bytes it copies);
+* ``copy_gbps``: the copy provider's bytes / its median time, measured in the same run;
+* ``copy_fraction``: ``gbps / copy_gbps`` -- for cross-entropy fwd+bwd and softmax forward
+  this is ``copy time / t``, the share of the bandwidth floor reached;
+* ``speedup_vs``: ``{provider: t_provider / t}`` for every other provider of the group
+  (above 1: this case is faster);
+* trainer cases: ``images_per_s = images_per_step / t``.
+
+:func:`targets` checks the performance targets of the project's issues against these.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+WIDE_CLASSES = (32000, 128256, 262144)
+TRAINER_TOLERANCE = 0.9
+
+
+def _ours(bench: dict) -> bool:
+    info = bench.get("extra_info") or {}
+    return "provider" in info and ("floor_bytes" in info or "images_per_step" in info)
+
+
+def derive(benchmarks: list[dict]) -> None:
+    """Add the derived numbers above to each case's ``extra_info``, in place."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for bench in benchmarks:
+        if _ours(bench):
+            groups[bench["group"]].append(bench)
+    for members in groups.values():
+        times = {b["extra_info"]["provider"]: b["stats"]["median"] for b in members}
+        copy = next((b for b in members if b["extra_info"]["provider"] == "copy"), None)
+        copy_gbps = copy["extra_info"]["copy_bytes"] / times["copy"] / 1e9 if copy else None
+        for bench in members:
+            info, t = bench["extra_info"], bench["stats"]["median"]
+            info["median_s"] = t
+            info["speedup_vs"] = {p: other / t for p, other in times.items()
+                                  if p != info["provider"]}
+            if "images_per_step" in info:
+                info["images_per_s"] = info["images_per_step"] / t
+                continue
+            info["gbps"] = info["floor_bytes"] / t / 1e9
+            info["copy_gbps"] = copy_gbps
+            info["copy_fraction"] = info["gbps"] / copy_gbps if copy_gbps else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target: what was measured against what was asked; ``met`` is None if unmeasured."""
+
+    name: str
+    goal: str
+    measured: str
+    met: bool | None
+
+
+def _by_group(benchmarks: list[dict]) -> dict[str, dict[str, dict]]:
+    """``group -> {provider: extra_info}`` of our cases."""
+    out: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench in benchmarks:
+        if _ours(bench):
+            out[bench["group"]][bench["extra_info"]["provider"]] = bench["extra_info"]
+    return out
+
+
+def _ratio_target(name: str, info: dict, other: str, goal: float) -> Target:
+    value = info.get("speedup_vs", {}).get(other)
+    if value is None:
+        return Target(name, f">= {goal:.2f}x", f"no {other} case", None)
+    return Target(name, f">= {goal:.2f}x", f"{value:.2f}x", value >= goal)
+
+
+def _fraction_target(name: str, info: dict, goal: float) -> Target:
+    value = info.get("copy_fraction")
+    if value is None:
+        return Target(name, f">= {goal:.0%} of copy", "no copy case", None)
+    return Target(name, f">= {goal:.0%} of copy", f"{value:.1%}", value >= goal)
+
+
+def _op_targets(cases: dict[str, dict]) -> list[Target]:
+    info, eager = cases.get("tempfast"), cases.get("torch_eager")
+    if info is None:
+        return []
+    op, classes, dtype, device = info["op"], info["classes"], info["dtype"], info["device"]
+    out = []
+    if device == "cuda" and dtype == "bf16":
+        if op == "ce_fwd_bwd" and classes in WIDE_CLASSES and info["rows"] == 8192:
+            label = f"CE fwd+bwd bf16 N=8192 C={classes}"
+            out.append(_fraction_target(f"{label}: bandwidth", info, 0.85))
+            out.append(_ratio_target(f"{label}: vs Liger (x/T)", info, "liger_x_div_t", 1.3))
+            out.append(_ratio_target(f"{label}: vs torch.compile", info, "torch_compile", 1.5))
+        if op == "softmax_fwd" and classes >= 1000:
+            out.append(_fraction_target(f"softmax fwd bf16 C={classes}: bandwidth", info, 0.85))
+    if device == "cpu" and op == "ce_fwd_bwd" and eager is not None:
+        label = f"CPU CE fwd+bwd {dtype} C={classes}"
+        out.append(_ratio_target(f"{label}: time vs eager", info, "torch_eager", 1.0))
+        ours, theirs = info.get("peak_extra_bytes"), eager.get("peak_extra_bytes")
+        if ours is None or theirs is None:
+            out.append(Target(f"{label}: peak memory", "< eager", "not measured", None))
+        else:
+            out.append(Target(f"{label}: peak memory", "< eager",
+                              f"{ours / 2**20:.1f} vs {theirs / 2**20:.1f} MiB", ours < theirs))
+    return out
+
+
+def targets(benchmarks: list[dict]) -> list[Target]:
+    """The targets that the cases in ``benchmarks`` (already :func:`derive`-d) can answer:
+    CUDA bf16 CE fwd+bwd bandwidth and speedups, softmax forward bandwidth, CPU CE fwd+bwd
+    time and memory against eager, and the trainer step against the minimal loop."""
+    out = []
+    for group, cases in sorted(_by_group(benchmarks).items()):
+        out.extend(_op_targets(cases))
+        if "tempfast_train_step" in cases:
+            out.append(_ratio_target(f"{group}: vs minimal loop", cases["tempfast_train_step"],
+                                     "minimal_loop", TRAINER_TOLERANCE))
+    return out

@@ -1,0 +1,38 @@
+"""Trainer throughput: ``tempfast.train.train_step`` against a minimal PyTorch loop.
+
+The first case of each mode checks that one step of ``train_step`` and of the minimal
+loop, from the same state, agree (loss, correct count, parameters); each case then times
+its provider. See :mod:`bench.trainer` for the model, batch and attack.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import timing, trainer
+from .cases import bench_device
+
+SPECS = trainer.all_specs(bench_device())
+_CHECKED: set[tuple[str, str]] = set()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=[s.id for s in SPECS])
+def test_train_step_matches_minimal_loop_then_times(spec: trainer.TrainerSpec, benchmark,
+                                                    within_budget) -> None:
+    model, x, y = trainer.make_inputs(spec.device)
+    if (spec.mode, spec.device) not in _CHECKED:  # one check covers both providers
+        trainer.check_same_step(spec, model, x, y)
+        _CHECKED.add((spec.mode, spec.device))
+    case = trainer.TrainerCase(spec, model, x, y)
+    benchmark.group = spec.group_name
+    benchmark.extra_info.update(spec.extra_info())
+    if benchmark.disabled:
+        benchmark.pedantic(case.step)
+        return
+    if spec.device == "cuda":
+        # pytest-benchmark has no per-test timer option: time finished GPU work.
+        benchmark._timer = timing.synchronized_perf_counter
+    plan = timing.plan(case.step, spec.device)
+    benchmark.extra_info.update(rounds=plan.rounds, iterations=plan.iterations)
+    benchmark.pedantic(case.step, rounds=plan.rounds, iterations=plan.iterations,
+                       warmup_rounds=1)
