@@ -13,6 +13,7 @@ import json
 import sys
 
 from .errors import UsageError
+from .eval_cli import add_parser as _add_eval
 from .train_cli import add_parser as _add_train
 
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_info(sub)
     _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -1,0 +1,327 @@
+"""Robustness evaluation: clean accuracy, an attack suite with a per-example worst case,
+gradient-masking diagnostics and common corruptions.
+
+Everything runs in fp32 (autocast off) on the model's device, in eval mode, on the first
+``n_examples`` test images of a bundle (``bundle.test_batches(batch_size, device, limit)``
+yielding ``(x, y)``, x ``(N, C, H, W)`` in [0, 1]). The model takes [0, 1] images and returns
+logits ``(N, num_classes)``.
+
+* clean accuracy ``mean(argmax z(x) = y)``;
+* robust accuracy per attack (:data:`tempfast.attacks.ATTACKS`): an example is robust when it
+  is classified correctly both clean and after the attack (attacks run on the clean-correct
+  examples only);
+* worst case: robust only if no attack of the suite broke it, the headline number;
+* :mod:`tempfast.masking` diagnostics (``SUSPECTED GRADIENT MASKING`` when a check fails);
+* corruption accuracy per corruption and severity and the mean over both, on the regenerated
+  suite (:mod:`tempfast.corruptions`) or on published CIFAR-10-C / CIFAR-100-C files.
+
+Each attack, each extra diagnostic run and each corrupted batch has its own seed derived from
+``seed``, so a number does not depend on which other attacks run; the caller's RNG state is
+left untouched.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import corruptions as corr
+from . import masking
+from .attacks import ATTACKS, DEFAULT_ATTACKS, build_attack, eval_mode, seeded
+from .errors import UsageError
+
+Progress = Callable[[str], None]
+
+SHORT_SETTINGS = {
+    "steps": 10,
+    "restarts": 1,
+    "n_examples": 360,
+    "square_queries": 100,
+    "severities": (1, 3, 5),
+}
+"""Settings of the short evaluation ``tempfast train`` runs at its end (about 10-20 s for the
+360 digits test images and the small CNN on 2 CPU cores)."""
+
+
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A 31-bit seed from ``seed`` and ``keys`` (CRC-32, stable across runs and platforms)."""
+    return zlib.crc32("/".join(map(str, (seed, *keys))).encode()) & 0x7FFFFFFF
+
+
+def parse_attacks(names: str | Iterable[str] | None) -> list[str]:
+    """Attack names from a comma-separated string or a list; ``None``: the default suite.
+
+    ``"none"`` (or an empty list) runs no attack. Raises UsageError on an unknown name.
+    """
+    if names is None:
+        return list(DEFAULT_ATTACKS)
+    if isinstance(names, str):
+        names = [] if names.strip().lower() == "none" else names.split(",")
+    out = []
+    for name in (n.strip() for n in names):
+        if name not in ATTACKS:
+            raise UsageError(f"unknown attack {name!r}; expected some of {', '.join(ATTACKS)} "
+                             "(comma-separated) or none")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int,
+                   n_examples: int | None, square_queries: int,
+                   severities: Sequence[int]) -> None:
+    """Raise UsageError (one line, naming the flag) on a setting the suite cannot run."""
+    if not eps >= 0:
+        raise UsageError(f"--eps must be >= 0, got {eps}")
+    if alpha is not None and not alpha > 0:
+        raise UsageError(f"--alpha must be > 0, got {alpha}")
+    if steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    if restarts < 1:
+        raise UsageError(f"--restarts must be >= 1, got {restarts}")
+    if n_examples is not None and n_examples < 1:
+        raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
+    if square_queries < 1:
+        raise UsageError(f"--square-queries must be >= 1, got {square_queries}")
+    bad = [s for s in severities if s not in corr.SEVERITIES]
+    if bad or not severities:
+        raise UsageError(f"--severities must be some of 1..5, got {list(severities)}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _accuracy(mask: Tensor) -> float:
+    return float(mask.float().mean()) if mask.numel() else 0.0
+
+
+@torch.no_grad()
+def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return model(x).argmax(1) == y
+
+
+def _robust_mask(model: nn.Module, attack: Callable[[Tensor, Tensor], Tensor],
+                 batches: list[tuple[Tensor, Tensor]], correct: list[Tensor]) -> Tensor:
+    """Per-example robust mask: correct clean and after ``attack`` (run on correct ones)."""
+    out = []
+    for (x, y), ok in zip(batches, correct, strict=True):
+        robust = ok.clone()
+        idx = ok.nonzero().squeeze(1)
+        if idx.numel():
+            robust[idx] = _correct(model, attack(x[idx], y[idx]), y[idx])
+        out.append(robust)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+
+
+def evaluate(model: nn.Module, bundle, *, train_temperature: float,
+             attacks: Sequence[str] | None = None, eps: float, alpha: float | None = None,
+             steps: int, restarts: int = 1, n_examples: int | None = None,
+             corruptions: bool = True, seed: int = 0, progress: Progress | None = None,
+             square_queries: int = 1000, severities: Sequence[int] = corr.SEVERITIES,
+             corruptions_dir: str | None = None, batch_size: int = 512,
+             check_steps: int | None = None) -> dict:
+    """Evaluate ``model`` on ``bundle``'s first ``n_examples`` test images (all if None).
+
+    Args:
+        train_temperature: the training T (``pgd-ce-t`` attacks CE at this T).
+        attacks: names from :data:`tempfast.attacks.ATTACKS`; None: the default suite
+            (``pgd-ce, pgd-ce-t, pgd-cw, apgd-dlr, square``); empty: no attack.
+        eps: L-infinity budget on [0, 1] pixels. alpha: PGD step (None: ``2.5 * eps / steps``).
+        steps, restarts: iterations and random restarts of PGD and APGD.
+        corruptions: run the corruption suite (regenerated, or the files in
+            ``corruptions_dir``) at ``severities``.
+        seed: base seed of every random choice.
+        progress: None, or a callable receiving one-line status messages as work proceeds.
+        square_queries: Square's query budget per example.
+        severities: corruption severities to run (1..5).
+        corruptions_dir: published CIFAR-10-C / CIFAR-100-C files to use instead of the
+            regenerated corruptions.
+        batch_size: examples per attack batch.
+        check_steps: PGD steps of the more-steps diagnostic (None: ``2 * steps``).
+
+    Returns:
+        a JSON-able dict: ``clean_acc``, ``robust_acc`` (attack -> accuracy),
+        ``worst_case_acc`` (None without attacks), ``attack_seconds``, ``masking``
+        (``suspected``, ``reasons``, ``verdict`` and the diagnostics, see
+        :mod:`tempfast.masking`), ``corruption_acc`` (mean, None when not run),
+        ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
+        ``n_examples``, ``settings``, ``seconds``.
+
+    Raises:
+        UsageError: a bad setting or attack name, or corruption files that do not fit.
+    """
+    start = time.perf_counter()
+    names = parse_attacks(attacks)
+    check_settings(eps=eps, alpha=alpha, steps=steps, restarts=restarts, n_examples=n_examples,
+                   square_queries=square_queries, severities=severities)
+    alpha = 2.5 * eps / steps if alpha is None else float(alpha)
+    device = _model_device(model)
+
+    def say(message: str) -> None:
+        if progress is not None:
+            progress(message)
+
+    with eval_mode(model), torch.autocast(device.type, enabled=False):
+        batches = [(x.float(), y) for x, y in bundle.test_batches(batch_size, device,
+                                                                   limit=n_examples)]
+        if not batches:
+            raise UsageError("the test set is empty")
+        files = None
+        if corruptions and corruptions_dir is not None:
+            files = corr.CorruptionFiles(corruptions_dir)
+            shape = tuple(batches[0][0].shape[1:])
+            if files.image_shape != shape:
+                raise UsageError(f"--corruptions-dir: images are {files.image_shape} (C, H, W) "
+                                 f"but the model's test images are {shape}")
+        correct = [_correct(model, x, y) for x, y in batches]
+        n = sum(int(c.numel()) for c in correct)
+
+        def run(name: str, *, eps: float, alpha: float, steps: int, restarts: int,
+                key: str = "suite") -> Tensor:
+            attack_seed = derive_seed(seed, name, key)
+            attack = build_attack(name, model, eps=eps, alpha=alpha, steps=steps,
+                                  restarts=restarts, temperature=float(train_temperature),
+                                  seed=attack_seed, square_queries=square_queries)
+            with seeded(attack_seed, device):
+                return _robust_mask(model, attack, batches, correct)
+
+        robust, seconds = {}, {}
+        for name in names:
+            say(f"attack {name} on {n} examples")
+            t0 = time.perf_counter()
+            robust[name] = run(name, eps=eps, alpha=alpha, steps=steps, restarts=restarts)
+            seconds[name] = round(time.perf_counter() - t0, 3)
+        say("diagnostics: input gradients")
+        zero_grad = masking.zero_gradient_fractions(
+            model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
+            float(train_temperature))
+        report = masking.run_diagnostics(run, robust, zero_grad, eps=eps, alpha=alpha,
+                                         steps=steps, restarts=restarts,
+                                         more_steps=check_steps or 2 * steps, status=say)
+        corruption = None
+        if corruptions:
+            corruption = _corruptions(model, batches, severities, files, batch_size,
+                                      n_examples, device, seed, say)
+
+    worst = torch.stack(list(robust.values())).all(0) if robust else None
+    return {
+        "n_examples": n,
+        "clean_acc": _accuracy(torch.cat(correct)),
+        "robust_acc": {name: _accuracy(mask) for name, mask in robust.items()},
+        "worst_case_acc": None if worst is None else _accuracy(worst),
+        "attack_seconds": seconds,
+        "masking": report,
+        "corruption_acc": None if corruption is None else corruption["mean"],
+        "corruptions": corruption,
+        "settings": {"attacks": names, "eps": eps, "alpha": alpha, "steps": steps,
+                     "restarts": restarts, "square_queries": square_queries,
+                     "train_temperature": float(train_temperature), "seed": seed,
+                     "device": str(device)},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _corruptions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
+                 severities: Sequence[int], files: corr.CorruptionFiles | None,
+                 batch_size: int, n_examples: int | None, device: torch.device, seed: int,
+                 say: Progress) -> dict:
+    """Accuracy per corruption and severity, and the mean over both: on the regenerated
+    corruptions of ``batches``, or on the published ``files``."""
+    table: dict[str, dict[str, float]] = {}
+    if files is None:
+        source = corr.LABEL
+        for ci, name in enumerate(corr.CORRUPTIONS):
+            say(f"corruption {name}")
+            table[name] = {}
+            for s in severities:
+                hits = [_correct(model, corr.corrupt(x, name, s, derive_seed(seed, ci, s, b)), y)
+                        for b, (x, y) in enumerate(batches)]
+                table[name][str(s)] = _accuracy(torch.cat(hits))
+    else:
+        source = f"files in {files.directory}"
+        for name in files.names:
+            say(f"corruption {name}")
+            table[name] = {}
+            for s in severities:
+                hits = [_correct(model, x, y) for x, y in
+                        files.batches(name, s, batch_size, device, limit=n_examples)]
+                table[name][str(s)] = _accuracy(torch.cat(hits))
+    for row in table.values():
+        row["mean"] = float(np.mean(list(row.values())))
+    return {"source": source, "severities": list(severities), "per_corruption": table,
+            "mean": float(np.mean([row["mean"] for row in table.values()]))}
+
+
+def masking_warnings(result: dict) -> list[str]:
+    """One ``SUSPECTED GRADIENT MASKING: <reason>`` line per failed check of ``result``."""
+    return [f"{masking.WARNING}: {reason}" for reason in result["masking"]["reasons"]]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def render(result: dict, console=None) -> None:
+    """Print ``result`` as rich tables, then the masking warnings and verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = result["settings"]
+    table = Table(title=f"Robustness (fp32): {result['n_examples']} images, eps {s['eps']:.4g}, "
+                        f"{s['steps']} steps x {s['restarts']}")
+    table.add_column("evaluation")
+    table.add_column("accuracy", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row("clean", _pct(result["clean_acc"]), "")
+    for name, acc in result["robust_acc"].items():
+        table.add_row(name, _pct(acc), f"{result['attack_seconds'][name]:.1f}")
+    if result["worst_case_acc"] is not None:
+        table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case_acc'])}[/bold]",
+                      "")
+    if result["corruption_acc"] is not None:
+        table.add_row("corruptions (mean)", _pct(result["corruption_acc"]), "")
+    console.print(table)
+    _render_masking(result["masking"], console)
+    if result["corruptions"] is not None:
+        c = result["corruptions"]
+        ctable = Table(title=f"Corruption accuracy ({c['source']})")
+        ctable.add_column("corruption")
+        for sev in c["severities"]:
+            ctable.add_column(f"s{sev}", justify="right")
+        ctable.add_column("mean", justify="right")
+        for name, row in c["per_corruption"].items():
+            ctable.add_row(name, *(_pct(row[str(sev)]) for sev in c["severities"]),
+                           _pct(row["mean"]))
+        console.print(ctable)
+    for line in masking_warnings(result):
+        console.print(f"[bold red]{line}[/bold red]", highlight=False)
+    colour = "red" if result["masking"]["suspected"] else "green"
+    console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
+                  highlight=False)
+
+
+def _render_masking(m: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="Gradient-masking diagnostics")
+    table.add_column("check")
+    table.add_column("measured")
+    for key, fraction in m["zero_grad_fraction"].items():
+        table.add_row(f"zero input gradient, {key} loss", _pct(fraction))
+    table.add_row("pgd-cw accuracy vs eps",
+                  ", ".join(f"{p['eps']:.3g}: {_pct(p['acc'])}" for p in m["eps_curve"]) or "-")
+    for key, what in (("more_steps", "steps"), ("more_restarts", "restarts")):
+        c = m[key]
+        table.add_row(f"pgd-cw, more {what}",
+                      f"{c['base_' + what]}: {_pct(c['base_acc'])} -> {c[what]}: {_pct(c['acc'])}")
+    if m["square_only_fraction"] is not None:
+        table.add_row("broken by square only", _pct(m["square_only_fraction"]))
+    console.print(table)

@@ -1,0 +1,178 @@
+"""``tempfast eval CHECKPOINT``: the robustness evaluation of :func:`tempfast.eval.evaluate`
+on a training checkpoint, printed as rich tables (or JSON) and written to ``eval.json``.
+
+The model, its data set (same split) and the training temperature come from the checkpoint.
+Exit status: 0 done (also when gradient masking is suspected: the flag is in the output),
+2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .attacks import ATTACKS, DEFAULT_ATTACKS
+from .errors import UsageError
+from .train_cli import number
+
+
+def _one_line_error(message: str) -> None:
+    print(f"tempfast eval: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``eval`` on the ``tempfast`` subcommand parser."""
+    p = subparsers.add_parser(
+        "eval", help="robustness evaluation of a checkpoint (attacks, masking, corruptions)",
+        description="Clean accuracy, robust accuracy under an attack suite (per attack and the "
+                    "per-example worst case), gradient-masking diagnostics and corruption "
+                    "accuracy of a tempfast training checkpoint, all in fp32.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.error = _one_line_error
+    p.add_argument("checkpoint", help="a checkpoint written by tempfast train (last.pt, best.pt)")
+    g = p.add_argument_group("attacks")
+    g.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                   help=f"comma-separated, from {', '.join(ATTACKS)}; or none")
+    g.add_argument("--eps", type=number,
+                   help="L-inf budget on [0, 1] pixels, e.g. 8/255 (default: the run's --eps)")
+    g.add_argument("--alpha", type=number, help="PGD step (default: 2.5 * eps / steps)")
+    g.add_argument("--steps", type=int, default=20, help="PGD and APGD iterations")
+    g.add_argument("--restarts", type=int, default=1, help="PGD and APGD random restarts")
+    g.add_argument("--square-queries", type=int, default=1000,
+                   help="Square attack queries per example")
+    g.add_argument("--check-steps", type=int,
+                   help="PGD steps of the more-steps masking check (default: 2 * steps)")
+    g.add_argument("--temperature", type=number,
+                   help="T of the pgd-ce-t attack (default: the checkpoint's final T)")
+    g.add_argument("--n-examples", type=int, default=1000,
+                   help="evaluate the first N test images (0: all)")
+    g = p.add_argument_group("corruptions")
+    g.add_argument("--no-corruptions", dest="corruptions", action="store_false",
+                   help="skip the corruption suite")
+    g.add_argument("--corruptions-dir",
+                   help="folder of published CIFAR-10-C / CIFAR-100-C files (<name>.npy, "
+                        "labels.npy) to use instead of the regenerated corruptions")
+    g.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities")
+    g = p.add_argument_group("run")
+    g.add_argument("--data-dir", help="where the run's data set is (default: the run's)")
+    g.add_argument("--batch-size", type=int, default=512, help="images per attack batch")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when available")
+    g.add_argument("--output",
+                   help="where to write eval.json: a file, or a folder (default: next to the "
+                        "checkpoint)")
+    g.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout instead of tables")
+    p.set_defaults(func=_main)
+    return p
+
+
+def _severities(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--severities must be comma-separated integers 1..5, got {text!r}")\
+            from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    if args.output is None:
+        return Path(args.checkpoint).resolve().parent / "eval.json"
+    out = Path(args.output)
+    return out / "eval.json" if out.is_dir() or args.output.endswith(("/", "\\")) else out
+
+
+def _load_bundle(cfg: dict, model_config: dict, data_dir: str | None):
+    from .data import load_data
+
+    name = cfg.get("data", "digits")
+    bundle = load_data(name, data_dir or cfg.get("data_dir"), False, cfg.get("data_seed", 0),
+                       num_classes=cfg.get("num_classes") if name == "synthetic" else None,
+                       img_size=cfg.get("img_size") if name in ("imagefolder", "synthetic")
+                       else None,
+                       workers=cfg.get("workers") if name == "imagefolder" else None)
+    got = (bundle.num_classes, bundle.in_chans, bundle.img_size)
+    want = (model_config["num_classes"], model_config["in_chans"], model_config["img_size"])
+    if got != want:
+        raise UsageError(f"data set {name} has (classes, channels, size) {got} but the "
+                         f"checkpoint's model expects {want}")
+    return bundle
+
+
+def _main(args: argparse.Namespace) -> int:
+    from . import eval as ev
+    from .checkpoint import load_checkpoint, restore_model
+
+    attacks = ev.parse_attacks(args.attacks)
+    severities = _severities(args.severities)
+    n_examples = None if args.n_examples == 0 else args.n_examples
+    if args.check_steps is not None and args.check_steps < 1:
+        raise UsageError(f"--check-steps must be >= 1, got {args.check_steps}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.temperature is not None and not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,
+                      steps=args.steps, restarts=args.restarts, n_examples=n_examples,
+                      square_queries=args.square_queries, severities=severities)
+    device = _device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = ckpt.get("config") or {}
+    eps = args.eps if args.eps is not None else cfg.get("eps")
+    if eps is None:
+        raise UsageError("the checkpoint's run has no --eps; pass --eps")
+    temperature = args.temperature or float(ckpt.get("temperature", cfg.get("temp", 1.0)))
+    model = restore_model(ckpt, device)
+    bundle = _load_bundle(cfg, ckpt["model_config"], args.data_dir)
+    status = None
+    if not args.json:
+        from rich.console import Console
+
+        err = Console(stderr=True)
+        status = lambda message: err.print(message, style="dim", highlight=False)
+    result = ev.evaluate(model, bundle, train_temperature=temperature, attacks=attacks,
+                         eps=float(eps), alpha=args.alpha, steps=args.steps,
+                         restarts=args.restarts, n_examples=n_examples,
+                         corruptions=args.corruptions, seed=args.seed, progress=status,
+                         square_queries=args.square_queries, severities=severities,
+                         corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
+                         check_steps=args.check_steps)
+    result = {"checkpoint": str(Path(args.checkpoint).resolve()), "data": bundle.name,
+              "model": ckpt["model_config"]["name"], **result}
+    out = _output_path(args)
+    _write_json(out, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        for line in ev.masking_warnings(result):
+            print(line, file=sys.stderr)
+    else:
+        from rich.console import Console
+
+        console = Console()
+        ev.render(result, console)
+        console.print(f"wrote {out}", highlight=False)
+    return 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    from .checkpoint import atomic_write_text
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None

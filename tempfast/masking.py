@@ -1,0 +1,207 @@
+"""Gradient-masking diagnostics: is a robust accuracy real, or do the attacks just stall?
+
+A model trained at temperature ``T`` learns logits about ``T`` times larger. Attacked with CE on
+its raw logits, its softmax saturates in fp32, the input gradient underflows to exactly zero and
+PGD stalls: the robust accuracy is high because the attack is blind (gradient masking, as in
+defensive distillation). The CW margin, DLR and Square are scale-invariant or gradient-free and
+see through it. The checks, with the thresholds in :data:`THRESHOLDS` (``tol`` is
+``max(THRESHOLDS["noise"], 2 / n)`` for ``n`` evaluated examples: differences below it are
+attack noise):
+
+1. zero gradients: the fraction of correctly classified inputs whose input gradient of an
+   attack loss (CE at T = 1, CE at the training T, CW margin, DLR) is exactly zero must be
+   <= ``zero_grad_fraction``;
+2. CE vs margin: the accuracy under a CE attack (``pgd-ce``, ``pgd-ce-t``) must not exceed the
+   lowest accuracy under ``pgd-cw`` / ``apgd-dlr`` by more than ``ce_gap``;
+3. eps curve: CW-margin PGD accuracy at eps x (0.5, 1, 2, 4, 8) (those below 0.5), then at
+   ``max(0.5, eps)``, must not rise by more than ``tol`` from one eps to the next, and must end
+   at <= ``eps_curve_end`` (at eps = 0.5 every image can be moved to the same grey image);
+   the curve stops early once it is that low;
+4. more steps (``more_steps``, e.g. 2 x steps) must not raise CW-margin PGD accuracy by more
+   than ``tol``;
+5. more restarts (one more, from fresh random starts) must not raise it by more than ``tol``;
+6. Square must not beat the best white-box attack by more than ``tol``.
+
+Checks 1-2 on the CE losses point at CE-specific masking (the scale-invariant numbers and the
+worst case stay trustworthy); any other failure means even the strong attacks may be blind.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .attacks import GRADIENT_FREE, attack_loss, eval_mode
+
+THRESHOLDS = {
+    "zero_grad_fraction": 0.05,
+    "ce_gap": 0.10,
+    "noise": 0.02,
+    "eps_curve_end": 0.05,
+}
+EPS_MULTIPLIERS = (0.5, 1.0, 2.0, 4.0, 8.0)
+CE_ATTACKS = ("pgd-ce", "pgd-ce-t")
+SCALE_INVARIANT = ("pgd-cw", "apgd-dlr")
+WARNING = "SUSPECTED GRADIENT MASKING"
+
+RunAttack = Callable[..., Tensor]
+
+
+def zero_gradient_fractions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
+                            temperature: float) -> dict[str, float]:
+    """Fraction of inputs whose input gradient of each attack loss is exactly zero (all pixels).
+
+    Keys: ``ce`` (T = 1), ``ce_at_T`` (the training temperature), ``cw``, and ``dlr`` (with at
+    least 3 classes). ``batches``: ``(x, y)`` pairs, x ``(N, C, H, W)`` in [0, 1]; pass the
+    correctly classified examples (the ones attacks start from: on a misclassified example
+    whose label is the third-largest logit, DLR is constant and its gradient legitimately 0).
+    Empty dict when there is no example.
+    """
+    losses = {"ce": ("ce", 1.0), "ce_at_T": ("ce", temperature), "cw": ("cw", 1.0),
+              "dlr": ("dlr", 1.0)}
+    zeros: dict[str, int] = {}
+    total = 0
+    with eval_mode(model):
+        for x, y in batches:
+            if x.shape[0] == 0:
+                continue
+            x = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = model(x)
+            for key, (loss, t) in losses.items():
+                if loss == "dlr" and logits.shape[1] < 3:
+                    continue
+                (grad,) = torch.autograd.grad(attack_loss(loss, logits, y, t).sum(), x,
+                                              retain_graph=True)
+                zeros[key] = zeros.get(key, 0) + int((grad.flatten(1).abs().amax(1) == 0).sum())
+            total += x.shape[0]
+    return {key: count / total for key, count in zeros.items()}
+
+
+def eps_points(eps: float) -> list[float]:
+    """The eps values of the robust-accuracy curve (empty for ``eps = 0``)."""
+    if eps <= 0:
+        return []
+    return [eps * m for m in EPS_MULTIPLIERS if eps * m < 0.5] + [max(0.5, eps)]
+
+
+def tolerance(n: int) -> float:
+    """Accuracy differences below this are attack noise on ``n`` examples."""
+    return max(THRESHOLDS["noise"], 2.0 / max(n, 1))
+
+
+def _acc(robust: Tensor) -> float:
+    return float(robust.float().mean()) if robust.numel() else 0.0
+
+
+def run_diagnostics(run: RunAttack, robust: dict[str, Tensor], zero_grad: dict[str, float], *,
+                    eps: float, alpha: float, steps: int, restarts: int, more_steps: int,
+                    status: Callable[[str], None] | None = None) -> dict:
+    """Run the extra attacks of checks 3-5 and judge all six checks (see the module docstring).
+
+    ``run(name, eps=, alpha=, steps=, restarts=, key=)`` runs suite attack ``name`` over the
+    evaluated examples and returns their per-example robust mask (``key`` picks the seed);
+    ``robust`` holds the suite's masks by attack name (``pgd-cw`` is run if absent).
+    """
+    def say(message: str) -> None:
+        if status is not None:
+            status(message)
+
+    base = robust.get("pgd-cw")
+    if base is None:
+        say("diagnostics: pgd-cw")
+        base = run("pgd-cw", eps=eps, alpha=alpha, steps=steps, restarts=restarts, key="base")
+    n = base.numel()
+    curve = []
+    for e in eps_points(eps):
+        if e == eps:
+            acc = _acc(base)
+        else:
+            say(f"diagnostics: eps curve, eps = {e:.4g}")
+            acc = _acc(run("pgd-cw", eps=e, alpha=alpha * e / eps, steps=steps,
+                           restarts=restarts, key=f"curve{e}"))
+        curve.append({"eps": e, "acc": acc})
+        if acc <= THRESHOLDS["eps_curve_end"]:
+            break
+    say(f"diagnostics: pgd-cw with {more_steps} steps")
+    steps_acc = _acc(run("pgd-cw", eps=eps, alpha=alpha, steps=more_steps, restarts=restarts,
+                         key="steps"))
+    say(f"diagnostics: pgd-cw with {restarts + 1} restarts")
+    restarts_acc = _acc(run("pgd-cw", eps=eps, alpha=alpha, steps=steps, restarts=restarts + 1,
+                            key="restarts"))
+    white_box = [name for name in robust if name not in GRADIENT_FREE]
+    square_only = None
+    if "square" in robust and white_box:
+        broken_by_white_box = ~torch.stack([robust[name] for name in white_box]).all(0)
+        square_only = _acc(~robust["square"] & ~broken_by_white_box)
+    report = {
+        "thresholds": {**THRESHOLDS, "tol": tolerance(n)},
+        "zero_grad_fraction": zero_grad,
+        "eps_curve": curve,
+        "more_steps": {"steps": more_steps, "acc": steps_acc, "base_steps": steps,
+                       "base_acc": _acc(base)},
+        "more_restarts": {"restarts": restarts + 1, "acc": restarts_acc,
+                          "base_restarts": restarts, "base_acc": _acc(base)},
+        "square_only_fraction": square_only,
+    }
+    acc = {name: _acc(mask) for name, mask in robust.items()}
+    report |= judge(report, acc, n)
+    return report
+
+
+def judge(report: dict, robust_acc: dict[str, float], n: int) -> dict:
+    """``suspected``, ``reasons`` and ``verdict`` from the measured diagnostics (pure function).
+
+    ``report`` holds ``zero_grad_fraction``, ``eps_curve``, ``more_steps``, ``more_restarts``;
+    ``robust_acc`` the suite's accuracies by attack name; ``n`` the number of examples.
+    """
+    tol = tolerance(n)
+    ce_reasons, reasons = [], []
+    for key, fraction in report["zero_grad_fraction"].items():
+        if fraction > THRESHOLDS["zero_grad_fraction"]:
+            target = ce_reasons if key.startswith("ce") else reasons
+            target.append(f"the input gradient of the {key} loss is exactly zero for "
+                          f"{fraction:.0%} of inputs (> {THRESHOLDS['zero_grad_fraction']:.0%}): "
+                          "attacks on this loss stall")
+    strong = {name: robust_acc[name] for name in SCALE_INVARIANT if name in robust_acc}
+    if strong:
+        best_name = min(strong, key=strong.get)
+        for name in CE_ATTACKS:
+            if name in robust_acc and robust_acc[name] - strong[best_name] > THRESHOLDS["ce_gap"]:
+                ce_reasons.append(f"{name} accuracy {robust_acc[name]:.1%} is far above "
+                                  f"{best_name} accuracy {strong[best_name]:.1%} (gap > "
+                                  f"{THRESHOLDS['ce_gap']:.0%}): CE saturates on this model")
+    curve = report["eps_curve"]
+    for prev, cur in itertools.pairwise(curve):
+        if cur["acc"] > prev["acc"] + tol:
+            reasons.append(f"pgd-cw accuracy rises with eps: {prev['acc']:.1%} at eps "
+                           f"{prev['eps']:.4g}, {cur['acc']:.1%} at eps {cur['eps']:.4g}")
+    if curve and curve[-1]["acc"] > THRESHOLDS["eps_curve_end"]:
+        reasons.append(f"pgd-cw accuracy is still {curve[-1]['acc']:.1%} at eps "
+                       f"{curve[-1]['eps']:.4g} (expected <= {THRESHOLDS['eps_curve_end']:.0%})")
+    for key, what in (("more_steps", "steps"), ("more_restarts", "restarts")):
+        check = report[key]
+        if check["acc"] > check["base_acc"] + tol:
+            reasons.append(f"more {what} raise pgd-cw accuracy: {check['base_acc']:.1%} with "
+                           f"{check['base_' + what]}, {check['acc']:.1%} with {check[what]}")
+    white_box = {k: v for k, v in robust_acc.items() if k not in GRADIENT_FREE}
+    if "square" in robust_acc and white_box:
+        best = min(white_box, key=white_box.get)
+        if robust_acc["square"] < white_box[best] - tol:
+            reasons.append(f"gradient-free square ({robust_acc['square']:.1%}) beats the best "
+                           f"white-box attack {best} ({white_box[best]:.1%})")
+    if reasons:
+        verdict = ("robust accuracy may be overestimated even by the scale-invariant attacks: "
+                   "treat it as an upper bound and rerun with more steps, restarts and Square "
+                   "queries")
+    elif ce_reasons:
+        verdict = ("CE-based attacks are masked on this model (saturated softmax); the "
+                   "scale-invariant attacks (pgd-cw, apgd-dlr, square) see through it: trust "
+                   "the worst-case accuracy, not the CE numbers")
+    else:
+        verdict = "no sign of gradient masking"
+    all_reasons = ce_reasons + reasons
+    return {"suspected": bool(all_reasons), "reasons": all_reasons, "verdict": verdict}

@@ -1,0 +1,137 @@
+"""Attacks: PGD / APGD / Square stay in the eps-ball and in [0, 1], raise the loss, keep the
+caller's RNG and model mode; the CW margin and DLR losses are right for negative logits and
+invariant to the logit scale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from tempfast.attacks import (
+    APGD,
+    ATTACKS,
+    PGD,
+    Square,
+    attack_loss,
+    build_attack,
+    dlr_loss,
+    margin_loss,
+)
+
+from .test_masking import N_TRAIN, digits_model, digits_tensors
+
+EPS = 0.1
+
+
+def _batch(n: int = 64):
+    x, y = digits_tensors()
+    return x[N_TRAIN:N_TRAIN + n], y[N_TRAIN:N_TRAIN + n]
+
+
+def _assert_in_budget(x_adv, x, eps):
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert not x_adv.requires_grad
+    assert float((x_adv - x).abs().max()) <= eps + 1e-6
+    assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw", "dlr"])
+def test_pgd_stays_in_eps_ball_and_unit_box(loss):
+    x, y = _batch()  # digits: many pixels exactly 0 or 1, so the clamp is exercised
+    torch.manual_seed(0)
+    x_adv = PGD(digits_model(), EPS, alpha=0.04, steps=5, loss=loss, restarts=2)(x, y)
+    _assert_in_budget(x_adv, x, EPS)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_pgd_raises_loss_over_clean(loss):
+    model = digits_model()
+    x, y = _batch()
+    torch.manual_seed(0)
+    x_adv = PGD(model, EPS, alpha=0.025, steps=10, loss=loss)(x, y)
+    with torch.no_grad():
+        clean, adv = attack_loss(loss, model(x), y), attack_loss(loss, model(x_adv), y)
+    assert float(adv.mean()) > float(clean.mean()) + 0.1
+    assert float((adv >= clean).float().mean()) > 0.95
+
+
+def test_pgd_restarts_keep_every_example_already_fooled():
+    model = digits_model()
+    x, y = _batch(128)
+    fooled = {}
+    for restarts in (1, 3):
+        torch.manual_seed(7)
+        with torch.no_grad():
+            fooled[restarts] = model(PGD(model, 0.06, 0.02, 3, "cw", restarts=restarts)(x, y))
+        fooled[restarts] = fooled[restarts].argmax(1) != y
+    # The first restart draws the same random start; later restarts only add fooled examples.
+    assert bool((fooled[3] | ~fooled[1]).all())
+    assert int(fooled[3].sum()) > int(fooled[1].sum())
+
+
+def test_pgd_crafts_in_eval_mode_and_restores_training_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
+                          nn.Linear(16, 10)).train()
+    stats = model[2].running_mean.clone()
+    x, y = _batch(32)
+    PGD(model, EPS, 0.03, 3)(x, y)
+    assert model.training
+    assert torch.equal(model[2].running_mean, stats)
+
+
+def test_margin_loss_is_correct_for_negative_logits():
+    logits = torch.tensor([[-5.0, -1.0, -3.0], [-2.0, -7.0, -4.0]])
+    y = torch.tensor([1, 1])
+    # Zeroing the true logit instead of masking it would give 0 - (-1) = 1 for row 0.
+    assert torch.equal(margin_loss(logits, y), torch.tensor([-2.0, 5.0]))
+
+
+def test_dlr_loss_is_scale_and_shift_invariant():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(32, 10, generator=gen)
+    y = torch.randint(0, 10, (32,), generator=gen)
+    torch.testing.assert_close(dlr_loss(z * 1e3 - 50.0, y), dlr_loss(z, y), rtol=1e-4, atol=1e-5)
+    top = z.topk(3, dim=1).values
+    torch.testing.assert_close(dlr_loss(z, y), margin_loss(z, y) / (top[:, 0] - top[:, 2]))
+    with pytest.raises(ValueError, match="at least 3 classes"):
+        dlr_loss(z[:, :2], y.clamp(max=1))
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: APGD(m, EPS, steps=5, loss="dlr", seed=3),
+    lambda m: APGD(m, EPS, steps=5, loss="ce", restarts=2, seed=3),
+    lambda m: Square(m, EPS, queries=30, seed=3),
+])
+def test_torchattacks_wrappers_are_seeded_in_budget_and_keep_caller_rng(make):
+    model = digits_model()
+    x, y = _batch()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first, second = make(model)(x, y), make(model)(x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(first, second)
+    _assert_in_budget(first, x, EPS)
+    with torch.no_grad():
+        assert int((model(first).argmax(1) == y).sum()) < int((model(x).argmax(1) == y).sum())
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_build_attack_builds_every_suite_attack(name):
+    x, y = _batch(16)
+    attack = build_attack(name, digits_model(), eps=EPS, alpha=0.03, steps=2, temperature=4.0,
+                          square_queries=5)
+    _assert_in_budget(attack(x, y), x, EPS)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"name": "fgsm"}, "attack: expected one of"),
+    ({"eps": -0.1}, "eps: must be >= 0"),
+    ({"steps": 0}, "steps: must be >= 1"),
+    ({"restarts": 0}, "restarts: must be >= 1"),
+])
+def test_bad_attack_settings_raise(kwargs, match):
+    settings = {"name": "pgd-cw", "eps": EPS, "alpha": 0.01, "steps": 2, "restarts": 1} | kwargs
+    name = settings.pop("name")
+    with pytest.raises(ValueError, match=match):
+        build_attack(name, digits_model(), **settings)

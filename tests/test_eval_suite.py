@@ -1,0 +1,172 @@
+"""tempfast.eval.evaluate: per-example worst case, determinism, RNG left alone, the JSON shape,
+corruption accuracy (regenerated and from files) and every bad setting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import tempfast.eval as ev
+from tempfast.corruptions import CORRUPTIONS, LABEL
+from tempfast.errors import UsageError
+
+from .test_masking import N_TRAIN, TensorBundle, digits_model, digits_tensors, digits_test
+
+NUM_CLASSES = 10
+
+
+class PixelClassifier(nn.Module):
+    """Predicts class ``round(10 * x[0, 0, 0])``; pixel ``[0, 0, 1]`` carries an example id."""
+
+    def forward(self, x):
+        classes = torch.arange(NUM_CLASSES, dtype=x.dtype, device=x.device)
+        return -(classes - 10 * x[:, 0, 0, 0:1]) ** 2
+
+
+def _id_bundle(n: int):
+    ids = torch.arange(n)
+    y = ids % NUM_CLASSES
+    x = torch.zeros(n, 1, 2, 2)
+    shown = torch.where(ids % 7 == 5, (y + 1) % NUM_CLASSES, y)  # every 7th is misclassified
+    x[:, 0, 0, 0] = shown / 10
+    x[:, 0, 0, 1] = ids / 1000
+    return TensorBundle(x, y), ids
+
+
+def _breaking(divisor: int):
+    """An 'attack' that flips the prediction of the examples whose id divides by divisor."""
+    def attack(x, y):
+        assert torch.equal(PixelClassifier()(x).argmax(1), y), "attacked a misclassified example"
+        ids = (x[:, 0, 0, 1] * 1000).round().long()
+        out = x.clone()
+        hit = ids % divisor == 0
+        out[hit, 0, 0, 0] = ((y[hit] + 1) % NUM_CLASSES) / 10
+        return out
+    return attack
+
+
+def test_worst_case_is_per_example_over_attacks(monkeypatch):
+    attacks = {"pgd-ce": _breaking(2), "square": _breaking(3)}
+    monkeypatch.setattr(ev, "build_attack",
+                        lambda name, model, **kw: attacks.get(name, lambda x, y: x))
+    bundle, ids = _id_bundle(84)
+    result = ev.evaluate(PixelClassifier(), bundle, train_temperature=1.0,
+                         attacks=["pgd-ce", "square"], eps=0.1, steps=1, corruptions=False,
+                         batch_size=9)
+    correct = ids % 7 != 5
+    assert result["n_examples"] == 84
+    assert result["clean_acc"] == pytest.approx(float(correct.float().mean()))
+    expect = {"pgd-ce": correct & (ids % 2 != 0), "square": correct & (ids % 3 != 0)}
+    for name, mask in expect.items():
+        assert result["robust_acc"][name] == pytest.approx(float(mask.float().mean()))
+    worst = float((expect["pgd-ce"] & expect["square"]).float().mean())
+    assert result["worst_case_acc"] == pytest.approx(worst)
+    assert worst < min(result["robust_acc"].values())
+
+
+def _small_eval(**kw):
+    settings = {"train_temperature": 2.0, "attacks": None, "eps": 0.1, "steps": 3,
+                "n_examples": 100, "corruptions": False, "seed": 0, "square_queries": 20}
+    return ev.evaluate(digits_model(), digits_test(), **(settings | kw))
+
+
+def _without_timings(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k not in ("seconds", "attack_seconds")}
+
+
+def test_evaluate_is_deterministic_json_and_keeps_caller_rng():
+    torch.manual_seed(99)
+    state = torch.get_rng_state()
+    messages = []
+    first = _small_eval(progress=messages.append)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = _small_eval()
+    assert _without_timings(first) == _without_timings(second)
+    assert json.loads(json.dumps(first)) == first
+    assert list(first["robust_acc"]) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
+    assert first["worst_case_acc"] <= min(first["robust_acc"].values())
+    assert first["settings"]["alpha"] == pytest.approx(2.5 * 0.1 / 3)
+    assert first["corruption_acc"] is None and first["corruptions"] is None
+    assert {"suspected", "reasons", "verdict", "zero_grad_fraction", "eps_curve", "more_steps",
+            "more_restarts"} <= set(first["masking"])
+    assert "attack apgd-dlr on 100 examples" in messages
+    assert any(m.startswith("diagnostics: pgd-cw with 6 steps") for m in messages)
+
+
+def test_each_attack_number_does_not_depend_on_the_others():
+    alone = _small_eval(attacks="pgd-cw")
+    assert alone["robust_acc"]["pgd-cw"] == _small_eval()["robust_acc"]["pgd-cw"]
+
+
+def test_no_attacks_still_reports_clean_diagnostics_and_corruptions():
+    result = _small_eval(attacks="none", corruptions=True, severities=(1, 5))
+    assert result["robust_acc"] == {} and result["worst_case_acc"] is None
+    assert result["masking"]["eps_curve"]
+    c = result["corruptions"]
+    assert c["source"] == LABEL and c["severities"] == [1, 5]
+    assert list(c["per_corruption"]) == list(CORRUPTIONS)
+    for row in c["per_corruption"].values():
+        assert set(row) == {"1", "5", "mean"} and 0.0 <= row["mean"] <= 1.0
+    assert result["corruption_acc"] == pytest.approx(
+        np.mean([row["mean"] for row in c["per_corruption"].values()]))
+    assert result["corruption_acc"] < result["clean_acc"]
+
+
+def test_corruption_files_are_evaluated_per_severity(tmp_path):
+    x, y = digits_tensors()
+    pixels = (x[N_TRAIN:N_TRAIN + 40] * 255).round().to(torch.uint8)
+    bundle = TensorBundle(pixels.float() / 255, y[N_TRAIN:N_TRAIN + 40])
+    nhwc = pixels.permute(0, 2, 3, 1).numpy()
+    np.save(tmp_path / "identity.npy", np.concatenate([nhwc] * 5))
+    np.save(tmp_path / "labels.npy", np.tile(bundle.y.numpy(), 5))
+    result = ev.evaluate(digits_model(), bundle, train_temperature=1.0, attacks="none", eps=0.1,
+                         steps=1, corruptions=True, corruptions_dir=str(tmp_path))
+    row = result["corruptions"]["per_corruption"]["identity"]
+    assert result["corruptions"]["source"] == f"files in {tmp_path}"
+    assert all(row[str(s)] == pytest.approx(result["clean_acc"]) for s in range(1, 6))
+    with pytest.raises(UsageError, match=r"images are \(1, 8, 8\)"):
+        ev.evaluate(digits_model(), TensorBundle(torch.rand(4, 1, 8, 9), torch.zeros(4).long()),
+                    train_temperature=1.0, attacks="none", eps=0.1, steps=1,
+                    corruptions_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"eps": -0.01}, "--eps must be >= 0"),
+    ({"eps": float("nan")}, "--eps must be >= 0"),
+    ({"steps": 0}, "--steps must be >= 1"),
+    ({"restarts": 0}, "--restarts must be >= 1"),
+    ({"alpha": 0.0}, "--alpha must be > 0"),
+    ({"n_examples": 0}, "--n-examples must be >= 1"),
+    ({"square_queries": 0}, "--square-queries must be >= 1"),
+    ({"severities": (0, 3)}, "--severities must be some of 1..5"),
+    ({"attacks": "pgd-ce,autoattack"}, "unknown attack 'autoattack'"),
+    ({"attacks": ["cw"]}, "unknown attack 'cw'"),
+])
+def test_bad_settings_raise_usage_error(kw, match):
+    with pytest.raises(UsageError, match=match):
+        _small_eval(**kw)
+
+
+def test_parse_attacks():
+    assert ev.parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
+    assert ev.parse_attacks(" square, pgd-cw ,square") == ["square", "pgd-cw"]
+    assert ev.parse_attacks("none") == [] and ev.parse_attacks([]) == []
+
+
+def test_render_prints_tables_warnings_and_verdict():
+    from rich.console import Console
+
+    result = _small_eval(attacks="pgd-ce,pgd-cw", corruptions=True, severities=(2,))
+    result["masking"]["reasons"] = ["a reason"]
+    result["masking"]["suspected"] = True
+    console = Console(record=True, width=120)
+    ev.render(result, console)
+    text = console.export_text()
+    for needle in ("worst case", "pgd-cw accuracy vs eps", "jpeg_compression", LABEL,
+                   "SUSPECTED GRADIENT MASKING: a reason", "verdict:"):
+        assert needle in text
+    assert ev.masking_warnings(result) == ["SUSPECTED GRADIENT MASKING: a reason"]

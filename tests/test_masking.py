@@ -1,0 +1,178 @@
+"""Gradient-masking diagnostics: a model with logits scaled by 1e4 is flagged, a normal one is
+not, and every check of :func:`tempfast.masking.judge` fires on its own symptom.
+
+Also holds the small real-data fixtures the evaluation tests share: a linear classifier
+trained on scikit-learn's digits and a bundle-like wrapper of its test images.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from tempfast import masking
+from tempfast.eval import evaluate
+
+N_TRAIN = 1400
+
+
+class TensorBundle:
+    """The part of a DataBundle the evaluation uses: test batches in fixed order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def test_batches(self, batch_size, device, limit=None):
+        n = len(self.x) if limit is None else min(limit, len(self.x))
+        for i in range(0, n, batch_size):
+            j = min(i + batch_size, n)
+            yield self.x[i:j].to(device), self.y[i:j].to(device)
+
+
+class Scaled(nn.Module):
+    """``model(x) * factor``: the saturated-softmax model of defensive distillation."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor
+
+
+@functools.lru_cache(maxsize=1)
+def digits_tensors():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0, torch.tensor(d.target)
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_linear() -> nn.Module:
+    x, y = digits_tensors()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        loss = nn.functional.cross_entropy(model(x[:N_TRAIN]), y[:N_TRAIN])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def digits_model() -> nn.Module:
+    """A fresh copy of a linear classifier trained on digits (about 90% test accuracy)."""
+    return copy.deepcopy(_trained_linear())
+
+
+def digits_test() -> TensorBundle:
+    x, y = digits_tensors()
+    return TensorBundle(x[N_TRAIN:], y[N_TRAIN:])
+
+
+def test_detector_flags_model_with_logits_scaled_by_1e4():
+    model = Scaled(digits_model(), 1e4)
+    result = evaluate(model, digits_test(), train_temperature=1.0, attacks=["pgd-ce", "pgd-cw"],
+                      eps=0.1, steps=5, n_examples=150, corruptions=False, seed=0)
+    m = result["masking"]
+    assert m["suspected"]
+    assert m["zero_grad_fraction"]["ce"] > 0.9
+    assert m["zero_grad_fraction"]["cw"] == 0.0
+    assert any("ce loss is exactly zero" in r for r in m["reasons"])
+    assert any(r.startswith("pgd-ce accuracy") for r in m["reasons"])
+    assert "CE-based attacks are masked" in m["verdict"]
+    # The CE attack stalls (accuracy stays near clean), the margin attack does not.
+    assert result["robust_acc"]["pgd-ce"] > result["robust_acc"]["pgd-cw"] + 0.3
+
+
+def test_detector_does_not_flag_normal_model():
+    result = evaluate(digits_model(), digits_test(), train_temperature=1.0, attacks=None,
+                      eps=0.1, steps=10, n_examples=200, corruptions=False, seed=0,
+                      square_queries=100)
+    m = result["masking"]
+    assert not m["suspected"], m["reasons"]
+    assert m["reasons"] == []
+    assert m["verdict"] == "no sign of gradient masking"
+    assert set(m["zero_grad_fraction"]) == {"ce", "ce_at_T", "cw", "dlr"}
+    assert m["eps_curve"][-1]["acc"] <= masking.THRESHOLDS["eps_curve_end"]
+
+
+def test_zero_gradient_fractions_count_exact_zeros_only():
+    x, y = digits_tensors()
+    xb, yb = x[N_TRAIN:N_TRAIN + 64], y[N_TRAIN:N_TRAIN + 64]
+    normal = masking.zero_gradient_fractions(digits_model(), [(xb, yb)], temperature=1.0)
+    masked = masking.zero_gradient_fractions(Scaled(digits_model(), 1e4), [(xb, yb)], 1.0)
+    hot = masking.zero_gradient_fractions(Scaled(digits_model(), 1e4), [(xb, yb)], 1e4)
+    assert normal == {"ce": 0.0, "ce_at_T": 0.0, "cw": 0.0, "dlr": 0.0}
+    assert masked["ce"] > 0.9 and masked["cw"] == 0.0 and masked["dlr"] == 0.0
+    assert hot["ce_at_T"] == 0.0  # CE at T = 1e4 undoes the scale
+
+
+def test_eps_points_double_up_to_half():
+    assert masking.eps_points(0.1) == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5])
+    assert masking.eps_points(8 / 255)[-1] == 0.5
+    assert masking.eps_points(0.6) == pytest.approx([0.3, 0.6])
+    assert masking.eps_points(0.0) == []
+
+
+def _healthy_report() -> tuple[dict, dict]:
+    report = {
+        "zero_grad_fraction": {"ce": 0.0, "ce_at_T": 0.0, "cw": 0.0, "dlr": 0.0},
+        "eps_curve": [{"eps": 0.05, "acc": 0.7}, {"eps": 0.1, "acc": 0.4},
+                      {"eps": 0.2, "acc": 0.01}],
+        "more_steps": {"steps": 20, "acc": 0.39, "base_steps": 10, "base_acc": 0.4},
+        "more_restarts": {"restarts": 2, "acc": 0.4, "base_restarts": 1, "base_acc": 0.4},
+    }
+    acc = {"pgd-ce": 0.42, "pgd-ce-t": 0.41, "pgd-cw": 0.4, "apgd-dlr": 0.39, "square": 0.45}
+    return report, acc
+
+
+def test_judge_passes_healthy_report():
+    report, acc = _healthy_report()
+    out = masking.judge(report, acc, n=1000)
+    assert out == {"suspected": False, "reasons": [], "verdict": "no sign of gradient masking"}
+
+
+@pytest.mark.parametrize(("change", "expect", "ce_only"), [
+    (lambda r, a: r["zero_grad_fraction"].update(ce=0.5), "ce loss is exactly zero", True),
+    (lambda r, a: r["zero_grad_fraction"].update(cw=0.2), "cw loss is exactly zero", False),
+    (lambda r, a: a.update({"pgd-ce": 0.9}), "pgd-ce accuracy 90.0% is far above apgd-dlr",
+     True),
+    (lambda r, a: a.update({"pgd-ce-t": 0.6}), "pgd-ce-t accuracy", True),
+    (lambda r, a: r["eps_curve"].insert(2, {"eps": 0.15, "acc": 0.5}), "rises with eps", False),
+    (lambda r, a: r["eps_curve"][-1].update(acc=0.3), "still 30.0% at eps 0.2", False),
+    (lambda r, a: r["more_steps"].update(acc=0.45), "more steps raise", False),
+    (lambda r, a: r["more_restarts"].update(acc=0.45), "more restarts raise", False),
+    (lambda r, a: a.update(square=0.2), "square (20.0%) beats the best white-box", False),
+])
+def test_judge_flags_each_failed_check(change, expect, ce_only):
+    report, acc = _healthy_report()
+    change(report, acc)
+    out = masking.judge(report, acc, n=1000)
+    assert out["suspected"]
+    assert len(out["reasons"]) == 1 and expect in out["reasons"][0], out["reasons"]
+    assert out["verdict"].startswith("CE-based") == ce_only
+
+
+def test_judge_tolerates_attack_noise():
+    report, acc = _healthy_report()
+    report["more_restarts"]["acc"] = 0.4 + 0.015
+    acc["square"] = 0.39 - 0.015
+    assert not masking.judge(report, acc, n=1000)["suspected"]
+    # On few examples one example is a larger step: the tolerance is 2 / n.
+    report["more_restarts"]["acc"] = 0.4 + 0.035
+    assert not masking.judge(report, acc, n=50)["suspected"]
+    assert masking.judge(report, acc, n=1000)["suspected"]
+
+
+def test_judge_skips_checks_without_their_attacks():
+    report, _ = _healthy_report()
+    assert not masking.judge(report, {"pgd-ce": 0.9}, n=1000)["suspected"]
+    assert not masking.judge(report, {"square": 0.0}, n=1000)["suspected"]
