@@ -70,11 +70,11 @@ class EpochPlan:
 class TensorSource:
     """Images ``(N, C, H, W)`` (uint8 or float) and labels ``(N,)`` kept on the device.
 
-    ``x = images[idx].float() * scale`` gives [0, 1] pixels.
+    ``x = images[idx].float() / divisor`` gives [0, 1] pixels.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, scale: float) -> None:
-        self.images, self.labels, self.scale = images, labels.long(), scale
+    def __init__(self, images: Tensor, labels: Tensor, divisor: float) -> None:
+        self.images, self.labels, self.divisor = images, labels.long(), divisor
         self._on: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
     def __len__(self) -> int:
@@ -90,7 +90,7 @@ class TensorSource:
         images, labels = self._tensors(device)
         for idx in index_batches:
             idx = idx.to(device, non_blocking=True)
-            yield images[idx].float().mul_(self.scale), labels[idx]
+            yield images[idx].float().div_(self.divisor), labels[idx]
 
 
 class _ImageFiles(torch.utils.data.Dataset):
@@ -118,7 +118,6 @@ class FolderSource:
     def __init__(self, samples: list[tuple[str, int]], img_size: int, workers: int) -> None:
         self.dataset = _ImageFiles(samples, img_size)
         self.workers = workers
-        self.scale = 1.0 / 255.0
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -132,7 +131,7 @@ class FolderSource:
             num_workers=self.workers, pin_memory=device.type == "cuda",
         )
         for x, y in loader:
-            x = x.to(device, non_blocking=True).float().mul_(self.scale)
+            x = x.to(device, non_blocking=True).float().div_(255.0)
             yield x, y.to(device, non_blocking=True)
 
 
@@ -234,8 +233,8 @@ class DataBundle:
         yield from self.test.batches(list(idx.split(batch_size)), torch.device(device))
 
 
-def _stats(images: Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    x = images.float().mul_(scale).transpose(0, 1).reshape(images.shape[1], -1)
+def _stats(images: Tensor, divisor: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float().div_(divisor).transpose(0, 1).reshape(images.shape[1], -1)
     return (tuple(round(v, 4) for v in x.mean(1).tolist()),
             tuple(round(max(v, 1e-3), 4) for v in x.std(1).tolist()))
 
@@ -248,9 +247,9 @@ def _digits(seed: int) -> DataBundle:
     images = np.asarray(digits.images, dtype=np.uint8)[:, None]
     x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target, test_size=360,
                                               stratify=digits.target, random_state=seed)
-    train = TensorSource(torch.from_numpy(x_tr), torch.from_numpy(y_tr), 1.0 / 16.0)
-    test = TensorSource(torch.from_numpy(x_te), torch.from_numpy(y_te), 1.0 / 16.0)
-    mean, std = _stats(train.images, train.scale)
+    train = TensorSource(torch.from_numpy(x_tr), torch.from_numpy(y_tr), 16.0)
+    test = TensorSource(torch.from_numpy(x_te), torch.from_numpy(y_te), 16.0)
+    mean, std = _stats(train.images, train.divisor)
     return DataBundle("digits", 10, 1, 8, mean, std, pad=1, flip=False, train=train, test=test)
 
 
@@ -304,8 +303,8 @@ def _cifar(name: str, data_dir: Path, download: bool) -> DataBundle:
         raise UsageError(f"{name}: labels outside [0, {classes}) in {folder}")
     mean, std = CIFAR_STATS[name]
     return DataBundle(name, classes, 3, 32, mean, std, pad=4, flip=True,
-                      train=TensorSource(x_tr, y_tr, 1.0 / 255.0),
-                      test=TensorSource(x_te, y_te, 1.0 / 255.0))
+                      train=TensorSource(x_tr, y_tr, 255.0),
+                      test=TensorSource(x_te, y_te, 255.0))
 
 
 def _folder_samples(split_dir: Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
@@ -359,10 +358,10 @@ def _synthetic(seed: int, num_classes: int, img_size: int) -> DataBundle:
 
     x_tr, y_tr = copies(SYNTHETIC_TRAIN_PER_CLASS)
     x_te, y_te = copies(SYNTHETIC_TEST_PER_CLASS)
-    train = TensorSource(x_tr, y_tr, 1.0 / 255.0)
-    mean, std = _stats(x_tr, 1.0 / 255.0)
+    train = TensorSource(x_tr, y_tr, 255.0)
+    mean, std = _stats(x_tr, 255.0)
     return DataBundle("synthetic", num_classes, 1, img_size, mean, std, pad=0, flip=False,
-                      train=train, test=TensorSource(x_te, y_te, 1.0 / 255.0))
+                      train=train, test=TensorSource(x_te, y_te, 255.0))
 
 
 def load_data(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,

@@ -37,7 +37,7 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.csv", "summary.json", "las
 RESUMABLE = frozenset({
     "epochs", "eval_every", "output", "resume", "overwrite", "device", "workers", "data_dir",
     "download", "final_eval", "eval_examples", "eval_steps", "eval_restarts", "eval_attacks",
-    "eval_corruptions", "eval_adv_examples", "compile", "channels_last",
+    "eval_corruptions", "eval_adv_examples", "compile", "channels_last", "threads",
 })
 
 

@@ -87,6 +87,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     device: str = "auto"
+    threads: int | None = None
     output: str | None = None
     resume: bool = False
     overwrite: bool = False
@@ -147,7 +148,8 @@ class TrainConfig:
                                  ("--eval-adv-examples", self.eval_adv_examples, 0),
                                  ("--eval-steps", self.eval_steps, 1),
                                  ("--eval-restarts", self.eval_restarts, 1),
-                                 ("--workers", 0 if self.workers is None else self.workers, 0)):
+                                 ("--workers", 0 if self.workers is None else self.workers, 0),
+                                 ("--threads", self.threads or 1, 1)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -404,7 +406,7 @@ class _Run:
         return {
             "format": FORMAT, "model": self.model.state_dict(),
             "model_config": self.model_config, "criterion": self.criterion.state_dict(),
-            "temperature": float(self.criterion.temperature),
+            "temperature": float(self.criterion.temperature.detach()),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rngs, "epoch": self.epoch, "step": step, "partial": partial,
@@ -462,7 +464,8 @@ class _Run:
         done = (plan.steps - self.start_step) * plan.batch_size * ctx.world_size
         self.start_step, self.partial = 0, None
         return {"train_loss": loss_sum / count, "train_acc": correct / count,
-                "epoch_time_s": elapsed, "images_per_s": done / max(elapsed, 1e-9)}
+                "train_images": int(count), "epoch_time_s": elapsed,
+                "images_per_s": done / max(elapsed, 1e-9)}
 
     def finish_epoch(self, train_metrics: dict) -> None:
         cfg = self.cfg
@@ -473,7 +476,8 @@ class _Run:
         test = (evaluate_epoch(self.model, self.attack, self.bundle, self.ctx, cfg, temperature)
                 if evaluate else {"test_loss": None, "test_acc": None, "test_robust_acc": None})
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
-               **{k: train_metrics[k] for k in ("train_loss", "train_acc")}, **test,
+               **{k: train_metrics[k] for k in ("train_loss", "train_acc", "train_images")},
+               **test,
                "temperature": float(temperature),
                **{k: train_metrics[k] for k in ("epoch_time_s", "images_per_s")}}
         value = row[self.best["metric"]]
@@ -497,7 +501,7 @@ class _Run:
         self.reporter.status("final robustness evaluation ...")
         self.model.eval()
         return evaluate(self.model, self.bundle,
-                        train_temperature=float(self.criterion.temperature),
+                        train_temperature=float(self.criterion.temperature.detach()),
                         attacks=self.cfg.eval_attacks, eps=self.cfg.eps, alpha=None,
                         steps=self.cfg.eval_steps, restarts=self.cfg.eval_restarts,
                         n_examples=self.cfg.eval_examples,
@@ -512,7 +516,7 @@ class _Run:
             "output": str(self.folder.path), "data": self.cfg.data, "model": self.cfg.model,
             "adv": self.cfg.adv, "epochs": self.epoch, "temperature": self.cfg.temp,
             "learn_temp": self.cfg.learn_temp,
-            "final_temperature": float(self.criterion.temperature),
+            "final_temperature": float(self.criterion.temperature.detach()),
             "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
             "corruption_acc": None, "masking": None, "best": self.best,
             "last_epoch": last, "train_time_s": self.train_time, "eval_time_s": eval_time,
@@ -533,6 +537,8 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
     """
     cfg = cfg.resolved()
     reporter = reporter or Reporter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or threads)
     ctx = D.setup(cfg.device)
     try:
         r = _Run(cfg, ctx, reporter)
@@ -561,3 +567,4 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
     finally:
         reporter.close()
         D.teardown(ctx)
+        torch.set_num_threads(threads)

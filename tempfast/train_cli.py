@@ -90,6 +90,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="autocast precision (fp16 adds a gradient scaler)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: CUDA when available")
+    g.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: torch's choice, one per core)")
     g = p.add_argument_group("output")
     g.add_argument("--output", help="run folder (output/train/<data>-<model>-T<temp>-<adv>-"
                    "seed<seed>)")

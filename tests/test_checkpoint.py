@@ -1,0 +1,93 @@
+"""tempfast.checkpoint: atomic saves, safe loads with one-line errors, model restore, RNG."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tempfast.checkpoint import (
+    FORMAT,
+    atomic_write,
+    load_checkpoint,
+    restore_model,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from tempfast.errors import UsageError
+from tempfast.models import build_model
+
+MODEL_CONFIG = {"name": "small_cnn", "num_classes": 10, "in_chans": 1, "img_size": 8,
+                "mean": [0.3], "std": [0.4]}
+
+
+def _state(model):
+    return {"format": FORMAT, "model": model.state_dict(), "model_config": MODEL_CONFIG,
+            "temperature": 8.0, "config": {"temp": 8.0}, "rng": [rng_state()]}
+
+
+def test_save_load_restore_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,)).eval()
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state(model))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"], "no temp file is left behind"
+    ckpt = load_checkpoint(path)
+    assert ckpt["temperature"] == 8.0 and ckpt["config"] == {"temp": 8.0}
+    restored = restore_model(ckpt, "cpu")
+    assert not restored.training
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(restored(x), model(x))
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+
+    def write(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, write)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "not found"),
+    (b"", "unreadable or corrupt"),
+    (b"\x00garbage" * 50, "unreadable or corrupt"),
+    ("truncated", "unreadable or corrupt"),
+    ("foreign", "not a tempfast training checkpoint"),
+])
+def test_bad_checkpoints_are_one_line_usage_errors(tmp_path, content, match):
+    path = tmp_path / "ckpt.pt"
+    if content == "truncated":
+        save_checkpoint(path, _state(build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,))))
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif content == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(UsageError, match=match) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": FORMAT, "hook": print}, path)
+    with pytest.raises(UsageError, match="unreadable or corrupt"):
+        load_checkpoint(path)
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    save_checkpoint(tmp_path / "c.pt", {"format": FORMAT, "rng": [rng_state()]})
+    expected = (random.random(), float(np.random.rand()), torch.rand(3))
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
+    again = (random.random(), float(np.random.rand()), torch.rand(3))
+    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])

@@ -1,0 +1,172 @@
+"""tempfast.data: the built-in digits split, CIFAR pickles, ImageFolder, synthetic data, and
+the seeded on-device augmentation plan."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tempfast.data import load_data, random_crop
+from tempfast.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+def _all(batches):
+    xs, ys = zip(*batches, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_digits_split_is_fixed_stratified_and_in_unit_range(digits):
+    assert (digits.n_train, digits.n_test, digits.num_classes) == (1437, 360, 10)
+    assert (digits.in_chans, digits.img_size, digits.pad, digits.flip) == (1, 8, 1, False)
+    x, y = _all(digits.test_batches(100, "cpu"))
+    assert x.shape == (360, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert float(x.min()) >= 0.0 and float(x.max()) == 1.0
+    assert torch.equal(torch.bincount(y, minlength=10).clamp(35, 37), torch.bincount(y))
+    x2, y2 = _all(load_data("digits").test_batches(64, "cpu"))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert torch.equal(_all(digits.test_batches(50, "cpu", limit=70))[1], y[:70])
+
+
+def test_epoch_plan_is_seeded_and_differs_between_epochs(digits):
+    a, b = digits.epoch_plan(3, seed=1, batch_size=64), digits.epoch_plan(3, seed=1, batch_size=64)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.offsets, b.offsets)
+    assert not torch.equal(a.indices, digits.epoch_plan(4, seed=1, batch_size=64).indices)
+    assert not torch.equal(a.indices, digits.epoch_plan(3, seed=2, batch_size=64).indices)
+    assert a.steps == 1437 // 64 and a.indices.unique().numel() == a.indices.numel()
+    assert not a.flips.any(), "digits are never flipped"
+    assert int(a.offsets.min()) == 0 and int(a.offsets.max()) == 2
+
+
+def test_ranks_get_disjoint_equal_shards(digits):
+    plans = [digits.epoch_plan(0, 0, 64, rank=r, world_size=2) for r in range(2)]
+    assert plans[0].steps == plans[1].steps == 718 // 64
+    assert not set(plans[0].indices.tolist()) & set(plans[1].indices.tolist())
+    shards = [list(digits.test_batches(1000, "cpu", rank=r, world_size=2)) for r in range(2)]
+    assert sum(b[0][1].numel() for b in shards) == 360
+
+
+def test_train_batches_resume_mid_epoch_replays_the_same_batches(digits):
+    plan = digits.epoch_plan(0, 0, 100)
+    full = list(digits.train_batches(plan, "cpu"))
+    tail = list(digits.train_batches(plan, "cpu", start_step=5))
+    assert len(full) == plan.steps and len(tail) == plan.steps - 5
+    for (x, y), (x2, y2) in zip(full[5:], tail, strict=True):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_random_crop_matches_slicing_of_the_padded_image():
+    x = torch.rand(6, 3, 5, 7)
+    offsets = torch.randint(0, 5, (6, 2), generator=torch.Generator().manual_seed(0))
+    padded = F.pad(x, (2, 2, 2, 2))
+    expected = torch.stack([padded[i, :, dy:dy + 5, dx:dx + 7]
+                            for i, (dy, dx) in enumerate(offsets.tolist())])
+    out = random_crop(x, 2, offsets)
+    assert torch.equal(out, expected) and out.is_contiguous()
+    assert torch.equal(random_crop(x, 2, torch.full((6, 2), 2)), x)
+
+
+def _write_cifar(folder, files, label_key, n, classes, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for name in files:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 label_key: rng.integers(0, classes, n).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_cifar10_loader_reads_python_pickle_batches(tmp_path):
+    files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    _write_cifar(tmp_path / "cifar-10-batches-py", files, b"labels", 4, 10)
+    bundle = load_data("cifar10", tmp_path)
+    assert (bundle.n_train, bundle.n_test, bundle.num_classes, bundle.in_chans) == (20, 4, 10, 3)
+    assert bundle.flip and bundle.pad == 4 and len(bundle.mean) == 3
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        raw = pickle.load(f)
+    x, y = _all(bundle.test_batches(3, "cpu"))
+    expected = torch.from_numpy(raw[b"data"].reshape(4, 3, 32, 32)).float() / 255
+    assert torch.equal(x, expected) and y.tolist() == raw[b"labels"]
+    plan = bundle.epoch_plan(0, 0, 8)
+    xb, _ = next(bundle.train_batches(plan, "cpu"))
+    assert xb.shape == (8, 3, 32, 32) and float(xb.min()) >= 0 and float(xb.max()) <= 1
+
+
+def test_cifar100_loader_uses_fine_labels(tmp_path):
+    _write_cifar(tmp_path / "cifar-100-python", ["train", "test"], b"fine_labels", 6, 100)
+    bundle = load_data("cifar100", tmp_path)
+    assert (bundle.n_train, bundle.n_test, bundle.num_classes) == (6, 6, 100)
+
+
+def test_missing_cifar_files_name_the_folder_and_download(tmp_path):
+    with pytest.raises(UsageError) as err:
+        load_data("cifar10", tmp_path / "nowhere")
+    msg = str(err.value)
+    assert "cifar-10-batches-py" in msg and "--download" in msg and "\n" not in msg
+
+
+def test_corrupt_cifar_batch_is_a_usage_error(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    (folder / "train").write_bytes(b"not a pickle")
+    (folder / "test").write_bytes(b"not a pickle")
+    with pytest.raises(UsageError, match="cannot read CIFAR batch"):
+        load_data("cifar100", tmp_path)
+
+
+def test_imagefolder_reads_generated_pngs_with_workers(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 3), ("val", 2)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    bundle = load_data("imagefolder", tmp_path, workers=1)
+    assert (bundle.n_train, bundle.n_test, bundle.num_classes, bundle.img_size) == (6, 4, 2, 12)
+    x, y = _all(bundle.test_batches(3, "cpu"))
+    assert x.shape == (4, 3, 12, 12) and y.tolist() == [0, 0, 1, 1]
+    with Image.open(tmp_path / "val" / "cat" / "0.png") as img:
+        first = np.asarray(img)[:, 2:14]  # centre crop of the 16 px wide side
+    assert torch.equal(x[0], torch.from_numpy(first.copy()).permute(2, 0, 1).float() / 255)
+    xb, yb = next(bundle.train_batches(bundle.epoch_plan(0, 0, 4), "cpu"))
+    assert xb.shape == (4, 3, 12, 12) and yb.shape == (4,)
+    resized = load_data("imagefolder", tmp_path, img_size=8, workers=0)
+    assert next(resized.test_batches(4, "cpu"))[0].shape == (4, 3, 8, 8)
+
+
+def test_imagefolder_without_val_split_is_a_usage_error(tmp_path):
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(UsageError, match="val"):
+        load_data("imagefolder", tmp_path)
+
+
+def test_synthetic_large_class_set_is_generated_from_the_seed():
+    a = load_data("synthetic", seed=3, num_classes=5000)
+    assert (a.num_classes, a.n_train, a.n_test, a.img_size) == (5000, 40000, 10000, 8)
+    xa, ya = next(a.test_batches(64, "cpu"))
+    xb, yb = next(load_data("synthetic", seed=3, num_classes=5000).test_batches(64, "cpu"))
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    xc, _ = next(load_data("synthetic", seed=4, num_classes=5000).test_batches(64, "cpu"))
+    assert not torch.equal(xa, xc)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(name="mnist"), "unknown data set"),
+    (dict(name="digits", num_classes=5), "--num-classes"),
+    (dict(name="cifar10", img_size=16), "--img-size"),
+    (dict(name="imagefolder"), "--data-dir"),
+])
+def test_bad_data_arguments_are_usage_errors(kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        load_data(**kwargs)

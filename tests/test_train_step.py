@@ -1,0 +1,109 @@
+"""tempfast.train building blocks: train_step, the training attack, schedules, defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+import tempfast
+from tempfast.attacks import PGD
+from tempfast.errors import UsageError
+from tempfast.models import build_model
+from tempfast.nn import TemperatureCrossEntropyLoss
+from tempfast.train import TrainConfig, TrainingAttack, build_optimizer, lr_factor, train_step
+
+
+def _setup(temperature=8.0, learnable=False):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,))
+    criterion = TemperatureCrossEntropyLoss(temperature, learnable=learnable)
+    cfg = TrainConfig(temp=temperature, learn_temp=learnable).resolved()
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    return model, criterion, build_optimizer(cfg, model, criterion), cfg, x, y
+
+
+def test_train_step_is_one_sgd_step_on_the_temperature_scaled_loss():
+    model, criterion, opt, _, x, y = _setup()
+    ref = build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,))
+    ref.load_state_dict(model.state_dict())
+    model.train(), ref.train()
+    loss, correct = train_step(model, opt, criterion, x, y)
+    expected = tempfast.reference.cross_entropy(ref(x), y, 8.0)
+    expected.backward()
+    assert not loss.requires_grad and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected.detach().float())
+    assert correct.dtype == torch.int64 and 0 <= int(correct) <= 16
+    weight, ref_weight = model.net[0][0].weight, ref.net[0][0].weight
+    # Nesterov SGD from zero momentum: w - lr * (1 + 0.9) * (g + wd * w).
+    step = 0.05 * 1.9 * (ref_weight.grad + 5e-4 * ref_weight)
+    torch.testing.assert_close(weight, ref_weight - step, rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_trains_on_the_attacked_batch():
+    model, criterion, opt, _, x, y = _setup(1.0)
+    model.train()
+    seen = []
+
+    def attack(xb, yb):
+        seen.append(xb)
+        return torch.zeros_like(xb)
+
+    train_step(model, opt, criterion, x, y, attack=attack)
+    assert seen[0] is x and model.training
+
+
+def test_fp16_autocast_with_a_gradient_scaler_updates_the_weights():
+    model, criterion, opt, _, x, y = _setup(2.0)
+    model.train()
+    before = model.net[0][0].weight.detach().clone()
+    scaler = torch.amp.GradScaler("cpu")
+    loss, _ = train_step(model, opt, criterion, x, y, scaler=scaler, amp_dtype=torch.float16)
+    assert torch.isfinite(loss) and not torch.equal(before, model.net[0][0].weight)
+
+
+def test_training_attack_follows_the_learned_temperature():
+    model, criterion, _, cfg, x, y = _setup(3.0, learnable=True)
+    attack = TrainingAttack(model, dataclasses.replace(cfg, adv="pgd", steps=1), criterion)
+    with torch.no_grad():
+        criterion.log_temperature.fill_(math.log(5.0))
+    attack(x, y)
+    assert float(attack.pgd.temperature) == pytest.approx(5.0)
+    raw = TrainingAttack(model, dataclasses.replace(cfg, attack_loss="raw"), criterion)
+    assert raw.pgd.temperature == 1.0 and isinstance(raw.pgd, PGD)
+
+
+def test_learned_temperature_is_optimised_without_weight_decay():
+    _, criterion, opt, *_ = _setup(4.0, learnable=True)
+    groups = [g for g in opt.param_groups if any(p is criterion.log_temperature
+                                                 for p in g["params"])]
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 0.0
+
+
+def test_schedules():
+    assert lr_factor(0, 100, 0, "cosine") == 1.0
+    assert lr_factor(50, 100, 0, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 0, "cosine") == pytest.approx(0.0)
+    assert [lr_factor(s, 100, 0, "step") for s in (49, 50, 75)] == pytest.approx([1, 0.1, 0.01])
+    assert lr_factor(4, 100, 10, "none") == 0.5 and lr_factor(60, 100, 10, "none") == 1.0
+
+
+def test_per_data_defaults():
+    digits = TrainConfig().resolved()
+    assert (digits.model, digits.eps, digits.steps) == ("small_cnn", 0.1, 7)
+    assert digits.output == "output/train/digits-small_cnn-T1-none-seed0"
+    cifar = TrainConfig(data="cifar10", opt="adamw").resolved()
+    assert (cifar.model, cifar.eps, cifar.alpha, cifar.steps) == ("resnet18", 8 / 255, 2 / 255, 10)
+    assert (cifar.lr, cifar.wd) == (1e-3, 0.05)
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(temp=float("nan")), "--temp"), (dict(alpha=0.0), "--alpha"),
+    (dict(epochs=0), "--epochs"), (dict(lr=-1.0), "--lr"), (dict(opt="lamb"), "--opt"),
+    (dict(resume=True, overwrite=True), "exclude"),
+])
+def test_bad_settings_are_usage_errors(changes, match):
+    with pytest.raises(UsageError, match=match):
+        TrainConfig(**changes).resolved()
