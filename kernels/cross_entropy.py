@@ -52,10 +52,13 @@ def _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT: tl.conste
 
 
 @triton.jit
-def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, eps, n_cols,
+def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, n_chunks, eps, n_cols,
                PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
                COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Online statistics of columns ``[c_start, c_end)`` of one row.
+    """Online statistics of columns ``[c_start, c_end)`` of one row (``n_chunks`` chunks).
+
+    Loop trip counts come from host-computed integers (``n_chunks``), never from
+    ``program_id``: the Triton 3.6 interpreter cannot use those as ``range`` bounds.
 
     Returns ``(m, s, ez, cz, cs)``: the running max of ``u`` (log2 units), ``sum 2^(u - m)``,
     ``sum 2^(u - m) z`` (only with COMPUTE_DT), and the target sums ``sum c z`` and ``sum c``
@@ -67,8 +70,8 @@ def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, eps, n_cols,
     ez = tl.full((), 0.0, tl.float32)
     cz = tl.full((), 0.0, tl.float32)
     cs = tl.full((), 0.0, tl.float32)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
         u = tl.where(mask, x * k, -float("inf"))
@@ -129,13 +132,13 @@ def _row_finish(x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps
 
 @triton.jit
 def _row_write_grad(x_row, q_row, g_row, w_ptr, k, m_ref, s, gs, cs, y, w_y, c_start, c_end,
-                    eps, n_cols, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-                    BLOCK_C: tl.constexpr):
+                    n_chunks, eps, n_cols, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                    SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr):
     """Write ``gs * (cs * p - c)`` for columns ``[c_start, c_end)`` of one row, with
     ``p = 2^(k x - m_ref) / s``."""
     cs_over_s = cs / s
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
         g = tl.exp2(x * k - m_ref) * cs_over_s
@@ -243,7 +246,7 @@ def ce_single_pass_kernel(
 def ce_stream_kernel(
     x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr,
     loss_ptr, lse_ptr, dt_ptr, g_ptr, stride_g, scale_ptr, stride_scale,
-    n_rows, n_cols, ignore_index, eps,
+    n_rows, n_cols, n_chunks, ignore_index, eps,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -252,7 +255,7 @@ def ce_stream_kernel(
     x_row = x_ptr + row * stride_x
     q_row = q_ptr + row * stride_q
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m, s, ez, cz, cs = _row_stats(x_row, q_row, w_ptr, k, 0, n_cols, eps, n_cols,
+    m, s, ez, cz, cs = _row_stats(x_row, q_row, w_ptr, k, 0, n_cols, n_chunks, eps, n_cols,
                                   PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
     m_ref, loss, lse, dt, cs, y, w_y, valid = _row_finish(
         x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
@@ -265,13 +268,13 @@ def ce_stream_kernel(
         scale = tl.load(scale_ptr + row * stride_scale)
         gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
         _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
-                        w_y, 0, n_cols, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
+                        w_y, 0, n_cols, n_chunks, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
 
 
 @triton.jit
 def ce_split_stats_kernel(
     x_ptr, stride_x, t_ptr, stride_t, q_ptr, stride_q, w_ptr, part_ptr,
-    n_cols, cols_per_split, eps,
+    n_cols, chunks_per_split, eps,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -280,11 +283,11 @@ def ce_split_stats_kernel(
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
-    c_start = split * cols_per_split
-    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    c_start = split * chunks_per_split * BLOCK_C
+    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
     m, s, ez, cz, cs = _row_stats(x_ptr + row * stride_x, q_ptr + row * stride_q, w_ptr, k,
-                                  c_start, c_end, eps, n_cols,
+                                  c_start, c_end, chunks_per_split, eps, n_cols,
                                   PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
     out = part_ptr + (row * n_splits + split) * 5
     tl.store(out, m)
@@ -298,7 +301,7 @@ def ce_split_stats_kernel(
 def ce_split_finish_kernel(
     x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr, part_ptr,
     loss_ptr, lse_ptr, dt_ptr, g_ptr, stride_g, scale_ptr, stride_scale,
-    n_cols, cols_per_split, ignore_index, eps,
+    n_cols, chunks_per_split, ignore_index, eps,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -333,7 +336,8 @@ def ce_split_finish_kernel(
     if COMPUTE_GRAD:
         scale = tl.load(scale_ptr + row * stride_scale)
         gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
-        c_start = split * cols_per_split
-        c_end = tl.minimum(c_start + cols_per_split, n_cols)
+        c_start = split * chunks_per_split * BLOCK_C
+        c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
         _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
-                        w_y, c_start, c_end, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
+                        w_y, c_start, c_end, chunks_per_split, eps, n_cols, PROB, HAS_WEIGHT,
+                        SMOOTH, BLOCK_C)

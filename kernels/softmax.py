@@ -25,12 +25,12 @@ from .cross_entropy import _scale_log2
 
 
 @triton.jit
-def _max_sum(x_row, k, c_start, c_end, BLOCK_C: tl.constexpr):
+def _max_sum(x_row, k, c_start, c_end, n_chunks, BLOCK_C: tl.constexpr):
     """Online ``(m, s)`` of ``u = k x`` over columns ``[c_start, c_end)`` (log2 units)."""
     m = tl.full((), -float("inf"), tl.float32)
     s = tl.full((), 0.0, tl.float32)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         u = tl.where(mask, tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k,
                      -float("inf"))
@@ -42,13 +42,13 @@ def _max_sum(x_row, k, c_start, c_end, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _write_softmax(x_row, y_row, k, m_ref, s, c_start, c_end, LOG: tl.constexpr,
+def _write_softmax(x_row, y_row, k, m_ref, s, c_start, c_end, n_chunks, LOG: tl.constexpr,
                    BLOCK_C: tl.constexpr):
     """Store softmax (or log-softmax) for columns ``[c_start, c_end)`` given the row's max
     ``m_ref`` (0 for a row of -inf) and ``s = sum 2^(u - m_ref)``."""
     log2_s = tl.log2(s)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         u = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32) * k - m_ref
         if LOG:
@@ -83,27 +83,27 @@ def softmax_single_pass_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y
 
 
 @triton.jit
-def softmax_stream_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, n_cols,
+def softmax_stream_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, n_cols, n_chunks,
                           LOG: tl.constexpr, BLOCK_C: tl.constexpr):
     """One row per program: an online max / sum pass, then a write pass."""
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m, s = _max_sum(x_row, k, 0, n_cols, BLOCK_C)
+    m, s = _max_sum(x_row, k, 0, n_cols, n_chunks, BLOCK_C)
     m_ref = tl.where(m == -float("inf"), 0.0, m)
-    _write_softmax(x_row, y_ptr + row * stride_y, k, m_ref, s, 0, n_cols, LOG, BLOCK_C)
+    _write_softmax(x_row, y_ptr + row * stride_y, k, m_ref, s, 0, n_cols, n_chunks, LOG, BLOCK_C)
 
 
 @triton.jit
 def softmax_split_stats_kernel(x_ptr, stride_x, t_ptr, stride_t, part_ptr, n_cols,
-                               cols_per_split, BLOCK_C: tl.constexpr):
+                               chunks_per_split, BLOCK_C: tl.constexpr):
     """Grid ``(N, splits)``: ``part[row, split] = (m, s)`` of one column range."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
-    c_start = split * cols_per_split
-    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    c_start = split * chunks_per_split * BLOCK_C
+    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m, s = _max_sum(x_ptr + row * stride_x, k, c_start, c_end, BLOCK_C)
+    m, s = _max_sum(x_ptr + row * stride_x, k, c_start, c_end, chunks_per_split, BLOCK_C)
     out = part_ptr + (row * tl.num_programs(1) + split) * 2
     tl.store(out, m)
     tl.store(out + 1, s)
@@ -111,7 +111,7 @@ def softmax_split_stats_kernel(x_ptr, stride_x, t_ptr, stride_t, part_ptr, n_col
 
 @triton.jit
 def softmax_split_finish_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y, part_ptr,
-                                n_cols, cols_per_split, LOG: tl.constexpr,
+                                n_cols, chunks_per_split, LOG: tl.constexpr,
                                 BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Grid ``(N, splits)``: combine the row's partials, write one column range."""
     row = tl.program_id(0).to(tl.int64)
@@ -126,21 +126,22 @@ def softmax_split_finish_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_
     s = tl.sum(tl.where(smask, tl.load(part + 1, mask=smask, other=0.0) * tl.exp2(m_i - m_ref),
                         0.0), axis=0)
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    c_start = split * cols_per_split
-    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    c_start = split * chunks_per_split * BLOCK_C
+    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
     _write_softmax(x_ptr + row * stride_x, y_ptr + row * stride_y, k, m_ref, s, c_start, c_end,
-                   LOG, BLOCK_C)
+                   chunks_per_split, LOG, BLOCK_C)
 
 
 # --------------------------------------------------------------------------------------------
 # Backward
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_row_sum(y_row, dy_row, c_start, c_end, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bwd_row_sum(y_row, dy_row, c_start, c_end, n_chunks, LOG: tl.constexpr,
+                 BLOCK_C: tl.constexpr):
     """``A`` of the module docstring over columns ``[c_start, c_end)``."""
     a = tl.full((), 0.0, tl.float32)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
         if LOG:
@@ -151,13 +152,13 @@ def _bwd_row_sum(y_row, dy_row, c_start, c_end, LOG: tl.constexpr, BLOCK_C: tl.c
 
 
 @triton.jit
-def _write_bwd(y_row, dy_row, x_row, dx_row, a, inv_t, c_start, c_end, LOG: tl.constexpr,
-               COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+def _write_bwd(y_row, dy_row, x_row, dx_row, a, inv_t, c_start, c_end, n_chunks,
+               LOG: tl.constexpr, COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
     """Store ``dx`` for columns ``[c_start, c_end)`` given the row sum ``A``; return
     ``sum(dx x)`` over them (0 unless COMPUTE_DT)."""
     dx_x = tl.full((), 0.0, tl.float32)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        cols = c0 + tl.arange(0, BLOCK_C)
+    for i in range(0, n_chunks):
+        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = cols < c_end
         dy = tl.load(dy_row + cols, mask=mask, other=0.0).to(tl.float32)
         y = tl.load(y_row + cols, mask=mask, other=0.0).to(tl.float32)
@@ -204,37 +205,38 @@ def softmax_bwd_single_pass_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, st
 
 @triton.jit
 def softmax_bwd_stream_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
-                              stride_t, dx_ptr, stride_dx, dt_ptr, n_cols, LOG: tl.constexpr,
-                              COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
+                              stride_t, dx_ptr, stride_dx, dt_ptr, n_cols, n_chunks,
+                              LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
     """One row per program: a pass for the row sum ``A``, then a write pass."""
     row = tl.program_id(0).to(tl.int64)
     y_row = y_ptr + row * stride_y
     dy_row = dy_ptr + row * stride_dy
     inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
-    a = _bwd_row_sum(y_row, dy_row, 0, n_cols, LOG, BLOCK_C)
+    a = _bwd_row_sum(y_row, dy_row, 0, n_cols, n_chunks, LOG, BLOCK_C)
     dx_x = _write_bwd(y_row, dy_row, x_ptr + row * stride_x, dx_ptr + row * stride_dx, a, inv_t,
-                      0, n_cols, LOG, COMPUTE_DT, BLOCK_C)
+                      0, n_cols, n_chunks, LOG, COMPUTE_DT, BLOCK_C)
     if COMPUTE_DT:
         tl.store(dt_ptr + row, -dx_x * inv_t)
 
 
 @triton.jit
 def softmax_bwd_split_stats_kernel(y_ptr, stride_y, dy_ptr, stride_dy, part_ptr, n_cols,
-                                   cols_per_split, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
+                                   chunks_per_split, LOG: tl.constexpr, BLOCK_C: tl.constexpr):
     """Grid ``(N, splits)``: ``part[row, split] = A`` of one column range."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
-    c_start = split * cols_per_split
-    c_end = tl.minimum(c_start + cols_per_split, n_cols)
-    a = _bwd_row_sum(y_ptr + row * stride_y, dy_ptr + row * stride_dy, c_start, c_end, LOG,
-                     BLOCK_C)
+    c_start = split * chunks_per_split * BLOCK_C
+    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
+    a = _bwd_row_sum(y_ptr + row * stride_y, dy_ptr + row * stride_dy, c_start, c_end,
+                     chunks_per_split, LOG, BLOCK_C)
     tl.store(part_ptr + row * tl.num_programs(1) + split, a)
 
 
 @triton.jit
 def softmax_bwd_split_finish_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
                                     stride_t, dx_ptr, stride_dx, dt_ptr, part_ptr, n_cols,
-                                    cols_per_split, LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
+                                    chunks_per_split, LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
                                     BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Grid ``(N, splits)``: sum the row's partial ``A``; write ``dx`` for one column range and,
     with COMPUTE_DT, that range's share of dL/dT into ``dt[row, split]`` (summed by the
@@ -246,10 +248,10 @@ def softmax_bwd_split_finish_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, s
     a = tl.sum(tl.load(part_ptr + row * n_splits + offs, mask=offs < n_splits, other=0.0),
                axis=0)
     inv_t = _scale_log2(tl.load(t_ptr + row * stride_t)) * 0.6931471805599453
-    c_start = split * cols_per_split
-    c_end = tl.minimum(c_start + cols_per_split, n_cols)
+    c_start = split * chunks_per_split * BLOCK_C
+    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
     dx_x = _write_bwd(y_ptr + row * stride_y, dy_ptr + row * stride_dy, x_ptr + row * stride_x,
-                      dx_ptr + row * stride_dx, a, inv_t, c_start, c_end, LOG, COMPUTE_DT,
-                      BLOCK_C)
+                      dx_ptr + row * stride_dx, a, inv_t, c_start, c_end, chunks_per_split, LOG,
+                      COMPUTE_DT, BLOCK_C)
     if COMPUTE_DT:
         tl.store(dt_ptr + row * n_splits + split, -dx_x * inv_t)

@@ -88,7 +88,8 @@ def _ce_kernels(dtype: str, cfg, flags: dict):
              "w_ptr": "*fp32", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "dt_ptr": "*fp32",
              "scale_ptr": "*fp32", "part_ptr": "*fp32", "stride_x": "i64", "stride_q": "i64",
              "stride_g": "i64", "stride_t": "i32", "stride_scale": "i32", "n_rows": "i32",
-             "n_cols": "i32", "cols_per_split": "i32", "ignore_index": "i64", "eps": "fp32"}
+             "n_cols": "i32", "n_chunks": "i32", "chunks_per_split": "i32", "ignore_index": "i64",
+             "eps": "fp32"}
     if cfg.path == "single":
         yield kmod.ce_single_pass_kernel, types, {**flags, "BLOCK_N": cfg.block_n,
                                                "BLOCK_C": cfg.block_c}
@@ -107,7 +108,7 @@ def _softmax_kernels(kind: str, dtype: str, cfg, flags: dict):
     ptr = f"*{dtype}"
     types = {name: ptr for name in ("x_ptr", "y_ptr", "dy_ptr", "dx_ptr")}
     types |= {"t_ptr": "*fp32", "part_ptr": "*fp32", "dt_ptr": "*fp32", "stride_t": "i32",
-              "n_rows": "i32", "n_cols": "i32", "cols_per_split": "i32"}
+              "n_rows": "i32", "n_cols": "i32", "n_chunks": "i32", "chunks_per_split": "i32"}
     types |= {f"stride_{n}": "i64" for n in ("x", "y", "dy", "dx")}
     fwd = kind == "softmax"
     if cfg.path == "single":

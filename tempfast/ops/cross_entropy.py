@@ -30,7 +30,7 @@ def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
     class indices: ``sum of weight[y]`` over rows that are not ignored (their count if no
     weight); probabilities: the number of rows."""
     if target.dim() == 2:
-        return torch.tensor(float(target.shape[0]), dtype=dtype, device=target.device)
+        return torch.full((), float(target.shape[0]), dtype=dtype, device=target.device)
     valid = target != ignore_index
     if weight is None:
         return valid.sum().to(dtype)

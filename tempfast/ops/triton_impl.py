@@ -54,7 +54,7 @@ def _launch_ce(cfg: LaunchConfig, x: Tensor, t: Tensor, y: Tensor, q: Tensor, w:
     elif cfg.path == "stream":
         ce_kernels.ce_stream_kernel[(n_rows,)](
             *common, y, q, q.stride(0) if q.dim() == 2 else 0, w, *outs,
-            n_rows, n_cols, ignore_index, eps, **flags,
+            n_rows, n_cols, cdiv(n_cols, cfg.block_c), ignore_index, eps, **flags,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     else:
         part = torch.empty((n_rows, cfg.splits, ce_kernels.N_PARTIALS), dtype=torch.float32,
@@ -62,10 +62,10 @@ def _launch_ce(cfg: LaunchConfig, x: Tensor, t: Tensor, y: Tensor, q: Tensor, w:
         q_stride = q.stride(0) if q.dim() == 2 else 0
         stats_flags = {k: v for k, v in flags.items() if k != "COMPUTE_GRAD"}
         ce_kernels.ce_split_stats_kernel[(n_rows, cfg.splits)](
-            *common, q, q_stride, w, part, n_cols, cfg.cols_per_split, eps, **stats_flags,
+            *common, q, q_stride, w, part, n_cols, cfg.chunks_per_split, eps, **stats_flags,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
         ce_kernels.ce_split_finish_kernel[(n_rows, cfg.splits)](
-            *common, y, q, q_stride, w, part, *outs, n_cols, cfg.cols_per_split,
+            *common, y, q, q_stride, w, part, *outs, n_cols, cfg.chunks_per_split,
             ignore_index, eps, **flags, BLOCK_C=cfg.block_c,
             BLOCK_S=next_pow2(cfg.splits), num_warps=cfg.num_warps)
 
@@ -119,14 +119,15 @@ def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
             num_warps=cfg.num_warps)
     elif cfg.path == "stream":
         softmax_kernels.softmax_stream_kernel[(n_rows,)](
-            *args, n_cols, LOG=log, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+            *args, n_cols, cdiv(n_cols, cfg.block_c), LOG=log, BLOCK_C=cfg.block_c,
+            num_warps=cfg.num_warps)
     else:
         part = torch.empty((n_rows, cfg.splits, 2), dtype=torch.float32, device=x.device)
         softmax_kernels.softmax_split_stats_kernel[(n_rows, cfg.splits)](
-            x, x.stride(0), args[2], args[3], part, n_cols, cfg.cols_per_split,
+            x, x.stride(0), args[2], args[3], part, n_cols, cfg.chunks_per_split,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
         softmax_kernels.softmax_split_finish_kernel[(n_rows, cfg.splits)](
-            *args, part, n_cols, cfg.cols_per_split, LOG=log, BLOCK_C=cfg.block_c,
+            *args, part, n_cols, cfg.chunks_per_split, LOG=log, BLOCK_C=cfg.block_c,
             BLOCK_S=next_pow2(cfg.splits), num_warps=cfg.num_warps)
     return y
 
@@ -150,17 +151,17 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     elif cfg.path == "stream":
         softmax_kernels.softmax_bwd_stream_kernel[(n_rows,)](
-            *args, n_cols, LOG=log, COMPUTE_DT=compute_dt, BLOCK_C=cfg.block_c,
-            num_warps=cfg.num_warps)
+            *args, n_cols, cdiv(n_cols, cfg.block_c), LOG=log, COMPUTE_DT=compute_dt,
+            BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     else:
         part = torch.empty((n_rows, cfg.splits), dtype=torch.float32, device=y.device)
         dt_parts = torch.empty((n_rows, cfg.splits) if compute_dt else 0, dtype=torch.float32,
                                device=y.device)
         softmax_kernels.softmax_bwd_split_stats_kernel[(n_rows, cfg.splits)](
-            *args[:4], part, n_cols, cfg.cols_per_split, LOG=log, BLOCK_C=cfg.block_c,
+            *args[:4], part, n_cols, cfg.chunks_per_split, LOG=log, BLOCK_C=cfg.block_c,
             num_warps=cfg.num_warps)
         softmax_kernels.softmax_bwd_split_finish_kernel[(n_rows, cfg.splits)](
-            *args[:10], dt_parts, part, n_cols, cfg.cols_per_split, LOG=log,
+            *args[:10], dt_parts, part, n_cols, cfg.chunks_per_split, LOG=log,
             COMPUTE_DT=compute_dt, BLOCK_C=cfg.block_c, BLOCK_S=next_pow2(cfg.splits),
             num_warps=cfg.num_warps)
         if compute_dt:
