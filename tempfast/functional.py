@@ -1,4 +1,4 @@
-"""Public ops: temperature-scaled softmax, log-softmax and cross-entropy.
+"""Public ops: temperature-scaled softmax, log-softmax, cross-entropy and the fused linear head.
 
 ``T`` (``temperature``) divides the logits before the softmax. It is a Python number, a 0-dim
 tensor, or one value per row (shape ``logits.shape[:-1]`` for cross-entropy, ``x.shape`` without
@@ -14,6 +14,7 @@ from torch import Tensor
 
 from . import _checks
 from .ops.cross_entropy import CrossEntropyInplace, cross_entropy_2d
+from .ops.linear_cross_entropy import default_chunk_rows, linear_cross_entropy_2d
 from .ops.softmax import softmax_2d
 
 
@@ -150,4 +151,84 @@ def cross_entropy(
         fused = needs_grad and reduction != "none" and not target_grad
         loss = cross_entropy_2d(logits_2d, target_2d, t, weight, ignore_index, eps, reduction,
                                 fused, compute_dt)[0]
+    return loss.reshape(rows_shape) if reduction == "none" else loss
+
+
+def linear_cross_entropy(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)`` without the full logits.
+
+    Args:
+        hidden: ``(*, H)`` features (``(N, H)``, or ``(B, S, H)`` for a language model).
+        weight: ``(C, H)`` classifier weight, same dtype as ``hidden``.
+        target: ``(*)`` integer class indices.
+        bias: optional ``(C,)``.
+        temperature: ``T > 0``: a number, a 0-dim tensor or one value per row (shape ``(*)``); a
+            tensor that requires grad gets ``dL/dT`` as in :func:`cross_entropy`.
+        ignore_index, reduction, label_smoothing: as in :func:`cross_entropy`.
+        chunk_size: rows per chunk (default: about 2^26 logits per chunk). Peak extra memory is
+            ``chunk_size * C`` logits + ``4 C H`` bytes (fp32 weight gradient) + ``N H``
+            (hidden gradient) + ``4 C`` bytes, whatever ``N * C``.
+
+    Returns:
+        fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``. Gradients flow to
+        ``hidden``, ``weight``, ``bias`` and ``temperature``; the weight and bias gradients are
+        accumulated in fp32 across chunks.
+    """
+    _checks.check_floating("hidden", hidden)
+    _checks.check_floating("weight", weight)
+    if hidden.dim() == 0:
+        raise ValueError("hidden: expected shape (*, H), got a 0-dim tensor")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight: expected shape (C, {hidden.shape[-1]}) to match hidden "
+                         f"(*, H), got {tuple(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight: the class dimension (first) is empty")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
+    num_classes = weight.shape[0]
+    if bias is not None:
+        _checks.check_floating("bias", bias)
+        if bias.shape != (num_classes,):
+            raise ValueError(f"bias: expected shape ({num_classes},), got {tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}")
+    rows_shape = hidden.shape[:-1]
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    if target.shape != rows_shape:
+        raise ValueError(f"target: expected shape {tuple(rows_shape)} (class indices), got "
+                         f"{tuple(target.shape)}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
+    _checks.check_reduction(reduction)
+    eps = _checks.check_label_smoothing(label_smoothing)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    _checks.check_same_device(hidden=hidden, weight=weight, bias=bias, target=target)
+    n_rows = target.numel()
+    if chunk_size is None:
+        chunk = default_chunk_rows(n_rows, num_classes)
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+    else:
+        chunk = chunk_size
+    t = _checks.temperature_rows(temperature, rows_shape, hidden.device,
+                                 _checks.accumulation_dtype(hidden.dtype))
+    grad_on = torch.is_grad_enabled()
+    needs = [grad_on and hidden.requires_grad, grad_on and weight.requires_grad,
+             grad_on and bias is not None and bias.requires_grad]
+    fused = needs if reduction != "none" else [False, False, False]
+    loss = linear_cross_entropy_2d(
+        hidden.reshape(-1, hidden.shape[-1]), weight, bias, target.reshape(-1).long(), t,
+        ignore_index, eps, reduction, chunk, fused, grad_on and t.requires_grad)[0]
     return loss.reshape(rows_shape) if reduction == "none" else loss

@@ -94,3 +94,59 @@ class TemperatureCrossEntropyLoss(_Temperature):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, reduction={self.reduction!r}, "
                 f"label_smoothing={self.label_smoothing}")
+
+
+class LinearTemperatureCrossEntropy(_Temperature):
+    """A classifier head fused with the temperature cross-entropy: ``(N, H) -> loss``.
+
+    ``forward(hidden, target)`` returns ``F.cross_entropy((hidden @ W.T + b) / T, target)``
+    computed in row chunks, so the ``N x C`` logits never exist (see
+    :func:`tempfast.functional.linear_cross_entropy` for the memory bound). Logits for a few
+    rows are available on request (``logits_rows=``), and :meth:`predict` returns the argmax
+    class chunk by chunk, for accuracy without the full logits.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, temperature: float = 1.0,
+                 learnable: bool = False, bias: bool = True, *, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0,
+                 chunk_size: int | None = None, device=None, dtype=None) -> None:
+        super().__init__(temperature, learnable)
+        self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.label_smoothing = label_smoothing
+        self.chunk_size = chunk_size
+
+    @property
+    def weight(self) -> Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.linear.bias
+
+    def forward(self, hidden: Tensor, target: Tensor,
+                logits_rows: slice | Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """The loss; with ``logits_rows`` (a slice or index tensor over the flattened rows),
+        also ``(loss, logits of those rows)``."""
+        loss = F.linear_cross_entropy(
+            hidden, self.linear.weight, target, self.linear.bias, self.temperature,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
+        if logits_rows is None:
+            return loss
+        rows = hidden.reshape(-1, hidden.shape[-1])[logits_rows]
+        return loss, self.linear(rows)
+
+    @torch.no_grad()
+    def predict(self, hidden: Tensor) -> Tensor:
+        """Argmax class of every row of ``hidden (*, H)``, shape ``(*)``, in row chunks."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        chunk = self.chunk_size or max(1, (1 << 26) // self.linear.out_features)
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        for r0 in range(0, flat.shape[0], chunk):
+            out[r0:r0 + chunk] = self.linear(flat[r0:r0 + chunk]).argmax(-1)
+        return out.reshape(hidden.shape[:-1])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, reduction={self.reduction!r}"

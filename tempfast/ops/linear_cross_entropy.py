@@ -1,0 +1,208 @@
+"""``tempfast::linear_cross_entropy``: classifier head + temperature cross-entropy, in row chunks.
+
+For ``hidden (N, H)``, ``weight (C, H)``, ``bias (C,)`` the logits ``z = hidden @ weight.T +
+bias`` are never materialised whole. Rows are processed ``chunk`` at a time:
+
+    z_c      = hidden_c @ weight.T + bias             (chunk x C, cuBLAS / torch)
+    z_c     <- s (p - q) / T, written over z_c        (the core cross-entropy kernel, in place)
+    dhidden_c = z_c @ weight                          (chunk x H)
+    dweight += z_c.T @ hidden_c                       (fp32 accumulator, C x H)
+    dbias   += z_c.sum(0)                             (fp32 accumulator)
+
+Peak extra memory: ``chunk * C`` logits in the input dtype (plus, for 16-bit inputs, one
+``C x H`` product per chunk before it is added in fp32), ``C * H * 4`` bytes for the fp32 weight
+gradient, ``N * H`` for the hidden gradient and ``C * 4`` for the bias gradient -- independent of
+``N * C``.
+
+With ``reduction`` mean or sum the gradients are computed in the forward pass (one pass over the
+logits) and the backward pass only applies the upstream gradient. With ``"none"`` the forward pass
+computes losses only and the backward pass recomputes each chunk with its rows' upstream
+gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from .cross_entropy import _denominator, _reduce, _row_scale, _temperature_grad, apply_upstream
+from .dispatch import impl_for
+
+CHUNK_ELEMENTS = 1 << 26  # default chunk: about 64M logits (128 MiB in bf16)
+
+
+def default_chunk_rows(n_rows: int, n_classes: int) -> int:
+    """Rows per chunk so that a chunk of logits holds about ``CHUNK_ELEMENTS`` values."""
+    return max(1, min(n_rows, CHUNK_ELEMENTS // max(n_classes, 1)))
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if bias is None:
+        return hidden @ weight.t()
+    return torch.addmm(bias, hidden, weight.t())
+
+
+def _accumulate_weight_grad(acc: Tensor, grad_logits: Tensor, hidden: Tensor) -> None:
+    """``acc += grad_logits.T @ hidden`` with an fp32 (or fp64) accumulator."""
+    if grad_logits.dtype == acc.dtype:
+        acc.addmm_(grad_logits.t(), hidden)
+    else:
+        acc += (grad_logits.t() @ hidden).to(acc.dtype)
+
+
+def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label_smoothing,
+                  chunk, row_scale, need_h, need_w, need_b, compute_loss, compute_dt):
+    """One pass over the rows: per-row losses / dL/dT and, when ``row_scale`` is given, the
+    gradients scaled by it (``(1,)`` or ``(N,)``). Returns ``(loss_rows, dt_rows, dh, dw, db)``.
+    """
+    n_rows, n_classes = hidden.shape[0], weight.shape[0]
+    acc = accumulation_dtype(hidden.dtype)
+    device = hidden.device
+    loss_rows = torch.zeros(n_rows if compute_loss else 0, dtype=acc, device=device)
+    dt_rows = torch.zeros(n_rows if compute_dt else 0, dtype=acc, device=device)
+    grads = row_scale is not None
+    dh = torch.empty_like(hidden) if grads and need_h else hidden.new_empty(0)
+    dw = torch.zeros(weight.shape, dtype=acc, device=device) if grads and need_w \
+        else weight.new_empty(0, dtype=acc)
+    db = torch.zeros(n_classes, dtype=acc, device=device) if grads and need_b \
+        else weight.new_empty(0, dtype=acc)
+    impl = impl_for(hidden)
+    for r0 in range(0, n_rows, chunk):
+        r1 = min(r0 + chunk, n_rows)
+        h = hidden[r0:r1]
+        logits = _chunk_logits(h, weight, bias)
+        t = temperature if temperature.numel() == 1 else temperature[r0:r1]
+        scale = None
+        if grads:
+            scale = row_scale if row_scale.numel() == 1 else row_scale[r0:r1]
+        loss_c, _lse, dt_c = impl.ce_rows(logits, target[r0:r1], t, None, ignore_index,
+                                          label_smoothing, scale, logits if grads else None,
+                                          compute_dt)
+        if compute_loss:
+            loss_rows[r0:r1] = loss_c
+        if compute_dt:
+            dt_rows[r0:r1] = dt_c
+        if grads and need_h:
+            torch.mm(logits, weight, out=dh[r0:r1])
+        if grads and need_w:
+            _accumulate_weight_grad(dw, logits, h)
+        if grads and need_b:
+            db += logits.sum(0, dtype=acc)
+        del logits  # free this chunk before the next one is allocated
+    return loss_rows, dt_rows, dh, dw, db
+
+
+@torch.library.custom_op("tempfast::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy_2d(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    temperature: Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+    chunk: int,
+    fused_grads: list[bool],
+    compute_dt: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(loss, dt_rows, dhidden, dweight, dbias, denom)``; the gradients are those for
+    an upstream gradient of 1, computed for the inputs flagged in ``fused_grads`` (hidden,
+    weight, bias), else empty; ``dweight`` / ``dbias`` are fp32 (fp64 for fp64 inputs)."""
+    check_temperature_values(temperature)
+    check_class_indices(target, weight.shape[0], ignore_index)
+    denom = _denominator(target, None, ignore_index, weight.shape[0],
+                         accumulation_dtype(hidden.dtype))
+    any_grad = any(fused_grads)
+    scale = None
+    if any_grad:
+        scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+    loss_rows, dt_rows, dh, dw, db = _chunked_pass(
+        hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk, scale,
+        *fused_grads, True, compute_dt)
+    return _reduce(loss_rows, denom, reduction), dt_rows, dh, dw, db, denom
+
+
+@linear_cross_entropy_2d.register_fake
+def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, reduction, chunk,
+      fused_grads, compute_dt):
+    n_rows = hidden.shape[0]
+    acc = {"dtype": accumulation_dtype(hidden.dtype)}
+    need_h, need_w, need_b = fused_grads
+    return (hidden.new_empty(n_rows if reduction == "none" else (), **acc),
+            hidden.new_empty(n_rows if compute_dt else 0, **acc),
+            torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+            weight.new_empty(weight.shape if need_w else 0, **acc),
+            weight.new_empty(weight.shape[0] if need_b else 0, **acc),
+            hidden.new_empty((), **acc))
+
+
+@torch.library.custom_op("tempfast::linear_cross_entropy_backward", mutates_args=())
+def linear_cross_entropy_backward_2d(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    temperature: Tensor,
+    ignore_index: int,
+    label_smoothing: float,
+    chunk: int,
+    row_scale: Tensor,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Recompute the gradients ``(dhidden, dweight, dbias)`` chunk by chunk, each row scaled by
+    ``row_scale`` (``(1,)`` or ``(N,)``)."""
+    _, _, dh, dw, db = _chunked_pass(hidden, weight, bias, target, temperature, ignore_index,
+                                     label_smoothing, chunk, row_scale, *needs, False, False)
+    return dh, dw, db
+
+
+@linear_cross_entropy_backward_2d.register_fake
+def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
+      row_scale, needs):
+    acc = {"dtype": accumulation_dtype(hidden.dtype)}
+    need_h, need_w, need_b = needs
+    return (torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+            weight.new_empty(weight.shape if need_w else 0, **acc),
+            weight.new_empty(weight.shape[0] if need_b else 0, **acc))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    (hidden, weight, bias, target, temperature, ignore_index, label_smoothing, reduction, chunk,
+     fused_grads, _compute_dt) = inputs
+    _loss, dt_rows, dh, dw, db, denom = output
+    ctx.mark_non_differentiable(dt_rows, dh, dw, db, denom)
+    ctx.fused = any(fused_grads)
+    ctx.options = (ignore_index, label_smoothing, reduction, chunk)
+    ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+    if ctx.fused:
+        ctx.save_for_backward(dh, dw, db, dt_rows, denom, temperature)
+    else:
+        ctx.save_for_backward(hidden, weight, bias, target, temperature, dt_rows, denom)
+
+
+def _backward(ctx, g_loss, *_unused):
+    ignore_index, label_smoothing, reduction, chunk = ctx.options
+    need_h, need_w, need_b, _, need_t = ctx.needs_input_grad[:5]
+    w_dtype, b_dtype = ctx.dtypes
+    if ctx.fused:
+        dh, dw, db, dt_rows, denom, temperature = ctx.saved_tensors
+        row_scale = _row_scale(g_loss, denom, reduction)
+        grad_h = apply_upstream(ctx, dh, g_loss) if need_h else None
+        grad_w = (dw * g_loss.to(dw.dtype)).to(w_dtype) if need_w else None
+        grad_b = (db * g_loss.to(db.dtype)).to(b_dtype) if need_b else None
+    else:
+        hidden, weight, bias, target, temperature, dt_rows, denom = ctx.saved_tensors
+        row_scale = _row_scale(g_loss, denom, reduction)
+        dh, dw, db = linear_cross_entropy_backward_2d(
+            hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
+            row_scale, [need_h, need_w, need_b])
+        grad_h = dh if need_h else None
+        grad_w = dw.to(w_dtype) if need_w else None
+        grad_b = db.to(b_dtype) if need_b else None
+    grad_t = _temperature_grad(dt_rows, row_scale, temperature) if need_t else None
+    return grad_h, grad_w, grad_b, None, grad_t, None, None, None, None, None, None
+
+
+linear_cross_entropy_2d.register_autograd(_backward, setup_context=_setup_context)
