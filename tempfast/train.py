@@ -38,10 +38,12 @@ from .progress import Reporter
 from .run_folder import RunFolder
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Per data set: model, epochs, batch size, SGD learning rate, PGD eps / alpha / steps.
+# Per data set: model, epochs, batch size, SGD learning rate, PGD eps / alpha / steps, final
+# evaluation size, CPU threads (None: torch's default). Digits use one thread: its tiny ops gain
+# little from a second one, and lose several-fold when the cores are shared with other jobs.
 DATA_DEFAULTS = {
-    "digits": dict(model="small_cnn", epochs=15, batch_size=64, lr=0.05,
-                   eps=0.1, alpha=0.025, steps=7, eval_examples=360),
+    "digits": dict(model="small_cnn", epochs=20, batch_size=64, lr=0.05,
+                   eps=0.1, alpha=0.025, steps=7, eval_examples=360, threads=1),
     "cifar10": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1,
                     eps=8 / 255, alpha=2 / 255, steps=10, eval_examples=1000),
     "cifar100": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1,
@@ -120,8 +122,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         base = DATA_DEFAULTS[self.data] | OPT_DEFAULTS[self.opt]
         cfg = dataclasses.replace(self, **{
-            k: base[k] for k in ("model", "eps", "alpha", "steps", "epochs", "batch_size",
-                                 "lr", "wd", "eval_examples")
+            k: base.get(k) for k in ("model", "eps", "alpha", "steps", "epochs", "batch_size",
+                                     "lr", "wd", "eval_examples", "threads")
             if getattr(self, k) is None
         })
         if cfg.eval_steps is None:
@@ -149,7 +151,7 @@ class TrainConfig:
                                  ("--eval-steps", self.eval_steps, 1),
                                  ("--eval-restarts", self.eval_restarts, 1),
                                  ("--workers", 0 if self.workers is None else self.workers, 0),
-                                 ("--threads", self.threads or 1, 1)):
+                                 ("--threads", 1 if self.threads is None else self.threads, 1)):
             if value < low:
                 raise UsageError(f"{name} must be >= {low}, got {value}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -394,11 +396,14 @@ class _Run:
         except (RuntimeError, KeyError, ValueError) as exc:
             raise UsageError(f"checkpoint {self.resume_from} does not fit this run: "
                              f"{str(exc).splitlines()[0]}") from None
-        rngs = ckpt["rng"]
+        rngs, partial = ckpt["rng"], ckpt["partial"]
+        if partial is not None and len(partial) != self.ctx.world_size:
+            raise UsageError(f"checkpoint {self.resume_from} stopped inside an epoch of a run "
+                             f"with {len(partial)} processes; resume it with as many")
         if len(rngs) == self.ctx.world_size:
             set_rng_state(rngs[self.ctx.rank])
         self.epoch, self.start_step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.partial = ckpt["partial"]
+        self.partial = partial
         self.best, self.train_time = dict(ckpt["best"]), float(ckpt["train_time_s"])
 
     def _state(self, step: int, partial: list[list[float]] | None) -> dict:

@@ -41,17 +41,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "train", help="standard or PGD adversarial training at a temperature",
         description="Train a classifier with the temperature-scaled cross-entropy "
                     "CE(z / T, y), optionally on PGD adversarial examples, then run a short "
-                    "robustness evaluation. Defaults depend on --data (shown as 'data').",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "robustness evaluation. Defaults marked 'data' depend on --data.")
     p.error = _one_line_error
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits", choices=DATASETS,
-                   help="data set (digits: sklearn 8x8 digits, built in)")
+                   help="data set (default digits: scikit-learn's 8x8 digits, built in)")
     g.add_argument("--data-dir", help="folder holding the data files (cifar: ./data)")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download CIFAR files that are missing")
     g.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the digits split and of the synthetic data")
+                   help="seed of the digits split and of the synthetic data (0)")
     g.add_argument("--num-classes", type=int, help="synthetic: number of classes (1000)")
     g.add_argument("--img-size", type=int,
                    help="imagefolder: image size (first image's); synthetic: 8")
@@ -62,36 +61,38 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("temperature")
-    g.add_argument("--temp", type=number, default=1.0, help="training temperature T > 0")
+    g.add_argument("--temp", type=number, default=1.0, help="training temperature T > 0 (1)")
     g.add_argument("--learn-temp", action="store_true",
                    help="learn T (starting at --temp) with the model")
     g = p.add_argument_group("adversarial training")
     g.add_argument("--adv", default="none", choices=("none", "pgd"),
-                   help="train on clean inputs or on PGD adversarial examples")
+                   help="train on clean inputs (none, the default) or on PGD adversarial examples")
     g.add_argument("--eps", type=number, help="L-inf budget (data: 0.1 digits, 8/255 others)")
     g.add_argument("--alpha", type=number, help="PGD step (data: 0.025 digits, 2/255 others)")
     g.add_argument("--steps", type=int, help="PGD steps (data: 7 digits, 10 others)")
     g.add_argument("--attack-loss", default="train", choices=("train", "raw"),
-                   help="training attack's loss: CE at the training T, or on raw logits")
+                   help="training attack's loss: CE at the training T (train, the default) "
+                   "or on raw logits (raw)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="epochs (data: 15 digits, 100 cifar)")
+    g.add_argument("--epochs", type=int, help="epochs (data: 20 digits, 100 cifar)")
     g.add_argument("--batch-size", type=int,
                    help="batch size per process (data: 64 digits, 128 cifar)")
     g.add_argument("--lr", type=number,
                    help="peak learning rate (data: sgd 0.05 digits, 0.1 cifar; adamw 1e-3)")
     g.add_argument("--opt", default="sgd", choices=("sgd", "adamw"),
-                   help="SGD (momentum 0.9, Nesterov) or AdamW")
+                   help="sgd (default; momentum 0.9, Nesterov) or adamw")
     g.add_argument("--sched", default="cosine", choices=("cosine", "step", "none"),
-                   help="per-step schedule: cosine to 0, x0.1 at 50%% and 75%%, or constant")
+                   help="per-step schedule: cosine to 0 (default), x0.1 at 50%% and 75%%, or none")
     g.add_argument("--wd", type=number, help="weight decay (sgd 5e-4, adamw 0.05)")
-    g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs")
-    g.add_argument("--seed", type=int, default=0, help="training seed (init, order, PGD)")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs (0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="training seed: init, order, augmentation, PGD (0)")
     g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
-                   help="autocast precision (fp16 adds a gradient scaler)")
+                   help="autocast precision (none; fp16 adds a gradient scaler)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto: CUDA when available")
+                   help="auto (default): CUDA when available, else CPU")
     g.add_argument("--threads", type=int,
-                   help="CPU threads for torch (default: torch's choice, one per core)")
+                   help="CPU threads for torch (data: 1 for digits, torch's default otherwise)")
     g = p.add_argument_group("output")
     g.add_argument("--output", help="run folder (output/train/<data>-<model>-T<temp>-<adv>-"
                    "seed<seed>)")
@@ -104,16 +105,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     mode.add_argument("--json", action="store_true", help="print JSON lines on stdout")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, default=1,
-                   help="test every N epochs (0: only after the last)")
+                   help="test every N epochs (1; 0: only after the last)")
     g.add_argument("--eval-adv-examples", type=int, default=512,
-                   help="--adv pgd: test images attacked at each evaluated epoch (0: none)")
+                   help="--adv pgd: test images attacked at each evaluated epoch (512; 0: none)")
     g.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the final robustness evaluation")
     g.add_argument("--eval-examples", type=int,
                    help="final evaluation: test images (data: 360 digits, 1000 others)")
     g.add_argument("--eval-steps", type=int, help="final evaluation: PGD steps (max(steps, 10))")
     g.add_argument("--eval-restarts", type=int, default=1,
-                   help="final evaluation: PGD restarts")
+                   help="final evaluation: PGD restarts (1)")
     g.add_argument("--eval-attacks", type=_names,
                    help="final evaluation: comma-separated attacks (default: the full suite)")
     g.add_argument("--no-corruptions", dest="eval_corruptions", action="store_false",
