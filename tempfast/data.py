@@ -87,9 +87,11 @@ class TensorSource:
 
     def batches(self, index_batches: list[Tensor], device: torch.device) -> Iterator[
             tuple[Tensor, Tensor]]:
+        if not index_batches:
+            return
         images, labels = self._tensors(device)
-        for idx in index_batches:
-            idx = idx.to(device, non_blocking=True)
+        all_idx = torch.cat(index_batches).to(device)  # one host-to-device copy per pass
+        for idx in all_idx.split([b.numel() for b in index_batches]):
             yield images[idx].float().div_(self.divisor), labels[idx]
 
 

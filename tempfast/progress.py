@@ -110,10 +110,11 @@ class RichReporter(Reporter):
             f"[bold]tempfast train[/]  data {info['data']} ({info['n_train']} train / "
             f"{info['n_test']} test)  model {info['model']}  T {info['temperature']:g}"
             f"{' (learned)' if info['learn_temp'] else ''}  adv {info['adv']}  "
-            f"device {info['device']} x{info['world_size']}  -> {info['output']}"
-        )
+            f"device {info['device']} x{info['world_size']}", soft_wrap=True, highlight=False)
+        self.out.print(f"output {info['output']}", soft_wrap=True, highlight=False)
         if info.get("resumed_from"):
-            self.out.print(f"resumed from {info['resumed_from']}")
+            self.out.print(f"resumed from {info['resumed_from']}", soft_wrap=True,
+                           highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
@@ -146,18 +147,19 @@ class RichReporter(Reporter):
             line += f"  robust {_pct(row['test_robust_acc'])}"
         line += (f"  T {row['temperature']:.4g}  lr {row['lr']:.4g}  "
                  f"{row['epoch_time_s']:.1f} s  {row['images_per_s']:,.0f} img/s")
-        self.out.print(line, highlight=False)
+        self.out.print(line, soft_wrap=True, highlight=False)
 
     def status(self, message: str) -> None:
-        self.err.print(message, highlight=False)
+        self.err.print(message, soft_wrap=True, highlight=False)
 
     def summary(self, summary: dict) -> None:
         from rich.table import Table
 
         self.close()
-        table = Table(title=f"tempfast train: {summary['output']}", title_justify="left")
+        table = Table(title="tempfast train", title_justify="left")
         table.add_column("metric")
         table.add_column("value", justify="right")
+        table.add_row("output folder", summary["output"])
         table.add_row("clean accuracy", _pct(summary.get("clean_acc")))
         for name, acc in (summary.get("robust_acc") or {}).items():
             table.add_row(f"robust: {name}", _pct(acc))
@@ -177,7 +179,8 @@ class RichReporter(Reporter):
         table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
         self.out.print(table)
         for reason in masking.get("reasons", []):
-            self.out.print(f"[bold red]SUSPECTED GRADIENT MASKING[/]: {reason}", highlight=False)
+            self.out.print(f"[bold red]SUSPECTED GRADIENT MASKING[/]: {reason}", soft_wrap=True,
+                           highlight=False)
 
     def close(self) -> None:
         if self._progress is not None:
