@@ -403,6 +403,9 @@ class _Run:
         if len(rngs) == self.ctx.world_size:
             set_rng_state(rngs[self.ctx.rank])
         self.epoch, self.start_step = int(ckpt["epoch"]), int(ckpt["step"])
+        if self.epoch > self.cfg.epochs:
+            raise UsageError(f"{self.cfg.output} has finished {self.epoch} epochs; --epochs "
+                             f"{self.cfg.epochs} cannot shorten it")
         self.partial = partial
         self.best, self.train_time = dict(ckpt["best"]), float(ckpt["train_time_s"])
 

@@ -71,6 +71,10 @@ def test_two_epochs_resumed_to_four_match_four_straight(tmp_path, capsys):
     capsys.readouterr()
     assert rows(tmp_path / "b") == rows(tmp_path / "a")
     assert same_weights(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    assert main(["train", *flags, "--epochs", "3", "--output", b, "--resume"]) == 2
+    assert "has finished 4 epochs; --epochs 3 cannot shorten it" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
 
 
 def test_ctrl_c_exits_130_with_a_one_line_message_and_resume_finishes(tmp_path, capsys,
