@@ -31,39 +31,44 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "eval", help="robustness evaluation of a checkpoint (attacks, masking, corruptions)",
         description="Clean accuracy, robust accuracy under an attack suite (per attack and the "
                     "per-example worst case), gradient-masking diagnostics and corruption "
-                    "accuracy of a tempfast training checkpoint, all in fp32.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "accuracy of a tempfast training checkpoint, all in fp32.")
     p.error = _one_line_error
     p.add_argument("checkpoint", help="a checkpoint written by tempfast train (last.pt, best.pt)")
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                   help=f"comma-separated, from {', '.join(ATTACKS)}; or none")
+                   help=f"comma-separated, from {', '.join(ATTACKS)}; or none (default: "
+                        f"{','.join(DEFAULT_ATTACKS)})")
     g.add_argument("--eps", type=number,
                    help="L-inf budget on [0, 1] pixels, e.g. 8/255 (default: the run's --eps)")
     g.add_argument("--alpha", type=number, help="PGD step (default: 2.5 * eps / steps)")
-    g.add_argument("--steps", type=int, default=20, help="PGD and APGD iterations")
-    g.add_argument("--restarts", type=int, default=1, help="PGD and APGD random restarts")
+    g.add_argument("--steps", type=int, default=20, help="PGD and APGD iterations (default: 20)")
+    g.add_argument("--restarts", type=int, default=1,
+                   help="PGD and APGD random restarts (default: 1)")
     g.add_argument("--square-queries", type=int, default=1000,
-                   help="Square attack queries per example")
+                   help="Square attack queries per example (default: 1000)")
     g.add_argument("--check-steps", type=int,
                    help="PGD steps of the more-steps masking check (default: 2 * steps)")
     g.add_argument("--temperature", type=number,
                    help="T of the pgd-ce-t attack (default: the checkpoint's final T)")
     g.add_argument("--n-examples", type=int, default=1000,
-                   help="evaluate the first N test images (0: all)")
+                   help="evaluate the first N test images (0: all; default: 1000)")
     g = p.add_argument_group("corruptions")
     g.add_argument("--no-corruptions", dest="corruptions", action="store_false",
                    help="skip the corruption suite")
     g.add_argument("--corruptions-dir",
                    help="folder of published CIFAR-10-C / CIFAR-100-C files (<name>.npy, "
                         "labels.npy) to use instead of the regenerated corruptions")
-    g.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities")
+    g.add_argument("--severities", default="1,2,3,4,5",
+                   help="comma-separated severities (default: 1,2,3,4,5)")
     g = p.add_argument_group("run")
     g.add_argument("--data-dir", help="where the run's data set is (default: the run's)")
-    g.add_argument("--batch-size", type=int, default=512, help="images per attack batch")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    g.add_argument("--batch-size", type=int, default=512,
+                   help="images per attack batch (default: 512)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto: cuda when available")
+                   help="auto (default): cuda when available")
+    g.add_argument("--threads", type=int,
+                   help="CPU threads for torch (default: the run's --threads, else torch's)")
     g.add_argument("--output",
                    help="where to write eval.json: a file, or a folder (default: next to the "
                         "checkpoint)")
@@ -126,6 +131,8 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.temperature is not None and not args.temperature > 0:
         raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,
                       steps=args.steps, restarts=args.restarts, n_examples=n_examples,
                       square_queries=args.square_queries, severities=severities)
@@ -144,13 +151,18 @@ def _main(args: argparse.Namespace) -> int:
 
         err = Console(stderr=True)
         status = lambda message: err.print(message, style="dim", highlight=False)
-    result = ev.evaluate(model, bundle, train_temperature=temperature, attacks=attacks,
-                         eps=float(eps), alpha=args.alpha, steps=args.steps,
-                         restarts=args.restarts, n_examples=n_examples,
-                         corruptions=args.corruptions, seed=args.seed, progress=status,
-                         square_queries=args.square_queries, severities=severities,
-                         corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
-                         check_steps=args.check_steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads or cfg.get("threads") or threads)
+    try:
+        result = ev.evaluate(model, bundle, train_temperature=temperature, attacks=attacks,
+                             eps=float(eps), alpha=args.alpha, steps=args.steps,
+                             restarts=args.restarts, n_examples=n_examples,
+                             corruptions=args.corruptions, seed=args.seed, progress=status,
+                             square_queries=args.square_queries, severities=severities,
+                             corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
+                             check_steps=args.check_steps)
+    finally:
+        torch.set_num_threads(threads)
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "data": bundle.name,
               "model": ckpt["model_config"]["name"], **result}
     out = _output_path(args)
