@@ -145,9 +145,14 @@ class PGD:
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed the global RNG (CPU and ``device``) for the block, then restore the caller's state."""
-    cuda = [device.index or 0] if device.type == "cuda" else []
+    cuda = []
+    if device.type == "cuda":
+        cuda = [torch.cuda.current_device() if device.index is None else device.index]
     with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
         yield
 
 

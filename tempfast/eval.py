@@ -73,8 +73,8 @@ def parse_attacks(names: str | Iterable[str] | None) -> list[str]:
 
 
 def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int,
-                   n_examples: int | None, square_queries: int,
-                   severities: Sequence[int]) -> None:
+                   n_examples: int | None, square_queries: int, severities: Sequence[int],
+                   check_steps: int | None = None) -> None:
     """Raise UsageError (one line, naming the flag) on a setting the suite cannot run."""
     if not eps >= 0:
         raise UsageError(f"--eps must be >= 0, got {eps}")
@@ -88,6 +88,8 @@ def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int
         raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
     if square_queries < 1:
         raise UsageError(f"--square-queries must be >= 1, got {square_queries}")
+    if check_steps is not None and check_steps < 1:
+        raise UsageError(f"--check-steps must be >= 1, got {check_steps}")
     bad = [s for s in severities if s not in corr.SEVERITIES]
     if bad or not severities:
         raise UsageError(f"--severities must be some of 1..5, got {list(severities)}")
@@ -117,7 +119,7 @@ def _robust_mask(model: nn.Module, attack: Callable[[Tensor, Tensor], Tensor],
         if idx.numel():
             robust[idx] = _correct(model, attack(x[idx], y[idx]), y[idx])
         out.append(robust)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+    return torch.cat(out)
 
 
 def evaluate(model: nn.Module, bundle, *, train_temperature: float,
@@ -160,8 +162,10 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
     start = time.perf_counter()
     names = parse_attacks(attacks)
     check_settings(eps=eps, alpha=alpha, steps=steps, restarts=restarts, n_examples=n_examples,
-                   square_queries=square_queries, severities=severities)
+                   square_queries=square_queries, severities=severities,
+                   check_steps=check_steps)
     alpha = 2.5 * eps / steps if alpha is None else float(alpha)
+    check_steps = 2 * steps if check_steps is None else check_steps
     device = _model_device(model)
 
     def say(message: str) -> None:
@@ -204,7 +208,7 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
             float(train_temperature))
         report = masking.run_diagnostics(run, robust, zero_grad, eps=eps, alpha=alpha,
                                          steps=steps, restarts=restarts,
-                                         more_steps=check_steps or 2 * steps, status=say)
+                                         more_steps=check_steps, status=say)
         corruption = None
         if corruptions:
             corruption = _corruptions(model, batches, severities, files, batch_size,

@@ -125,8 +125,6 @@ def _main(args: argparse.Namespace) -> int:
     attacks = ev.parse_attacks(args.attacks)
     severities = _severities(args.severities)
     n_examples = None if args.n_examples == 0 else args.n_examples
-    if args.check_steps is not None and args.check_steps < 1:
-        raise UsageError(f"--check-steps must be >= 1, got {args.check_steps}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.temperature is not None and not args.temperature > 0:
@@ -135,7 +133,8 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,
                       steps=args.steps, restarts=args.restarts, n_examples=n_examples,
-                      square_queries=args.square_queries, severities=severities)
+                      square_queries=args.square_queries, severities=severities,
+                      check_steps=args.check_steps)
     device = _device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt.get("config") or {}

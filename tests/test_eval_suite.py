@@ -142,6 +142,7 @@ def test_corruption_files_are_evaluated_per_severity(tmp_path):
     ({"alpha": 0.0}, "--alpha must be > 0"),
     ({"n_examples": 0}, "--n-examples must be >= 1"),
     ({"square_queries": 0}, "--square-queries must be >= 1"),
+    ({"check_steps": 0}, "--check-steps must be >= 1"),
     ({"severities": (0, 3)}, "--severities must be some of 1..5"),
     ({"attacks": "pgd-ce,autoattack"}, "unknown attack 'autoattack'"),
     ({"attacks": ["cw"]}, "unknown attack 'cw'"),
