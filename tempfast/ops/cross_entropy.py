@@ -126,21 +126,24 @@ def _is_eager(t: Tensor) -> bool:
             and _get_current_dispatch_mode() is None)
 
 
-def apply_upstream(ctx, buf: Tensor, g: Tensor) -> Tensor:
-    """The logits' gradient from a buffer holding it for an upstream gradient of 1.
+def apply_upstream(ctx, buf: Tensor, g: Tensor, key: str = "logits") -> Tensor:
+    """A gradient from a 2-D buffer ``buf`` holding it for an upstream gradient of 1.
 
     The first backward call rescales ``buf`` in place (rows whose ``g`` is exactly 1 are skipped
     on the device: no memory traffic, no synchronisation) and returns it. A later call through
     a retained graph returns ``buf * g / g_first`` out of place, so earlier results are never
-    modified. While traced (``torch.compile``, export, fake tensors, any dispatch mode) the
-    product is always out of place.
+    modified; ``key`` names the buffer when one backward rescales several. While traced
+    (``torch.compile``, export, fake tensors, any dispatch mode) the product is always out of
+    place.
     """
     g = g.detach().to(accumulation_dtype(buf.dtype)).reshape(-1)
     if not _is_eager(buf):
         return _mul_rows(buf, g)
-    first = getattr(ctx, "first_upstream", None)
+    if not hasattr(ctx, "first_upstream"):
+        ctx.first_upstream = {}
+    first = ctx.first_upstream.get(key)
     if first is None:
-        ctx.first_upstream = g.clone()
+        ctx.first_upstream[key] = g.clone()
         if buf.numel():
             # ``.data``: this rescale must not bump the saved buffer's version counter, or a
             # retained graph could not be traversed again.

@@ -189,9 +189,10 @@ def _backward(ctx, g_loss, *_unused):
     if ctx.fused:
         dh, dw, db, dt_rows, denom, temperature = ctx.saved_tensors
         row_scale = _row_scale(g_loss, denom, reduction)
-        grad_h = apply_upstream(ctx, dh, g_loss) if need_h else None
-        grad_w = (dw * g_loss.to(dw.dtype)).to(w_dtype) if need_w else None
-        grad_b = (db * g_loss.to(db.dtype)).to(b_dtype) if need_b else None
+        grad_h = apply_upstream(ctx, dh, g_loss, "hidden") if need_h else None
+        grad_w = apply_upstream(ctx, dw, g_loss, "weight").to(w_dtype) if need_w else None
+        grad_b = apply_upstream(ctx, db.view(1, -1), g_loss, "bias").view(-1).to(b_dtype) \
+            if need_b else None
     else:
         hidden, weight, bias, target, temperature, dt_rows, denom = ctx.saved_tensors
         row_scale = _row_scale(g_loss, denom, reduction)
