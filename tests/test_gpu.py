@@ -65,7 +65,7 @@ def test_every_path_runs_compiled(path_shape):
     n, c = path_shape
     cfg = row_config(n, c, 2, torch.cuda.get_device_properties(0).multi_processor_count)
     assert cfg.path in ("single", "stream", "split")
-    logits, target = _inputs(n, c, torch.bfloat16, seed=1)
+    logits, _ = _inputs(n, c, torch.bfloat16, seed=1)
     g = torch.Generator(device=DEVICE).manual_seed(2)
     probs = torch.softmax(torch.randn(n, c, generator=g, device=DEVICE), 1)
     _compare_ce(logits, probs, torch.tensor(2.0, device=DEVICE),
