@@ -55,7 +55,7 @@ class Reporter:
         """The epoch's metrics row (also written to metrics.jsonl)."""
 
     def status(self, message: str) -> None:
-        """A status line (checkpoint written, final evaluation started...)."""
+        """A one-line status message (the final evaluation reports its progress here)."""
 
     def summary(self, summary: dict) -> None:
         """The run's summary.json content."""
