@@ -53,7 +53,7 @@ def check_against_reference(backend, logits, target, temperature=1.0, *, t_grad=
 
     assert_close(loss, expected, LOSS_TOL, "loss")
     assert x.grad.dtype == dtype
-    assert_close(x.grad, x64.grad, REL_TOL[dtype], "grad logits", floor=1e-3)
+    assert_close(x.grad, x64.grad, REL_TOL[dtype], "grad logits", floor=1e-2)
     if t_grad:
         assert_close(t.grad, t64.grad, T_GRAD_TOL, "grad temperature", floor=1e-3)
     if target_grad:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
@@ -108,8 +108,11 @@ def ce_rows(
         r1 = min(r0 + step, n_rows)
         z = logits[r0:r1].to(cdt)
         inv_t = 1.0 / _rows(t, r0, r1, cdt)
-        u = z * inv_t
-        row_lse = torch.logsumexp(u, 1)
+        e = z * inv_t
+        m = e.amax(1, keepdim=True)
+        m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
+        s = e.sub_(m).exp_().sum(1, keepdim=True)
+        row_lse = (m + s.log())[:, 0]
         if probs:
             c = target[r0:r1].to(cdt)
             if eps > 0:
@@ -122,7 +125,7 @@ def ce_rows(
             y = target[r0:r1]
             valid = y != ignore_index
             y_safe = torch.where(valid, y, 0).unsqueeze(1)
-            w_y = (w[y_safe[:, 0]] if w is not None else torch.ones_like(u[:, 0])) * valid
+            w_y = (w[y_safe[:, 0]] if w is not None else torch.ones_like(row_lse)) * valid
             z_y = z.gather(1, y_safe)[:, 0]
             c_sum, cz = (1.0 - eps) * w_y, (1.0 - eps) * w_y * z_y
             if eps > 0:
@@ -133,22 +136,24 @@ def ce_rows(
         lse[r0:r1] = row_lse
         if grad_scale is None and not compute_dt:
             continue
-        p = (u - row_lse.unsqueeze(1)).exp_()
+        p = e.div_(s)
         if compute_dt:
             dt_row[r0:r1] = (cz - c_sum * (p * z).sum(1)) * inv_t[:, 0] ** 2
         if grad_scale is None:
             continue
-        g = p.mul_(c_sum.unsqueeze(1))
-        if probs:
-            g.sub_(c)
-        else:
-            g.scatter_add_(1, y_safe, -((1.0 - eps) * w_y).unsqueeze(1))
-            if eps > 0:
-                g.sub_(valid.unsqueeze(1) * (eps / n_cols) * (w if w is not None else 1.0))
         row_scale = _rows(grad_scale, r0, r1, cdt) * inv_t
         if valid is not None:
             row_scale = torch.where(valid.unsqueeze(1), row_scale, 0.0)
-        grad_out[r0:r1] = g.mul_(row_scale)
+        g = p.mul_(c_sum.unsqueeze(1) * row_scale)
+        if probs:
+            g.addcmul_(c, row_scale, value=-1.0)
+        else:
+            g.scatter_add_(1, y_safe, -(1.0 - eps) * w_y.unsqueeze(1) * row_scale)
+            if eps > 0 and w is not None:
+                g.addcmul_(row_scale, w.unsqueeze(0), value=-eps / n_cols)
+            elif eps > 0:
+                g.sub_(row_scale * (eps / n_cols))
+        grad_out[r0:r1] = g
     return loss, lse, dt_row
 
 
