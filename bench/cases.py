@@ -48,7 +48,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FLOOR_UNITS = {"softmax_fwd": 2, "softmax_fwd_bwd": 5, "ce_fwd": 1, "ce_fwd_bwd": 2,
                "ce_learnable_t_fwd_bwd": 2}
 COPY_UNITS = 2
-CPU_ELEMENTS = 1 << 22
+CPU_ELEMENTS = 1 << 21
 GPU_ELEMENTS = 1 << 28
 GPU_WIDE_ROWS = 8192
 WIDE_CLASSES = 32000
@@ -80,7 +80,7 @@ def bench_device() -> str:
 
 def rows_for(classes: int, device: str) -> int:
     """N for C classes: on CUDA 8192 rows for C >= 32000 (2^28 to 2^31 elements) and 2^28
-    elements otherwise; on CPU about 2^22 elements (and fewer class counts: each
+    elements otherwise; on CPU about 2^21 elements (and fewer class counts: each
     torch.compile case compiles for its exact shape, seconds per shape on 2 cores)."""
     if device == "cuda":
         return GPU_WIDE_ROWS if classes >= WIDE_CLASSES else GPU_ELEMENTS // classes
