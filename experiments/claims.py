@@ -1,0 +1,158 @@
+"""Statistics over seeds and the rules that turn measurements into claim verdicts.
+
+A *cell* is one (training mode, temperature) of the fixed-temperature grid: the values of a
+metric over its seeds, their mean and sample standard deviation (``ddof = 1``; 0 for one seed).
+
+Verdict rule for "temperatures above 1 improve metric m" (:func:`versus_t1`):
+
+* ``best`` is the cell with T > 1 whose mean is highest; ``diff = mean(best) - mean(T = 1)``;
+  ``se = sqrt(s_best^2 / n_best + s_1^2 / n_1)`` (the standard error of the difference);
+* **supported** if ``diff > Z * se`` and ``diff > MIN_DIFF``;
+* **contradicted** if ``diff < -(Z * se)`` and ``diff < -MIN_DIFF``: even the best T > 1
+  is worse than T = 1 beyond noise;
+* **not supported** otherwise: no T > 1 is better than T = 1 beyond noise.
+
+``Z = 2`` and ``MIN_DIFF = 0.005`` (half a percentage point, so that ties between runs with
+zero spread do not count). Picking the best of several temperatures favours "supported"
+(multiple comparisons), and 3 seeds estimate a standard deviation poorly: the verdicts are a
+summary of a small experiment, not a significance test.
+
+Mechanism rules (:func:`slope`, :func:`mechanism`): on a fixed model, the logit-gradient norm
+"scales as 1/T" when its log-log slope over the largest three temperatures lies in
+``[-1.2, -0.8]``; the update is "evened across negative classes" when the normalised entropy
+of the negative-class weights never falls as T rises (tolerance 0.01) and exceeds 0.9 at the
+largest T.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+Z = 2.0
+MIN_DIFF = 0.005
+SLOPE_RANGE = (-1.2, -0.8)
+ENTROPY_END, ENTROPY_TOL = 0.9, 0.01
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A metric's values over the seeds of one grid cell."""
+
+    temp: float
+    values: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
+
+
+def cells(rows: list[dict], metric: str, adv: str) -> list[Cell]:
+    """The fixed-temperature cells of ``adv`` for ``metric``, sorted by T (runs where the
+    metric was not measured are left out; cells without any value are dropped)."""
+    by_t: dict[float, list[float]] = {}
+    for row in rows:
+        if row["adv"] == adv and not row["learn_temp"] and row[metric] is not None:
+            by_t.setdefault(row["temp"], []).append(float(row[metric]))
+    return [Cell(t, tuple(v)) for t, v in sorted(by_t.items())]
+
+
+def learned(rows: list[dict], metric: str, adv: str, t0: float) -> Cell | None:
+    """The learned-T arm of ``adv`` started at ``t0``: ``metric`` over seeds (``temp`` = t0)."""
+    values = [float(r[metric]) for r in rows if r["adv"] == adv and r["learn_temp"]
+              and r["temp"] == t0 and r[metric] is not None]
+    return Cell(t0, tuple(values)) if values else None
+
+
+def difference(a: Cell, b: Cell) -> tuple[float, float]:
+    """``(mean(a) - mean(b), standard error of that difference)``."""
+    return a.mean - b.mean, math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
+
+
+def judge_difference(diff: float, se: float) -> str:
+    """``better``, ``worse`` or ``same`` by the rule above (``Z * se`` and ``MIN_DIFF``)."""
+    if diff > Z * se and diff > MIN_DIFF:
+        return "better"
+    if diff < -Z * se and diff < -MIN_DIFF:
+        return "worse"
+    return "same"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of :func:`versus_t1`; ``label`` is ``supported``, ``not supported``,
+    ``contradicted`` or ``not measured``."""
+
+    label: str
+    best: Cell | None = None
+    base: Cell | None = None
+    diff: float = 0.0
+    se: float = 0.0
+
+
+def versus_t1(cs: list[Cell]) -> Verdict:
+    """Does some T > 1 beat T = 1 on these cells (see the module docstring)?"""
+    base = next((c for c in cs if c.temp == 1.0), None)
+    above = [c for c in cs if c.temp > 1.0]
+    if base is None or not above:
+        return Verdict("not measured")
+    best = max(above, key=lambda c: c.mean)
+    diff, se = difference(best, base)
+    outcome = judge_difference(diff, se)
+    label = {"better": "supported", "worse": "contradicted", "same": "not supported"}[outcome]
+    return Verdict(label, best, base, diff, se)
+
+
+def best_cell(cs: list[Cell]) -> Cell | None:
+    """The cell with the highest mean (None for no cells)."""
+    return max(cs, key=lambda c: c.mean) if cs else None
+
+
+def slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ``log(y)`` against ``log(x)`` (None if fewer than two points
+    with ``y > 0``)."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if y > 0]
+    if len(pts) < 2:
+        return None
+    lx, ly = np.array(pts).T
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """Mechanism checks of one model's gradient rows (see the module docstring)."""
+
+    model: str
+    slope: float | None
+    one_over_t: bool
+    entropy_rises: bool
+    entropy_end: float
+
+    @property
+    def evens(self) -> bool:
+        return self.entropy_rises and self.entropy_end > ENTROPY_END
+
+
+def mechanism(rows: list[dict]) -> list[Mechanism]:
+    """Per model of a gradients.csv: the 1/T slope and the negative-class entropy checks."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["temperature"])
+        top = rs[-3:]
+        s = slope([r["temperature"] for r in top], [r["logit_grad_norm"] for r in top])
+        ent = [r["neg_entropy_norm"] for r in rs]
+        rises = all(b >= a - ENTROPY_TOL for a, b in itertools.pairwise(ent))
+        out.append(Mechanism(model, s, s is not None and SLOPE_RANGE[0] <= s <= SLOPE_RANGE[1],
+                             rises, ent[-1]))
+    return out

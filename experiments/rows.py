@@ -1,0 +1,165 @@
+"""One CSV row per finished run: the trainer's summary plus measurements of the final model.
+
+:func:`make_row` reads a run folder written by ``tempfast train`` (``summary.json``,
+``config.yaml``, ``last.pt``), measures the final model on the evaluated test images at its
+final temperature (:mod:`experiments.measure`) and returns the row of
+:data:`experiments.table.COLUMNS`. :func:`code_revision` names the code that ran.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from . import table
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the grid: training mode, (initial) temperature, seed, learned T or not."""
+
+    adv: str
+    temp: float
+    seed: int
+    learn_temp: bool = False
+
+    @property
+    def name(self) -> str:
+        kind = "learnT" if self.learn_temp else "T"
+        return f"{self.adv}-{kind}{number_text(self.temp)}-seed{self.seed}"
+
+    def args(self) -> list[str]:
+        return ["--temp", number_text(self.temp), *(["--learn-temp"] if self.learn_temp else []),
+                "--adv", self.adv, "--seed", str(self.seed)]
+
+
+def number_text(value: float) -> str:
+    """Shortest text that reads back as exactly ``value``."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def resolve_device(device: str):
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_run_data(config: dict, data_dir: str | None = None):
+    """The data bundle of a run's resolved config (``data_dir`` overrides the run's)."""
+    from tempfast.data import load_data
+
+    return load_data(config["data"], data_dir or config["data_dir"], False, config["data_seed"],
+                     num_classes=config["num_classes"], img_size=config["img_size"], workers=0)
+
+
+def code_revision() -> str:
+    """Git revision of the checkout the ``tempfast`` package is imported from, with
+    ``-dirty`` when tempfast/, kernels/ or experiments/ (results excluded) differ from it;
+    ``tempfast <version>`` outside a git checkout."""
+    import tempfast
+
+    root = Path(tempfast.__file__).resolve().parents[1]
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--", "tempfast", "kernels", "experiments",
+                    ":(exclude)experiments/results")
+    except (OSError, subprocess.CalledProcessError):
+        return f"tempfast {tempfast.__version__}"
+    return rev + ("-dirty" if dirty else "")
+
+
+class Measurer:
+    """Measures final models (see :mod:`experiments.measure`), loading each data set once."""
+
+    def __init__(self, data_dir: str | None, device: str) -> None:
+        self.data_dir = data_dir
+        self.device = resolve_device(device)
+        self.bundles: dict[tuple, object] = {}
+
+    def bundle(self, config: dict):
+        key = (config["data"], config["data_seed"], config["num_classes"], config["img_size"])
+        if key not in self.bundles:
+            self.bundles[key] = load_run_data(config, self.data_dir)
+        return self.bundles[key]
+
+    def __call__(self, run_dir: Path, n_examples: int, temperature: float) -> dict:
+        from tempfast.checkpoint import load_checkpoint, restore_model
+
+        from .measure import measure
+
+        ckpt = load_checkpoint(run_dir / "last.pt")
+        model = restore_model(ckpt, self.device)
+        batches = self.bundle(ckpt["config"]).test_batches(512, self.device, limit=n_examples)
+        return measure(model, batches, temperature)
+
+
+def masking_kind(masking: dict | None, robust: dict, n: int) -> str | None:
+    """``none``, ``ce`` (only the CE-loss checks failed: the scale-invariant attacks and the
+    worst case stay trustworthy) or ``general`` (another check failed); None: not measured."""
+    from tempfast.masking import CE_ATTACKS, judge
+
+    if masking is None:
+        return None
+    if not masking["suspected"]:
+        return "none"
+    rest = dict(masking, zero_grad_fraction={k: v for k, v in
+                                             masking["zero_grad_fraction"].items()
+                                             if not k.startswith("ce")})
+    general = judge(rest, {k: v for k, v in robust.items() if k not in CE_ATTACKS}, n)
+    return "general" if general["suspected"] else "ce"
+
+
+def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep_command: str,
+             revision: str, resumed: bool, process_s: float | None) -> dict:
+    """The CSV row of a finished run (its summary.json plus the final-model measurements)."""
+    from tempfast.attacks import ATTACKS
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = summary.get("eval") or {}
+    s = ev.get("settings") or {}
+    robust = summary.get("robust_acc") or {}
+    masking = summary.get("masking")
+    zero = (masking or {}).get("zero_grad_fraction", {})
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    n = ev.get("n_examples") or config["eval_examples"]
+    stats = measurer(run_dir, n, summary["final_temperature"])
+    return {
+        "run": run.name, "data": summary["data"], "model": summary["model"], "adv": run.adv,
+        "temp": run.temp, "learn_temp": run.learn_temp,
+        "final_temp": summary["final_temperature"], "seed": run.seed,
+        "epochs": summary["epochs"], "clean_acc": summary["clean_acc"],
+        "corruption_acc": summary["corruption_acc"],
+        **{table.robust_column(a): robust.get(a) for a in ATTACKS},
+        "worst_case_acc": summary["worst_case_acc"],
+        "masking_suspected": None if masking is None else masking["suspected"],
+        "masking_kind": masking_kind(masking, robust, n),
+        **{f"zero_grad_{k}": zero.get(k) for k in table.ZERO_GRAD_LOSSES},
+        "masking_reasons": " | ".join((masking or {}).get("reasons", [])) or None,
+        "logit_norm": stats["logit_norm"], "margin": stats["margin"],
+        "logit_grad_norm_at_T": stats["logit_grad_norm"],
+        "input_grad_norm_at_T": stats["input_grad_norm"],
+        "neg_entropy_norm_at_T": stats["neg_entropy_norm"], "p_true_at_T": stats["p_true"],
+        "eps": s.get("eps", config["eps"]), "eval_examples": n,
+        "eval_steps": s.get("steps"), "eval_restarts": s.get("restarts"),
+        "square_queries": s.get("square_queries") if "square" in robust else None,
+        "train_time_s": summary["train_time_s"], "eval_time_s": summary["eval_time_s"],
+        "wall_time_s": summary["wall_time_s"], "process_s": process_s,
+        "git_rev": revision, "resumed": resumed, "command": command,
+        "sweep_command": sweep_command,
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+

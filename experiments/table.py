@@ -1,0 +1,89 @@
+"""The sweep's results table: one CSV row per run (``results.csv``), its columns and types.
+
+Rows are written by :mod:`experiments.sweep` and read by :mod:`experiments.report`; accuracies
+and fractions are in [0, 1]. An empty cell is a value that was not measured (``None``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from tempfast.attacks import ATTACKS
+from tempfast.checkpoint import atomic_write_text
+
+RESULTS = "results.csv"
+
+
+def robust_column(attack: str) -> str:
+    """Column of an attack's robust accuracy: ``pgd-ce-t`` -> ``robust_pgd_ce_t``."""
+    return "robust_" + attack.replace("-", "_")
+
+
+ZERO_GRAD_LOSSES = ("ce", "ce_at_T", "cw", "dlr")
+
+TEXT = ("run", "data", "model", "adv", "masking_kind", "masking_reasons", "git_rev", "command",
+        "sweep_command", "finished_at")
+BOOL = ("learn_temp", "masking_suspected", "resumed")
+INT = ("seed", "epochs", "eval_examples", "eval_steps", "eval_restarts", "square_queries")
+
+COLUMNS = (
+    "run", "data", "model", "adv", "temp", "learn_temp", "final_temp", "seed", "epochs",
+    "clean_acc", "corruption_acc",
+    *(robust_column(a) for a in ATTACKS), "worst_case_acc",
+    "masking_suspected", "masking_kind",
+    *(f"zero_grad_{loss}" for loss in ZERO_GRAD_LOSSES), "masking_reasons",
+    "logit_norm", "margin", "logit_grad_norm_at_T", "input_grad_norm_at_T",
+    "neg_entropy_norm_at_T", "p_true_at_T",
+    "eps", "eval_examples", "eval_steps", "eval_restarts", "square_queries",
+    "train_time_s", "eval_time_s", "wall_time_s", "process_s",
+    "git_rev", "resumed", "command", "sweep_command", "finished_at",
+)
+"""Every column, in file order (see the README section of the experiments for each one)."""
+
+
+def _parse(column: str, text: str):
+    if text == "":
+        return None
+    if column in TEXT:
+        return text
+    if column in BOOL:
+        if text not in ("true", "false"):
+            raise ValueError(f"column {column}: expected true or false, got {text!r}")
+        return text == "true"
+    if column in INT:
+        return int(text)
+    return float(text)
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a results CSV, typed (floats, ints, bools, text; ``None`` for empty).
+
+    Raises:
+        ValueError: a column is missing or a cell does not parse.
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing columns {', '.join(missing)}")
+        return [{c: _parse(c, row[c]) for c in COLUMNS} for row in reader]
+
+
+def write_rows(path: str | Path, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with every column of :data:`COLUMNS`) atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _format(row.get(c)) for c in COLUMNS})
+    atomic_write_text(path, buf.getvalue())
