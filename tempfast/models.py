@@ -36,7 +36,11 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """``net(normalize(x))``: logits ``(B, K)`` for [0, 1] images ``x`` ``(B, C, H, W)``."""
+    """``net(normalize(x))``: logits ``(B, K)`` for [0, 1] images ``x`` ``(B, C, H, W)``.
+
+    ``features(x)`` is everything up to the linear classifier ``head`` (``(B, F)``), so that
+    ``forward(x) == head(features(x))``; the fused linear head uses the two separately.
+    """
 
     def __init__(self, normalize: Normalize, net: nn.Module) -> None:
         super().__init__()
@@ -44,6 +48,37 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(self.normalize(x))
+
+    @property
+    def head(self) -> nn.Linear:
+        """The final linear layer (``UsageError`` if the classifier is anything else)."""
+        head = self.net[-1] if isinstance(self.net, SmallCNN) else self.net.get_classifier()
+        if not isinstance(head, nn.Linear):
+            raise UsageError(f"the fused head needs a model whose classifier is one linear "
+                             f"layer; {type(self.net).__name__} has {type(head).__name__}")
+        return head
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pre-logit features ``(B, F)`` of [0, 1] images ``x``."""
+        x = self.normalize(x)
+        if isinstance(self.net, SmallCNN):
+            for layer in list(self.net)[:-1]:
+                x = layer(x)
+            return x
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+
+class FeatureNet(nn.Module):
+    """``classifier.features(x)`` as a module's forward. It holds the whole classifier, head
+    included, so DistributedDataParallel synchronises the head's gradients, which the fused
+    loss computes outside this forward."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x)
 
 
 def _conv_bn(cin: int, cout: int) -> nn.Sequential:

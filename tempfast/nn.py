@@ -128,15 +128,20 @@ class LinearTemperatureCrossEntropy(_Temperature):
     def forward(self, hidden: Tensor, target: Tensor,
                 logits_rows: slice | Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """The loss; with ``logits_rows`` (a slice or index tensor over the flattened rows),
-        also ``(loss, logits of those rows)``."""
+        also ``(loss, logits of those rows)``. Features in another dtype than the head (bf16
+        features from autocast, say) run the head in the features' dtype, as autocast would."""
+        weight, bias = self.linear.weight, self.linear.bias
+        if weight.dtype != hidden.dtype:
+            weight = weight.to(hidden.dtype)
+            bias = bias.to(hidden.dtype) if bias is not None else None
         loss = F.linear_cross_entropy(
-            hidden, self.linear.weight, target, self.linear.bias, self.temperature,
+            hidden, weight, target, bias, self.temperature,
             ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
         if logits_rows is None:
             return loss
         rows = hidden.reshape(-1, hidden.shape[-1])[logits_rows]
-        return loss, self.linear(rows)
+        return loss, nn.functional.linear(rows, weight, bias)
 
     @torch.no_grad()
     def predict(self, hidden: Tensor) -> Tensor:
@@ -145,7 +150,8 @@ class LinearTemperatureCrossEntropy(_Temperature):
         chunk = self.chunk_size or max(1, (1 << 26) // self.linear.out_features)
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         for r0 in range(0, flat.shape[0], chunk):
-            out[r0:r0 + chunk] = self.linear(flat[r0:r0 + chunk]).argmax(-1)
+            rows = flat[r0:r0 + chunk]
+            out[r0:r0 + chunk] = self.linear(rows.to(self.linear.weight.dtype)).argmax(-1)
         return out.reshape(hidden.shape[:-1])
 
     def extra_repr(self) -> str:

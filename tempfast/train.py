@@ -32,8 +32,8 @@ from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set
 from .data import DATASETS, DataBundle, load_data
 from .errors import UsageError
 from .functional import cross_entropy
-from .models import build_model, check_model_name
-from .nn import TemperatureCrossEntropyLoss
+from .models import FeatureNet, build_model, check_model_name
+from .nn import LinearTemperatureCrossEntropy, TemperatureCrossEntropyLoss
 from .progress import Reporter
 from .run_folder import RunFolder
 
@@ -72,6 +72,7 @@ class TrainConfig:
     model: str | None = None
     temp: float = 1.0
     learn_temp: bool = False
+    fused_head: bool = False
     adv: str = "none"
     eps: float | None = None
     alpha: float | None = None
@@ -188,7 +189,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     ``attack(x, y) -> x_adv`` (e.g. :class:`tempfast.attacks.PGD`), when given, replaces the
     batch first (under bf16 autocast it runs in bf16; under fp16 in fp32, whose input
     gradients do not underflow). The forward runs under ``autocast(amp_dtype)`` when given;
-    ``scaler`` (fp16) scales the loss. ``model`` must be in train mode.
+    ``scaler`` (fp16) scales the loss. ``model`` must be in train mode. With a fused head
+    (``criterion`` a :class:`~tempfast.nn.LinearTemperatureCrossEntropy`), ``model`` returns
+    features, the criterion holds the classifier, and predictions come from its ``predict``.
 
     Returns:
         ``(loss, correct)``: the detached mean loss and the number of correct predictions, as
@@ -211,7 +214,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     else:
         loss.backward()
         optimizer.step()
-    return loss.detach(), (logits.detach().argmax(-1) == y).sum()
+    if isinstance(criterion, LinearTemperatureCrossEntropy):
+        prediction = criterion.predict(logits.detach())
+    else:
+        prediction = logits.detach().argmax(-1)
+    return loss.detach(), (prediction == y).sum()
 
 
 class TrainingAttack:
@@ -232,12 +239,13 @@ class TrainingAttack:
 def build_optimizer(cfg: TrainConfig, model: nn.Module,
                     criterion: nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum 0.9, Nesterov) or AdamW. Weight decay applies to weight matrices and
-    kernels only, never to biases, normalisation parameters or the learned temperature."""
+    kernels only, never to biases, normalisation parameters or the learned temperature. (A
+    fused head's classifier belongs to the model; the criterion adds only the temperature.)"""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.wd},
               {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if cfg.learn_temp:
-        groups.append({"params": list(criterion.parameters()), "weight_decay": 0.0})
+        groups.append({"params": [criterion.log_temperature], "weight_decay": 0.0})
     if cfg.opt == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -362,7 +370,13 @@ class _Run:
                                  b.std).to(ctx.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.criterion = TemperatureCrossEntropyLoss(cfg.temp, learnable=cfg.learn_temp)
+        if cfg.fused_head:
+            head = self.model.head
+            self.criterion = LinearTemperatureCrossEntropy(
+                head.in_features, head.out_features, cfg.temp, learnable=cfg.learn_temp)
+            self.criterion.linear = head  # shared with the model: one set of weights
+        else:
+            self.criterion = TemperatureCrossEntropyLoss(cfg.temp, learnable=cfg.learn_temp)
         self.criterion.to(ctx.device)
         self.optimizer = build_optimizer(cfg, self.model, self.criterion)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps)
@@ -380,9 +394,12 @@ class _Run:
         if cfg.compile:
             self.net = torch.compile(self.model)
         self.train_net = self.net
+        if cfg.fused_head:
+            features = FeatureNet(self.model)
+            self.train_net = torch.compile(features) if cfg.compile else features
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.train_net = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
+            self.train_net = nn.parallel.DistributedDataParallel(self.train_net, device_ids=ids)
         self.attack = TrainingAttack(self.net, cfg, self.criterion) if cfg.adv == "pgd" else None
 
     def _restore(self, ckpt: dict) -> None:

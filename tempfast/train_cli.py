@@ -64,6 +64,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--temp", type=number, default=1.0, help="training temperature T > 0 (1)")
     g.add_argument("--learn-temp", action="store_true",
                    help="learn T (starting at --temp) with the model")
+    g.add_argument("--fused-head", action="store_true",
+                   help="fuse the classifier and the loss (tempfast.linear_cross_entropy): the "
+                        "batch's logits are never built; for many classes (--data synthetic)")
     g = p.add_argument_group("adversarial training")
     g.add_argument("--adv", default="none", choices=("none", "pgd"),
                    help="train on clean inputs (none, the default) or on PGD adversarial examples")
