@@ -4,6 +4,8 @@ Environment:
 
 * ``TEMPFAST_BENCH_DEVICE``: ``cpu`` or ``cuda`` (default: ``cuda`` when available);
 * ``TEMPFAST_BENCH_CASE_S``: timed seconds per case (default 0.3 on CPU, 0.15 on CUDA);
+* ``TEMPFAST_BENCH_THREADS``: ``torch.set_num_threads`` for the session and the CPU memory
+  worker (default: torch's choice);
 * ``TEMPFAST_BENCH_BUDGET_S``: once this many seconds have passed since the session started,
   the remaining cases are skipped (headline shapes run first; default: no budget).
 """
@@ -26,12 +28,14 @@ import tempfast
 from . import summary
 from .cases import Spec, is_headline, liger_functions
 from .memory import RssProbe, rss_supported
+from .timing import apply_threads
 from .trainer import TrainerSpec
 
 _SESSION: dict[str, object] = {"start": time.monotonic(), "skips": Counter()}
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    apply_threads()
     _SESSION["start"] = time.monotonic()
     _SESSION["load_start"] = os.getloadavg()
 

@@ -27,6 +27,7 @@ from typing import IO
 import torch
 
 from .cases import Case, Spec
+from .timing import apply_threads
 
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 64 * 1024
@@ -125,6 +126,7 @@ class RssProbe:
 
 def main() -> None:
     """Serve on the real stdout; anything else printed goes to stderr, not into the answers."""
+    apply_threads()
     answers = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -5,8 +5,9 @@
 Tables: the run (machine, versions, load), a summary per op and dtype (tempfast against each
 provider, by class count), the performance targets, the details of every group (time, GB/s,
 share of the copy bandwidth, peak extra memory, speedups), the trainer groups, and the skipped
-cases with their reasons. Times are medians; ``vs X`` is ``time of X / time of the row``
-(above 1: the row is faster).
+cases with their reasons. Times are the medians of the rounds (``--stat min``: their minimum,
+steadier on a shared machine); ``vs X`` is ``time of X / time of the row`` (above 1: the row
+is faster).
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def summary_tables(groups: dict[str, dict[str, dict]]) -> list[Table]:
         eager = cases.get("torch_eager", {})
         speed = ours.get("speedup_vs", {})
         tables[key].rows.append([
-            str(ours["classes"]), str(ours["rows"]), _time(ours.get("median_s")),
+            str(ours["classes"]), str(ours["rows"]), _time(ours.get("time_s")),
             _percent(ours.get("copy_fraction")), _ratio(speed.get("torch_eager")),
             _ratio(speed.get("torch_compile")), _ratio(speed.get("liger_x_div_t")),
             _mib(ours.get("peak_extra_bytes")), _mib(eager.get("peak_extra_bytes"))])
@@ -137,13 +138,13 @@ def detail_tables(groups: dict[str, dict[str, dict]]) -> list[Table]:
     tables = []
     for group, cases in groups.items():
         present = [p for p in COMPARED if p in cases]
-        table = Table(group, ["provider", "median", "GB/s", "% of copy BW", "peak extra MiB"]
+        table = Table(group, ["provider", "time", "GB/s", "% of copy BW", "peak extra MiB"]
                       + [f"vs {PROVIDER_NAMES[p]}" for p in present], level=4)
         for provider in sorted(cases, key=PROVIDERS.index):
             info = cases[provider]
             speed = info.get("speedup_vs", {})
             table.rows.append(
-                [PROVIDER_NAMES[provider], _time(info.get("median_s")), _gbps(info.get("gbps")),
+                [PROVIDER_NAMES[provider], _time(info.get("time_s")), _gbps(info.get("gbps")),
                  _percent(info.get("copy_fraction")), _mib(info.get("peak_extra_bytes"))]
                 + ["-" if p == provider or provider == "copy" else _ratio(speed.get(p))
                    for p in present])
@@ -159,11 +160,11 @@ def trainer_tables(benchmarks: list[dict]) -> list[Table]:
             groups[bench["group"]].append(info)
     tables = []
     for group, infos in sorted(groups.items()):
-        table = Table(group, ["provider", "median step", "images/s", "vs the other"])
+        table = Table(group, ["provider", "step time", "images/s", "vs the other"])
         for info in infos:
             others = info.get("speedup_vs", {})
             table.rows.append([PROVIDER_NAMES.get(info["provider"], info["provider"]),
-                               _time(info.get("median_s")), f"{info.get('images_per_s', 0):.0f}",
+                               _time(info.get("time_s")), f"{info.get('images_per_s', 0):.0f}",
                                ", ".join(f"{_ratio(v)} vs {PROVIDER_NAMES.get(p, p)}"
                                          for p, v in others.items()) or "-"])
         tables.append(table)
@@ -182,21 +183,22 @@ def skipped_table(data: dict) -> Table:
                  [[s["reason"], str(s["count"])] for s in skipped])
 
 
-def build(data: dict) -> list[Table]:
-    """All tables of a loaded JSON file (derived numbers recomputed from the medians)."""
+def build(data: dict, stat: str = "median") -> list[Table]:
+    """All tables of a loaded JSON file (derived numbers recomputed from ``stat``)."""
     benchmarks = data.get("benchmarks", [])
-    summary.derive(benchmarks)
+    summary.derive(benchmarks, stat)
     groups = _op_cases(benchmarks)
     tables = [run_table(data), *summary_tables(groups), target_table(benchmarks),
               *trainer_tables(benchmarks), *detail_tables(groups), skipped_table(data)]
     return [t for t in tables if t.rows]
 
 
-def to_markdown(tables: list[Table]) -> str:
+def to_markdown(tables: list[Table], stat: str = "median") -> str:
     lines = ["## tempfast benchmark results", "",
-             "Times are medians; `vs X` = time of X / time of the row (above 1: the row is "
-             "faster); `% of copy BW` = (floor bytes / time) / copy bandwidth measured in the "
-             "same run; peak MiB = peak extra memory of one step.", ""]
+             f"Times are the {stat} of each case's rounds; `vs X` = time of X / time of the "
+             "row (above 1: the row is faster); `% of copy BW` = (floor bytes / time) / "
+             "copy bandwidth measured in the same run; peak MiB = peak extra memory of one "
+             "step.", ""]
     for table in tables:
         lines += [f"{'#' * table.level} {table.title}", "",
                   "| " + " | ".join(table.headers) + " |",
@@ -222,15 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, help="a JSON file from pytest --benchmark-json")
     parser.add_argument("--markdown", type=Path, metavar="OUT.md",
                         help="also write the tables as markdown to this file")
+    parser.add_argument("--stat", choices=summary.STATS, default="median",
+                        help="statistic of each case's rounds (default: median)")
     args = parser.parse_args(argv)
     try:
         data = json.loads(args.results.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         print(f"bench.report: cannot read {args.results}: {exc}", file=sys.stderr)
         return 2
-    tables = build(data)
+    tables = build(data, args.stat)
     if args.markdown is not None:
-        args.markdown.write_text(to_markdown(tables))
+        args.markdown.write_text(to_markdown(tables, args.stat))
     print_rich(tables, Console() if sys.stdout.isatty() else Console(width=WIDTH))
     return 0
 

@@ -1,9 +1,10 @@
 """Numbers derived from a pytest-benchmark JSON file, across the cases of one group.
 
-For each case of a group (same op, shape, dtype and device), with ``t`` its median time:
+For each case of a group (same op, shape, dtype and device), with ``t`` its time (the
+median of its rounds by default, or their minimum: ``stat``):
 
 * ``gbps``: the group's floor bytes / ``t`` (for the copy provider: the bytes it copies);
-* ``copy_gbps``: the copy provider's bytes / its median time, measured in the same run;
+* ``copy_gbps``: the copy provider's bytes / its time, measured in the same run;
 * ``copy_fraction``: ``gbps / copy_gbps`` -- for cross-entropy fwd+bwd and softmax forward
   this is ``copy time / t``, the share of the bandwidth floor reached;
 * ``speedup_vs``: ``{provider: t_provider / t}`` for every other provider of the group
@@ -27,19 +28,25 @@ def _ours(bench: dict) -> bool:
     return "provider" in info and ("floor_bytes" in info or "images_per_step" in info)
 
 
-def derive(benchmarks: list[dict]) -> None:
-    """Add the derived numbers above to each case's ``extra_info``, in place."""
+STATS = ("median", "min")
+
+
+def derive(benchmarks: list[dict], stat: str = "median") -> None:
+    """Add the derived numbers above (and ``time_s``, ``statistic``) to each case's
+    ``extra_info``, in place."""
+    if stat not in STATS:
+        raise ValueError(f"stat: expected one of {STATS}, got {stat!r}")
     groups: dict[str, list[dict]] = defaultdict(list)
     for bench in benchmarks:
         if _ours(bench):
             groups[bench["group"]].append(bench)
     for members in groups.values():
-        times = {b["extra_info"]["provider"]: b["stats"]["median"] for b in members}
+        times = {b["extra_info"]["provider"]: b["stats"][stat] for b in members}
         copy = next((b for b in members if b["extra_info"]["provider"] == "copy"), None)
         copy_gbps = copy["extra_info"]["copy_bytes"] / times["copy"] / 1e9 if copy else None
         for bench in members:
-            info, t = bench["extra_info"], bench["stats"]["median"]
-            info["median_s"] = t
+            info, t = bench["extra_info"], bench["stats"][stat]
+            info["time_s"], info["statistic"] = t, stat
             info["speedup_vs"] = {p: other / t for p, other in times.items()
                                   if p != info["provider"]}
             if "images_per_step" in info:
@@ -113,8 +120,13 @@ def targets(benchmarks: list[dict]) -> list[Target]:
     """The targets that the cases in ``benchmarks`` (already :func:`derive`-d) can answer:
     CUDA bf16 CE fwd+bwd bandwidth and speedups, softmax forward bandwidth, CPU CE fwd+bwd
     time and memory against eager, and the trainer step against the minimal loop."""
+    def order(item: tuple[str, dict[str, dict]]) -> tuple:
+        info = next(iter(item[1].values()))
+        return (info.get("device", ""), info.get("op", ""), info.get("classes", 0),
+                info.get("dtype", ""))
+
     out = []
-    for group, cases in sorted(_by_group(benchmarks).items()):
+    for group, cases in sorted(_by_group(benchmarks).items(), key=order):
         out.extend(_op_targets(cases))
         if "tempfast_train_step" in cases:
             out.append(_ratio_target(f"{group}: vs minimal loop", cases["tempfast_train_step"],

@@ -1,9 +1,9 @@
 """Softmax and cross-entropy at temperature T = 8: every provider, shape and dtype.
 
 Each case first checks its provider's result against ``tempfast.reference`` (fails the test
-otherwise), then times it (pytest-benchmark, median reported) and records the floor bytes and
-the peak extra memory of one step in ``extra_info``. See :mod:`bench.cases` for the ops, the
-shapes, the providers and the tolerances.
+otherwise), then times it with pytest-benchmark and records the floor bytes and the peak
+extra memory of one step in ``extra_info``. See :mod:`bench.cases` for the ops, the shapes,
+the providers and the tolerances.
 """
 
 from __future__ import annotations

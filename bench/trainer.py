@@ -10,7 +10,7 @@ Both run one SGD step (lr 0.01, momentum 0.9) of the same model on the same batc
 
 ``pgd``: L-infinity eps 8/255, step 2/255, CE at T = 8, in eval mode. Model and batch: on
 CUDA timm ``resnet18`` (stem adapted to 32 px), B = 256, 10 PGD steps; on CPU the small CNN
-(``small_cnn``), B = 64, 3 PGD steps. Throughput: images per second = B / median step time.
+(``small_cnn``), B = 64, 3 PGD steps. Throughput: images per second = B / step time.
 """
 
 from __future__ import annotations
