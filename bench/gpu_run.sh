@@ -9,7 +9,8 @@
 #   report.txt     the report as text
 #   status.txt     exit status and seconds of each phase
 # Usage: bench/gpu_run.sh OUTDIR    (from anywhere; the repository is this script's parent)
-# Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 150).
+# Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 150),
+# PYTHON (default python3).
 # Wheels in .whl/ at the repository root (e.g. liger-kernel) are installed into /tmp/site.
 set -uo pipefail
 
