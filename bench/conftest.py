@@ -29,7 +29,6 @@ from . import summary
 from .cases import Spec, is_headline, liger_functions
 from .memory import RssProbe, rss_supported
 from .timing import apply_threads
-from .trainer import TrainerSpec
 
 _SESSION: dict[str, object] = {"start": time.monotonic(), "skips": Counter()}
 
@@ -45,7 +44,7 @@ def _priority(item: pytest.Item) -> int:
     spec = getattr(item, "callspec", None) and item.callspec.params.get("spec")
     if isinstance(spec, Spec):
         return 0 if is_headline(spec) else 2
-    return 1 if isinstance(spec, TrainerSpec) else 3
+    return 1 if type(spec).__name__ == "TrainerSpec" else 3
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,

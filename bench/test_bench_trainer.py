@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("tempfast.train", reason="the trainer needs tempfast's [train] extras")
+
 from . import timing, trainer
 from .cases import bench_device
 
