@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -72,9 +73,13 @@ def within_budget() -> None:
 
 @pytest.fixture(autouse=True)
 def _release_cuda_memory() -> Iterator[None]:
-    """Give the CUDA cache back after each case, so one case's buffers never crowd the next."""
+    """Give the CUDA cache back after each case, so one case's buffers never crowd the next
+    (also after a failure: pytest keeps the failed test's frames in ``sys.last_*``)."""
     yield
     if torch.cuda.is_initialized():
+        for name in ("last_exc", "last_type", "last_value", "last_traceback"):
+            if hasattr(sys, name):
+                delattr(sys, name)
         gc.collect()
         torch.cuda.empty_cache()
 
