@@ -313,3 +313,18 @@ def test_matches_torch_in_the_input_dtype(backend):
         ours = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0)
         theirs = F.cross_entropy(logits / 2.0, target)
         assert_close(ours, theirs.float(), 2 * REL_TOL[dtype], f"loss {dtype}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_backward_allocates_no_logits_sized_buffer(backend):
+    """The gradient was written in the forward pass; the backward pass only applies the
+    upstream gradient (here 1: nothing to do), so it allocates nothing of size N x C."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n, c = 64, 4097
+    x = logits_like(n, c, torch.float32).requires_grad_(True)
+    loss = run_backend(backend, tempfast.cross_entropy, x, _targets(n, c), 2.0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages())
+    assert allocated < n * c * 4 // 8, f"backward allocated {allocated} bytes"

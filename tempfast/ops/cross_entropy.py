@@ -194,6 +194,9 @@ def _setup_context(ctx, inputs, output) -> None:
      fused_grad, _compute_dt) = inputs
     _loss, lse, grad, dt_rows, denom = output
     ctx.mark_non_differentiable(lse, grad, dt_rows, denom)
+    # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
+    # gradient for every other output (an N x C buffer for ``grad``) on each backward.
+    ctx.set_materialize_grads(False)
     ctx.fused = fused_grad
     ctx.options = (ignore_index, label_smoothing, reduction)
     if fused_grad:
@@ -203,6 +206,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
+    if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
+        return (None,) * 9
     ignore_index, label_smoothing, reduction = ctx.options
     need_logits, need_target, need_t = ctx.needs_input_grad[:3]
     grad_logits = grad_target = grad_t = None

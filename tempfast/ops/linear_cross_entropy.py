@@ -173,6 +173,9 @@ def _setup_context(ctx, inputs, output) -> None:
      fused_grads, _compute_dt) = inputs
     _loss, dt_rows, dh, dw, db, denom = output
     ctx.mark_non_differentiable(dt_rows, dh, dw, db, denom)
+    # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
+    # gradient for every other output (an N x C buffer for ``grad``) on each backward.
+    ctx.set_materialize_grads(False)
     ctx.fused = any(fused_grads)
     ctx.options = (ignore_index, label_smoothing, reduction, chunk)
     ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
@@ -183,6 +186,8 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, g_loss, *_unused):
+    if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
+        return (None,) * 11
     ignore_index, label_smoothing, reduction, chunk = ctx.options
     need_h, need_w, need_b, _, need_t = ctx.needs_input_grad[:5]
     w_dtype, b_dtype = ctx.dtypes

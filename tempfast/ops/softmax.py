@@ -53,7 +53,6 @@ def _setup_context(ctx, inputs, output) -> None:
     x, temperature, log = inputs
     ctx.log = log
     ctx.t_grad = ctx.needs_input_grad[1]
-    ctx.t_shape = temperature.shape
     ctx.save_for_backward(output, temperature, x if ctx.t_grad else None)
 
 
