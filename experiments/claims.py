@@ -17,6 +17,11 @@ zero spread do not count). Picking the best of several temperatures favours "sup
 (multiple comparisons), and 3 seeds estimate a standard deviation poorly: the verdicts are a
 summary of a small experiment, not a significance test.
 
+Under-trained cells (:func:`underfit`): temperatures whose mean clean accuracy is more than
+``UNDERFIT_GAP`` (10 points) below the best cell of the same training mode. With a fixed
+learning rate the 1/T gradient scale slows training at large T; robust accuracies of such cells
+describe weak classifiers and are flagged in the report.
+
 Mechanism rules (:func:`slope`, :func:`mechanism`): on a fixed model, the logit-gradient norm
 "scales as 1/T" when its log-log slope over the largest three temperatures lies in
 ``[-1.2, -0.8]``; the update is "evened across negative classes" when the normalised entropy
@@ -36,6 +41,7 @@ Z = 2.0
 MIN_DIFF = 0.005
 SLOPE_RANGE = (-1.2, -0.8)
 ENTROPY_END, ENTROPY_TOL = 0.9, 0.01
+UNDERFIT_GAP = 0.10
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,13 @@ def versus_t1(cs: list[Cell]) -> Verdict:
 def best_cell(cs: list[Cell]) -> Cell | None:
     """The cell with the highest mean (None for no cells)."""
     return max(cs, key=lambda c: c.mean) if cs else None
+
+
+def underfit(rows: list[dict], adv: str) -> list[Cell]:
+    """Clean-accuracy cells of ``adv`` more than ``UNDERFIT_GAP`` below its best cell."""
+    cs = cells(rows, "clean_acc", adv)
+    best = best_cell(cs)
+    return [c for c in cs if best is not None and c.mean < best.mean - UNDERFIT_GAP]
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:

@@ -84,8 +84,10 @@ def metric_figure(rows: list[dict], metric: str, ylabel: str, title: str, path: 
 
 
 def panels_figure(rows: list[dict], series: list[tuple[str, str]], ylabel: str, title: str,
-                  path: Path, percent: bool = True) -> None:
-    """One panel per training mode; in each, one line per ``(column, label)`` of ``series``."""
+                  path: Path, percent: bool = True,
+                  ylim: tuple[float, float] | None = None) -> None:
+    """One panel per training mode; in each, one line per ``(column, label)`` of ``series``
+    (``ylim``: fixed y range, e.g. the whole [0, 1] of a fraction)."""
     plt = _pyplot()
     modes = _modes(rows)
     fig, axes = plt.subplots(1, len(modes), figsize=(5.6 * len(modes), 4.2), squeeze=False,
@@ -99,6 +101,8 @@ def panels_figure(rows: list[dict], series: list[tuple[str, str]], ylabel: str, 
         _log2_axis(ax, sorted(temps))
         if percent:
             ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_title(MODE_LABELS[adv])
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=8)

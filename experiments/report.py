@@ -83,14 +83,17 @@ def _masking_at(rows: list[dict], adv: str, t: float) -> str:
     return out
 
 
-def _verdict_line(v: Verdict, rows: list[dict], adv: str) -> str:
+def _verdict_line(v: Verdict, rows: list[dict], adv: str, metric: str) -> str:
     if v.label == "not measured":
         return "**not measured** (needs T = 1 and some T > 1)"
     noise = (f"{claims.Z:g} x se = {100 * claims.Z * v.se:.1f}" if min(v.best.n, v.base.n) > 1
              else "one seed: no noise estimate")
+    overall = claims.best_cell(cells(rows, metric, adv))
+    elsewhere = ("" if overall.temp in (v.best.temp, 1.0) else
+                 f"; the best T of the whole grid is T = {overall.temp:g} ({pct(overall)}%)")
     return (f"**{v.label}**: best T > 1 is T = {v.best.temp:g} with {pct(v.best)}% vs "
             f"{pct(v.base)}% at T = 1 (difference {100 * v.diff:+.1f} points, {noise}); at "
-            f"T = {v.best.temp:g}: {_masking_at(rows, adv, v.best.temp)}")
+            f"T = {v.best.temp:g}: {_masking_at(rows, adv, v.best.temp)}{elsewhere}")
 
 
 def _fmt_t(t: float) -> str:
@@ -106,6 +109,8 @@ def setup_section(rows: list[dict]) -> list[str]:
     seeds = sorted({r["seed"] for r in rows})
     learn = sorted({r["temp"] for r in rows if r["learn_temp"]})
     compute = sum(r["process_s"] or r["wall_time_s"] or 0.0 for r in rows)
+    flagged = [r for r in rows if r["masking_kind"] not in (None, "none")]
+    ce_only = sum(r["masking_kind"] == "ce" for r in flagged)
     commands = sorted({r["sweep_command"] for r in rows if r["sweep_command"]})
     return [
         "## Setup (read from the CSV)",
@@ -121,12 +126,30 @@ def setup_section(rows: list[dict]) -> list[str]:
         f"{values('eval_steps')} PGD/APGD steps, {values('eval_restarts')} restart(s), "
         f"Square {values('square_queries')} queries",
         f"- runs: {len(rows)}; summed run time {compute / 60:.1f} min (runs may have run "
-        f"side by side)",
+        f"side by side){_elapsed(rows)}",
+        f"- gradient masking flagged in {len(flagged)} of {len(rows)} runs ({ce_only} CE only, "
+        f"{len(flagged) - ce_only} general)",
         f"- code revision(s): {values('git_rev')}",
         "- sweep command(s): " + ("; ".join(f"`{c}`" for c in commands) or "-"),
         "- each run's exact `tempfast train` command is in the CSV column `command`",
         "",
     ]
+
+
+def _elapsed(rows: list[dict]) -> str:
+    """``; X min from the first run's start to the last run's end`` from ``finished_at`` and
+    ``process_s`` (empty when a row lacks them)."""
+    import datetime
+
+    spans = []
+    for r in rows:
+        if not (r["finished_at"] and r["process_s"] is not None):
+            return ""
+        end = datetime.datetime.fromisoformat(r["finished_at"])
+        spans.append((end - datetime.timedelta(seconds=r["process_s"]), end))
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    return f"; {(end - start).total_seconds() / 60:.1f} min from the first run's start to the " \
+           "last run's end"
 
 
 def _modes(rows: list[dict]) -> list[str]:
@@ -168,10 +191,10 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         raw = verdict(claim, adv, "robust_pgd_ce", "PGD with CE on raw logits")
         adaptive = verdict(claim, adv, "worst_case_acc", "adaptive attacks (worst case)")
         text.extend([
-            f"- PGD with CE on raw logits: {_verdict_line(raw, rows, adv)}",
+            f"- PGD with CE on raw logits: {_verdict_line(raw, rows, adv, 'robust_pgd_ce')}",
             f"- adaptive attacks (CE at the training T, CW margin, APGD-DLR, Square; the "
             f"per-example worst case over the whole suite): "
-            f"{_verdict_line(adaptive, rows, adv)}",
+            f"{_verdict_line(adaptive, rows, adv, 'worst_case_acc')}",
         ])
         if raw.best is not None:
             worst = _cell_at(cells(rows, "worst_case_acc", adv), raw.best.temp)
@@ -190,19 +213,21 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     if "none" in _modes(rows):
         text += ["### Claim 1: moderate temperatures give better accuracy than T = 1", ""]
         v = verdict("1", "none", "clean_acc", "clean")
-        text += [f"- standard training, clean accuracy: {_verdict_line(v, rows, 'none')}", ""]
+        text += [f"- standard training, clean accuracy: "
+                 f"{_verdict_line(v, rows, 'none', 'clean_acc')}", ""]
         text += ["### Claim 2: elevated temperatures improve robustness to common "
                  "corruptions", ""]
         v = verdict("2", "none", "corruption_acc", "corruptions")
         text += [f"- standard training, mean accuracy over the corruption suite: "
-                 f"{_verdict_line(v, rows, 'none')}", ""]
+                 f"{_verdict_line(v, rows, 'none', 'corruption_acc')}", ""]
         text += ["### Claim 3: elevated temperatures improve robustness to untargeted PGD "
                  "(standard training)", ""]
         robustness("none", "3")
     if "pgd" in _modes(rows):
         text += ["### Claim 4: higher temperatures can improve PGD adversarial training", ""]
         v = verdict("4", "pgd", "clean_acc", "clean")
-        text.append(f"- PGD training, clean accuracy: {_verdict_line(v, rows, 'pgd')}")
+        text.append(f"- PGD training, clean accuracy: "
+                    f"{_verdict_line(v, rows, 'pgd', 'clean_acc')}")
         robustness("pgd", "4")
     return text, summary
 
@@ -214,7 +239,19 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
     temps = sorted({c.temp for cs in columns.values() for c in cs})
     head = ["T", *(label for _, label in metrics), "masked runs", "zero CE grad",
             "logit norm", "margin"]
-    out = [f"### {plots.MODE_LABELS[adv]}", "",
+    weak = claims.underfit(rows, adv)
+    best = claims.best_cell(cells(rows, "clean_acc", adv))
+    note = [] if not weak else [
+        f"**Under-trained:** at T = {', '.join(f'{c.temp:g}' for c in weak)} the mean clean "
+        f"accuracy ({', '.join(pct(c) + '%' for c in weak)}) is more than "
+        f"{100 * claims.UNDERFIT_GAP:g} points below the best cell (T = {best.temp:g}, "
+        f"{pct(best)}%)"
+        + (": with the same learning rate at every T, the 1/T gradient scale slows training "
+           "at large T and leaves these models unfinished" if all(c.temp > best.temp for c in
+                                                                  weak) else "")
+        + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
+        ""]
+    out = [f"### {plots.MODE_LABELS[adv]}", "", *note,
            "Accuracies in % (mean ± std over seeds); *masked runs*: runs whose evaluation "
            "flagged gradient masking (CE only / general); *zero CE grad*: % of correctly "
            "classified test inputs whose raw-logit CE input gradient is exactly zero.", "",
@@ -302,15 +339,18 @@ def mechanism_section(rows: list[dict], grad_rows: list[dict] | None) -> list[st
     out += ["### In trained models (each model at its own training T, from `results.csv`)", "",
             "Training at T does not leave the logits alone: the table shows what the models "
             "learned. The slope is the log-log fit of the mean logit norm against T over the "
-            "temperatures T >= 1.", ""]
+            "temperatures T >= 1 that are not under-trained (see the tables above); a model "
+            "whose logits grew in proportion to T would have slope 1.", ""]
     for adv in _modes(rows):
         norm = cells(rows, "logit_norm", adv)
-        above = [c for c in norm if c.temp >= 1]
+        weak = {c.temp for c in claims.underfit(rows, adv)}
+        above = [c for c in norm if c.temp >= 1 and c.temp not in weak]
         s = claims.slope([c.temp for c in above], [c.mean for c in above])
+        fit = ", ".join(f"{c.temp:g}" for c in above)
         grad = cells(rows, "logit_grad_norm_at_T", adv)
         ent = cells(rows, "neg_entropy_norm_at_T", adv)
         out += [f"**{plots.MODE_LABELS[adv]}**: mean logit norm scales as T^"
-                f"{'-' if s is None else f'{s:.2f}'} (T >= 1)", "",
+                f"{'-' if s is None else f'{s:.2f}'} (fit over T = {fit or '-'})", "",
                 "| T | logit norm | margin | \\|dL/dz\\| at T | entropy at T |",
                 "| --- | --- | --- | --- | --- |"]
         out += [f"| {c.temp:g} | {num(c)} | {num(_cell_at(cells(rows, 'margin', adv), c.temp))}"
@@ -332,7 +372,8 @@ def make_plots(rows: list[dict], out: Path) -> list[str]:
                         out / "robust_vs_T.png")
     plots.panels_figure(rows, [(f"zero_grad_{k}", f"loss {k}") for k in table.ZERO_GRAD_LOSSES],
                         "inputs with exactly-zero input gradient",
-                        "Fraction of zero input gradients vs T", out / "zero_grad_vs_T.png")
+                        "Fraction of zero input gradients vs T", out / "zero_grad_vs_T.png",
+                        ylim=(-0.02, 1.02))
     plots.logits_figure(rows, out / "logits_vs_T.png")
     return [f for f in PLOTS if f != gradients.PLOT_NAME]
 

@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not t > 0:
             raise UsageError(f"temperatures must be > 0, got {t}")
     args.adv = list(dict.fromkeys(args.adv))
+    if not set(args.adv) <= {"none", "pgd"}:
+        raise UsageError(f"--adv must be some of none, pgd, got {' '.join(args.adv)}")
     return args
 
 

@@ -1,0 +1,201 @@
+"""experiments/: the sweep, its resume, the report (numbers from the CSV), the verdict rules,
+the gradient measurements, the ready configs and the Tiny-ImageNet layout tool."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from experiments import claims, report, sweep, table, tiny_imagenet
+from experiments.measure import measure
+from experiments.rows import Run
+
+TINY = ["--epochs", "1", "--eval-examples", "24", "--eval-attacks", "pgd-ce,pgd-cw"]
+CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.yaml"))
+
+
+def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["--temps", "1", "4", "--adv", "none", "--seeds", "1", "--learn-temp", "--jobs", "2",
+            *TINY, "--out", str(out)]
+    assert sweep.main(argv) == 0
+    rows = table.read_rows(out / "results.csv")
+    assert [r["run"] for r in rows] == ["none-T1-seed0", "none-T4-seed0", "none-learnT1-seed0"]
+    for row in rows:
+        assert 0 <= row["clean_acc"] <= 1 and 0 <= row["worst_case_acc"] <= row["clean_acc"]
+        assert row["robust_pgd_cw"] is not None and row["robust_square"] is None
+        assert row["masking_kind"] in ("none", "ce", "general")
+        assert row["logit_norm"] > 0 and row["eval_examples"] == 24
+        assert row["command"].startswith("python -m tempfast train --data digits --epochs 1")
+        assert f"--output {out / 'runs' / row['run']}" in row["command"]
+        assert row["git_rev"] and row["sweep_command"].startswith("python -m experiments.sweep")
+    assert rows[1]["temp"] == 4.0 and rows[1]["final_temp"] == 4.0
+    assert rows[2]["learn_temp"] and rows[2]["final_temp"] != 1.0
+    assert (out / "gradients.csv").exists()
+
+    before = (out / "results.csv").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")}
+    capsys.readouterr()
+    assert sweep.main(argv) == 0
+    assert "3 already in" in capsys.readouterr().out
+    assert (out / "results.csv").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")} == mtimes
+
+    assert report.main([str(out)]) == 0
+    text = (out / "REPORT.md").read_text()
+    assert "### Claim 1" in text and "## Learned temperature" in text
+    for name in [*report.PLOTS]:
+        assert (out / name).stat().st_size > 1000, name
+
+
+def test_sweep_resumes_an_interrupted_run_and_refuses_other_settings(tmp_path, capsys):
+    from tempfast.cli import main as tempfast_main
+
+    out = tmp_path / "sweep"
+    argv = ["--temps", "1", "--seeds", "1", "--epochs", "2", "--eval-examples", "16",
+            "--eval-attacks", "pgd-cw", "--no-corruptions", "--no-gradients", "--out", str(out)]
+    args = sweep.parse_args(argv)
+    run_dir = out / "runs" / "none-T1-seed0"
+    first = sweep.train_command(args, Run("none", 1.0, 0), run_dir)[2:]
+    first[first.index("--epochs") + 1] = "1"
+    assert tempfast_main([*first, "--no-final-eval"]) == 0
+    (run_dir / "summary.json").unlink()  # as if the sweep had been killed during this run
+    epoch1 = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(epoch1) == 1
+
+    assert sweep.main(argv) == 0
+    (row,) = table.read_rows(out / "results.csv")
+    assert row["resumed"] and row["command"].endswith("--resume")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and lines[0] == epoch1[0]
+    assert row["epochs"] == 2 and json.loads(lines[1])["epoch"] == 2
+
+    capsys.readouterr()
+    assert sweep.main([*argv[:-2], "--epochs", "3", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "other settings (epochs: 2 there, 3 now)" in err
+
+
+def _row(adv: str, temp: float, seed: int, clean: float, pgd_ce: float, worst: float,
+         kind: str = "none") -> dict:
+    row = {c: None for c in table.COLUMNS}
+    row.update(run=f"{adv}-T{temp:g}-seed{seed}", data="digits", model="small_cnn", adv=adv,
+               temp=temp, learn_temp=False, final_temp=temp, seed=seed, epochs=20,
+               clean_acc=clean, corruption_acc=clean - 0.1, robust_pgd_ce=pgd_ce,
+               robust_pgd_cw=worst, worst_case_acc=worst, masking_suspected=kind != "none",
+               masking_kind=kind, zero_grad_ce=0.9 if kind == "ce" else 0.0,
+               logit_norm=10.0 * temp, margin=5.0, eps=0.1, eval_examples=360,
+               git_rev="abc", command="python -m tempfast train", process_s=10.0)
+    return row
+
+
+def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
+    rows = [
+        _row("none", 1.0, 0, 0.90, 0.10, 0.10), _row("none", 1.0, 1, 0.92, 0.12, 0.12),
+        _row("none", 8.0, 0, 0.95, 0.60, 0.11, "ce"), _row("none", 8.0, 1, 0.97, 0.62, 0.09, "ce"),
+    ]
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    # mean ± sample std (ddof 1) over the two seeds, in %
+    assert "| 1 | 91.0 ± 1.4 | 81.0 ± 1.4 | 11.0 ± 1.4 |" in text
+    assert "| 8 | 96.0 ± 1.4 | 86.0 ± 1.4 | 61.0 ± 1.4 |" in text
+    assert "| 2/2 (2 / 0) | 90.0 ± 0.0 | 80 ± 0 | 5 ± 0 |" in text
+    assert "| 1 | standard training | clean accuracy | clean | supported | T = 8: 96.0 ± 1.4 " \
+           "vs 91.0 ± 1.4 |" in text
+    assert "PGD with CE on raw logits: **supported**" in text
+    assert "per-example worst case over the whole suite): **not supported**" in text
+    assert "it comes from the attack failing (gradient masking)" in text
+
+    rows[2]["clean_acc"] = 0.50
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "| 8 | 73.5 ± 33.2 |" in text
+    assert "| 1 | standard training | clean accuracy | clean | not supported |" in text
+
+
+@pytest.mark.parametrize(("best", "base", "label"), [
+    ((0.95, 0.96, 0.97), (0.90, 0.91, 0.92), "supported"),
+    ((0.90, 0.91, 0.92), (0.95, 0.96, 0.97), "contradicted"),
+    ((0.90, 0.95, 0.99), (0.91, 0.92, 0.93), "not supported"),
+    ((0.913,), (0.91,), "not supported"),
+    ((0.92,), (0.91,), "supported"),
+])
+def test_verdict_rule_compares_the_best_t_above_1_with_t_1(best, base, label):
+    cs = [claims.Cell(0.5, (0.99, 0.99)), claims.Cell(1.0, base), claims.Cell(2.0, (0.0,)),
+          claims.Cell(4.0, best)]
+    v = claims.versus_t1(cs)
+    assert v.label == label and v.best.temp == 4.0
+    assert v.diff == pytest.approx(sum(best) / len(best) - sum(base) / len(base))
+
+
+def test_measure_matches_the_temperature_gradient_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))
+    x, y = torch.rand(32, 1, 3, 4), torch.randint(0, 5, (32,))
+    with torch.no_grad():
+        z = model(x).double()
+    for t in (0.5, 4.0):
+        m = measure(model, [(x[:20], y[:20]), (x[20:], y[20:])], t)
+        g = (torch.softmax(z / t, 1) - nn.functional.one_hot(y, 5)) / t
+        assert m["logit_grad_norm"] == pytest.approx(float(g.norm(dim=1).mean()), rel=1e-5)
+        assert m["formula_error"] < 1e-6
+        assert m["logit_norm"] == pytest.approx(float(z.norm(dim=1).mean()), rel=1e-5)
+    assert measure(model, [(x, y)], 1e4)["neg_entropy_norm"] == pytest.approx(1.0, abs=1e-6)
+    assert measure(model, [(x, y)], 1e-4)["neg_entropy_norm"] < 0.05
+
+    with torch.no_grad():
+        model[1].weight.mul_(1e5)
+    predicted = z.argmax(1)
+    assert measure(model, [(x, predicted)], 1.0)["zero_input_grad"] > 0.5
+    assert measure(model, [(x, predicted)], 1e5)["zero_input_grad"] == 0.0
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_ready_configs_resolve_to_valid_train_commands(config, tmp_path, capsys):
+    assert sweep.main(["--config", str(config), "--out", str(tmp_path / "o"), "--dry-run"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "(new): python" in ln]
+    assert len(lines) == 60
+    pgd = next(ln for ln in lines if "--adv pgd" in ln)
+    for flag in ("--eps 0.03137254901960784", "--alpha 0.00784313725490196", "--steps 10",
+                 "--device cuda", "--epochs 100"):
+        assert flag in pgd
+    assert not (tmp_path / "o").exists()
+
+
+def test_sweep_config_rejects_unknown_keys(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("temps: [1, 2]\nepoch: 3\n")
+    assert sweep.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip().endswith("unknown keys epoch")
+
+
+def test_tiny_imagenet_layout_is_read_by_the_imagefolder_loader(tmp_path):
+    from PIL import Image
+
+    from tempfast.data import load_data
+
+    src = tmp_path / "tiny-imagenet-200"
+    for wnid in ("n01", "n02"):
+        (src / "train" / wnid / "images").mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i * 90, 10, 200)).save(
+                src / "train" / wnid / "images" / f"{wnid}_{i}.JPEG")
+    (src / "val" / "images").mkdir(parents=True)
+    for name in ("val_0.JPEG", "val_1.JPEG", "val_2.JPEG"):
+        Image.new("RGB", (8, 8)).save(src / "val" / "images" / name)
+    (src / "val" / "val_annotations.txt").write_text(
+        "val_0.JPEG\tn02\t0\t0\t8\t8\nval_1.JPEG\tn01\t0\t0\t8\t8\nval_2.JPEG\tn02\t0\t0\t8\t8\n")
+
+    dst = tmp_path / "folders"
+    assert tiny_imagenet.main([str(src), str(dst)]) == 0
+    bundle = load_data("imagefolder", dst, workers=0)
+    assert (bundle.num_classes, bundle.n_train, bundle.n_test) == (2, 4, 3)
+    _, labels = next(bundle.test_batches(8, "cpu"))
+    assert labels.tolist() == [0, 1, 1]
+    assert tiny_imagenet.main([str(src), str(dst)]) == 2
