@@ -24,6 +24,12 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _inverse_temperature(t: Tensor) -> Tensor:
+    """``1 / t``, NaN where ``t`` is not finite and positive (values on a GPU are not checked
+    on the host; this mirrors the kernels' NaN rows)."""
+    return torch.where(torch.isfinite(t) & (t > 0), 1.0 / t, float("nan"))
+
+
 def _rows(t: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
     """Rows ``start:stop`` of a per-row ``(N,)`` or broadcast ``(1,)`` tensor, as a column."""
     part = t if t.numel() == 1 else t[start:stop]
@@ -104,14 +110,20 @@ def ce_rows(
     w = weight.to(cdt) if weight is not None else None
     total_weight = w.sum() if w is not None else float(n_cols)
     starts, step = _row_chunks(n_rows, n_cols)
+    # The exponentials are computed in a work buffer: the gradient buffer itself when it has
+    # the compute dtype and does not alias the logits (no final copy), else one reused buffer.
+    direct = (grad_out is not None and grad_out.dtype == cdt
+              and grad_out.data_ptr() != logits.data_ptr())
+    work = None if direct else torch.empty(min(step, n_rows), n_cols, dtype=cdt, device=device)
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
         z = logits[r0:r1].to(cdt)
-        inv_t = 1.0 / _rows(t, r0, r1, cdt)
-        e = z * inv_t
-        m = e.amax(1, keepdim=True)
+        inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
+        m = z.amax(1, keepdim=True) * inv_t  # max of z / t (t > 0)
         m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
-        s = e.sub_(m).exp_().sum(1, keepdim=True)
+        e = grad_out[r0:r1] if direct else work[: r1 - r0]
+        torch.addcmul(-m, z, inv_t, out=e)  # z / t - m in one pass
+        s = e.exp_().sum(1, keepdim=True)
         row_lse = (m + s.log())[:, 0]
         if probs:
             c = target[r0:r1].to(cdt)
@@ -134,17 +146,15 @@ def ce_rows(
                 cz = cz + valid * (eps / n_cols) * z_w
         loss[r0:r1] = c_sum * row_lse - cz * inv_t[:, 0]
         lse[r0:r1] = row_lse
-        if grad_scale is None and not compute_dt:
-            continue
-        p = e.div_(s)
-        if compute_dt:
-            dt_row[r0:r1] = (cz - c_sum * (p * z).sum(1)) * inv_t[:, 0] ** 2
+        if compute_dt:  # sum(p z) = sum(e z) / s
+            pz = (e * z).sum(1) / s[:, 0]
+            dt_row[r0:r1] = (cz - c_sum * pz) * inv_t[:, 0] ** 2
         if grad_scale is None:
             continue
         row_scale = _rows(grad_scale, r0, r1, cdt) * inv_t
         if valid is not None:
             row_scale = torch.where(valid.unsqueeze(1), row_scale, 0.0)
-        g = p.mul_(c_sum.unsqueeze(1) * row_scale)
+        g = e.mul_(c_sum.unsqueeze(1) * row_scale / s)  # s * p * scale, p = e / s
         if probs:
             g.addcmul_(c, row_scale, value=-1.0)
         else:
@@ -153,7 +163,8 @@ def ce_rows(
                 g.addcmul_(row_scale, w.unsqueeze(0), value=-eps / n_cols)
             elif eps > 0:
                 g.sub_(row_scale * (eps / n_cols))
-        grad_out[r0:r1] = g
+        if not direct:
+            grad_out[r0:r1] = g
     return loss, lse, dt_row
 
 
