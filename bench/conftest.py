@@ -28,6 +28,7 @@ import tempfast
 
 from . import summary
 from .cases import Spec, is_headline, liger_functions
+from .linear import LinearSpec
 from .memory import RssProbe, rss_supported
 from .timing import apply_threads
 
@@ -41,11 +42,14 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _priority(item: pytest.Item) -> int:
-    """Headline op cases, then the trainer cases, then the other op cases, then the rest."""
+    """Headline op cases, the fused head at its target shape, the trainer cases, the other
+    op and fused-head cases, then the rest (the CPU memory case at the issue's size)."""
     spec = getattr(item, "callspec", None) and item.callspec.params.get("spec")
     if isinstance(spec, Spec):
-        return 0 if is_headline(spec) else 2
-    return 1 if type(spec).__name__ == "TrainerSpec" else 3
+        return 0 if is_headline(spec) else 3
+    if isinstance(spec, LinearSpec):
+        return 1 if spec.headline else 3
+    return 2 if type(spec).__name__ == "TrainerSpec" else 4
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,

@@ -3,12 +3,18 @@
 * CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus the memory allocated
   before it (inputs and the previous step's gradients already freed).
 * CPU: peak resident set size, measured in a worker subprocess (``python -m bench.memory``,
-  one JSON spec per line on stdin, one JSON answer per line on stdout). For each spec the
-  worker builds the case, runs one step to warm up (compilation, thread pools), drops its
-  gradients, resets the kernel's peak-RSS mark (``5`` into ``/proc/self/clear_refs``), reads
-  ``VmRSS``, runs one step and reads ``VmHWM``: extra = ``VmHWM - VmRSS``. glibc's mmap
-  threshold is pinned at 64 KiB, so every freed tensor goes back to the OS and cannot hide the
-  next allocation. The resolution is about 1 MiB (allocator and interpreter noise).
+  one JSON request ``{"kind": "op" | "linear", "spec": {...}}`` per line on stdin, one JSON
+  answer per line on stdout). For each spec the worker builds the case, runs one step to warm
+  up (compilation, thread pools; for a memory-only fused-head spec, a step of its first
+  64 rows), drops its gradients, resets the kernel's peak-RSS mark (``5`` into
+  ``/proc/self/clear_refs``), reads ``VmRSS``, runs one step and reads ``VmHWM``: extra =
+  ``VmHWM - VmRSS``. glibc's mmap threshold is pinned at 64 KiB, so every freed tensor goes
+  back to the OS and cannot hide the next allocation. The resolution is about 1 MiB
+  (allocator and interpreter noise).
+
+The answer: ``peak_extra_bytes``, ``step_s`` (the measured step's wall time) and, for a
+memory-only fused-head spec, the ``fingerprint`` of its loss and gradients
+(:func:`bench.linear.fingerprint`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 import torch
 
+from . import linear
 from .cases import Case, Spec
 from .timing import apply_threads
 
@@ -56,25 +65,47 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _rss_peak_extra_bytes(spec: Spec) -> int:
-    case = Case(spec)
-    case.step()
+def _request(spec: Spec | linear.LinearSpec) -> str:
+    kind = "linear" if isinstance(spec, linear.LinearSpec) else "op"
+    return json.dumps({"kind": kind, "spec": dataclasses.asdict(spec)})
+
+
+def _build(request: dict) -> tuple[Case | linear.LinearCase, Callable[[], object]]:
+    """The case of a request and its warm-up."""
+    if request["kind"] == "op":
+        case = Case(Spec(**request["spec"]))
+        return case, case.step
+    spec = linear.LinearSpec(**request["spec"])
+    case = linear.LinearCase(spec)
+    if spec.memory_only:
+        return case, linear.LinearCase(spec.warm_up_spec()).step
+    return case, case.step
+
+
+def _rss_peak_extra(request: dict) -> dict:
+    case, warm_up = _build(request)
+    warm_up()
     case.reset()
     gc.collect()
     CLEAR_REFS.write_text("5")
     base = _status_kib("VmRSS")
-    case.step()
+    start = time.perf_counter()
+    out = case.step()
+    seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
-    del case
+    answer = {"peak_extra_bytes": (peak - base) * 1024, "step_s": seconds}
+    if getattr(case.spec, "memory_only", False):
+        answer["fingerprint"] = linear.fingerprint(case, out)
+    del case, out
     gc.collect()
-    return (peak - base) * 1024
+    return answer
 
 
 def _serve(requests: IO[str], answers: IO[str]) -> None:
     ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     for line in requests:
         try:
-            answer = {"peak_extra_bytes": _rss_peak_extra_bytes(Spec(**json.loads(line)))}
+            answer = _rss_peak_extra(json.loads(line))
         except Exception as exc:
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         answers.write(json.dumps(answer) + "\n")
@@ -98,10 +129,11 @@ class RssProbe:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=self._stderr, text=True)
 
-    def measure(self, spec: Spec) -> int:
+    def measure(self, spec: Spec | linear.LinearSpec) -> dict:
+        """The worker's answer for ``spec`` (see the module's docstring)."""
         if self._proc is None:
             self._proc = self._start()
-        self._proc.stdin.write(json.dumps(dataclasses.asdict(spec)) + "\n")
+        self._proc.stdin.write(_request(spec) + "\n")
         self._proc.stdin.flush()
         line = self._proc.stdout.readline()
         if not line:
@@ -112,7 +144,7 @@ class RssProbe:
         answer = json.loads(line)
         if "error" in answer:
             raise RuntimeError(f"RSS worker, case {spec.id}: {answer['error']}")
-        return int(answer["peak_extra_bytes"])
+        return answer
 
     def close(self) -> None:
         if self._proc is not None:

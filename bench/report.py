@@ -3,11 +3,12 @@
     python -m bench.report results.json [--markdown out.md]
 
 Tables: the run (machine, versions, load), a summary per op and dtype (tempfast against each
-provider, by class count), the performance targets, the details of every group (time, GB/s,
-share of the copy bandwidth, peak extra memory, speedups), the trainer groups, and the skipped
-cases with their reasons. Times are the medians of the rounds (``--stat min``: their minimum,
-steadier on a shared machine); ``vs X`` is ``time of X / time of the row`` (above 1: the row
-is faster).
+provider, by class count), the fused linear head (time, TFLOP/s, peak memory, speedups; the
+CPU memory case at the issue's size), the performance targets, the details of every group
+(time, GB/s or TFLOP/s, share of the copy bandwidth, peak extra memory, speedups), the
+trainer groups, and the skipped cases with their reasons. Times are the medians of the
+rounds (``--stat min``: their minimum, steadier on a shared machine); ``vs X`` is ``time of X
+/ time of the row`` (above 1: the row is faster).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import summary
+from . import linear, summary
 from .cases import OPS, PROVIDERS
 
 PROVIDER_NAMES = {
@@ -31,11 +32,13 @@ PROVIDER_NAMES = {
     "torch_eager": "torch eager",
     "torch_compile": "torch.compile",
     "liger_x_div_t": "Liger (on x/T)",
+    "liger_h_div_t": "Liger fused linear CE (on h/T)",
     "tempfast_train_step": "tempfast train_step",
     "minimal_loop": "minimal PyTorch loop",
 }
 WIDTH = 160
 COMPARED = ("tempfast", "torch_eager", "torch_compile", "liger_x_div_t")
+LINEAR_SHORT = {"torch_eager": "eager", "torch_compile": "compile", "liger_h_div_t": "Liger"}
 
 
 @dataclass
@@ -68,6 +71,10 @@ def _mib(value: int | None) -> str:
 
 
 def _gbps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _tflops(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
@@ -152,6 +159,77 @@ def detail_tables(groups: dict[str, dict[str, dict]]) -> list[Table]:
     return tables
 
 
+def _linear_cases(benchmarks: list[dict], memory_only: bool) -> dict[str, dict[str, dict]]:
+    """``group -> {provider: extra_info}`` of the fused-head cases (timed, or memory-only)."""
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench in benchmarks:
+        info = bench.get("extra_info") or {}
+        if "flops" in info and "provider" in info and bool(info.get("memory_only")) == memory_only:
+            groups[bench["group"]][info["provider"]] = info
+    def order(item: tuple[str, dict]) -> tuple:
+        info = next(iter(item[1].values()))
+        return (info["device"], info["dtype"], -info["classes"], -info["hidden"], -info["rows"])
+    return dict(sorted(groups.items(), key=order))
+
+
+def linear_summary_table(groups: dict[str, dict[str, dict]]) -> Table:
+    """One row per fused-head shape: tempfast's time and TFLOP/s, its speedups, every
+    provider's peak extra memory."""
+    others = [p for p in linear.PROVIDERS if p != "tempfast"]
+    table = Table(f"{linear.OP}: tempfast (fused head, T = 8, flops = 6 N H C)",
+                  ["N", "H", "C", "bias", "dtype", "device", "tempfast", "TFLOP/s"]
+                  + [f"vs {LINEAR_SHORT[p]}" for p in others]
+                  + [f"peak MiB {LINEAR_SHORT.get(p, p)}" for p in linear.PROVIDERS])
+    for cases in groups.values():
+        ours = cases.get("tempfast")
+        if ours is None:
+            continue
+        speed = ours.get("speedup_vs", {})
+        table.rows.append(
+            [str(ours[k]) for k in ("rows", "hidden", "classes")]
+            + ["yes" if ours["bias"] else "no", ours["dtype"], ours["device"],
+               _time(ours.get("time_s")), _tflops(ours.get("tflops"))]
+            + [_ratio(speed.get(p)) for p in others]
+            + [_mib(cases.get(p, {}).get("peak_extra_bytes")) for p in linear.PROVIDERS])
+    return table
+
+
+def linear_memory_table(groups: dict[str, dict[str, dict]]) -> Table:
+    """The memory-only case: one step per provider in the memory worker."""
+    table = Table(f"{linear.MEMORY_OP}: one step per provider in the memory worker",
+                  ["N", "H", "C", "dtype", "tempfast step", "eager step", "vs eager",
+                   "peak MiB tempfast", "peak MiB eager", "tempfast / eager"])
+    for cases in groups.values():
+        ours = cases.get("tempfast")
+        if ours is None:
+            continue
+        peak, eager_peak = ours.get("peak_extra_bytes"), ours.get("eager_peak_extra_bytes")
+        share = None if peak is None or not eager_peak else peak / eager_peak
+        table.rows.append(
+            [str(ours[k]) for k in ("rows", "hidden", "classes")]
+            + [ours["dtype"], _time(ours.get("time_s")), _time(ours.get("eager_step_s")),
+               _ratio(ours.get("speedup_vs", {}).get("torch_eager")), _mib(peak),
+               _mib(eager_peak), "-" if share is None else f"{share:.1%}"])
+    return table
+
+
+def linear_detail_tables(groups: dict[str, dict[str, dict]]) -> list[Table]:
+    tables = []
+    for group, cases in groups.items():
+        present = [p for p in linear.PROVIDERS if p in cases]
+        table = Table(group, ["provider", "time", "TFLOP/s", "peak extra MiB"]
+                      + [f"vs {PROVIDER_NAMES[p]}" for p in present], level=4)
+        for provider in present:
+            info = cases[provider]
+            speed = info.get("speedup_vs", {})
+            table.rows.append(
+                [PROVIDER_NAMES[provider], _time(info.get("time_s")),
+                 _tflops(info.get("tflops")), _mib(info.get("peak_extra_bytes"))]
+                + ["-" if p == provider else _ratio(speed.get(p)) for p in present])
+        tables.append(table)
+    return tables
+
+
 def trainer_tables(benchmarks: list[dict]) -> list[Table]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for bench in benchmarks:
@@ -188,8 +266,12 @@ def build(data: dict, stat: str = "median") -> list[Table]:
     benchmarks = data.get("benchmarks", [])
     summary.derive(benchmarks, stat)
     groups = _op_cases(benchmarks)
-    tables = [run_table(data), *summary_tables(groups), target_table(benchmarks),
-              *trainer_tables(benchmarks), *detail_tables(groups), skipped_table(data)]
+    heads = _linear_cases(benchmarks, memory_only=False)
+    memory_only = _linear_cases(benchmarks, memory_only=True)
+    tables = [run_table(data), *summary_tables(groups), linear_summary_table(heads),
+              linear_memory_table(memory_only), target_table(benchmarks),
+              *trainer_tables(benchmarks), *detail_tables(groups),
+              *linear_detail_tables(heads), skipped_table(data)]
     return [t for t in tables if t.rows]
 
 
@@ -197,8 +279,8 @@ def to_markdown(tables: list[Table], stat: str = "median") -> str:
     lines = ["## tempfast benchmark results", "",
              f"Times are the {stat} of each case's rounds; `vs X` = time of X / time of the "
              "row (above 1: the row is faster); `% of copy BW` = (floor bytes / time) / "
-             "copy bandwidth measured in the same run; peak MiB = peak extra memory of one "
-             "step.", ""]
+             "copy bandwidth measured in the same run; TFLOP/s (fused linear head) = "
+             "6 N H C / time; peak MiB = peak extra memory of one step.", ""]
     for table in tables:
         lines += [f"{'#' * table.level} {table.title}", "",
                   "| " + " | ".join(table.headers) + " |",

@@ -9,7 +9,10 @@ median of its rounds by default, or their minimum: ``stat``):
   this is ``copy time / t``, the share of the bandwidth floor reached;
 * ``speedup_vs``: ``{provider: t_provider / t}`` for every other provider of the group
   (above 1: this case is faster);
-* trainer cases: ``images_per_s = images_per_step / t``.
+* trainer cases: ``images_per_s = images_per_step / t``;
+* fused linear head cases (``flops`` in extra_info): ``tflops = flops / t`` instead of the
+  bandwidth numbers; for the memory-only case ``t`` is ``step_s`` (the step alone, timed in
+  the memory worker) and ``speedup_vs`` holds ``torch_eager``: ``eager_step_s / step_s``.
 
 :func:`targets` checks the performance targets of the project's issues against these.
 """
@@ -21,11 +24,17 @@ from dataclasses import dataclass
 
 WIDE_CLASSES = (32000, 128256, 262144)
 TRAINER_TOLERANCE = 0.9
+LINEAR_TARGET = {"device": "cuda", "dtype": "bf16", "rows": 8192, "hidden": 4096,
+                 "classes": 128256}
+LINEAR_MEMORY_FRACTION = 0.25
+LINEAR_VS_LIGER = 1.2
+LINEAR_VS_EAGER = 1 / 1.3
 
 
 def _ours(bench: dict) -> bool:
     info = bench.get("extra_info") or {}
-    return "provider" in info and ("floor_bytes" in info or "images_per_step" in info)
+    return "provider" in info and any(k in info for k in ("floor_bytes", "images_per_step",
+                                                          "flops"))
 
 
 STATS = ("median", "min")
@@ -46,15 +55,28 @@ def derive(benchmarks: list[dict], stat: str = "median") -> None:
         copy_gbps = copy["extra_info"]["copy_bytes"] / times["copy"] / 1e9 if copy else None
         for bench in members:
             info, t = bench["extra_info"], bench["stats"][stat]
+            if "eager_step_s" in info:
+                _derive_memory_only(info, stat)
+                continue
             info["time_s"], info["statistic"] = t, stat
             info["speedup_vs"] = {p: other / t for p, other in times.items()
                                   if p != info["provider"]}
             if "images_per_step" in info:
                 info["images_per_s"] = info["images_per_step"] / t
                 continue
+            if "flops" in info:
+                info["tflops"] = info["flops"] / t / 1e12
+                continue
             info["gbps"] = info["floor_bytes"] / t / 1e9
             info["copy_gbps"] = copy_gbps
             info["copy_fraction"] = info["gbps"] / copy_gbps if copy_gbps else None
+
+
+def _derive_memory_only(info: dict, stat: str) -> None:
+    t = info["step_s"]
+    info["time_s"], info["statistic"] = t, f"{stat} (one step in the memory worker)"
+    info["speedup_vs"] = {"torch_eager": info["eager_step_s"] / t}
+    info["tflops"] = info["flops"] / t / 1e12
 
 
 @dataclass(frozen=True)
@@ -116,10 +138,44 @@ def _op_targets(cases: dict[str, dict]) -> list[Target]:
     return out
 
 
+def _memory_target(name: str, ours: int | None, theirs: int | None, fraction: float,
+                   strict: bool) -> Target:
+    goal = f"{'<' if strict else '<='} {fraction:.0%} of eager"
+    if ours is None or theirs is None:
+        return Target(name, goal, "not measured", None)
+    ratio = ours / theirs
+    return Target(name, goal, f"{ours / 2**20:.1f} vs {theirs / 2**20:.1f} MiB ({ratio:.1%})",
+                  ratio < fraction if strict else ratio <= fraction)
+
+
+def _linear_targets(cases: dict[str, dict]) -> list[Target]:
+    """The fused head's targets: on CUDA at the issue's shape (peak memory at most 1/4 of
+    eager's, >= 1.2x Liger, time within 1.3x of eager's); the CPU memory case (peak extra
+    memory under 25% of eager's)."""
+    info = cases.get("tempfast")
+    if info is None or "flops" not in info:
+        return []
+    shape = f"N={info['rows']} H={info['hidden']} C={info['classes']}"
+    if "eager_step_s" in info:
+        return [_memory_target(f"CPU linear CE {info['dtype']} {shape}: peak memory",
+                               info.get("peak_extra_bytes"), info.get("eager_peak_extra_bytes"),
+                               LINEAR_MEMORY_FRACTION, strict=True)]
+    if any(info.get(k) != v for k, v in LINEAR_TARGET.items()):
+        return []
+    label = f"linear CE fwd+bwd bf16 {shape}"
+    eager = cases.get("torch_eager", {})
+    return [_memory_target(f"{label}: peak memory", info.get("peak_extra_bytes"),
+                           eager.get("peak_extra_bytes"), LINEAR_MEMORY_FRACTION, strict=False),
+            _ratio_target(f"{label}: vs Liger (h/T)", info, "liger_h_div_t", LINEAR_VS_LIGER),
+            _ratio_target(f"{label}: vs eager (time <= 1.3x)", info, "torch_eager",
+                          LINEAR_VS_EAGER)]
+
+
 def targets(benchmarks: list[dict]) -> list[Target]:
     """The targets that the cases in ``benchmarks`` (already :func:`derive`-d) can answer:
     CUDA bf16 CE fwd+bwd bandwidth and speedups, softmax forward bandwidth, CPU CE fwd+bwd
-    time and memory against eager, and the trainer step against the minimal loop."""
+    time and memory against eager, the fused linear head's memory and speed, and the trainer
+    step against the minimal loop."""
     def order(item: tuple[str, dict[str, dict]]) -> tuple:
         info = next(iter(item[1].values()))
         return (info.get("device", ""), info.get("op", ""), info.get("classes", 0),
@@ -128,6 +184,7 @@ def targets(benchmarks: list[dict]) -> list[Target]:
     out = []
     for group, cases in sorted(_by_group(benchmarks).items(), key=order):
         out.extend(_op_targets(cases))
+        out.extend(_linear_targets(cases))
         if "tempfast_train_step" in cases:
             out.append(_ratio_target(f"{group}: vs minimal loop", cases["tempfast_train_step"],
                                      "minimal_loop", TRAINER_TOLERANCE))

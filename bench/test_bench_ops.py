@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from . import cases, memory, timing
+from . import cases
+from .run_case import check_time_measure
 
 SPECS = cases.all_specs(cases.bench_device())
 
@@ -21,24 +22,6 @@ def test_op_matches_reference_then_times(spec: cases.Spec, benchmark, within_bud
     reason = cases.skip_reason(spec)
     if reason is not None:
         pytest.skip(reason)
-    case = cases.Case(spec)
-    case.check()
     benchmark.group = spec.group_name
     benchmark.extra_info.update(spec.extra_info())
-    if benchmark.disabled:
-        benchmark.pedantic(case.step)
-        return
-    if spec.device == "cuda":
-        # pytest-benchmark has no per-test timer option: time finished GPU work.
-        benchmark._timer = timing.synchronized_perf_counter
-    plan = timing.plan(case.step, spec.device)
-    benchmark.extra_info.update(rounds=plan.rounds, iterations=plan.iterations)
-    benchmark.pedantic(case.step, rounds=plan.rounds, iterations=plan.iterations,
-                       warmup_rounds=1)
-    if spec.device == "cuda":
-        benchmark.extra_info["peak_extra_bytes"] = memory.cuda_peak_extra_bytes(case)
-        benchmark.extra_info["memory_method"] = "torch.cuda.max_memory_allocated delta"
-    elif rss_probe is not None:
-        del case
-        benchmark.extra_info["peak_extra_bytes"] = rss_probe.measure(spec)
-        benchmark.extra_info["memory_method"] = "peak RSS delta in a subprocess"
+    check_time_measure(cases.Case(spec), benchmark, rss_probe)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import report, summary
 from .cases import Spec
+from .linear import LinearSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,3 +115,75 @@ def test_suite_json_renders_end_to_end(tmp_path: Path) -> None:
     md = tmp_path / "run.md"
     assert report.main([str(out), "--markdown", str(md)]) == 0
     assert "ce_fwd_bwd fp32 on cpu: tempfast" in md.read_text()
+
+
+def _linear_bench(provider: str, time: float, peak: int | None, rows: int = 8192,
+                  hidden: int = 4096, classes: int = 128256, device: str = "cuda",
+                  **extra: object) -> dict:
+    spec = LinearSpec(provider, rows, hidden, classes, False, "bf16", device,
+                      memory_only="eager_step_s" in extra)
+    info = {**spec.extra_info(), **extra}
+    if peak is not None:
+        info["peak_extra_bytes"] = peak
+    return {"group": spec.group_name, "name": spec.id, "stats": {"median": time, "min": time},
+            "extra_info": info}
+
+
+def test_derive_gives_the_linear_head_tflops_and_speedups() -> None:
+    benches = [_linear_bench("tempfast", 0.05, 1 << 30),
+               _linear_bench("torch_eager", 0.04, 1 << 33)]
+    summary.derive(benches)
+    ours = benches[0]["extra_info"]
+    assert ours["tflops"] == 6 * 8192 * 4096 * 128256 / 0.05 / 1e12
+    assert ours["speedup_vs"] == {"torch_eager": 0.04 / 0.05}
+    assert "gbps" not in ours and "copy_fraction" not in ours
+
+
+def test_linear_targets_at_the_issue_shape() -> None:
+    benches = [_linear_bench("tempfast", 0.05, 2 << 30),
+               _linear_bench("torch_eager", 0.04, 8 << 30),
+               _linear_bench("liger_h_div_t", 0.055, 1 << 30)]
+    summary.derive(benches)
+    found = {t.name: t for t in summary.targets(benches)}
+    label = "linear CE fwd+bwd bf16 N=8192 H=4096 C=128256"
+    assert found[f"{label}: peak memory"].met is True  # 2 GiB is exactly 1/4 of 8 GiB
+    assert found[f"{label}: peak memory"].measured == "2048.0 vs 8192.0 MiB (25.0%)"
+    assert found[f"{label}: vs Liger (h/T)"].met is False  # 1.1x < 1.2x
+    assert found[f"{label}: vs eager (time <= 1.3x)"].met is True  # 1.25x eager's time
+    small = [_linear_bench("tempfast", 0.05, 1, classes=32000)]
+    summary.derive(small)
+    assert summary.targets(small) == []
+
+
+def test_memory_only_case_reports_the_worker_step_times_and_its_target(tmp_path: Path) -> None:
+    bench = _linear_bench("tempfast", 99.0, 600 << 20, rows=8192, hidden=1024, classes=65536,
+                          device="cpu", step_s=30.0, eager_step_s=45.0,
+                          eager_peak_extra_bytes=6000 << 20)
+    summary.derive([bench])
+    info = bench["extra_info"]
+    assert info["time_s"] == 30.0 and info["speedup_vs"] == {"torch_eager": 1.5}
+    (target,) = summary.targets([bench])
+    assert target.name == "CPU linear CE bf16 N=8192 H=1024 C=65536: peak memory"
+    assert target.met is True and target.measured == "600.0 vs 6000.0 MiB (10.0%)"
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": [bench], "machine_info": {}}))
+    out = tmp_path / "r.md"
+    assert report.main([str(path), "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "| 8192 | 1024 | 65536 | bf16 | 30 s | 45 s | 1.50x | 600.0 | 6000.0 | 10.0% |" in text
+    assert "| CPU linear CE bf16 N=8192 H=1024 C=65536: peak memory | < 25% of eager |" in text
+
+
+def test_report_renders_the_linear_head_summary_and_details(tmp_path: Path) -> None:
+    benches = [_linear_bench("tempfast", 0.05, 2 << 30),
+               _linear_bench("torch_eager", 0.04, 8 << 30)]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"benchmarks": benches, "machine_info": {}}))
+    out = tmp_path / "r.md"
+    assert report.main([str(path), "--markdown", str(out)]) == 0
+    text = out.read_text()
+    tflops = f"{6 * 8192 * 4096 * 128256 / 0.05 / 1e12:.3g}"
+    assert (f"| 8192 | 4096 | 128256 | no | bf16 | cuda | 50 ms | {tflops} | 0.80x | - | - "
+            "| 2048.0 | 8192.0 | - | - |") in text
+    assert "#### linear_ce_fwd_bwd N=8192 H=4096 C=128256 bf16 cuda" in text
+    assert f"| tempfast | 50 ms | {tflops} | 2048.0 | - | 0.80x |" in text
