@@ -140,7 +140,11 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
                                  output_json: dict) -> None:
     """Derived numbers (:mod:`bench.summary`) into each case's extra_info; skip reasons and
-    the load average before and after the run into the file."""
+    the load average before and after the run into the file. Each case keeps its statistics
+    (min, median, quartiles, ...) but not every round's time (``stats.data``): the report
+    needs only the statistics, and the rounds made the file megabytes."""
+    for bench in output_json["benchmarks"]:
+        bench["stats"].pop("data", None)
     summary.derive(output_json["benchmarks"])
     output_json["tempfast_bench"] = {
         "skipped": [{"reason": r, "count": n} for r, n in _SESSION["skips"].most_common()],

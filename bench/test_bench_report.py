@@ -110,6 +110,7 @@ def test_suite_json_renders_end_to_end(tmp_path: Path) -> None:
     assert set(providers) == {"copy", "tempfast", "torch_eager"}
     assert providers["tempfast"]["copy_fraction"] > 0
     assert providers["tempfast"]["peak_extra_bytes"] > 0
+    assert all("data" not in b["stats"] and b["stats"]["median"] > 0 for b in data["benchmarks"])
     assert "Liger" in data["tempfast_bench"]["skipped"][0]["reason"]
     assert data["machine_info"]["tempfast_bench"]["torch"]
     md = tmp_path / "run.md"
