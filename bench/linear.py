@@ -226,10 +226,10 @@ class LinearCase:
 def assert_close(spec: LinearSpec, what: str, actual: Tensor, expected: Tensor) -> None:
     """``|actual - expected| <= atol * max|expected| + rtol * |expected|`` elementwise."""
     tol = TOLERANCES[spec.dtype]
-    expected = expected.detach().double()
+    expected = expected.detach().float()
     scale = float(expected.abs().max()) if expected.numel() else 0.0
     torch.testing.assert_close(
-        actual.detach().double(), expected, rtol=tol.rtol, atol=tol.atol * scale,
+        actual.detach().float(), expected, rtol=tol.rtol, atol=tol.atol * scale,
         msg=lambda m: f"{spec.id}: {what} differs from the reference: {m}")
 
 
