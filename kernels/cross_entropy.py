@@ -11,10 +11,10 @@ The target weights ``c`` are, for a class index ``y`` (weight ``w``, smoothing `
     grad  = scale / T * (cs * p - c)         (scale: 1/denominator, or the upstream gradient)
     dL/dT = (cz - cs * sum(p z)) / T^2
 
-Ignored rows give 0 everywhere. A class index outside ``[0, C)`` (not ignored), or a
-temperature that is not finite and positive, gives NaN for that row: nothing is read out of
-bounds. All arithmetic is fp32; the gradient is stored in the gradient buffer's dtype.
-Offsets are 64-bit.
+Ignored rows give exactly 0 everywhere, even when their logits are not finite. A class
+index outside ``[0, C)`` (not ignored), or a temperature that is not finite and positive,
+gives NaN for that row: nothing is read out of bounds. All arithmetic is fp32; the gradient
+is stored in the gradient buffer's dtype. Offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
-N_PARTIALS = 5  # per (row, split): max, sum of exp, sum of exp * z, sum of c z, sum of c
+N_PARTIALS = 6  # per (row, split): max, sum of exp, sum of exp * z, sum of c z, sum of c, z_y
 
 
 @triton.jit
@@ -103,20 +103,31 @@ def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, n_chunks, eps, n_cols,
 
 
 @triton.jit
-def _row_finish(x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
-                PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Complete a row from its statistics: ``(m_ref, loss, lse, dt, cs, y, w_y, valid)`` with
-    ``m_ref`` the max to subtract before exponentiating (0 for a row of -inf)."""
-    m_ref = tl.where(m == -float("inf"), 0.0, m)
-    lse2 = m_ref + tl.log2(s)
-    inv_t = k * 0.6931471805599453
+def _row_target(x_row, y_ptr, w_ptr, row, ignore_index, n_cols, PROB: tl.constexpr,
+                HAS_WEIGHT: tl.constexpr):
+    """``(y, valid, w_y, z_y)`` of a row: its class index (see :func:`_index_target`) and logit
+    (0 when ignored); for probability targets ``(0, True, 0, 0)``."""
     if PROB:
         y = 0
-        w_y = 0.0
         valid = True
+        w_y = 0.0
+        z_y = 0.0
     else:
         y, valid, w_y = _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT)
         z_y = tl.load(x_row + y, mask=valid, other=0.0).to(tl.float32)
+    return y, valid, w_y, z_y
+
+
+@triton.jit
+def _row_finish(k, m, s, ez, cz, cs, valid, w_y, z_y, eps, n_cols, PROB: tl.constexpr,
+                SMOOTH: tl.constexpr):
+    """Complete a row from its statistics and target: ``(m_ref, loss, lse, dt, cs)`` with
+    ``m_ref`` the max to subtract before exponentiating (0 for a row of -inf). An ignored row's
+    loss and dL/dT are exactly 0."""
+    m_ref = tl.where(m == -float("inf"), 0.0, m)
+    lse2 = m_ref + tl.log2(s)
+    inv_t = k * 0.6931471805599453
+    if not PROB:
         smooth_w = tl.where(valid, eps / n_cols, 0.0)
         if SMOOTH:
             cz = (1.0 - eps) * w_y * z_y + smooth_w * cz
@@ -125,9 +136,9 @@ def _row_finish(x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps
             cz = w_y * z_y
             cs = w_y
     lse = lse2 * 0.6931471805599453
-    loss = cs * lse - cz * inv_t
-    dt = (cz - cs * (ez / s)) * inv_t * inv_t
-    return m_ref, loss, lse, dt, cs, y, w_y, valid
+    loss = tl.where(valid, cs * lse - cz * inv_t, 0.0)
+    dt = tl.where(valid, (cz - cs * (ez / s)) * inv_t * inv_t, 0.0)
+    return m_ref, loss, lse, dt, cs
 
 
 @triton.jit
@@ -156,7 +167,8 @@ def _row_write_grad(x_row, q_row, g_row, w_ptr, k, m_ref, s, gs, cs, y, w_y, c_s
                     g -= tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) * (eps / n_cols)
                 else:
                     g -= eps / n_cols
-        tl.store(g_row + cols, (g * gs).to(g_row.dtype.element_ty), mask=mask)
+        g = tl.where(gs == 0.0, 0.0, g * gs)  # ignored rows: exactly 0, even for inf logits
+        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -200,7 +212,7 @@ def ce_single_pass_kernel(
         in_range = (y >= 0) & (y < n_cols)
         y = tl.where(in_range, y, 0)
         is_y = cols[None, :] == y[:, None]
-        z_y = tl.sum(tl.where(is_y & mask, x, 0.0), axis=1)
+        z_y = tl.sum(tl.where(is_y & mask & valid[:, None], x, 0.0), axis=1)
         if HAS_WEIGHT:
             w_y = tl.sum(tl.where(is_y, w[None, :], 0.0), axis=1)
         else:
@@ -218,12 +230,13 @@ def ce_single_pass_kernel(
                 cs += smooth_w * n_cols
     inv_t = k * 0.6931471805599453
     lse = (m + tl.log2(s)) * 0.6931471805599453
-    tl.store(loss_ptr + rows, cs * lse - cz * inv_t, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(valid, cs * lse - cz * inv_t, 0.0), mask=row_mask)
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     p = e / s[:, None]
     if COMPUTE_DT:
         pz = tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=1)
-        tl.store(dt_ptr + rows, (cz - cs * pz) * inv_t * inv_t, mask=row_mask)
+        tl.store(dt_ptr + rows, tl.where(valid, (cz - cs * pz) * inv_t * inv_t, 0.0),
+                 mask=row_mask)
     if COMPUTE_GRAD:
         scale = tl.load(scale_ptr + rows * stride_scale, mask=row_mask, other=0.0)
         gs = tl.where(valid, scale * inv_t, 0.0)
@@ -237,7 +250,7 @@ def ce_single_pass_kernel(
                     g -= smooth_w[:, None] * w[None, :]
                 else:
                     g -= smooth_w[:, None]
-        g = g * gs[:, None]
+        g = tl.where(gs[:, None] == 0.0, 0.0, g * gs[:, None])
         tl.store(g_ptr + rows[:, None] * stride_g + cols[None, :],
                  g.to(g_ptr.dtype.element_ty), mask=mask)
 
@@ -257,9 +270,10 @@ def ce_stream_kernel(
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
     m, s, ez, cz, cs = _row_stats(x_row, q_row, w_ptr, k, 0, n_cols, n_chunks, eps, n_cols,
                                   PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
-    m_ref, loss, lse, dt, cs, y, w_y, valid = _row_finish(
-        x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
-        PROB, HAS_WEIGHT, SMOOTH)
+    y, valid, w_y, z_y = _row_target(x_row, y_ptr, w_ptr, row, ignore_index, n_cols, PROB,
+                                     HAS_WEIGHT)
+    m_ref, loss, lse, dt, cs = _row_finish(k, m, s, ez, cz, cs, valid, w_y, z_y, eps, n_cols,
+                                           PROB, SMOOTH)
     tl.store(loss_ptr + row, loss)
     tl.store(lse_ptr + row, lse)
     if COMPUTE_DT:
@@ -273,13 +287,14 @@ def ce_stream_kernel(
 
 @triton.jit
 def ce_split_stats_kernel(
-    x_ptr, stride_x, t_ptr, stride_t, q_ptr, stride_q, w_ptr, part_ptr,
-    n_cols, chunks_per_split, eps,
+    x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr, part_ptr,
+    n_cols, chunks_per_split, ignore_index, eps,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Grid ``(N, splits)``: statistics of one column range of one row, stored as partials
-    ``part[row, split, 0:5] = (m, s, ez, cz, cs)``."""
+    ``part[row, split, 0:6] = (m, s, ez, cz, cs, z_y)``. The target logit ``z_y`` is read here,
+    before the finishing kernel may overwrite the row with its gradient (in-place mode)."""
     row = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     n_splits = tl.num_programs(1)
@@ -289,12 +304,15 @@ def ce_split_stats_kernel(
     m, s, ez, cz, cs = _row_stats(x_ptr + row * stride_x, q_ptr + row * stride_q, w_ptr, k,
                                   c_start, c_end, chunks_per_split, eps, n_cols,
                                   PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
-    out = part_ptr + (row * n_splits + split) * 5
+    _y, _valid, _w_y, z_y = _row_target(x_ptr + row * stride_x, y_ptr, w_ptr, row,
+                                        ignore_index, n_cols, PROB, HAS_WEIGHT)
+    out = part_ptr + (row * n_splits + split) * 6
     tl.store(out, m)
     tl.store(out + 1, s)
     tl.store(out + 2, ez)
     tl.store(out + 3, cz)
     tl.store(out + 4, cs)
+    tl.store(out + 5, z_y)
 
 
 @triton.jit
@@ -313,7 +331,7 @@ def ce_split_finish_kernel(
     n_splits = tl.num_programs(1)
     offs = tl.arange(0, BLOCK_S)
     smask = offs < n_splits
-    part = part_ptr + row * n_splits * 5 + offs * 5
+    part = part_ptr + row * n_splits * 6 + offs * 6
     m_i = tl.load(part, mask=smask, other=-float("inf"))
     m = tl.max(m_i, axis=0)
     m_ref = tl.where(m == -float("inf"), 0.0, m)
@@ -325,9 +343,15 @@ def ce_split_finish_kernel(
     x_row = x_ptr + row * stride_x
     q_row = q_ptr + row * stride_q
     k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m_ref, loss, lse, dt, cs, y, w_y, valid = _row_finish(
-        x_row, y_ptr, w_ptr, row, k, m, s, ez, cz, cs, ignore_index, eps, n_cols,
-        PROB, HAS_WEIGHT, SMOOTH)
+    if PROB:
+        y = 0
+        valid = True
+        w_y = 0.0
+    else:
+        y, valid, w_y = _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT)
+    z_y = tl.load(part_ptr + row * n_splits * 6 + 5)
+    m_ref, loss, lse, dt, cs = _row_finish(k, m, s, ez, cz, cs, valid, w_y, z_y, eps, n_cols,
+                                           PROB, SMOOTH)
     if split == 0:
         tl.store(loss_ptr + row, loss)
         tl.store(lse_ptr + row, lse)

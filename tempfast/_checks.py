@@ -4,7 +4,8 @@ Every check runs before any kernel launch and raises a one-line error that names
 argument. Checks of *shapes, dtypes and Python scalars* run here, in the Python wrapper (they
 are static, so ``torch.compile`` folds them away). Checks of tensor *values* (temperature
 values, class indices) need the data; they run inside the op implementation, and only for
-tensors in host memory, so that no op ever waits on the GPU (see :func:`check_values_on_host`).
+tensors in host memory, so that no op ever waits on the GPU (see
+:func:`check_temperature_values` and :func:`check_class_indices`).
 """
 
 from __future__ import annotations

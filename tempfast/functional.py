@@ -24,6 +24,8 @@ def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Ten
         x_1d = x.reshape(1)
         return _softmax(x_1d, temperature, 0, log).reshape(())
     dim = _checks.check_dim(dim, x.dim())
+    if x.numel() == 0:  # nothing to normalise (as torch: an empty result of x's shape)
+        return x.clone()
     moved = x.movedim(dim, -1)
     num_classes = moved.shape[-1]
     t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device,
@@ -123,6 +125,11 @@ def cross_entropy(
     ignore_index = _checks.check_ignore_index(ignore_index)
     _checks.check_weight(weight, num_classes)
     _checks.check_same_device(logits=logits, target=target, weight=weight)
+    if probs and ignore_index != -100:
+        raise ValueError("ignore_index: not supported with probability targets (as in torch)")
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError("weight: the class weights cannot be differentiated (as in torch); "
+                         "pass weight.detach()")
     rows_shape = logits.shape[:-1]
     t = _checks.temperature_rows(temperature, rows_shape, logits.device,
                                  _checks.accumulation_dtype(logits.dtype))

@@ -17,22 +17,31 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}
-ROW_COUNTS = (1, 3, 100, 8192)
-COL_COUNTS = (1, 2, 10, 100, 1000, 2049, 4097, 8193, 16385, 32000, 32769, 131072, 262144)
+# The heuristics depend on next_pow2(rows), next_pow2(columns) and the split count, so powers
+# of two (and one past them) reach every configuration they can choose.
+ROW_COUNTS = tuple(1 << i for i in range(14))
+COL_COUNTS = tuple(sorted({c for i in range(21) for c in (1 << i, (1 << i) + 1)}))
+SPLIT_BLOCKS = (2, 4, 8, 16, 32, 64)  # BLOCK_S = next_pow2(splits), splits in [2, 64]
 CE_FLAGS = ("PROB", "HAS_WEIGHT", "SMOOTH", "COMPUTE_GRAD", "COMPUTE_DT")
 
 
 def _configs(n_inputs: int = 1):
-    """(dtype, LaunchConfig) pairs the heuristics produce over the grid of shapes."""
+    """(dtype, LaunchConfig) pairs: every configuration the heuristics produce over the grid of
+    shapes and dtypes, compiled once (with the first dtype that selects it), plus, for each
+    path, one configuration in every dtype (the dtype changes the pointer types, not the
+    constexprs)."""
     from tempfast.kernels.heuristics import row_config
 
-    seen = set()
+    chosen: dict = {}  # constexprs -> (dtype, config); splits / chunks are runtime values
     for dtype, size in DTYPES.items():
         for n_rows, n_cols in itertools.product(ROW_COUNTS, COL_COUNTS):
             cfg = row_config(n_rows, n_cols, size, None, n_inputs)
-            if (dtype, cfg) not in seen:
-                seen.add((dtype, cfg))
-                yield dtype, cfg
+            chosen.setdefault((cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps), (dtype, cfg))
+    pairs = set(chosen.values())
+    for path in {key[0] for key in chosen}:
+        first = next(cfg for key, (_, cfg) in chosen.items() if key[0] == path)
+        pairs |= {(dtype, first) for dtype in DTYPES}
+    return sorted(pairs, key=lambda p: (p[1].path, p[1].block_n, p[1].block_c, p[0]))
 
 
 def _ce_jobs():
@@ -62,8 +71,10 @@ def _softmax_jobs():
 def _rescale_jobs():
     from tempfast.kernels.heuristics import elementwise_config
 
-    shapes = {elementwise_config(n, c) for n, c in itertools.product(ROW_COUNTS, COL_COUNTS)}
-    return [("rescale", dtype, shape, {}) for dtype in DTYPES for shape in sorted(shapes)]
+    shapes = sorted({elementwise_config(n, c) for n, c in itertools.product(ROW_COUNTS,
+                                                                            COL_COUNTS)})
+    jobs = [("rescale", "fp32", shape, {}) for shape in shapes]
+    return jobs + [("rescale", dtype, shapes[-1], {}) for dtype in DTYPES if dtype != "fp32"]
 
 
 def _compile(kernel, types: dict, constexprs: dict, num_warps: int, arch: int):
@@ -98,8 +109,9 @@ def _ce_kernels(dtype: str, cfg, flags: dict):
     else:
         stats = {k: v for k, v in flags.items() if k != "COMPUTE_GRAD"}
         yield kmod.ce_split_stats_kernel, types, {**stats, "BLOCK_C": cfg.block_c}
-        yield kmod.ce_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
-                                                "BLOCK_S": 64}
+        for block_s in SPLIT_BLOCKS:
+            yield kmod.ce_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
+                                                    "BLOCK_S": block_s}
 
 
 def _softmax_kernels(kind: str, dtype: str, cfg, flags: dict):
@@ -119,13 +131,15 @@ def _softmax_kernels(kind: str, dtype: str, cfg, flags: dict):
         yield kernel, types, {**flags, "BLOCK_C": cfg.block_c}
     elif fwd:
         yield kmod.softmax_split_stats_kernel, types, {"BLOCK_C": cfg.block_c}
-        yield kmod.softmax_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
-                                                     "BLOCK_S": 64}
+        for block_s in SPLIT_BLOCKS:
+            yield kmod.softmax_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
+                                                         "BLOCK_S": block_s}
     else:
         yield kmod.softmax_bwd_split_stats_kernel, types, {"LOG": flags["LOG"],
                                                            "BLOCK_C": cfg.block_c}
-        yield kmod.softmax_bwd_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
-                                                         "BLOCK_S": 64}
+        for block_s in SPLIT_BLOCKS:
+            yield kmod.softmax_bwd_split_finish_kernel, types, {
+                **flags, "BLOCK_C": cfg.block_c, "BLOCK_S": block_s}
 
 
 def _rescale_kernels(dtype: str, shape, flags: dict):

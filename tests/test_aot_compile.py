@@ -25,3 +25,31 @@ def test_every_kernel_configuration_compiles_for_sm80_and_sm90(tmp_path):
                             capture_output=True, text=True, env=env, timeout=1800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert " 0 failures" in result.stdout
+
+
+def test_the_compiled_set_covers_every_configuration_the_heuristics_choose():
+    """Over a dense grid of shapes (not only the script's powers of two), every launch
+    configuration the launchers can pick is among those the AOT script compiles."""
+    import itertools
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import aot_compile
+
+    from tempfast.kernels.heuristics import elementwise_config, row_config
+
+    rows = sorted({1, 2, 3, 5, 7, 100, 127, 129, 600, 1000, 4095, 8192, 65537})
+    cols = sorted({1, 2, 3, 10, 17, 100, 1000, 4097, 32000, 32769, 65536, 128256, 262144,
+                   1 << 20})
+    for n_inputs in (1, 2, 3):
+        compiled = {(c.path, c.block_n, c.block_c, c.num_warps)
+                    for _, c in aot_compile._configs(n_inputs)}
+        for (n, c), size in itertools.product(itertools.product(rows, cols), (2, 4)):
+            for sms in (None, 108, 132):
+                cfg = row_config(n, c, size, sms, n_inputs)
+                assert (cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps) in compiled, cfg
+                if cfg.path == "split":
+                    assert 1 << (cfg.splits - 1).bit_length() in aot_compile.SPLIT_BLOCKS
+    shapes = {shape for _, _, shape, _ in aot_compile._rescale_jobs()}
+    for n, c in itertools.product(rows, cols):
+        assert elementwise_config(n, c) in shapes

@@ -328,3 +328,96 @@ def test_fused_backward_allocates_no_logits_sized_buffer(backend):
         loss.backward()
     allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages())
     assert allocated < n * c * 4 // 8, f"backward allocated {allocated} bytes"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_classes", [10, 4097, 40000])
+def test_ignored_rows_with_non_finite_logits_contribute_nothing(backend, num_classes):
+    """A padding position (ignored) may hold -inf or +inf logits, and a masked class (-inf)
+    may be the one an ignored row's clamped index points at: the loss stays finite and the
+    ignored rows' gradients are exactly 0, as in torch."""
+    n = 4
+    logits = logits_like(n, num_classes, torch.float32)
+    logits[:, 0] = float("-inf")  # a masked class, e.g. the pad token
+    logits[1] = float("-inf")  # an ignored row of -inf
+    logits[3, 5] = float("inf")  # an ignored row holding +inf
+    target = torch.tensor([2, -100, 7, -100])
+    x = logits.clone().requires_grad_(True)
+    t = torch.tensor(2.0, requires_grad=True)
+    loss = run_backend(backend, tempfast.cross_entropy, x, target, t)
+    loss.backward()
+    x64 = logits.double().requires_grad_(True)
+    expected = F.cross_entropy(x64 / 2.0, target)
+    expected.backward()
+    assert torch.isfinite(loss) and torch.isfinite(t.grad)
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    assert torch.all(x.grad[[1, 3]] == 0)
+    assert_close(x.grad[[0, 2]], x64.grad[[0, 2]], REL_TOL[torch.float32], "grad", floor=1e-2)
+    none = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0, reduction="none")
+    assert torch.equal(none[[1, 3]], torch.zeros(2))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_gradient_survives_a_loss_scaler(backend):
+    """fp16 gradients of a mean over many rows are tiny before the loss scaler's factor
+    arrives; the fused path must not round them to zero first."""
+    n, c, scale = 2048, 1000, 65536.0
+    logits = logits_like(n, c, torch.float16, scale=8.0)
+    target = _targets(n, c)
+    x = logits.clone().requires_grad_(True)
+    (run_backend(backend, tempfast.cross_entropy, x, target, 8.0) * scale).backward()
+    x64 = logits.double().requires_grad_(True)
+    (reference.cross_entropy(x64, target, 8.0) * scale).backward()
+    expected = x64.grad
+    representable = expected.abs() > 6e-5  # fp16's smallest normal number
+    assert_close(x.grad, expected, REL_TOL[torch.float16], "grad", floor=1e-3)
+    lost = (x.grad == 0) & representable
+    assert lost.sum() == 0, f"{int(lost.sum())} representable gradients flushed to zero"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_double_backward_is_refused_not_silently_wrong(backend, reduction):
+    x = logits_like(3, 10, torch.float32).requires_grad_(True)
+    loss = run_backend(backend, tempfast.cross_entropy, x, _targets(3, 10), 2.0,
+                       reduction=reduction)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_retained_graph_after_a_zero_upstream_gradient_raises(backend):
+    x = logits_like(3, 10, torch.float32).requires_grad_(True)
+    loss = run_backend(backend, tempfast.cross_entropy, x * 1.0, _targets(3, 10), 2.0)
+    (zero,) = torch.autograd.grad(loss, x, torch.tensor(0.0), retain_graph=True)
+    assert torch.all(zero == 0)
+    with pytest.raises(RuntimeError, match="zero upstream"):
+        torch.autograd.grad(loss, x, torch.tensor(1.0))
+
+
+def test_float64_with_smoothing_and_weights_is_exact_to_float64():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 9, dtype=torch.float64, generator=g)
+    target = torch.randint(0, 9, (6,), generator=g)
+    target[2] = -100
+    weight = torch.rand(9, dtype=torch.float64, generator=g) + 0.5
+    for reduction in ("mean", "sum", "none"):
+        ours = tempfast.cross_entropy(logits, target, 1.7, weight=weight, reduction=reduction,
+                                      label_smoothing=0.3)
+        theirs = F.cross_entropy(logits / 1.7, target, weight=weight, reduction=reduction,
+                                 label_smoothing=0.3)
+        assert ours.dtype == torch.float64
+        assert torch.allclose(ours, theirs, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_masked_classes_give_a_finite_temperature_gradient(backend):
+    x = logits_like(4, 12, torch.float32)
+    x[:, 5:8] = float("-inf")
+    target = torch.tensor([0, 3, 9, 11])
+    t = torch.tensor(1.7, requires_grad=True)
+    run_backend(backend, tempfast.cross_entropy, x, target, t).backward()
+    t64 = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    reference.cross_entropy(x.double().clamp(min=-1e30), target, t64).backward()
+    assert torch.isfinite(t.grad)
+    assert_close(t.grad, t64.grad, 1e-5, "grad temperature", floor=1e-3)

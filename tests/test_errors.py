@@ -127,3 +127,15 @@ def test_module_rejects_bad_temperature():
         tempfast.nn.TemperatureCrossEntropyLoss(temperature=0.0)
     with pytest.raises(ValueError, match=r"^temperature"):
         tempfast.nn.TemperatureSoftmax(temperature=-1.0, learnable=True)
+
+
+def test_probability_targets_refuse_a_custom_ignore_index():
+    probs = torch.softmax(torch.randn(4, 10), 1)
+    _raises(ValueError, "^ignore_index", tempfast.cross_entropy, X, probs, ignore_index=3)
+
+
+def test_class_weights_that_require_grad_are_refused():
+    weight = torch.ones(10, requires_grad=True)
+    _raises(ValueError, "^weight", tempfast.cross_entropy, X, Y, weight=weight)
+    with torch.no_grad():
+        tempfast.cross_entropy(X, Y, weight=weight)

@@ -197,3 +197,28 @@ def test_cpu_peak_memory_is_under_a_quarter_of_eager():
     logits_bytes = rows * classes * 4
     assert eager["peak_extra_bytes"] > 2 * logits_bytes, "the eager baseline holds the logits"
     assert ours["peak_extra_bytes"] < 0.25 * eager["peak_extra_bytes"]
+
+
+def test_double_backward_is_refused():
+    hidden, weight, bias, target = _inputs(6, 8, 20, torch.float32)
+    h = hidden.requires_grad_(True)
+    loss = tempfast.linear_cross_entropy(h, weight, target, bias)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, h, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_gradients_survive_a_loss_scaler(backend):
+    """The mean's 1/N is applied after the chunks' fp16 gradients are formed."""
+    hidden, weight, bias, target = _inputs(512, 32, 300, torch.float16)
+    leaves = [a.clone().requires_grad_(True) for a in (hidden, weight, bias)]
+    with tempfast.use_backend(backend):
+        loss = tempfast.linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], 8.0,
+                                             chunk_size=100)
+    (loss * 65536.0).backward()
+    ref = [a.double().requires_grad_(True) for a in (hidden, weight, bias)]
+    (reference.linear_cross_entropy(ref[0], ref[1], target, ref[2], 8.0) * 65536.0).backward()
+    for name, ours, theirs in zip(("hidden", "weight", "bias"), leaves, ref, strict=True):
+        representable = theirs.grad.abs() > 6e-5
+        assert ((ours.grad == 0) & representable).sum() == 0, f"{name}: flushed to zero"
+        assert_close(ours.grad, theirs.grad, 2e-2, f"grad {name}", floor=1e-3)

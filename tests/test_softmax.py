@@ -144,3 +144,41 @@ def test_rows_of_minus_infinity_keep_finite_rows_exact(backend):
     expected = torch.softmax(x.double() / 2.0, -1)
     assert_close(y, expected, REL_TOL[torch.float32], "softmax")
     assert torch.all(y[0, :5000] == 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op_name", list(OPS))
+@pytest.mark.parametrize("shape", [(3, 0), (0, 4), (2, 0, 5)])
+def test_empty_dimensions_give_empty_results_like_torch(backend, op_name, shape):
+    x = torch.randn(shape, requires_grad=True)
+    y = run_backend(backend, OPS[op_name][0], x, 2.0, -1)
+    assert y.shape == getattr(torch, op_name)(x.detach(), -1).shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_masked_classes_give_a_finite_temperature_gradient(backend, op_name):
+    """-inf logits (masked classes) have zero probability: they contribute 0 to dL/dT, not NaN
+    (autograd's 0 * inf). The oracle uses a finite stand-in that underflows the same way."""
+    x = logits_like(3, 12, torch.float32)
+    x[:, 5:8] = float("-inf")
+    t = torch.tensor(1.7, requires_grad=True)
+    y = run_backend(backend, OPS[op_name][0], x, t)
+    upstream = torch.randn(3, 12, generator=torch.Generator().manual_seed(2))
+    upstream[:, 5:8] = 0.0
+    y.backward(upstream)
+    t64 = torch.tensor(1.7, dtype=torch.float64, requires_grad=True)
+    OPS[op_name][1](x.double().clamp(min=-1e30), t64).backward(upstream.double())
+    assert torch.isfinite(t.grad)
+    assert_close(t.grad, t64.grad, 1e-5, "grad temperature", floor=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_double_backward_is_refused(backend, op_name):
+    x = logits_like(3, 10, torch.float32).requires_grad_(True)
+    y = run_backend(backend, OPS[op_name][0], x, 2.0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad((y * y).sum(), x, create_graph=True)

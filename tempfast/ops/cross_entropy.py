@@ -18,9 +18,17 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from .autograd_utils import (
+    apply_upstream,
+    fused_scale,
+    fused_upstream,
+    reduce_rows,
+    refuse_double_backward,
+    row_scale,
+    temperature_grad,
+)
 from .dispatch import impl_for
 
 
@@ -38,25 +46,10 @@ def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
     return (weight.to(dtype)[safe] * valid).sum()
 
 
-def _reduce(loss_rows: Tensor, denom: Tensor, reduction: str) -> Tensor:
-    if reduction == "none":
-        return loss_rows
-    total = loss_rows.sum()
-    return total / denom if reduction == "mean" else total
-
-
 def _check_values(logits: Tensor, target: Tensor, temperature: Tensor, ignore_index: int) -> None:
     check_temperature_values(temperature)
     if target.dim() == 1:
         check_class_indices(target, logits.shape[1], ignore_index)
-
-
-def _row_scale(g: Tensor, denom: Tensor, reduction: str) -> Tensor:
-    """d(loss)/d(loss_row) times the incoming gradient: ``(1,)`` for mean/sum, ``(N,)`` else."""
-    g = g.to(denom.dtype)
-    if reduction == "mean":
-        return (g / denom).reshape(1)
-    return g.reshape(1) if reduction == "sum" else g
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,14 +82,14 @@ def cross_entropy_2d(
         else logits.new_empty(0)
     if n_rows == 0:
         loss_rows = logits.new_zeros(0, dtype=denom.dtype)
-        return (_reduce(loss_rows, denom, reduction), loss_rows.clone(), grad,
+        return (reduce_rows(loss_rows, denom, reduction), loss_rows.clone(), grad,
                 loss_rows.clone(), denom)
-    scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+    scale = fused_scale(denom, reduction, logits.dtype)
     loss_rows, lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing,
         scale if fused_grad else None, grad if fused_grad else None, compute_dt,
     )
-    return _reduce(loss_rows, denom, reduction), lse, grad, dt_rows, denom
+    return reduce_rows(loss_rows, denom, reduction), lse, grad, dt_rows, denom
 
 
 @cross_entropy_2d.register_fake
@@ -111,47 +104,6 @@ def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduct
             logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32))
 
 
-# --------------------------------------------------------------------------------------------
-# Backward helpers: the upstream gradient applied to a fused gradient, and the recompute path.
-# --------------------------------------------------------------------------------------------
-def _mul_rows(buf: Tensor, g: Tensor) -> Tensor:
-    """``buf * g`` row-wise (``g`` of shape ``(1,)`` or ``(N,)``), out of place, in fp32."""
-    factor = g if g.numel() == 1 else g.unsqueeze(1)
-    return (buf.to(factor.dtype) * factor).to(buf.dtype)
-
-
-def _is_eager(t: Tensor) -> bool:
-    """True for a plain tensor outside any tracing: safe to mutate behind autograd's back."""
-    return (type(t) is torch.Tensor and not torch.compiler.is_compiling()
-            and _get_current_dispatch_mode() is None)
-
-
-def apply_upstream(ctx, buf: Tensor, g: Tensor, key: str = "logits") -> Tensor:
-    """A gradient from a 2-D buffer ``buf`` holding it for an upstream gradient of 1.
-
-    The first backward call rescales ``buf`` in place (rows whose ``g`` is exactly 1 are skipped
-    on the device: no memory traffic, no synchronisation) and returns it. A later call through
-    a retained graph returns ``buf * g / g_first`` out of place, so earlier results are never
-    modified; ``key`` names the buffer when one backward rescales several. While traced
-    (``torch.compile``, export, fake tensors, any dispatch mode) the product is always out of
-    place.
-    """
-    g = g.detach().to(accumulation_dtype(buf.dtype)).reshape(-1)
-    if not _is_eager(buf):
-        return _mul_rows(buf, g)
-    if not hasattr(ctx, "first_upstream"):
-        ctx.first_upstream = {}
-    first = ctx.first_upstream.get(key)
-    if first is None:
-        ctx.first_upstream[key] = g.clone()
-        if buf.numel():
-            # ``.data``: this rescale must not bump the saved buffer's version counter, or a
-            # retained graph could not be traversed again.
-            impl_for(buf).rescale_(buf.data, g)
-        return buf
-    return _mul_rows(buf, g / first)
-
-
 @torch.library.custom_op("tempfast::cross_entropy_backward", mutates_args=())
 def cross_entropy_backward_2d(
     logits: Tensor,
@@ -160,31 +112,27 @@ def cross_entropy_backward_2d(
     weight: Tensor | None,
     ignore_index: int,
     label_smoothing: float,
-    row_scale: Tensor,
+    scale: Tensor,
 ) -> Tensor:
-    """The logits' gradient ``row_scale / T * (s * p - c)`` recomputed from the logits."""
+    """The logits' gradient ``scale / T * (s * p - c)`` recomputed from the logits (``scale``:
+    the upstream gradient per row, ``(1,)`` or ``(N,)``)."""
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     if logits.numel():
         impl_for(logits).ce_rows(logits, target, temperature, weight, ignore_index,
-                                 label_smoothing, row_scale, grad, False)
+                                 label_smoothing, scale, grad, False)
     return grad
 
 
 @cross_entropy_backward_2d.register_fake
-def _(logits, target, temperature, weight, ignore_index, label_smoothing, row_scale):
+def _(logits, target, temperature, weight, ignore_index, label_smoothing, scale):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
-def _temperature_grad(dt_rows: Tensor, row_scale: Tensor, temperature: Tensor) -> Tensor:
-    dt = dt_rows * row_scale
-    return dt.sum().reshape(1) if temperature.numel() == 1 else dt
-
-
 def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse: Tensor,
-                 label_smoothing: float, row_scale: Tensor, target: Tensor) -> Tensor:
+                 label_smoothing: float, scale: Tensor, target: Tensor) -> Tensor:
     """d loss / d q for probability targets: ``-g (1 - eps) w (z / T - lse)``."""
     logp = logits.to(lse.dtype) / temperature.unsqueeze(1) - lse.unsqueeze(1)
-    scale = row_scale.unsqueeze(1) * (label_smoothing - 1.0)
+    scale = scale.unsqueeze(1) * (label_smoothing - 1.0)
     grad = logp * scale if weight is None else logp * scale * weight.to(lse.dtype)
     return grad.to(target.dtype)
 
@@ -208,25 +156,27 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
     if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
         return (None,) * 9
+    refuse_double_backward("cross_entropy", g_loss)
     ignore_index, label_smoothing, reduction = ctx.options
     need_logits, need_target, need_t = ctx.needs_input_grad[:3]
     grad_logits = grad_target = grad_t = None
     if ctx.fused:
         grad, dt_rows, denom, temperature = ctx.saved_tensors
-        row_scale = _row_scale(g_loss, denom, reduction)
+        scale = row_scale(g_loss, denom, reduction)
         if need_logits:
-            grad_logits = apply_upstream(ctx, grad, g_loss)
+            upstream = fused_upstream(g_loss, denom, reduction, grad.dtype)
+            grad_logits = apply_upstream(ctx, grad, upstream)
     else:
         logits, target, temperature, weight, lse, dt_rows, denom = ctx.saved_tensors
-        row_scale = _row_scale(g_loss, denom, reduction)
+        scale = row_scale(g_loss, denom, reduction)
         if need_logits:
             grad_logits = cross_entropy_backward_2d(logits, target, temperature, weight,
-                                                    ignore_index, label_smoothing, row_scale)
+                                                    ignore_index, label_smoothing, scale)
         if need_target:
-            grad_target = _target_grad(logits, temperature, weight, lse, label_smoothing,
-                                       row_scale, target)
+            grad_target = _target_grad(logits, temperature, weight, lse, label_smoothing, scale,
+                                       target)
     if need_t:
-        grad_t = _temperature_grad(dt_rows, row_scale, temperature)
+        grad_t = temperature_grad(dt_rows, scale, temperature)
     return grad_logits, grad_target, grad_t, None, None, None, None, None, None
 
 
@@ -252,15 +202,15 @@ def cross_entropy_inplace_2d(
     _check_values(logits, target, temperature, ignore_index)
     n_cols = logits.shape[1]
     denom = _denominator(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
-    scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+    scale = fused_scale(denom, reduction, logits.dtype)
     if logits.shape[0] == 0:
         loss_rows = logits.new_zeros(0, dtype=denom.dtype)
-        return _reduce(loss_rows, denom, reduction), loss_rows.clone(), denom
+        return reduce_rows(loss_rows, denom, reduction), loss_rows.clone(), denom
     loss_rows, _lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
         compute_dt,
     )
-    return _reduce(loss_rows, denom, reduction), dt_rows, denom
+    return reduce_rows(loss_rows, denom, reduction), dt_rows, denom
 
 
 @cross_entropy_inplace_2d.register_fake
@@ -290,9 +240,11 @@ class CrossEntropyInplace(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_loss):
+        refuse_double_backward("cross_entropy", g_loss)
         buf, dt_rows, denom, temperature = ctx.saved_tensors
-        row_scale = _row_scale(g_loss, denom, ctx.reduction)
-        grad = apply_upstream(ctx, buf, g_loss)
-        grad_t = _temperature_grad(dt_rows, row_scale, temperature) if ctx.needs_input_grad[2] \
-            else None
+        grad = apply_upstream(ctx, buf, fused_upstream(g_loss, denom, ctx.reduction, buf.dtype))
+        grad_t = None
+        if ctx.needs_input_grad[2]:
+            grad_t = temperature_grad(dt_rows, row_scale(g_loss, denom, ctx.reduction),
+                                      temperature)
         return grad, None, grad_t, None, None, None, None, None

@@ -26,7 +26,16 @@ import torch
 from torch import Tensor
 
 from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
-from .cross_entropy import _denominator, _reduce, _row_scale, _temperature_grad, apply_upstream
+from .autograd_utils import (
+    apply_upstream,
+    fused_scale,
+    fused_upstream,
+    reduce_rows,
+    refuse_double_backward,
+    row_scale,
+    temperature_grad,
+)
+from .cross_entropy import _denominator
 from .dispatch import impl_for
 
 CHUNK_ELEMENTS = 1 << 26  # default chunk: about 64M logits (128 MiB in bf16)
@@ -52,8 +61,8 @@ def _accumulate_weight_grad(acc: Tensor, grad_logits: Tensor, hidden: Tensor) ->
 
 
 def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label_smoothing,
-                  chunk, row_scale, need_h, need_w, need_b, compute_loss, compute_dt):
-    """One pass over the rows: per-row losses / dL/dT and, when ``row_scale`` is given, the
+                  chunk, grad_scale, need_h, need_w, need_b, compute_loss, compute_dt):
+    """One pass over the rows: per-row losses / dL/dT and, when ``grad_scale`` is given, the
     gradients scaled by it (``(1,)`` or ``(N,)``). Returns ``(loss_rows, dt_rows, dh, dw, db)``.
     """
     n_rows, n_classes = hidden.shape[0], weight.shape[0]
@@ -61,7 +70,7 @@ def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label
     device = hidden.device
     loss_rows = torch.zeros(n_rows if compute_loss else 0, dtype=acc, device=device)
     dt_rows = torch.zeros(n_rows if compute_dt else 0, dtype=acc, device=device)
-    grads = row_scale is not None
+    grads = grad_scale is not None
     dh = torch.empty_like(hidden) if grads and need_h else hidden.new_empty(0)
     dw = torch.zeros(weight.shape, dtype=acc, device=device) if grads and need_w \
         else weight.new_empty(0, dtype=acc)
@@ -75,7 +84,7 @@ def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label
         t = temperature if temperature.numel() == 1 else temperature[r0:r1]
         scale = None
         if grads:
-            scale = row_scale if row_scale.numel() == 1 else row_scale[r0:r1]
+            scale = grad_scale if grad_scale.numel() == 1 else grad_scale[r0:r1]
         loss_c, _lse, dt_c = impl.ce_rows(logits, target[r0:r1], t, None, ignore_index,
                                           label_smoothing, scale, logits if grads else None,
                                           compute_dt)
@@ -117,11 +126,11 @@ def linear_cross_entropy_2d(
     any_grad = any(fused_grads)
     scale = None
     if any_grad:
-        scale = (1.0 / denom).reshape(1) if reduction == "mean" else denom.new_ones(1)
+        scale = fused_scale(denom, reduction, hidden.dtype)
     loss_rows, dt_rows, dh, dw, db = _chunked_pass(
         hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk, scale,
         *fused_grads, True, compute_dt)
-    return _reduce(loss_rows, denom, reduction), dt_rows, dh, dw, db, denom
+    return reduce_rows(loss_rows, denom, reduction), dt_rows, dh, dw, db, denom
 
 
 @linear_cross_entropy_2d.register_fake
@@ -148,19 +157,19 @@ def linear_cross_entropy_backward_2d(
     ignore_index: int,
     label_smoothing: float,
     chunk: int,
-    row_scale: Tensor,
+    grad_scale: Tensor,
     needs: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Recompute the gradients ``(dhidden, dweight, dbias)`` chunk by chunk, each row scaled by
-    ``row_scale`` (``(1,)`` or ``(N,)``)."""
+    ``grad_scale`` (``(1,)`` or ``(N,)``)."""
     _, _, dh, dw, db = _chunked_pass(hidden, weight, bias, target, temperature, ignore_index,
-                                     label_smoothing, chunk, row_scale, *needs, False, False)
+                                     label_smoothing, chunk, grad_scale, *needs, False, False)
     return dh, dw, db
 
 
 @linear_cross_entropy_backward_2d.register_fake
 def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
-      row_scale, needs):
+      grad_scale, needs):
     acc = {"dtype": accumulation_dtype(hidden.dtype)}
     need_h, need_w, need_b = needs
     return (torch.empty_like(hidden) if need_h else hidden.new_empty(0),
@@ -188,26 +197,29 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, g_loss, *_unused):
     if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
         return (None,) * 11
+    refuse_double_backward("linear_cross_entropy", g_loss)
     ignore_index, label_smoothing, reduction, chunk = ctx.options
     need_h, need_w, need_b, _, need_t = ctx.needs_input_grad[:5]
     w_dtype, b_dtype = ctx.dtypes
     if ctx.fused:
         dh, dw, db, dt_rows, denom, temperature = ctx.saved_tensors
-        row_scale = _row_scale(g_loss, denom, reduction)
-        grad_h = apply_upstream(ctx, dh, g_loss, "hidden") if need_h else None
-        grad_w = apply_upstream(ctx, dw, g_loss, "weight").to(w_dtype) if need_w else None
-        grad_b = apply_upstream(ctx, db.view(1, -1), g_loss, "bias").view(-1).to(b_dtype) \
-            if need_b else None
+        scale = row_scale(g_loss, denom, reduction)
+        upstream = fused_upstream(g_loss, denom, reduction, dh.dtype if need_h else w_dtype)
+        grad_h = apply_upstream(ctx, dh, upstream, "hidden") if need_h else None
+        grad_w = apply_upstream(ctx, dw, upstream, "weight").to(w_dtype) if need_w else None
+        grad_b = None
+        if need_b:
+            grad_b = apply_upstream(ctx, db.view(1, -1), upstream, "bias").view(-1).to(b_dtype)
     else:
         hidden, weight, bias, target, temperature, dt_rows, denom = ctx.saved_tensors
-        row_scale = _row_scale(g_loss, denom, reduction)
+        scale = row_scale(g_loss, denom, reduction)
         dh, dw, db = linear_cross_entropy_backward_2d(
             hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
-            row_scale, [need_h, need_w, need_b])
+            scale, [need_h, need_w, need_b])
         grad_h = dh if need_h else None
         grad_w = dw.to(w_dtype) if need_w else None
         grad_b = db.to(b_dtype) if need_b else None
-    grad_t = _temperature_grad(dt_rows, row_scale, temperature) if need_t else None
+    grad_t = temperature_grad(dt_rows, scale, temperature) if need_t else None
     return grad_h, grad_w, grad_b, None, grad_t, None, None, None, None, None, None
 
 

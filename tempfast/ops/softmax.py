@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .._checks import accumulation_dtype, check_temperature_values
+from .autograd_utils import refuse_double_backward
 from .dispatch import impl_for
 
 
@@ -57,6 +58,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, dy: Tensor):
+    refuse_double_backward("log_softmax" if ctx.log else "softmax", dy)
     y, temperature, x = ctx.saved_tensors
     dx, dt_row = softmax_backward_2d(y, dy, temperature, ctx.log, x)
     dt = None

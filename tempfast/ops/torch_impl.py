@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 20
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
@@ -65,14 +67,15 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
         yc, dyc = y[r0:r1].to(cdt), dy[r0:r1].to(cdt)
-        inv_t = 1.0 / _rows(t, r0, r1, cdt)
+        inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
         if log:
             g = (dyc - yc.exp() * dyc.sum(1, keepdim=True)) * inv_t
         else:
             g = yc * (dyc - (dyc * yc).sum(1, keepdim=True)) * inv_t
         dx[r0:r1] = g
-        if x is not None:
-            dt_row[r0:r1] = -(g * x[r0:r1].to(cdt)).sum(1) * inv_t[:, 0]
+        if x is not None:  # masked classes (x = -inf, dx = 0) contribute 0, not NaN
+            gx = torch.where(g != 0, g * x[r0:r1].to(cdt), 0.0)
+            dt_row[r0:r1] = -gx.sum(1) * inv_t[:, 0]
     return dx, dt_row
 
 
@@ -119,12 +122,13 @@ def ce_rows(
         r1 = min(r0 + step, n_rows)
         z = logits[r0:r1].to(cdt)
         inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
-        m = z.amax(1, keepdim=True) * inv_t  # max of z / t (t > 0)
+        k = inv_t * LOG2E  # base 2: exp2 is several times faster than exp on CPUs
+        m = z.amax(1, keepdim=True) * k  # max of z / t in log2 units (t > 0)
         m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
         e = grad_out[r0:r1] if direct else work[: r1 - r0]
-        torch.addcmul(-m, z, inv_t, out=e)  # z / t - m in one pass
-        s = e.exp_().sum(1, keepdim=True)
-        row_lse = (m + s.log())[:, 0]
+        torch.mul(z, k, out=e).sub_(m).exp2_()
+        s = e.sum(1, keepdim=True)
+        row_lse = (m + s.log2())[:, 0] * LN2
         if probs:
             c = target[r0:r1].to(cdt)
             if eps > 0:
@@ -136,25 +140,33 @@ def ce_rows(
         else:
             y = target[r0:r1]
             valid = y != ignore_index
-            y_safe = torch.where(valid, y, 0).unsqueeze(1)
-            w_y = (w[y_safe[:, 0]] if w is not None else torch.ones_like(row_lse)) * valid
-            z_y = z.gather(1, y_safe)[:, 0]
+            in_range = (y >= 0) & (y < n_cols)  # checked on the host for CPU tensors
+            y_safe = torch.where(valid & in_range, y, 0).unsqueeze(1)
+            w_y = w[y_safe[:, 0]] if w is not None else torch.ones_like(row_lse)
+            w_y = torch.where(valid, torch.where(in_range, w_y, float("nan")), 0.0)
+            z_y = torch.where(valid, z.gather(1, y_safe)[:, 0], 0.0)
             c_sum, cz = (1.0 - eps) * w_y, (1.0 - eps) * w_y * z_y
             if eps > 0:
                 z_w = z @ w if w is not None else z.sum(1)
-                c_sum = c_sum + valid * (eps / n_cols) * total_weight
-                cz = cz + valid * (eps / n_cols) * z_w
-        loss[r0:r1] = c_sum * row_lse - cz * inv_t[:, 0]
+                smooth_w = valid.to(cdt) * (eps / n_cols)
+                c_sum = c_sum + smooth_w * total_weight
+                cz = cz + torch.where(valid, smooth_w * z_w, 0.0)
+        row_loss = c_sum * row_lse - cz * inv_t[:, 0]
+        loss[r0:r1] = row_loss if valid is None else torch.where(valid, row_loss, 0.0)
         lse[r0:r1] = row_lse
-        if compute_dt:  # sum(p z) = sum(e z) / s
-            pz = (e * z).sum(1) / s[:, 0]
-            dt_row[r0:r1] = (cz - c_sum * pz) * inv_t[:, 0] ** 2
+        if compute_dt:  # sum(p z) = sum(e z) / s; masked classes (e = 0, z = -inf) add 0
+            pz = torch.where(e > 0, e * z, 0.0).sum(1) / s[:, 0]
+            row_dt = (cz - c_sum * pz) * inv_t[:, 0] ** 2
+            dt_row[r0:r1] = row_dt if valid is None else torch.where(valid, row_dt, 0.0)
         if grad_scale is None:
             continue
         row_scale = _rows(grad_scale, r0, r1, cdt) * inv_t
         if valid is not None:
             row_scale = torch.where(valid.unsqueeze(1), row_scale, 0.0)
-        g = e.mul_(c_sum.unsqueeze(1) * row_scale / s)  # s * p * scale, p = e / s
+        factor = c_sum.unsqueeze(1) * row_scale / s  # g = cs * p * scale, p = e / s
+        if valid is not None:  # ignored rows: exactly 0 (s may be 0 for a row of -inf)
+            factor = torch.where(valid.unsqueeze(1), factor, 0.0)
+        g = e.mul_(factor)
         if probs:
             g.addcmul_(c, row_scale, value=-1.0)
         else:
@@ -163,14 +175,17 @@ def ce_rows(
                 g.addcmul_(row_scale, w.unsqueeze(0), value=-eps / n_cols)
             elif eps > 0:
                 g.sub_(row_scale * (eps / n_cols))
+        if valid is not None and (device.type != "cpu" or not bool(valid.all())):
+            g.masked_fill_(~valid.unsqueeze(1), 0.0)  # exactly 0, even from +inf logits
         if not direct:
             grad_out[r0:r1] = g
     return loss, lse, dt_row
 
 
 def rescale_(buf: Tensor, g: Tensor) -> None:
-    """``buf[i, :] *= g[i]`` (``g`` of shape ``(1,)`` or ``(N,)``), skipped where ``g == 1``."""
-    if g.numel() == 1 and float(g) == 1.0:
+    """``buf[i, :] *= g[i]`` (``g`` of shape ``(1,)`` or ``(N,)``), skipped when ``g == 1``
+    (tested only for host tensors: reading a GPU value would synchronise)."""
+    if g.numel() == 1 and g.device.type == "cpu" and float(g) == 1.0:
         return
     n_rows, n_cols = buf.shape
     starts, step = _row_chunks(n_rows, n_cols)

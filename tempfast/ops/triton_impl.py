@@ -62,8 +62,8 @@ def _launch_ce(cfg: LaunchConfig, x: Tensor, t: Tensor, y: Tensor, q: Tensor, w:
         q_stride = q.stride(0) if q.dim() == 2 else 0
         stats_flags = {k: v for k, v in flags.items() if k != "COMPUTE_GRAD"}
         ce_kernels.ce_split_stats_kernel[(n_rows, cfg.splits)](
-            *common, q, q_stride, w, part, n_cols, cfg.chunks_per_split, eps, **stats_flags,
-            BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+            *common, y, q, q_stride, w, part, n_cols, cfg.chunks_per_split, ignore_index, eps,
+            **stats_flags, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
         ce_kernels.ce_split_finish_kernel[(n_rows, cfg.splits)](
             *common, y, q, q_stride, w, part, *outs, n_cols, cfg.chunks_per_split,
             ignore_index, eps, **flags, BLOCK_C=cfg.block_c,
