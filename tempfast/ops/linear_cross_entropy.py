@@ -9,10 +9,11 @@ bias`` are never materialised whole. Rows are processed ``chunk`` at a time:
     dweight += z_c.T @ hidden_c                       (fp32 accumulator, C x H)
     dbias   += z_c.sum(0)                             (fp32 accumulator)
 
-Peak extra memory: ``chunk * C`` logits in the input dtype (plus, for 16-bit inputs, one
-``C x H`` product per chunk before it is added in fp32), ``C * H * 4`` bytes for the fp32 weight
-gradient, ``N * H`` for the hidden gradient and ``C * 4`` for the bias gradient -- independent of
-``N * C``.
+Peak extra memory: ``chunk * C`` logits in the input dtype, ``C * H * 4`` bytes for the fp32
+weight gradient (plus, for 16-bit inputs where cuBLAS cannot add a 16-bit product straight into
+fp32, one ``C x H`` 16-bit product per chunk, and the ``C x H`` gradient in the weight's dtype
+that backward returns), ``N * H`` for the hidden gradient and ``C * 4`` for the bias gradient --
+independent of ``N * C``.
 
 With ``reduction`` mean or sum the gradients are computed in the forward pass (one pass over the
 logits) and the backward pass only applies the upstream gradient. With ``"none"`` the forward pass
@@ -21,6 +22,8 @@ gradients.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
@@ -52,10 +55,28 @@ def _chunk_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     return torch.addmm(bias, hidden, weight.t())
 
 
+@functools.lru_cache(maxsize=8)
+def _gemm_accumulates_in_fp32(device: torch.device) -> bool:
+    """Whether ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` works for 16-bit ``a``,
+    ``b`` on ``device`` (cuBLAS in recent PyTorch): 16-bit products added straight into the
+    fp32 accumulator, without a ``C x H`` 16-bit temporary."""
+    if device.type != "cuda":
+        return False
+    a = torch.zeros(2, 2, dtype=torch.bfloat16, device=device)
+    acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
+    try:
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+    return True
+
+
 def _accumulate_weight_grad(acc: Tensor, grad_logits: Tensor, hidden: Tensor) -> None:
     """``acc += grad_logits.T @ hidden`` with an fp32 (or fp64) accumulator."""
     if grad_logits.dtype == acc.dtype:
         acc.addmm_(grad_logits.t(), hidden)
+    elif _gemm_accumulates_in_fp32(acc.device):
+        torch.addmm(acc, grad_logits.t(), hidden, out_dtype=acc.dtype, out=acc)
     else:
         acc += (grad_logits.t() @ hidden).to(acc.dtype)
 
