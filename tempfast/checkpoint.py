@@ -17,6 +17,8 @@ rng             one dict per rank: python, numpy, torch CPU and CUDA generator s
 epoch, step     finished epochs, and the next step inside epoch ``epoch`` (0 at a boundary)
 partial         running ``[loss_sum, correct, count]`` of an interrupted epoch, else None
 best            ``{"metric", "value", "epoch"}`` of the best evaluated epoch so far
+train_time_s    seconds spent in training epochs so far, summed over resumed invocations
+wall_time_s     wall-clock seconds behind this state, summed over resumed invocations
 config          the run's resolved flags (plain JSON-able dict)
 ==============  =============================================================================
 """
@@ -27,6 +29,7 @@ import contextlib
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -41,6 +44,7 @@ from .errors import UsageError
 from .models import build_model
 
 FORMAT = "tempfast-train/1"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -93,11 +97,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
             zipfile.BadZipFile, KeyError, TypeError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"checkpoint {path} is unreadable or corrupt: {reason}") from None
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt: {_load_failure(exc)}")\
+            from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"checkpoint {path} is not a tempfast training checkpoint")
     return state
+
+
+def _load_failure(exc: BaseException) -> str:
+    """One line saying why ``torch.load`` failed. For a file holding more than tensors and
+    plain containers, only what it holds: torch's message goes on to suggest loading it
+    unsafely (``weights_only=False``, allow-listing the global), advice a reader of an untrusted
+    file must not follow."""
+    text = _ANSI_ESCAPE.sub("", str(exc)).strip()
+    if text.startswith("Weights only load failed"):
+        found = re.search(r"WeightsUnpickler error: (.+?)(?:\.? Please\b|\.?\n|\.?$)", text)
+        what = found.group(1) if found else "objects a safe load refuses"
+        return f"it holds more than tensors and plain containers ({what})"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def restore_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:

@@ -15,7 +15,8 @@ scale with the image side above that.
 ``speckle_noise``         ``x + x * N(0, s^2)``, ``s`` in (0.06, 0.10, 0.12, 0.16, 0.20)
 ``gaussian_blur``         Gaussian kernel, sigma (0.4, 0.6, 0.7, 0.8, 1.0) px
 ``defocus_blur``          disk of radius (0.3, 0.4, 0.5, 1, 1.5) px, aliased by a Gaussian
-``contrast``              ``(x - m) * c + m``, ``m`` the image mean, ``c`` (.75, .5, .4, .3, .15)
+``contrast``              ``(x - m) * c + m``, ``m`` the per-channel image mean, ``c`` in
+                          (0.75, 0.5, 0.4, 0.3, 0.15)
 ``brightness``            HSV value ``V + b``, ``b`` in (0.05, 0.1, 0.15, 0.2, 0.3)
 ``pixelate``              area-resize to (0.95, 0.9, 0.85, 0.75, 0.65) of the side, back by
                           nearest neighbour
@@ -118,8 +119,10 @@ def defocus_blur(x: Tensor, severity: int, generator: torch.Generator) -> Tensor
 
 
 def contrast(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    """Pull every pixel towards its channel's mean over the image (CIFAR-10-C's
+    ``np.mean(x, axis=(0, 1))`` on HWC), so the image's average colour is kept."""
     c = _param((0.75, 0.5, 0.4, 0.3, 0.15), severity)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    mean = x.mean(dim=(2, 3), keepdim=True)
     return ((x - mean) * c + mean).clamp(0.0, 1.0)
 
 

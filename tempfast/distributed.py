@@ -8,13 +8,18 @@ every rank trains on its own shard of each epoch (see ``DataBundle.epoch_plan``)
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import backend
 from .errors import UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,18 +41,39 @@ class Context:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU -> UsageError."""
+    """``auto`` -> CUDA when available, else CPU; then :func:`check_backend` on it.
+
+    Raises:
+        UsageError: ``cuda`` without a GPU, or a backend request that cannot run there.
+    """
     if name not in ("auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    else:
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+    check_backend(device)
+    return device
+
+
+def check_backend(device: torch.device) -> str:
+    """The backend (``"triton"`` or ``"torch"``) that runs the ops on ``device``.
+
+    Raises:
+        UsageError: (one line) ``TEMPFAST_BACKEND`` names no backend, or asks for Triton
+            where it cannot run (not installed; CPU tensors without ``TRITON_INTERPRET=1``).
+    """
+    try:
+        return backend.resolve(device)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from None
 
 
 def setup(device: str) -> Context:
-    """Join the torchrun process group if there is one; pick this process's device."""
+    """Pick this process's device (:func:`resolve_device`, which also checks the backend),
+    then join the torchrun process group if there is one."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -96,7 +122,7 @@ def broadcast(ctx: Context, obj: object) -> object:
     return box[0]
 
 
-def run_on_main(ctx: Context, fn, *args, **kwargs):
+def run_on_main(ctx: Context, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
     """Run ``fn`` on rank 0 and return its result on every rank; a :class:`UsageError` it
     raises is raised on every rank (so no rank waits forever)."""
     result, error = None, None

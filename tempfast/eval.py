@@ -154,7 +154,9 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         (``suspected``, ``reasons``, ``verdict`` and the diagnostics, see
         :mod:`tempfast.masking`), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
-        ``n_examples``, ``settings``, ``seconds``.
+        ``n_examples``, ``settings`` (every setting above that shapes a number, the resolved
+        ``alpha`` and ``check_steps``; ``severities`` and ``corruptions_dir`` None without
+        corruptions), ``seconds``.
 
     Raises:
         UsageError: a bad setting or attack name, or corruption files that do not fit.
@@ -226,8 +228,11 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         "corruptions": corruption,
         "settings": {"attacks": names, "eps": eps, "alpha": alpha, "steps": steps,
                      "restarts": restarts, "square_queries": square_queries,
-                     "train_temperature": float(train_temperature), "seed": seed,
-                     "device": str(device)},
+                     "check_steps": check_steps,
+                     "severities": list(severities) if corruptions else None,
+                     "corruptions_dir": corruptions_dir if corruptions else None,
+                     "batch_size": batch_size, "train_temperature": float(train_temperature),
+                     "seed": seed, "device": str(device)},
         "seconds": round(time.perf_counter() - start, 3),
     }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .attacks import ATTACKS, DEFAULT_ATTACKS
+from .distributed import resolve_device
 from .errors import UsageError
 from .train_cli import number
 
@@ -86,14 +87,6 @@ def _severities(text: str) -> list[int]:
             from None
 
 
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def _output_path(args: argparse.Namespace) -> Path:
     if args.output is None:
         return Path(args.checkpoint).resolve().parent / "eval.json"
@@ -135,7 +128,7 @@ def _main(args: argparse.Namespace) -> int:
                       steps=args.steps, restarts=args.restarts, n_examples=n_examples,
                       square_queries=args.square_queries, severities=severities,
                       check_steps=args.check_steps)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint)
     cfg = ckpt.get("config") or {}
     eps = args.eps if args.eps is not None else cfg.get("eps")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 
 import torch
 
@@ -23,10 +24,10 @@ def report() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "triton": triton_version,
-        "requested_backend": backend.get_backend(),
+        "requested_backend": _safe(backend.get_backend),
         "triton_interpreter": backend.interpreter_enabled(),
         "cuda_available": torch.cuda.is_available(),
-        "cpu_backend": _safe_resolve(torch.device("cpu")),
+        "cpu_backend": _safe(backend.resolve, torch.device("cpu")),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -36,15 +37,18 @@ def report() -> dict:
             "gpu_sms": props.multi_processor_count,
             "gpu_memory_gib": round(props.total_memory / 2**30, 1),
             "cuda_runtime": torch.version.cuda,
-            "cuda_backend": _safe_resolve(torch.device("cuda")),
+            "cuda_backend": _safe(backend.resolve, torch.device("cuda")),
         }
     return info
 
 
-def _safe_resolve(device: torch.device) -> str:
+def _safe(fn: Callable[..., str], *args: object) -> str:
+    """``fn(*args)``, or ``"unavailable (<why>)"`` when the backend request cannot be met (an
+    unknown ``TEMPFAST_BACKEND``, Triton on CPU without the interpreter): ``info`` reports
+    the problem that ``train`` and ``eval`` refuse to run with."""
     try:
-        return backend.resolve(device)
-    except RuntimeError as exc:
+        return fn(*args)
+    except (ValueError, RuntimeError) as exc:
         return f"unavailable ({exc})"
 
 

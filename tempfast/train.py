@@ -236,6 +236,25 @@ class TrainingAttack:
         return self.pgd(x, y)
 
 
+class WithCriterion(nn.Module):
+    """``net(x)`` as forward, with the loss module registered beside the network.
+
+    Wrapped in DistributedDataParallel, every parameter of ``criterion`` (a learned
+    ``log_temperature``) then has its gradient averaged over the ranks like the network's, in
+    the same backward pass, although the loss is computed outside this forward; without it each
+    rank would step its own temperature. Shared parameters (a fused head that is also the
+    model's head) are synchronised once.
+    """
+
+    def __init__(self, net: nn.Module, criterion: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.criterion = criterion
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module,
                     criterion: nn.Module) -> torch.optim.Optimizer:
     """SGD (momentum 0.9, Nesterov) or AdamW. Weight decay applies to weight matrices and
@@ -387,7 +406,7 @@ class _Run:
         self.epoch, self.start_step, self.partial = 0, 0, None
         self.best = {"metric": "test_robust_acc" if cfg.adv == "pgd" else "test_acc",
                      "value": None, "epoch": None}
-        self.train_time = 0.0
+        self.train_time, self.wall_before = 0.0, 0.0
         if self.ckpt is not None:
             self._restore(self.ckpt)
         self.net = self.model
@@ -399,7 +418,8 @@ class _Run:
             self.train_net = torch.compile(features) if cfg.compile else features
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.train_net = nn.parallel.DistributedDataParallel(self.train_net, device_ids=ids)
+            self.train_net = nn.parallel.DistributedDataParallel(
+                WithCriterion(self.train_net, self.criterion), device_ids=ids)
         self.attack = TrainingAttack(self.net, cfg, self.criterion) if cfg.adv == "pgd" else None
 
     def _restore(self, ckpt: dict) -> None:
@@ -425,6 +445,13 @@ class _Run:
                              f"{self.cfg.epochs} cannot shorten it")
         self.partial = partial
         self.best, self.train_time = dict(ckpt["best"]), float(ckpt["train_time_s"])
+        # A checkpoint from before wall times were stored: its training time, a lower bound.
+        self.wall_before = float(ckpt.get("wall_time_s", self.train_time))
+
+    def wall_time(self) -> float:
+        """Seconds of wall time behind the current state: this invocation's, plus, for a
+        resumed run, the earlier invocations' up to the checkpoint it continued from."""
+        return self.wall_before + time.perf_counter() - self.t0
 
     def _state(self, step: int, partial: list[list[float]] | None) -> dict:
         rngs = D.all_gather(self.ctx, rng_state())
@@ -435,7 +462,8 @@ class _Run:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rngs, "epoch": self.epoch, "step": step, "partial": partial,
-            "best": self.best, "train_time_s": self.train_time, "config": self.cfg.as_dict(),
+            "best": self.best, "train_time_s": self.train_time,
+            "wall_time_s": self.wall_time(), "config": self.cfg.as_dict(),
             "data": self.bundle.meta(),
         }
 
@@ -545,7 +573,7 @@ class _Run:
             "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
             "corruption_acc": None, "masking": None, "best": self.best,
             "last_epoch": last, "train_time_s": self.train_time, "eval_time_s": eval_time,
-            "wall_time_s": time.perf_counter() - self.t0, "eval": result,
+            "wall_time_s": self.wall_time(), "eval": result,
         }
         if result is not None:
             out.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "worst_case_acc",
@@ -557,14 +585,15 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
     """Train as ``cfg`` says and return the summary (also written to summary.json).
 
     Raises:
-        UsageError: bad settings, data, checkpoint or output folder (nothing was written).
+        UsageError: bad settings, device, backend (``TEMPFAST_BACKEND``), data, checkpoint or
+            output folder (nothing was written).
         RunInterruptedError: Ctrl-C; the recovery checkpoint was written.
     """
     cfg = cfg.resolved()
     reporter = reporter or Reporter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or threads)
     ctx = D.setup(cfg.device)
+    torch.set_num_threads(cfg.threads or threads)
     try:
         r = _Run(cfg, ctx, reporter)
         if ctx.is_main:

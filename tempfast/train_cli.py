@@ -12,8 +12,12 @@ import argparse
 import os
 import sys
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from .data import DATASETS
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 EXIT_INTERRUPTED = 130
 
@@ -126,7 +130,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`~tempfast.train.TrainConfig` of parsed ``tempfast train`` arguments."""
     from .train import TrainConfig
 

@@ -76,3 +76,18 @@ def test_info_command_reports_versions_and_backends(flag):
         info = json.loads(result.stdout)
         assert info["tempfast"] == tempfast.__version__
         assert info["cpu_backend"] in ("torch", "triton")
+
+
+@pytest.mark.parametrize(("name", "field", "message"), [
+    ("bogus", "requested_backend", "TEMPFAST_BACKEND: unknown backend 'bogus'"),
+    ("triton", "cpu_backend", "backend 'triton' on cpu tensors needs TRITON_INTERPRET=1"),
+])
+def test_info_reports_an_unusable_backend_request_instead_of_failing(capsys, monkeypatch, name,
+                                                                      field, message):
+    from tempfast.cli import main
+
+    monkeypatch.setenv("TEMPFAST_BACKEND", name)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info[field].startswith("unavailable (") and message in info[field]

@@ -78,11 +78,17 @@ def test_bad_checkpoints_are_one_line_usage_errors(tmp_path, content, match):
     assert "\n" not in str(err.value)
 
 
-def test_checkpoint_with_code_is_refused(tmp_path):
+def test_checkpoint_with_code_is_refused_without_advice_to_load_it_unsafely(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": FORMAT, "hook": print}, path)
-    with pytest.raises(UsageError, match="unreadable or corrupt"):
+    with pytest.raises(UsageError) as err:
         load_checkpoint(path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} is unreadable or corrupt: it holds more than "
+                              "tensors and plain containers (")
+    assert "GLOBAL print" in message, "names what the file holds"
+    for advice in ("weights_only", "trust", "safe_globals", "\n", "\x1b"):
+        assert advice not in message
 
 
 def test_rng_state_round_trip_through_a_checkpoint(tmp_path):

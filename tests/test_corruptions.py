@@ -66,6 +66,23 @@ def test_corruption_grows_with_severity(name, images):
     assert change[-1] > change[0], change
 
 
+@pytest.mark.parametrize("severity", SEVERITIES)
+def test_contrast_pulls_each_channel_to_its_own_mean_like_cifar10c(severity):
+    """Hendrycks' ``contrast``: ``means = np.mean(x, axis=(0, 1), keepdims=True)`` on an HWC
+    image, ``clip((x - means) * c + means, 0, 1)``."""
+    x = torch.stack([0.2 + 0.1 * _smooth_rgb(2)[:, 0], 0.5 + 0.2 * _smooth_rgb(2)[:, 1],
+                     0.9 - 0.1 * _smooth_rgb(2)[:, 2]], dim=1)
+    got = corrupt(x, "contrast", severity, seed=0)
+    c = (0.75, 0.5, 0.4, 0.3, 0.15)[severity - 1]
+    expected = []
+    for image in x.permute(0, 2, 3, 1).double().numpy():
+        means = np.mean(image, axis=(0, 1), keepdims=True)
+        expected.append(np.clip((image - means) * c + means, 0, 1))
+    expected = torch.from_numpy(np.stack(expected)).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.mean(dim=(2, 3)), x.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+
+
 def test_bad_name_or_severity_raises():
     x = _digits(2)
     with pytest.raises(ValueError, match="corruption: expected one of"):

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tempfast.checkpoint import load_checkpoint
 
 
@@ -32,3 +34,35 @@ def test_torchrun_two_cpu_processes_train_on_shards_and_rank0_writes(tmp_path):
     assert ckpt["epoch"] == 2 and len(ckpt["rng"]) == 2, "every rank's RNG state is kept"
     assert not any(k.startswith("module.") for k in ckpt["model"])
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+
+
+WORKER = """
+import json, os, sys
+from tempfast.train import TrainConfig, run
+
+out, head = sys.argv[1:]
+summary = run(TrainConfig(device="cpu", epochs=1, temp=4.0, learn_temp=True,
+                          fused_head=head == "fused", batch_size=64, final_eval=False, threads=1,
+                          output=os.path.join(out, "run")))
+with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(summary["final_temperature"], f)
+"""
+
+
+@pytest.mark.parametrize("head", ["standard", "fused"])
+def test_learned_temperature_is_identical_on_every_rank(tmp_path, head):
+    """The temperature's gradient is averaged over the ranks like the model's, so every rank
+    steps the same T and rank 0's checkpoint holds it."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(script), str(tmp_path), head]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert final[0] != 4.0, "the temperature was trained"
+    assert final[0] == final[1], "the ranks' temperatures differ"
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["temperature"] == final[0]

@@ -42,6 +42,10 @@ def test_eval_prints_tables_and_writes_eval_json_next_to_checkpoint(checkpoint, 
     assert result["data"] == "digits" and result["model"] == "small_cnn"
     assert result["n_examples"] == 60
     assert result["settings"]["eps"] == pytest.approx(0.1)  # the run's --eps (digits default)
+    assert {k: result["settings"][k] for k in ("steps", "check_steps", "severities",
+                                               "square_queries", "corruptions_dir")} == {
+        "steps": 2, "check_steps": 4, "severities": [1], "square_queries": 10,
+        "corruptions_dir": None}
     assert set(result["robust_acc"]) == {"pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"}
     assert result["worst_case_acc"] <= min(result["robust_acc"].values())
     assert 0.0 <= result["corruption_acc"] <= 1.0
@@ -58,6 +62,7 @@ def test_eval_json_mode_and_output_paths(checkpoint, tmp_path, capsys):
     assert printed["settings"]["eps"] == pytest.approx(8 / 255)
     assert printed["settings"]["train_temperature"] == 3.0
     assert list(printed["robust_acc"]) == ["pgd-cw"] and printed["corruptions"] is None
+    assert printed["settings"]["severities"] is None, "no corruption was run"
     assert _run([*argv, "--output", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["settings"]["attacks"] == ["pgd-cw"]
 
@@ -77,6 +82,23 @@ def test_eval_json_mode_and_output_paths(checkpoint, tmp_path, capsys):
 def test_bad_flags_give_one_line_error_and_exit_2(checkpoint, tmp_path, capsys, args, message):
     output = tmp_path / "eval.json"
     assert _run(["eval", str(checkpoint), *FAST, "--output", str(output), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tempfast eval: error: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not output.exists()
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("bogus", "TEMPFAST_BACKEND: unknown backend 'bogus'"),
+    ("triton", "backend 'triton' on cpu tensors needs TRITON_INTERPRET=1"),
+])
+def test_bad_backend_environment_is_one_line_error(checkpoint, tmp_path, capsys, monkeypatch,
+                                                   name, message):
+    monkeypatch.setenv("TEMPFAST_BACKEND", name)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    output = tmp_path / "eval.json"
+    assert _run(["eval", str(checkpoint), *FAST, "--device", "cpu", "--output",
+                 str(output)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tempfast eval: error: ") and message in err
     assert err.count("\n") == 1 and "Traceback" not in err

@@ -172,7 +172,28 @@ def test_judge_tolerates_attack_noise():
     assert masking.judge(report, acc, n=1000)["suspected"]
 
 
-def test_judge_skips_checks_without_their_attacks():
-    report, _ = _healthy_report()
-    assert not masking.judge(report, {"pgd-ce": 0.9}, n=1000)["suspected"]
-    assert not masking.judge(report, {"square": 0.0}, n=1000)["suspected"]
+def test_judge_uses_the_measured_pgd_cw_when_the_suite_lacks_it():
+    report, _ = _healthy_report()  # pgd-cw at the suite's settings: 40%
+    assert not masking.judge(report, {}, n=1000)["suspected"]
+    assert not masking.judge(report, {"pgd-ce": 0.42, "square": 0.41}, n=1000)["suspected"]
+    out = masking.judge(report, {"pgd-ce": 0.9}, n=1000)
+    assert out["reasons"] == ["pgd-ce accuracy 90.0% is far above pgd-cw accuracy 40.0% (gap > "
+                              "10%): CE saturates on this model"]
+    assert "the suite has only CE attacks" in out["verdict"], "its worst case is not trusted"
+    out = masking.judge(report, {"pgd-ce": 0.9, "square": 0.39}, n=1000)
+    assert out["verdict"].startswith("CE-based attacks are masked on this model (saturated "
+                                     "softmax); the scale-invariant")
+    out = masking.judge(report, {"square": 0.1}, n=1000)
+    assert out["reasons"] == ["gradient-free square (10.0%) beats the best white-box attack "
+                              "pgd-cw (40.0%)"]
+
+
+def test_masked_ce_is_caught_when_the_suite_runs_only_pgd_ce():
+    model = Scaled(digits_model(), 1e4)
+    result = evaluate(model, digits_test(), train_temperature=1.0, attacks=["pgd-ce"],
+                      eps=0.1, steps=5, n_examples=100, corruptions=False, seed=0)
+    m = result["masking"]
+    assert list(result["robust_acc"]) == ["pgd-ce"]
+    assert any(r.startswith("pgd-ce accuracy") and "far above pgd-cw accuracy" in r
+               for r in m["reasons"]), m["reasons"]
+    assert result["robust_acc"]["pgd-ce"] > m["more_steps"]["base_acc"] + 0.3

@@ -57,6 +57,10 @@ def test_pgd_run_writes_the_output_folder_and_final_evaluation(tmp_path, capsys)
     assert summary["worst_case_acc"] <= min(summary["robust_acc"].values())
     assert isinstance(summary["masking"]["suspected"], bool)
     assert summary["corruption_acc"] is not None and summary["final_temperature"] == 8.0
+    settings = summary["eval"]["settings"]
+    assert (settings["severities"], settings["steps"], settings["check_steps"]) == ([1, 3, 5],
+                                                                                   2, 4)
+    assert settings["square_queries"] == 300 and settings["eps"] == 0.1
     ckpt = load_checkpoint(run / "last.pt")
     assert ckpt["epoch"] == 2 and ckpt["step"] == 0 and ckpt["config"]["adv"] == "pgd"
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "temperature"} <= set(ckpt)
@@ -160,6 +164,28 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case)
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert err.startswith("tempfast train: error: ")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+BAD_BACKENDS = {
+    "unknown backend": ("bogus", "TEMPFAST_BACKEND: unknown backend 'bogus'"),
+    "triton on cpu without the interpreter": (
+        "triton", "backend 'triton' on cpu tensors needs TRITON_INTERPRET=1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_BACKENDS))
+def test_bad_backend_environment_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
+                                                                       monkeypatch, case):
+    name, message = BAD_BACKENDS[case]
+    monkeypatch.setenv("TEMPFAST_BACKEND", name)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    threads = torch.get_num_threads()
+    rc, _, err = train(capsys, *FAST, "--threads", str(threads + 1),
+                       "--output", str(tmp_path / "out"))
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("tempfast train: error: ") and message in err
+    assert list(tmp_path.iterdir()) == [], "no half-written run folder blocks the rerun"
+    assert torch.get_num_threads() == threads
 
 
 def test_bad_input_through_the_console_entry_point(tmp_path):

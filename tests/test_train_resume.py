@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -94,3 +95,17 @@ def test_ctrl_c_exits_130_with_a_one_line_message_and_resume_finishes(tmp_path, 
     monkeypatch.undo()
     assert main(["train", *flags, "--resume"]) == 0
     assert [r["epoch"] for r in rows(tmp_path / "run")] == [1, 2]
+
+
+def test_wall_time_adds_up_over_resumed_invocations(tmp_path):
+    settings = dict(final_eval=False, threads=1, batch_size=256, output=str(tmp_path / "r"))
+    first = run(TrainConfig(epochs=1, **settings))
+    before = load_checkpoint(tmp_path / "r" / "last.pt")["wall_time_s"]
+    assert 0 < before <= first["wall_time_s"]
+    start = time.perf_counter()
+    second = run(TrainConfig(epochs=2, resume=True, **settings))
+    elapsed = time.perf_counter() - start
+    assert second == json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert before + second["last_epoch"]["epoch_time_s"] < second["wall_time_s"]
+    assert second["wall_time_s"] <= before + elapsed
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["wall_time_s"] <= second["wall_time_s"]
