@@ -26,6 +26,21 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _conversion_buffer(x: Tensor, step: int, cdt: torch.dtype) -> Tensor | None:
+    """One chunk-sized buffer, reused by every chunk, for ``x`` converted to the compute dtype
+    (``None`` when ``x`` already has it): fresh per-chunk allocations of megabytes cost page
+    faults."""
+    if x.dtype == cdt:
+        return None
+    return torch.empty(min(step, x.shape[0]), x.shape[1], dtype=cdt, device=x.device)
+
+
+def _in_compute_dtype(chunk: Tensor, buf: Tensor | None) -> Tensor:
+    if buf is None:
+        return chunk
+    return buf[: chunk.shape[0]].copy_(chunk)
+
+
 def _inverse_temperature(t: Tensor) -> Tensor:
     """``1 / t``, NaN where ``t`` is not finite and positive (values on a GPU are not checked
     on the host; this mirrors the kernels' NaN rows)."""
@@ -39,15 +54,33 @@ def _rows(t: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
 
 
 def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
-    """``y = softmax(x / t)`` or ``log_softmax(x / t)`` along dim 1."""
+    """``y = softmax(x / t)`` or ``log_softmax(x / t)`` along dim 1, in base 2:
+    ``e = 2^(x k - m)`` with ``k = log2(e) / t``, ``y = e / sum(e)`` or
+    ``(x k - m - log2 sum(e)) ln 2``."""
     n_rows, n_cols = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     starts, step = _row_chunks(n_rows, n_cols)
     cdt = _compute_dtype(x.dtype)
+    direct = y.dtype == cdt  # build the result in the output itself (no final copy)
+    work = None if direct and not log else torch.empty(min(step, n_rows), n_cols, dtype=cdt,
+                                                       device=x.device)
+    x_buf = _conversion_buffer(x, step, cdt)
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
-        u = x[r0:r1].to(cdt) / _rows(t, r0, r1, cdt)
-        y[r0:r1] = torch.log_softmax(u, 1) if log else torch.softmax(u, 1)
+        z = _in_compute_dtype(x[r0:r1], x_buf)
+        k = _inverse_temperature(_rows(t, r0, r1, cdt)) * LOG2E
+        m = z.amax(1, keepdim=True) * k
+        m.masked_fill_(m == float("-inf"), 0.0)
+        out = y[r0:r1] if direct else work[: r1 - r0]
+        torch.mul(z, k, out=out).sub_(m)
+        if log:
+            s = torch.exp2(out, out=work[: r1 - r0] if direct else None).sum(1, keepdim=True)
+            out.sub_(s.log2_()).mul_(LN2)
+        else:
+            out.exp2_()
+            out.div_(out.sum(1, keepdim=True))
+        if not direct:
+            y[r0:r1] = out
     return y
 
 
@@ -57,24 +90,31 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
 
     softmax:      dx = y * (dy - sum(dy * y)) / t
     log_softmax:  dx = (dy - exp(y) * sum(dy)) / t
-    and, when ``x`` is given, the per-row ``dL/dt = -sum(dx * x) / t``.
+    and, when ``x`` is given, the per-row ``dL/dt = -sum(dx * x) / t``. The bracket is
+    PyTorch's fused softmax backward, applied chunk by chunk.
     """
     n_rows, n_cols = y.shape
     cdt = _compute_dtype(y.dtype)
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     dt_row = torch.empty(n_rows if x is not None else 0, dtype=cdt, device=y.device)
     starts, step = _row_chunks(n_rows, n_cols)
+    backward = torch.ops.aten._log_softmax_backward_data if log \
+        else torch.ops.aten._softmax_backward_data
+    out_name = "out" if log else "grad_input"  # the two ops name their out= argument apart
+    y_buf, dy_buf = _conversion_buffer(y, step, cdt), _conversion_buffer(dy, step, cdt)
+    x_buf = _conversion_buffer(x, step, cdt) if x is not None else None
+    g_buf = _conversion_buffer(dx, step, cdt)  # dx itself when it has the compute dtype
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
-        yc, dyc = y[r0:r1].to(cdt), dy[r0:r1].to(cdt)
         inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
-        if log:
-            g = (dyc - yc.exp() * dyc.sum(1, keepdim=True)) * inv_t
-        else:
-            g = yc * (dyc - (dyc * yc).sum(1, keepdim=True)) * inv_t
-        dx[r0:r1] = g
+        g = dx[r0:r1] if g_buf is None else g_buf[: r1 - r0]
+        backward.out(_in_compute_dtype(dy[r0:r1], dy_buf), _in_compute_dtype(y[r0:r1], y_buf),
+                     1, cdt, **{out_name: g})
+        g.mul_(inv_t)
+        if g_buf is not None:
+            dx[r0:r1] = g
         if x is not None:  # masked classes (x = -inf, dx = 0) contribute 0, not NaN
-            gx = torch.where(g != 0, g * x[r0:r1].to(cdt), 0.0)
+            gx = torch.where(g != 0, g * _in_compute_dtype(x[r0:r1], x_buf), 0.0)
             dt_row[r0:r1] = -gx.sum(1) * inv_t[:, 0]
     return dx, dt_row
 
@@ -118,9 +158,10 @@ def ce_rows(
     direct = (grad_out is not None and grad_out.dtype == cdt
               and grad_out.data_ptr() != logits.data_ptr())
     work = None if direct else torch.empty(min(step, n_rows), n_cols, dtype=cdt, device=device)
+    logits_buf = _conversion_buffer(logits, step, cdt)
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
-        z = logits[r0:r1].to(cdt)
+        z = _in_compute_dtype(logits[r0:r1], logits_buf)
         inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
         k = inv_t * LOG2E  # base 2: exp2 is several times faster than exp on CPUs
         m = z.amax(1, keepdim=True) * k  # max of z / t in log2 units (t > 0)
