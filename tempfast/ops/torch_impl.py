@@ -12,13 +12,15 @@ import torch
 from torch import Tensor
 
 CHUNK_ELEMENTS = 1 << 20
+MAX_CHUNK_ROWS = 1 << 15
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
 
 def _row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
-    """Chunk starts and the chunk height (rows) that keep a chunk near CHUNK_ELEMENTS values."""
-    step = max(1, CHUNK_ELEMENTS // max(n_cols, 1))
+    """Chunk starts and the chunk height (rows) that keep a chunk near CHUNK_ELEMENTS values
+    (and its per-row temporaries small: at most MAX_CHUNK_ROWS rows)."""
+    step = max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_cols, 1)))
     return range(0, n_rows, step), step
 
 
@@ -158,16 +160,21 @@ def ce_rows(
     direct = (grad_out is not None and grad_out.dtype == cdt
               and grad_out.data_ptr() != logits.data_ptr())
     work = None if direct else torch.empty(min(step, n_rows), n_cols, dtype=cdt, device=device)
-    logits_buf = _conversion_buffer(logits, step, cdt)
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
-        z = _in_compute_dtype(logits[r0:r1], logits_buf)
+        z = logits[r0:r1]  # in its own dtype: every use below computes in cdt
         inv_t = _inverse_temperature(_rows(t, r0, r1, cdt))
         k = inv_t * LOG2E  # base 2: exp2 is several times faster than exp on CPUs
-        m = z.amax(1, keepdim=True) * k  # max of z / t in log2 units (t > 0)
-        m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
         e = grad_out[r0:r1] if direct else work[: r1 - r0]
-        torch.mul(z, k, out=e).sub_(m).exp2_()
+        if z.dtype != cdt:
+            z_c = e.copy_(z)  # convert once, into the work buffer
+            m = z_c.amax(1, keepdim=True) * k  # max of z / t in log2 units (t > 0)
+            e.mul_(k)
+        else:
+            m = z.amax(1, keepdim=True) * k
+            torch.mul(z, k, out=e)
+        m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
+        e.sub_(m).exp2_()
         s = e.sum(1, keepdim=True)
         row_lse = (m + s.log2())[:, 0] * LN2
         if probs:
@@ -176,7 +183,7 @@ def ce_rows(
                 c = c * (1.0 - eps) + eps / n_cols
             if w is not None:
                 c = c * w
-            c_sum, cz = c.sum(1), (c * z).sum(1)
+            c_sum, cz = c.sum(1), (c * z).sum(1, dtype=cdt)
             valid = None
         else:
             y = target[r0:r1]
@@ -185,10 +192,10 @@ def ce_rows(
             y_safe = torch.where(valid & in_range, y, 0).unsqueeze(1)
             w_y = w[y_safe[:, 0]] if w is not None else torch.ones_like(row_lse)
             w_y = torch.where(valid, torch.where(in_range, w_y, float("nan")), 0.0)
-            z_y = torch.where(valid, z.gather(1, y_safe)[:, 0], 0.0)
+            z_y = torch.where(valid, z.gather(1, y_safe)[:, 0].to(cdt), 0.0)
             c_sum, cz = (1.0 - eps) * w_y, (1.0 - eps) * w_y * z_y
             if eps > 0:
-                z_w = z @ w if w is not None else z.sum(1)
+                z_w = z.to(cdt) @ w if w is not None else z.sum(1, dtype=cdt)
                 smooth_w = valid.to(cdt) * (eps / n_cols)
                 c_sum = c_sum + smooth_w * total_weight
                 cz = cz + torch.where(valid, smooth_w * z_w, 0.0)
@@ -196,7 +203,7 @@ def ce_rows(
         loss[r0:r1] = row_loss if valid is None else torch.where(valid, row_loss, 0.0)
         lse[r0:r1] = row_lse
         if compute_dt:  # sum(p z) = sum(e z) / s; masked classes (e = 0, z = -inf) add 0
-            pz = torch.where(e > 0, e * z, 0.0).sum(1) / s[:, 0]
+            pz = torch.where(e > 0, e * z, 0.0).sum(1, dtype=cdt) / s[:, 0]
             row_dt = (cz - c_sum * pz) * inv_t[:, 0] ** 2
             dt_row[r0:r1] = row_dt if valid is None else torch.where(valid, row_dt, 0.0)
         if grad_scale is None:
