@@ -115,9 +115,9 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
         g.mul_(inv_t)
         if g_buf is not None:
             dx[r0:r1] = g
-        if x is not None:  # masked classes (x = -inf, dx = 0) contribute 0, not NaN
-            gx = torch.where(g != 0, g * _in_compute_dtype(x[r0:r1], x_buf), 0.0)
-            dt_row[r0:r1] = -gx.sum(1) * inv_t[:, 0]
+        if x is not None:  # nansum: a masked class (x = -inf, dx = 0) gives 0 * inf = NaN
+            gx = torch.nansum(g * _in_compute_dtype(x[r0:r1], x_buf), 1)
+            dt_row[r0:r1] = -gx * inv_t[:, 0]
     return dx, dt_row
 
 
@@ -183,7 +183,7 @@ def ce_rows(
                 c = c * (1.0 - eps) + eps / n_cols
             if w is not None:
                 c = c * w
-            c_sum, cz = c.sum(1), (c * z).sum(1, dtype=cdt)
+            c_sum, cz = c.sum(1), (c * z.to(cdt)).sum(1)
             valid = None
         else:
             y = target[r0:r1]
@@ -202,8 +202,8 @@ def ce_rows(
         row_loss = c_sum * row_lse - cz * inv_t[:, 0]
         loss[r0:r1] = row_loss if valid is None else torch.where(valid, row_loss, 0.0)
         lse[r0:r1] = row_lse
-        if compute_dt:  # sum(p z) = sum(e z) / s; masked classes (e = 0, z = -inf) add 0
-            pz = torch.where(e > 0, e * z, 0.0).sum(1, dtype=cdt) / s[:, 0]
+        if compute_dt:  # sum(p z) = sum(e z) / s; nansum: masked classes (0 * -inf) add 0
+            pz = torch.nansum(e * z.to(cdt), 1) / s[:, 0]
             row_dt = (cz - c_sum * pz) * inv_t[:, 0] ** 2
             dt_row[r0:r1] = row_dt if valid is None else torch.where(valid, row_dt, 0.0)
         if grad_scale is None:
