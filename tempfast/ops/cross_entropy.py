@@ -9,7 +9,8 @@ Two ways to get the logits' gradient:
   ``(s * p - c) / (T * denom)`` while it has the row on chip, so the backward pass only
   multiplies by the incoming scalar gradient ``g`` -- and skips even that, on the device, when
   ``g == 1`` (the usual ``loss.backward()``). The logits are read once and the gradient written
-  once.
+  once. (fp16 keeps ``1 / denom`` for the backward pass: see
+  :func:`~tempfast.ops.autograd_utils.defers_mean`.)
 * **recompute** (``reduction="none"``, or a probability target that needs its own gradient):
   the forward pass stores only the per-row log-sum-exp; the backward pass re-reads the logits.
 """
