@@ -36,7 +36,7 @@ from torch import Tensor
 import tempfast
 from tempfast import backend, reference
 
-from .cases import DTYPES, REFERENCE_CHUNK_ELEMENTS, TEMPERATURE, TOLERANCES
+from .cases import DTYPES, REFERENCE_CHUNK_ELEMENTS, TEMPERATURE, assert_close
 
 OP = "linear_ce_fwd_bwd"
 MEMORY_OP = "linear_ce_memory"
@@ -220,17 +220,7 @@ class LinearCase:
         names = ("loss", "h.grad", "W.grad", "b.grad")
         actual = (loss, *(p.grad for p in self.params))
         for name, got, want in zip(names, actual, expected, strict=False):
-            assert_close(self.spec, name, got, want)
-
-
-def assert_close(spec: LinearSpec, what: str, actual: Tensor, expected: Tensor) -> None:
-    """``|actual - expected| <= atol * max|expected| + rtol * |expected|`` elementwise."""
-    tol = TOLERANCES[spec.dtype]
-    expected = expected.detach().float()
-    scale = float(expected.abs().max()) if expected.numel() else 0.0
-    torch.testing.assert_close(
-        actual.detach().float(), expected, rtol=tol.rtol, atol=tol.atol * scale,
-        msg=lambda m: f"{spec.id}: {what} differs from the reference: {m}")
+            assert_close(self.spec.id, name, got, want, self.spec.dtype)
 
 
 def fingerprint(case: LinearCase, loss: Tensor) -> dict[str, list[float]]:
@@ -248,8 +238,9 @@ def fingerprint(case: LinearCase, loss: Tensor) -> dict[str, list[float]]:
 
 def assert_same_fingerprint(spec: LinearSpec, actual: dict[str, list[float]],
                             expected: dict[str, list[float]]) -> None:
-    """Every entry of two :func:`fingerprint` s within the tolerances of :func:`assert_close`."""
+    """Every entry of two :func:`fingerprint` s within the tolerances of
+    :func:`bench.cases.assert_close`."""
     assert actual.keys() == expected.keys(), f"{spec.id}: fingerprints of different tensors"
     for name, values in expected.items():
-        assert_close(spec, name, torch.tensor(actual[name], dtype=torch.float64),
-                     torch.tensor(values, dtype=torch.float64))
+        assert_close(spec.id, name, torch.tensor(actual[name], dtype=torch.float64),
+                     torch.tensor(values, dtype=torch.float64), spec.dtype)
