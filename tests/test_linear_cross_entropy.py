@@ -100,6 +100,23 @@ def test_learnable_temperature_scalar_and_per_row(backend, reduction):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_all_rows_ignored_gives_zero_gradients(backend, dtype):
+    """As torch: the mean is NaN (0 / 0), every gradient exactly 0 (a learnable T included)."""
+    hidden, weight, bias, target = _inputs(5, 16, 40, dtype)
+    target = torch.full_like(target, -100)
+    leaves = [a.clone().requires_grad_(True) for a in (hidden, weight, bias)]
+    t = torch.tensor(2.0, requires_grad=True)
+    with tempfast.use_backend(backend):
+        loss = tempfast.linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], t,
+                                             chunk_size=2)
+    assert torch.isnan(loss)
+    loss.backward()
+    for leaf in (*leaves, t):
+        assert torch.equal(leaf.grad, torch.zeros_like(leaf)), leaf.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_language_model_shaped_hidden_with_padding(backend):
     hidden, weight, bias, target = _inputs(12, 24, 90, torch.float32, shape=(3, 4))
     target[target == -100] = -7

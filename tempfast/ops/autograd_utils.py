@@ -23,11 +23,20 @@ def reduce_rows(loss_rows: Tensor, denom: Tensor, reduction: str) -> Tensor:
     return total / denom if reduction == "mean" else total
 
 
+def mean_factor(numerator: Tensor, denom: Tensor) -> Tensor:
+    """``numerator / denom`` for the gradient of a mean, 0 where ``denom`` is 0.
+
+    ``denom`` is 0 only when no row counts (all ignored, or every counted row has weight 0):
+    then every row's gradient is 0, as torch gives for all rows ignored, instead of ``0 * inf``
+    = NaN. (The mean itself stays ``0 / 0`` = NaN, as in torch.) No host synchronisation."""
+    return torch.where(denom == 0, torch.zeros_like(numerator), numerator / denom)
+
+
 def row_scale(g: Tensor, denom: Tensor, reduction: str) -> Tensor:
     """d(loss)/d(loss_row) times the upstream gradient: ``(1,)`` for mean/sum, ``(N,)`` else."""
     g = g.to(denom.dtype)
     if reduction == "mean":
-        return (g / denom).reshape(1)
+        return mean_factor(g, denom).reshape(1)
     return g.reshape(1) if reduction == "sum" else g
 
 
@@ -42,7 +51,7 @@ def fused_scale(denom: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
     """The factor a forward pass folds into a gradient it writes: ``1 / denom`` for the mean
     (unless deferred, see :func:`defers_mean`), else 1. Shape ``(1,)``."""
     if reduction == "mean" and not defers_mean(dtype, reduction):
-        return (1.0 / denom).reshape(1)
+        return mean_factor(torch.ones_like(denom), denom).reshape(1)
     return denom.new_ones(1)
 
 
