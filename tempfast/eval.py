@@ -101,7 +101,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def _accuracy(mask: Tensor) -> float:
-    return float(mask.float().mean()) if mask.numel() else 0.0
+    return float(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
 @torch.no_grad()

@@ -97,7 +97,7 @@ def tolerance(n: int) -> float:
 
 
 def _acc(robust: Tensor) -> float:
-    return float(robust.float().mean()) if robust.numel() else 0.0
+    return float(robust.sum()) / robust.numel() if robust.numel() else 0.0
 
 
 def run_diagnostics(run: RunAttack, robust: dict[str, Tensor], zero_grad: dict[str, float], *,

@@ -161,6 +161,18 @@ def test_judge_flags_each_failed_check(change, expect, ce_only):
     assert out["verdict"].startswith("CE-based") == ce_only
 
 
+def test_eps_curve_ending_at_exactly_five_percent_passes():
+    """5 robust of 100 is exactly the limit ("still above 5%" fails), not a float32 rounding
+    above it: the accuracies are counts over n in Python floats."""
+    acc_5_of_100 = masking._acc(torch.tensor([True] * 5 + [False] * 95))
+    assert acc_5_of_100 == 0.05
+    report, acc = _healthy_report()
+    report["eps_curve"][-1]["acc"] = acc_5_of_100
+    assert not masking.judge(report, acc, n=100)["suspected"]
+    report["eps_curve"][-1]["acc"] = masking._acc(torch.tensor([True] * 6 + [False] * 94))
+    assert masking.judge(report, acc, n=100)["suspected"]
+
+
 def test_judge_tolerates_attack_noise():
     report, acc = _healthy_report()
     report["more_restarts"]["acc"] = 0.4 + 0.015
