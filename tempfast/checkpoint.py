@@ -31,6 +31,7 @@ import pickle
 import random
 import re
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -93,8 +94,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UsageError(f"checkpoint {path} not found" if not path.exists()
                          else f"checkpoint {path} is not a file")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"checkpoint {path} is unreadable or corrupt: not a zip archive as "
+                         "torch.save writes (truncated, or not a checkpoint)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stray files
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError,
             zipfile.BadZipFile, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"checkpoint {path} is unreadable or corrupt: {_load_failure(exc)}")\
@@ -114,6 +120,8 @@ def _load_failure(exc: BaseException) -> str:
         found = re.search(r"WeightsUnpickler error: (.+?)(?:\.? Please\b|\.?\n|\.?$)", text)
         what = found.group(1) if found else "objects a safe load refuses"
         return f"it holds more than tensors and plain containers ({what})"
+    if isinstance(exc, KeyError):  # the unpickler met an unknown opcode or record
+        return f"invalid data (KeyError {text})"
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,6 +278,24 @@ def _cifar_arrays(files: list[Path], label_key: bytes) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
 
 
+def _download_cifar(name: str, data_dir: Path, folder: Path) -> None:
+    """torchvision's download of ``name`` into ``data_dir``; a failure (no network, a bad
+    archive) is a one-line UsageError, and a ``data_dir`` this call created is removed."""
+    import torchvision
+
+    datasets = torchvision.datasets
+    dataset = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    created = not data_dir.exists()
+    try:
+        dataset(str(data_dir), train=True, download=True)
+    except (OSError, RuntimeError) as exc:
+        if created:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UsageError(f"{name}: --download failed ({reason}); put the files in {folder} "
+                         "yourself and pass --data-dir") from None
+
+
 def _cifar(name: str, data_dir: Path, download: bool) -> DataBundle:
     if name == "cifar10":
         folder = data_dir / "cifar-10-batches-py"
@@ -288,11 +307,7 @@ def _cifar(name: str, data_dir: Path, download: bool) -> DataBundle:
                                                        b"fine_labels", 100)
     missing = [p for p in [*train_files, *test_files] if not p.is_file()]
     if missing and download:
-        import torchvision
-
-        datasets = torchvision.datasets
-        dataset = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-        dataset(str(data_dir), train=True, download=True)
+        _download_cifar(name, data_dir, folder)
         missing = [p for p in [*train_files, *test_files] if not p.is_file()]
     if missing:
         names = ", ".join(p.name for p in [*train_files, *test_files])

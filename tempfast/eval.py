@@ -22,6 +22,7 @@ left untouched.
 
 from __future__ import annotations
 
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -56,14 +57,18 @@ def derive_seed(seed: int, *keys: str | int) -> int:
 def parse_attacks(names: str | Iterable[str] | None) -> list[str]:
     """Attack names from a comma-separated string or a list; ``None``: the default suite.
 
-    ``"none"`` (or an empty list) runs no attack. Raises UsageError on an unknown name.
+    ``"none"`` (or ``["none"]``, or an empty list) runs no attack. Raises UsageError on an
+    unknown name.
     """
     if names is None:
         return list(DEFAULT_ATTACKS)
     if isinstance(names, str):
-        names = [] if names.strip().lower() == "none" else names.split(",")
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if [n.lower() for n in names] == ["none"]:
+        return []
     out = []
-    for name in (n.strip() for n in names):
+    for name in names:
         if name not in ATTACKS:
             raise UsageError(f"unknown attack {name!r}; expected some of {', '.join(ATTACKS)} "
                              "(comma-separated) or none")
@@ -76,10 +81,10 @@ def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int
                    n_examples: int | None, square_queries: int, severities: Sequence[int],
                    check_steps: int | None = None) -> None:
     """Raise UsageError (one line, naming the flag) on a setting the suite cannot run."""
-    if not eps >= 0:
-        raise UsageError(f"--eps must be >= 0, got {eps}")
-    if alpha is not None and not alpha > 0:
-        raise UsageError(f"--alpha must be > 0, got {alpha}")
+    if not 0 <= eps < math.inf:
+        raise UsageError(f"--eps must be finite and >= 0, got {eps}")
+    if alpha is not None and not 0 < alpha < math.inf:
+        raise UsageError(f"--alpha must be finite and > 0, got {alpha}")
     if steps < 1:
         raise UsageError(f"--steps must be >= 1, got {steps}")
     if restarts < 1:

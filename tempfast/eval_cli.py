@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -120,8 +121,8 @@ def _main(args: argparse.Namespace) -> int:
     n_examples = None if args.n_examples == 0 else args.n_examples
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.temperature is not None and not args.temperature > 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature}")
+    if args.temperature is not None and not 0 < args.temperature < math.inf:
+        raise UsageError(f"--temperature must be finite and > 0, got {args.temperature}")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import numpy as np
@@ -61,12 +62,16 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path):
     (None, "not found"),
     (b"", "unreadable or corrupt"),
     (b"\x00garbage" * 50, "unreadable or corrupt"),
-    ("truncated", "unreadable or corrupt"),
+    ("truncated", "unreadable or corrupt: not a zip archive"),
+    (b"junk\n", "unreadable or corrupt: not a zip archive"),
+    ("plain pickle", "unreadable or corrupt: not a zip archive"),
     ("foreign", "not a tempfast training checkpoint"),
 ])
-def test_bad_checkpoints_are_one_line_usage_errors(tmp_path, content, match):
+def test_bad_checkpoints_are_one_line_usage_errors(tmp_path, content, match, recwarn):
     path = tmp_path / "ckpt.pt"
-    if content == "truncated":
+    if content == "plain pickle":
+        path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    elif content == "truncated":
         save_checkpoint(path, _state(build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,))))
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     elif content == "foreign":
@@ -76,6 +81,7 @@ def test_bad_checkpoints_are_one_line_usage_errors(tmp_path, content, match):
     with pytest.raises(UsageError, match=match) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+    assert not recwarn.list, "the one line is all the user sees"
 
 
 def test_checkpoint_with_code_is_refused_without_advice_to_load_it_unsafely(tmp_path):

@@ -4,6 +4,7 @@ the seeded on-device augmentation plan."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,6 +112,29 @@ def test_missing_cifar_files_name_the_folder_and_download(tmp_path):
         load_data("cifar10", tmp_path / "nowhere")
     msg = str(err.value)
     assert "cifar-10-batches-py" in msg and "--download" in msg and "\n" not in msg
+
+
+def test_failed_download_is_one_line_and_removes_the_folder_it_made(tmp_path, monkeypatch):
+    """No network: torchvision's URLError (an OSError) becomes a one-line UsageError."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(root, train, download):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"")
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UsageError) as err:
+        load_data("cifar10", tmp_path / "new", download=True)
+    msg = str(err.value)
+    assert "--download failed" in msg and "Name or service not known" in msg
+    assert "\n" not in msg and not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(UsageError, match="--download failed"):
+        load_data("cifar10", tmp_path / "kept", download=True)
+    assert (tmp_path / "kept").is_dir(), "a folder the user made is left alone"
 
 
 def test_corrupt_cifar_batch_is_a_usage_error(tmp_path):

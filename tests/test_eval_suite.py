@@ -135,11 +135,12 @@ def test_corruption_files_are_evaluated_per_severity(tmp_path):
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    ({"eps": -0.01}, "--eps must be >= 0"),
-    ({"eps": float("nan")}, "--eps must be >= 0"),
+    ({"eps": -0.01}, "--eps must be finite and >= 0"),
+    ({"eps": float("nan")}, "--eps must be finite and >= 0"),
+    ({"eps": float("inf")}, "--eps must be finite and >= 0"),
     ({"steps": 0}, "--steps must be >= 1"),
     ({"restarts": 0}, "--restarts must be >= 1"),
-    ({"alpha": 0.0}, "--alpha must be > 0"),
+    ({"alpha": 0.0}, "--alpha must be finite and > 0"),
     ({"n_examples": 0}, "--n-examples must be >= 1"),
     ({"square_queries": 0}, "--square-queries must be >= 1"),
     ({"check_steps": 0}, "--check-steps must be >= 1"),
@@ -156,6 +157,7 @@ def test_parse_attacks():
     assert ev.parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
     assert ev.parse_attacks(" square, pgd-cw ,square") == ["square", "pgd-cw"]
     assert ev.parse_attacks("none") == [] and ev.parse_attacks([]) == []
+    assert ev.parse_attacks(["none"]) == [] == ev.parse_attacks(["None"])  # --eval-attacks none
 
 
 def test_render_prints_tables_warnings_and_verdict():
