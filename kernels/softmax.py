@@ -75,7 +75,7 @@ def softmax_single_pass_kernel(x_ptr, stride_x, t_ptr, stride_t, y_ptr, stride_y
     e = tl.exp2(u - m[:, None])
     s = tl.sum(e, axis=1)
     if LOG:
-        out = (u - (m + tl.log2(s))[:, None]) * 0.6931471805599453
+        out = ((u - m[:, None]) - tl.log2(s)[:, None]) * 0.6931471805599453
     else:
         out = e / s[:, None]
     tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], out.to(y_ptr.dtype.element_ty),

@@ -24,12 +24,13 @@ def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Ten
         x_1d = x.reshape(1)
         return _softmax(x_1d, temperature, 0, log).reshape(())
     dim = _checks.check_dim(dim, x.dim())
-    if x.numel() == 0:  # nothing to normalise (as torch: an empty result of x's shape)
-        return x.clone()
     moved = x.movedim(dim, -1)
     num_classes = moved.shape[-1]
     t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device,
                                  _checks.accumulation_dtype(x.dtype))
+    if x.numel() == 0:  # nothing to normalise (as torch: an empty result of x's shape)
+        _checks.check_temperature_values(t.detach())
+        return x.clone() + t.sum().to(x.dtype) * 0 if t.requires_grad else x.clone()
     y = softmax_2d(moved.reshape(-1, num_classes), t, log)
     return y.reshape(moved.shape).movedim(-1, dim)
 

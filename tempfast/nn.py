@@ -7,6 +7,7 @@ stays positive under any optimiser step; read it back with the ``temperature`` p
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,14 @@ class _Temperature(nn.Module):
 
     def __init__(self, temperature: float = 1.0, learnable: bool = False) -> None:
         super().__init__()
-        if isinstance(temperature, bool) or not math.isfinite(temperature) or temperature <= 0:
+        if isinstance(temperature, bool) or not isinstance(temperature, Real | Tensor):
+            raise TypeError("temperature: expected a number, got "
+                            f"{type(temperature).__name__}")
+        if isinstance(temperature, Tensor) and temperature.numel() != 1:
+            raise ValueError("temperature: expected one value, got a tensor of shape "
+                             f"{tuple(temperature.shape)}")
+        temperature = float(temperature)
+        if not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"temperature: must be finite and > 0, got {temperature}")
         self.learnable = learnable
         log_t = torch.tensor(math.log(float(temperature)))

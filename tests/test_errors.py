@@ -127,6 +127,14 @@ def test_module_rejects_bad_temperature():
         tempfast.nn.TemperatureCrossEntropyLoss(temperature=0.0)
     with pytest.raises(ValueError, match=r"^temperature"):
         tempfast.nn.TemperatureSoftmax(temperature=-1.0, learnable=True)
+    with pytest.raises(TypeError, match=r"^temperature: expected a number, got str"):
+        tempfast.nn.TemperatureCrossEntropyLoss("2")
+    with pytest.raises(TypeError, match=r"^temperature: expected a number, got bool"):
+        tempfast.nn.TemperatureCrossEntropyLoss(True)
+    with pytest.raises(ValueError, match=r"^temperature: expected one value"):
+        tempfast.nn.LinearTemperatureCrossEntropy(4, 3, temperature=torch.ones(2))
+    module = tempfast.nn.TemperatureSoftmax(torch.tensor(2.0))
+    assert float(module.temperature) == pytest.approx(2.0)
 
 
 def test_probability_targets_refuse_a_custom_ignore_index():

@@ -155,6 +155,25 @@ def test_empty_dimensions_give_empty_results_like_torch(backend, op_name, shape)
     assert y.shape == getattr(torch, op_name)(x.detach(), -1).shape
     y.sum().backward()
     assert x.grad.shape == x.shape
+    with pytest.raises(ValueError, match="temperature: must be finite and > 0"):
+        run_backend(backend, OPS[op_name][0], x, -1.0, -1)
+    with pytest.raises(ValueError, match="temperature: expected a scalar or one value per row"):
+        run_backend(backend, OPS[op_name][0], x, torch.ones(7), -1)
+    t = torch.tensor(2.0, requires_grad=True)
+    run_backend(backend, OPS[op_name][0], x, t, -1).sum().backward()
+    assert float(t.grad) == 0.0, "as torch: an empty input gives T a zero gradient"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_log_softmax_of_huge_logits_keeps_the_log_sum_term(backend, dtype):
+    """``(u - m) - log s``, not ``u - (m + log s)``: with |x / T| ~ 1e8 the second loses
+    ``log s`` (about 1.4 here) to rounding."""
+    x = torch.full((2, 4), 1e8).to(dtype)
+    x[1, 0] = -1e8
+    y = run_backend(backend, tempfast.log_softmax, x, 1.0)
+    expected = torch.log_softmax(x.double(), -1)
+    assert torch.allclose(y.double(), expected, rtol=1e-2, atol=1e-2), (y, expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
