@@ -106,7 +106,8 @@ def cross_entropy(
         label_smoothing: ``eps`` in [0, 1]; the target becomes ``(1 - eps) q + eps / C``.
         inplace_backward: write the logits' gradient into ``logits`` during the forward pass, so
             no ``N x C`` gradient buffer is allocated. **The logits are overwritten**: do not
-            read them after this call. Needs a class dimension with unit stride.
+            read them after this call. Needs a class dimension with unit stride and logits
+            that are not a leaf (a layer's output, not a parameter or input).
 
     Returns:
         fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``.
@@ -143,6 +144,10 @@ def cross_entropy(
     compute_dt = grad_on and t.requires_grad
 
     if inplace_backward and needs_grad:
+        if logits.is_leaf:
+            raise ValueError("inplace_backward: logits is a leaf tensor that requires grad; "
+                             "overwriting it would corrupt it and its .grad (torch refuses "
+                             "in-place changes to such leaves): pass a layer's output")
         if target_grad:
             raise ValueError("inplace_backward: a probability target that requires grad needs "
                              "the logits, which the in-place mode overwrites")

@@ -106,6 +106,9 @@ def test_ignore_index_must_be_an_int():
 
 
 def test_inplace_backward_needs_a_viewable_unit_stride_buffer():
+    leaf = torch.randn(4, 10, requires_grad=True)
+    _raises(ValueError, "^inplace_backward: logits is a leaf", tempfast.cross_entropy, leaf, Y,
+            inplace_backward=True)
     logits = torch.randn(10, 4).t().requires_grad_(True)
     _raises(ValueError, "^inplace_backward", tempfast.cross_entropy, logits * 1, Y,
             inplace_backward=True)
