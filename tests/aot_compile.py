@@ -55,6 +55,11 @@ def _ce_jobs():
         flags = dict(zip(CE_FLAGS, values, strict=True))
         for dtype, cfg in reps.values():
             jobs.append(("ce", dtype, cfg, flags))
+    # fp32 probability targets with 16-bit logits (mixup under autocast): q_ptr is *fp32.
+    for grad, dt in itertools.product((False, True), repeat=2):
+        flags = {**base, "PROB": True, "COMPUTE_GRAD": grad, "COMPUTE_DT": dt, "Q_FP32": True}
+        for (_dtype, cfg), dtype in itertools.product(reps.values(), ("fp16", "bf16")):
+            jobs.append(("ce", dtype, cfg, flags))
     return jobs
 
 
@@ -95,7 +100,9 @@ def _ce_kernels(dtype: str, cfg, flags: dict):
     from tempfast.kernels import cross_entropy as kmod
 
     ptr = f"*{dtype}"
-    types = {"x_ptr": ptr, "g_ptr": ptr, "q_ptr": ptr, "y_ptr": "*i64", "t_ptr": "*fp32",
+    flags = dict(flags)
+    q_ptr = "*fp32" if flags.pop("Q_FP32", False) else ptr
+    types = {"x_ptr": ptr, "g_ptr": ptr, "q_ptr": q_ptr, "y_ptr": "*i64", "t_ptr": "*fp32",
              "w_ptr": "*fp32", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "dt_ptr": "*fp32",
              "scale_ptr": "*fp32", "part_ptr": "*fp32", "stride_x": "i64", "stride_q": "i64",
              "stride_g": "i64", "stride_t": "i32", "stride_scale": "i32", "n_rows": "i32",

@@ -57,7 +57,9 @@ def check_against_reference(backend, logits, target, temperature=1.0, *, t_grad=
     if t_grad:
         assert_close(t.grad, t64.grad, T_GRAD_TOL, "grad temperature", floor=1e-3)
     if target_grad:
-        assert_close(tgt.grad, tgt64.grad, REL_TOL[dtype] + LOSS_TOL, "grad target", floor=1e-3)
+        assert tgt.grad.dtype == tgt.dtype
+        rel = max(REL_TOL[dtype], REL_TOL.get(tgt.dtype, 0.0))
+        assert_close(tgt.grad, tgt64.grad, rel + LOSS_TOL, "grad target", floor=1e-3)
     return loss
 
 
@@ -123,6 +125,20 @@ def test_options_match_torch_semantics(backend, num_classes, reduction, label_sm
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_options_in_16_bit(backend, dtype, reduction):
+    """Weights, label smoothing, an ignored row and a learnable T together, in fp16 / bf16."""
+    n, c = 5, 1000
+    target = _targets(n, c)
+    target[2] = -100
+    weight = torch.rand(c, generator=torch.Generator().manual_seed(4)) + 0.1
+    check_against_reference(backend, logits_like(n, c, dtype), target, torch.tensor(1.7),
+                            t_grad=True, weight=weight, reduction=reduction,
+                            label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -168,6 +184,20 @@ def test_probability_targets_with_gradients(backend, num_classes, label_smoothin
     check_against_reference(backend, logits_like(n, num_classes, torch.bfloat16), probs, 0.5,
                             weight=weight, reduction=reduction,
                             label_smoothing=label_smoothing)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("logits_dtype", "target_dtype"), [
+    (torch.float32, torch.float64), (torch.float32, torch.bfloat16),
+    (torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)], ids=str)
+def test_probability_targets_in_another_dtype(backend, logits_dtype, target_dtype):
+    n, c = 4, 300
+    probs = torch.softmax(torch.randn(n, c, generator=torch.Generator().manual_seed(5)), 1)
+    probs = probs.to(target_dtype)
+    check_against_reference(backend, logits_like(n, c, logits_dtype), probs, 2.0,
+                            label_smoothing=0.1)
+    check_against_reference(backend, logits_like(n, c, logits_dtype), probs, 2.0,
+                            target_grad=True, reduction="sum")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -90,9 +90,10 @@ def test_chunk_sizes_that_do_and_do_not_divide_the_rows(backend, chunk_size):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_learnable_temperature_scalar_and_per_row(backend, reduction):
-    hidden, weight, bias, target = _inputs(9, 16, 70, torch.float32)
+def test_learnable_temperature_scalar_and_per_row(backend, dtype, reduction):
+    hidden, weight, bias, target = _inputs(9, 16, 70, dtype)
     check(backend, hidden, weight, bias, target, torch.tensor(3.0), t_grad=True,
           reduction=reduction, chunk_size=4, label_smoothing=0.2)
     check(backend, hidden, weight, bias, target, torch.linspace(0.5, 4.0, 9), t_grad=True,

@@ -30,6 +30,13 @@ def _unit_col_stride(x: Tensor) -> Tensor:
     return x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
 
 
+def _prob_target(target: Tensor, logits_dtype: torch.dtype) -> Tensor:
+    """Probability targets in the logits' dtype or fp32 (fp32 soft labels with 16-bit logits,
+    as mixed precision gives, stay fp32): the two pointer types the kernels are compiled for
+    ahead of time. Other dtypes (fp64, 16-bit targets for fp32 logits) become fp32."""
+    return target if target.dtype in (logits_dtype, torch.float32) else target.float()
+
+
 def _stride_of(rows: Tensor) -> int:
     """0 for a broadcast ``(1,)`` per-row tensor, 1 for ``(N,)``."""
     return 0 if rows.numel() == 1 else 1
@@ -89,7 +96,7 @@ def ce_rows(
     n_rows = x.shape[0]
     device = x.device
     probs = target.dim() == 2
-    q = _unit_col_stride(target) if probs else x.new_empty(0)
+    q = _unit_col_stride(_prob_target(target, x.dtype)) if probs else x.new_empty(0)
     y = x.new_empty(0, dtype=torch.int64) if probs else target.contiguous()
     w = weight.float().contiguous() if weight is not None else x.new_empty(0, dtype=torch.float32)
     f32 = {"dtype": torch.float32, "device": device}
