@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("tempfast.train", reason="the trainer needs tempfast's [train] extras")
 
-from . import timing, trainer
+from . import trainer
 from .cases import bench_device
+from .run_case import time_step
 
 SPECS = trainer.all_specs(bench_device())
 # A training step takes 0.1 to 0.5 s on the CPU: with the suite's default of 5 rounds, four
@@ -33,14 +34,5 @@ def test_train_step_matches_minimal_loop_then_times(spec: trainer.TrainerSpec, b
     case = trainer.TrainerCase(spec, model, x, y)
     benchmark.group = spec.group_name
     benchmark.extra_info.update(spec.extra_info())
-    if benchmark.disabled:
-        benchmark.pedantic(case.step)
-        return
-    if spec.device == "cuda":
-        # pytest-benchmark has no per-test timer option: time finished GPU work.
-        benchmark._timer = timing.synchronized_perf_counter
-    plan = timing.plan(case.step, spec.device)
-    rounds = max(plan.rounds, TRAINER_MIN_ROUNDS)
-    benchmark.extra_info.update(rounds=rounds, iterations=plan.iterations)
-    benchmark.pedantic(case.step, rounds=rounds, iterations=plan.iterations,
-                       warmup_rounds=TRAINER_WARMUP_ROUNDS)
+    time_step(case.step, spec.device, benchmark, min_rounds=TRAINER_MIN_ROUNDS,
+              warmup_rounds=TRAINER_WARMUP_ROUNDS)

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from .errors import UsageError
+from .errors import UsageError, print_usage_error
 from .eval_cli import add_parser as _add_eval
 from .train_cli import add_parser as _add_train
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"tempfast {args.command}: error: {exc}", file=sys.stderr)
+        print_usage_error(args.command, exc)
         return 2
 
 

@@ -1,5 +1,25 @@
 """Errors the command line reports as one line (exit status 2, no traceback)."""
 
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import NoReturn
+
 
 class UsageError(Exception):
     """A bad flag, a missing file, a refused overwrite: the user can fix it."""
+
+
+def print_usage_error(command: str, message: object) -> None:
+    """Print ``tempfast COMMAND: error: MESSAGE`` as one line on stderr."""
+    print(f"tempfast {command}: error: {message}", file=sys.stderr)
+
+
+def one_line_parser_error(command: str) -> Callable[[str], NoReturn]:
+    """A replacement for an argparse parser's ``error``: the one line of
+    :func:`print_usage_error`, then exit status 2 (argparse would print the usage too)."""
+    def error(message: str) -> NoReturn:
+        print_usage_error(command, message)
+        raise SystemExit(2)
+    return error

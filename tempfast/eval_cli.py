@@ -18,13 +18,8 @@ import torch
 
 from .attacks import ATTACKS, DEFAULT_ATTACKS
 from .distributed import resolve_device
-from .errors import UsageError
+from .errors import UsageError, one_line_parser_error
 from .train_cli import number
-
-
-def _one_line_error(message: str) -> None:
-    print(f"tempfast eval: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,7 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Clean accuracy, robust accuracy under an attack suite (per attack and the "
                     "per-example worst case), gradient-masking diagnostics and corruption "
                     "accuracy of a tempfast training checkpoint, all in fp32.")
-    p.error = _one_line_error
+    p.error = one_line_parser_error("eval")
     p.add_argument("checkpoint", help="a checkpoint written by tempfast train (last.pt, best.pt)")
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),

@@ -15,6 +15,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from .data import DATASETS
+from .errors import one_line_parser_error
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -34,11 +35,6 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _one_line_error(message: str) -> None:
-    print(f"tempfast train: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on the ``tempfast`` subcommand parser."""
     p = subparsers.add_parser(
@@ -46,7 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Train a classifier with the temperature-scaled cross-entropy "
                     "CE(z / T, y), optionally on PGD adversarial examples, then run a short "
                     "robustness evaluation. Defaults marked 'data' depend on --data.")
-    p.error = _one_line_error
+    p.error = one_line_parser_error("train")
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits", choices=DATASETS,
                    help="data set (default digits: scikit-learn's 8x8 digits, built in)")

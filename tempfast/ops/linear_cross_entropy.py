@@ -159,13 +159,21 @@ def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, 
       fused_grads, compute_dt):
     n_rows = hidden.shape[0]
     acc = {"dtype": accumulation_dtype(hidden.dtype)}
-    need_h, need_w, need_b = fused_grads
     return (hidden.new_empty(n_rows if reduction == "none" else (), **acc),
             hidden.new_empty(n_rows if compute_dt else 0, **acc),
-            torch.empty_like(hidden) if need_h else hidden.new_empty(0),
-            weight.new_empty(weight.shape if need_w else 0, **acc),
-            weight.new_empty(weight.shape[0] if need_b else 0, **acc),
+            *_fake_grads(hidden, weight, fused_grads),
             hidden.new_empty((), **acc))
+
+
+def _fake_grads(hidden: Tensor, weight: Tensor, needs: list[bool]) -> tuple[Tensor, ...]:
+    """The shapes and dtypes of ``(dhidden, dweight, dbias)`` for the fake (meta) kernels:
+    hidden's dtype for dhidden, the accumulation dtype for dweight / dbias, empty if not
+    needed."""
+    acc = {"dtype": accumulation_dtype(hidden.dtype)}
+    need_h, need_w, need_b = needs
+    return (torch.empty_like(hidden) if need_h else hidden.new_empty(0),
+            weight.new_empty(weight.shape if need_w else 0, **acc),
+            weight.new_empty(weight.shape[0] if need_b else 0, **acc))
 
 
 @torch.library.custom_op("tempfast::linear_cross_entropy_backward", mutates_args=())
@@ -191,11 +199,7 @@ def linear_cross_entropy_backward_2d(
 @linear_cross_entropy_backward_2d.register_fake
 def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
       grad_scale, needs):
-    acc = {"dtype": accumulation_dtype(hidden.dtype)}
-    need_h, need_w, need_b = needs
-    return (torch.empty_like(hidden) if need_h else hidden.new_empty(0),
-            weight.new_empty(weight.shape if need_w else 0, **acc),
-            weight.new_empty(weight.shape[0] if need_b else 0, **acc))
+    return _fake_grads(hidden, weight, needs)
 
 
 def _setup_context(ctx, inputs, output) -> None:
