@@ -161,3 +161,48 @@ def test_bad_temperature_gives_nan_row_on_the_kernel_path(bad):
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
     y = triton_impl.softmax_forward(logits, t, False)
     assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("path", ("torch", *PATHS))
+@pytest.mark.parametrize("target_kind", ["index", "smoothed", "weighted_smoothed", "probs"])
+@pytest.mark.parametrize(("scale", "temperature"), [(100.0, 1.0), (1e4, 0.01), (30.0, 0.05)])
+def test_confident_rows_have_a_non_negative_loss_at_float64_precision(
+        force_path, path, target_kind, scale, temperature):
+    """``lse - z_y / T`` subtracts two numbers of size ``|z| / T``: computed that way, rows
+    whose target is the argmax came out negative (-0.5 at scale 1e4, T = 0.01). The loss is
+    never negative and matches a float64 reference to fp32 precision of its own size."""
+    n, c = 16, 1000
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(n, c, generator=g) * scale
+    argmax = logits.argmax(1)
+    weight = torch.rand(c, generator=g) + 0.5 if target_kind == "weighted_smoothed" else None
+    eps = 0.0 if target_kind in ("index", "probs") else 0.1
+    if target_kind == "probs":
+        target = torch.nn.functional.one_hot(argmax, c).float()
+        target[::2] = 0.9 * target[::2] + 0.1 / c  # some rows not one-hot
+    else:
+        target = argmax.clone()
+        target[::4] = (argmax[::4] + 1) % c  # some rows far from their target: a large loss
+    if path == "torch":
+        with tempfast.use_backend("torch"):
+            loss = tempfast.cross_entropy(logits, target, temperature, weight=weight,
+                                          label_smoothing=eps, reduction="none")
+    else:
+        force_path(path, c)
+        with tempfast.use_backend("triton"):
+            loss = tempfast.cross_entropy(logits, target, temperature, weight=weight,
+                                          label_smoothing=eps, reduction="none")
+    expected = tempfast.reference.cross_entropy(
+        logits.double(), target.double() if target_kind == "probs" else target, temperature,
+        weight=None if weight is None else weight.double(), label_smoothing=eps,
+        reduction="none")
+    assert float(loss.min()) >= 0.0, f"negative loss {float(loss.min())}"
+    # fp32 rounds z / T to 2^-24 of its size (eager torch does too): a gap between two logits
+    # is known to a few such units; the loss is off by no more, plus fp32 rounding of itself.
+    rounding = 8 * 2.0 ** -24 * (logits.double() / temperature).abs().amax(1)
+    error = (loss.double() - expected).abs()
+    assert torch.all(error <= 1e-6 * expected.abs() + rounding), float(error.max())
+    # Rows whose target is a far-ahead argmax have a loss of about exp(-gap) = log2(s) ln 2
+    # with s = 1 + tiny: right to fp32's rounding of s (2^-23), not to that of |z| / T.
+    sure = expected < 1e-4
+    assert torch.all(error[sure] <= 2.0 ** -22), float(error[sure].max())

@@ -138,9 +138,13 @@ def ce_rows(
     (eps/C) w_j``; probabilities ``q``: ``c_j = w_j ((1-eps) q_j + eps/C)``), ``s = sum(c)``,
     ``lse = logsumexp(z / t)`` and ``p = softmax(z / t)``:
 
-        loss   = s * lse - sum(c * z) / t
+        loss   = s * lse - sum(c * z) / t  =  ln2 (s log2 S + sum(c * (m - u)))
         grad   = grad_scale / t * (s * p - c)             (ignored rows: 0)
         dL/dt  = (sum(c * z) - s * sum(p * z)) / t**2
+
+    with ``u = z log2(e) / t``, ``m = max u`` and ``S = sum 2^(u - m)``. The loss is computed in
+    the second form (every term >= 0: never negative, full precision on confident rows; see
+    :mod:`tempfast.kernels.cross_entropy`).
 
     Returns ``(loss_rows, lse, dt_rows)``, each ``(N,)`` (``dt_rows`` empty unless asked).
     """
@@ -174,9 +178,7 @@ def ce_rows(
             m = z.amax(1, keepdim=True) * k
             torch.mul(z, k, out=e)
         m.masked_fill_(m == float("-inf"), 0.0)  # a row of -inf logits: keep exp() at 0
-        e.sub_(m).exp2_()
-        s = e.sum(1, keepdim=True)
-        row_lse = (m + s.log2())[:, 0] * LN2
+        e.sub_(m)  # u - m <= 0: the gaps of the loss's sum(c (m - u)), exact in the compute dtype
         if probs:
             c = target[r0:r1].to(cdt)
             if eps > 0:
@@ -184,22 +186,31 @@ def ce_rows(
             if w is not None:
                 c = c * w
             c_sum, cz = c.sum(1), (c * z.to(cdt)).sum(1)
+            gap = -(c * e).sum(1)
             valid = None
         else:
             y = target[r0:r1]
             valid = y != ignore_index
             in_range = (y >= 0) & (y < n_cols)  # checked on the host for CPU tensors
             y_safe = torch.where(valid & in_range, y, 0).unsqueeze(1)
-            w_y = w[y_safe[:, 0]] if w is not None else torch.ones_like(row_lse)
+            w_y = w[y_safe[:, 0]] if w is not None else torch.ones(r1 - r0, dtype=cdt,
+                                                                     device=device)
             w_y = torch.where(valid, torch.where(in_range, w_y, float("nan")), 0.0)
             z_y = torch.where(valid, z.gather(1, y_safe)[:, 0].to(cdt), 0.0)
             c_sum, cz = (1.0 - eps) * w_y, (1.0 - eps) * w_y * z_y
+            gap = c_sum * (-e.gather(1, y_safe)[:, 0])
             if eps > 0:
                 z_w = z.to(cdt) @ w if w is not None else z.sum(1, dtype=cdt)
+                e_w = e @ w if w is not None else e.sum(1)
                 smooth_w = valid.to(cdt) * (eps / n_cols)
                 c_sum = c_sum + smooth_w * total_weight
                 cz = cz + torch.where(valid, smooth_w * z_w, 0.0)
-        row_loss = c_sum * row_lse - cz * inv_t[:, 0]
+                gap = gap - torch.where(valid, smooth_w * e_w, 0.0)
+        e.exp2_()
+        s = e.sum(1, keepdim=True)
+        log2_s = s.log2()[:, 0]
+        row_lse = (m[:, 0] + log2_s) * LN2
+        row_loss = (c_sum * log2_s + gap) * LN2
         loss[r0:r1] = row_loss if valid is None else torch.where(valid, row_loss, 0.0)
         lse[r0:r1] = row_lse
         if compute_dt:  # sum(p z) = sum(e z) / s; nansum: masked classes (0 * -inf) add 0

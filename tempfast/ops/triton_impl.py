@@ -64,8 +64,8 @@ def _launch_ce(cfg: LaunchConfig, x: Tensor, t: Tensor, y: Tensor, q: Tensor, w:
             n_rows, n_cols, cdiv(n_cols, cfg.block_c), ignore_index, eps, **flags,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     else:
-        part = torch.empty((n_rows, cfg.splits, ce_kernels.N_PARTIALS), dtype=torch.float32,
-                           device=x.device)
+        part = torch.empty((n_rows, cfg.splits, ce_kernels.N_PARTIALS.value),
+                           dtype=torch.float32, device=x.device)
         q_stride = q.stride(0) if q.dim() == 2 else 0
         stats_flags = {k: v for k, v in flags.items() if k != "COMPUTE_GRAD"}
         ce_kernels.ce_split_stats_kernel[(n_rows, cfg.splits)](
