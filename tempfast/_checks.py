@@ -73,6 +73,23 @@ def check_dim(dim: int, ndim: int) -> int:
     return dim % ndim
 
 
+def class_dim_of(class_dim: int | None, ndim: int) -> int:
+    """The class dimension of ``ndim``-dimensional logits, as a non-negative index.
+
+    ``None`` is torch's layout (``F.cross_entropy``): dim 1 of ``(N, C, d1, ...)``, dim 0 of a
+    single example ``(C,)``. Any other int is taken as given (``-1``: class-last, as in
+    ``(B, S, C)`` language-model logits).
+    """
+    if class_dim is None:
+        return 0 if ndim == 1 else 1
+    if isinstance(class_dim, bool) or not isinstance(class_dim, int):
+        raise TypeError(f"class_dim: expected an int or None, got {type(class_dim).__name__}")
+    if not -ndim <= class_dim < ndim:
+        raise IndexError(f"class_dim: {class_dim} is out of range for logits with {ndim} "
+                         "dimensions")
+    return class_dim % ndim
+
+
 def check_weight(weight: Tensor | None, num_classes: int) -> None:
     if weight is None:
         return

@@ -1,10 +1,14 @@
 """Public ops: temperature-scaled softmax, log-softmax, cross-entropy and the fused linear head.
 
 ``T`` (``temperature``) divides the logits before the softmax. It is a Python number, a 0-dim
-tensor, or one value per row (shape ``logits.shape[:-1]`` for cross-entropy, ``x.shape`` without
-``dim`` for softmax). A tensor that requires grad gets its gradient in the same pass. On CUDA
-tensors the ops run fused Triton kernels; on CPU tensors a chunked PyTorch path (see
-:mod:`tempfast.backend`).
+tensor, or one value per row (the shape of the logits without their class dimension for
+cross-entropy, of ``x`` without ``dim`` for softmax). A tensor that requires grad gets its
+gradient in the same pass. On CUDA tensors the ops run fused Triton kernels; on CPU tensors a
+chunked PyTorch path (see :mod:`tempfast.backend`).
+
+Layout: ``cross_entropy`` takes torch's (classes at dim 1 of ``(N, C, d1, ...)``), or
+``class_dim=-1`` for class-last logits; ``linear_cross_entropy`` takes features last
+(``(*, H)``, as ``F.linear``).
 """
 
 from __future__ import annotations
@@ -58,11 +62,12 @@ def log_softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> 
     return _softmax(x, temperature, dim, log=True)
 
 
-def _check_target(target: Tensor, logits: Tensor) -> bool:
-    """Validate ``target``; True for probability targets, False for class indices."""
+def _check_target(target: Tensor, logits: Tensor, class_dim: int, layout_given: bool) -> bool:
+    """Validate ``target`` against ``logits`` (classes at ``class_dim``); True for probability
+    targets, False for class indices."""
     if not isinstance(target, Tensor):
         raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    rows_shape = logits.shape[:-1]
+    rows_shape = logits.shape[:class_dim] + logits.shape[class_dim + 1:]
     if target.shape == logits.shape and target.dtype.is_floating_point:
         return True
     if target.shape == rows_shape:
@@ -72,9 +77,13 @@ def _check_target(target: Tensor, logits: Tensor) -> bool:
                 f"tensor, got {target.dtype} (probability targets have the logits' shape)"
             )
         return False
+    hint = ""
+    if not layout_given and logits.dim() >= 3 and target.shape == logits.shape[:-1]:
+        hint = ("; the classes are at dim 1, as in torch: for class-last logits such as "
+                "(B, S, C) pass class_dim=-1")
     raise ValueError(
         f"target: expected shape {tuple(rows_shape)} (class indices) or {tuple(logits.shape)} "
-        f"(probabilities), got {tuple(target.shape)}"
+        f"(probabilities), got {tuple(target.shape)}{hint}"
     )
 
 
@@ -87,41 +96,50 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    class_dim: int | None = None,
     inplace_backward: bool = False,
 ) -> Tensor:
-    """``F.cross_entropy(logits / T, target, ...)`` with the class dimension last, fused.
+    """``F.cross_entropy(logits / T, target, ...)``, fused: torch's arguments and layout.
 
     Args:
-        logits: ``(*, C)`` floating tensor: ``(N, C)`` for a classifier, ``(B, S, C)`` for a
-            language-model head, ``(C,)`` for one example.
-        target: ``(*)`` integer class indices, or ``(*, C)`` class probabilities (soft labels:
-            mixup, cutmix, distillation).
-        temperature: ``T > 0``: a number, a 0-dim tensor, or one value per row (shape ``(*)``).
-            A tensor that requires grad receives
+        logits: ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dk)`` floating tensor: the classes at
+            dim 1 (dim 0 for one example), as in ``F.cross_entropy``. Class-last logits such as
+            a language model's ``(B, S, C)`` need ``class_dim=-1``.
+        target: class indices of the logits' shape without the class dimension (``(N)``,
+            ``()``, ``(N, d1, ..., dk)``; integer), or class probabilities of the logits' shape
+            (soft labels: mixup, cutmix, distillation).
+        temperature: ``T > 0``: a number, a 0-dim tensor, or one value per row (the target's
+            shape for class indices). A tensor that requires grad receives
             ``dL/dT = (sum_j q_j z_j - sum_j p_j z_j) / T**2`` per row (``p = softmax(z / T)``,
             ``q`` the smoothed, weighted target distribution).
         weight: ``(C,)`` per-class weights, as in torch.
         ignore_index: class-index value whose rows contribute nothing (indices only).
         reduction: ``"mean"`` (over non-ignored rows, weighted as in torch), ``"sum"``, ``"none"``.
         label_smoothing: ``eps`` in [0, 1]; the target becomes ``(1 - eps) q + eps / C``.
+        class_dim: the dimension of ``logits`` that holds the classes; ``None`` (default):
+            torch's layout (dim 1, or 0 for 1-D logits). ``-1`` for class-last logits.
         inplace_backward: write the logits' gradient into ``logits`` during the forward pass, so
             no ``N x C`` gradient buffer is allocated. **The logits are overwritten**: do not
-            read them after this call. Needs a class dimension with unit stride and logits
-            that are not a leaf (a layer's output, not a parameter or input).
+            read them after this call. Needs logits viewable as ``(rows, C)`` with unit stride
+            along the classes (2-D, or class-last) that are not a leaf (a layer's output, not a
+            parameter or input).
 
     Returns:
-        fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``.
+        fp32 loss: a scalar, or the target's shape (the logits' without the class dimension)
+        for ``reduction="none"``.
 
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
     _checks.check_floating("logits", logits)
     if logits.dim() == 0:
-        raise ValueError("logits: expected shape (*, C), got a 0-dim tensor")
-    num_classes = logits.shape[-1]
+        raise ValueError("logits: expected shape (N, C), (C,) or (N, C, d1, ...), got a 0-dim "
+                         "tensor")
+    cdim = _checks.class_dim_of(class_dim, logits.dim())
+    num_classes = logits.shape[cdim]
     if num_classes == 0:
-        raise ValueError("logits: the class dimension (last) is empty")
-    probs = _check_target(target, logits)
+        raise ValueError(f"logits: the class dimension (dim {cdim}) is empty")
+    probs = _check_target(target, logits, cdim, class_dim is not None)
     _checks.check_reduction(reduction)
     eps = _checks.check_label_smoothing(label_smoothing)
     ignore_index = _checks.check_ignore_index(ignore_index)
@@ -132,6 +150,9 @@ def cross_entropy(
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("weight: the class weights cannot be differentiated (as in torch); "
                          "pass weight.detach()")
+    logits = logits.movedim(cdim, -1)
+    if probs:
+        target = target.movedim(cdim, -1)
     rows_shape = logits.shape[:-1]
     t = _checks.temperature_rows(temperature, rows_shape, logits.device,
                                  _checks.accumulation_dtype(logits.dtype))
@@ -156,7 +177,7 @@ def cross_entropy(
         except RuntimeError:
             logits_view = None
         if logits_view is None or logits_view.stride(-1) != 1:
-            raise ValueError("inplace_backward: logits must be viewable as (N, C) with unit "
+            raise ValueError("inplace_backward: logits must be viewable as (rows, C) with unit "
                              "stride along the class dimension")
         loss = CrossEntropyInplace.apply(logits_view, target_2d, t, weight, ignore_index, eps,
                                          reduction, compute_dt)

@@ -44,16 +44,22 @@ def cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    class_dim: int | None = None,
 ) -> Tensor:
-    """``F.cross_entropy(logits / T, target, ...)`` with the class dimension last.
+    """``F.cross_entropy(logits / T, target, ...)``, classes at ``class_dim`` (``None``:
+    torch's layout, dim 1 of ``(N, C, d1, ...)``, dim 0 of ``(C,)``; ``-1``: class-last).
 
-    logits ``(*, C)``; target ``(*)`` class indices or ``(*, C)`` probabilities; the loss has
-    shape ``(*)`` for ``reduction="none"`` and is a scalar otherwise.
+    target: the logits' shape without the class dimension (class indices) or the logits' shape
+    (probabilities); the loss has the target-index shape for ``reduction="none"``.
     """
+    cdim = (0 if logits.dim() == 1 else 1) if class_dim is None else class_dim % logits.dim()
+    probs = target.shape == logits.shape and target.dtype.is_floating_point
+    logits = logits.movedim(cdim, -1)
+    if probs:
+        target = target.movedim(cdim, -1)
     num_classes = logits.shape[-1]
     rows_shape = logits.shape[:-1]
     scaled = logits / _per_row(temperature, logits, logits.dim() - 1)
-    probs = target.shape == logits.shape
     flat_target = target.reshape(-1, num_classes) if probs else target.reshape(-1)
     loss = F.cross_entropy(
         scaled.reshape(-1, num_classes),
@@ -87,4 +93,5 @@ def linear_cross_entropy(
         ignore_index=ignore_index,
         reduction=reduction,
         label_smoothing=label_smoothing,
+        class_dim=-1,
     )

@@ -202,16 +202,69 @@ def test_probability_targets_in_another_dtype(backend, logits_dtype, target_dtyp
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_language_model_shaped_logits(backend, dtype):
+def test_language_model_shaped_logits_with_class_dim_last(backend, dtype):
     b, s, c = 2, 5, 257
     logits = logits_like(b * s, c, dtype).reshape(b, s, c)
     target = _targets(b * s, c).reshape(b, s)
     target[1, 3:] = -100  # padding
     per_position = torch.rand(b, s, generator=torch.Generator().manual_seed(2)) + 0.5
-    check_against_reference(backend, logits, target, per_position, t_grad=True)
-    loss = check_against_reference(backend, logits, target, 8.0, reduction="none")
+    check_against_reference(backend, logits, target, per_position, t_grad=True, class_dim=-1)
+    loss = check_against_reference(backend, logits, target, 8.0, reduction="none",
+                                   class_dim=-1)
     assert loss.shape == (b, s)
     assert torch.all(loss[1, 3:] == 0)
+    reshaped = F.cross_entropy(logits.double().reshape(-1, c) / 8.0, target.reshape(-1),
+                               reduction="none").reshape(b, s)
+    assert_close(loss, reshaped, LOSS_TOL, "loss")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_three_dimensional_logits_take_torch_layout_by_default(backend, reduction):
+    """``(N, C, d)`` logits mean what they mean to ``F.cross_entropy``: classes at dim 1. The
+    call that used to be read class-last, logits (2, 5, 5) with target (2, 5), gave 1.9796
+    where torch gives 2.2445."""
+    logits = logits_like(10, 5, torch.float32, seed=3).reshape(2, 5, 5)
+    target = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]])
+    ours = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0,
+                       reduction=reduction)
+    theirs = F.cross_entropy(logits / 2.0, target, reduction=reduction)
+    assert ours.shape == theirs.shape
+    assert_close(ours, theirs, LOSS_TOL, "loss")
+    check_against_reference(backend, logits, target, 2.0, reduction=reduction)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_image_shaped_logits_with_every_option(backend):
+    """Segmentation-shaped ``(N, C, H, W)`` logits: per-pixel temperatures of the target's
+    shape, probability targets of the logits' shape, weights, smoothing, ignored pixels."""
+    n, c, h, w = 2, 7, 3, 4
+    logits = logits_like(n * h * w, c, torch.float32, seed=5).reshape(n, h, w, c)
+    logits = logits.permute(0, 3, 1, 2)  # (N, C, H, W), classes strided as a conv gives them
+    g = torch.Generator().manual_seed(6)
+    target = torch.randint(0, c, (n, h, w), generator=g)
+    target[0, 1, :2] = -100
+    weight = torch.rand(c, generator=g) + 0.5
+    per_pixel = torch.rand(n, h, w, generator=g) + 0.5
+    check_against_reference(backend, logits, target, per_pixel, t_grad=True, weight=weight,
+                            label_smoothing=0.1)
+    loss = run_backend(backend, tempfast.cross_entropy, logits, target, 2.0, reduction="none")
+    assert loss.shape == (n, h, w)
+    assert_close(loss, F.cross_entropy(logits / 2.0, target, reduction="none"), LOSS_TOL, "loss")
+    probs = torch.softmax(torch.randn(n, c, h, w, generator=g), 1)
+    check_against_reference(backend, logits, probs, 1.5, target_grad=True)
+    assert_close(run_backend(backend, tempfast.cross_entropy, logits, probs, 1.5),
+                 F.cross_entropy(logits / 1.5, probs), LOSS_TOL, "loss")
+
+
+def test_class_last_target_without_class_dim_names_the_argument():
+    logits = torch.randn(2, 5, 7)
+    with pytest.raises(ValueError, match="class_dim=-1"):
+        tempfast.cross_entropy(logits, torch.zeros(2, 5, dtype=torch.long))
+    with pytest.raises(IndexError, match="class_dim"):
+        tempfast.cross_entropy(logits, torch.zeros(2, 5, dtype=torch.long), class_dim=3)
+    with pytest.raises(TypeError, match="class_dim"):
+        tempfast.cross_entropy(logits, torch.zeros(2, 5, dtype=torch.long), class_dim=1.0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
