@@ -2,17 +2,87 @@
 
 A learnable temperature is stored as ``log T`` (a parameter named ``log_temperature``), so it
 stays positive under any optimiser step; read it back with the ``temperature`` property.
+
+It lives in the *loss* module, so an optimiser built from ``model.parameters()`` alone never
+updates it: build it from :func:`parameter_groups` (``torch.optim.SGD(parameter_groups(model,
+loss_fn, weight_decay=5e-4), lr=0.1)``), or add ``loss_fn.parameters()`` yourself. A learnable
+temperature that has had :data:`STALE_CHECK_AFTER` gradients and still holds its first value
+warns once (``StaleTemperatureWarning``): it is almost certainly missing from the optimiser.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Real
 
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import functional as F
+
+STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported
+
+
+class StaleTemperatureWarning(UserWarning):
+    """A learnable temperature receives gradients but never changes."""
+
+
+class _StaleCheck:
+    """Post-accumulate-grad hook of a learnable ``log_temperature``: after
+    :data:`STALE_CHECK_AFTER` backward passes it compares the parameter with its first value,
+    once (one device synchronisation in the whole run), and warns if a nonzero gradient has
+    not moved it."""
+
+    def __init__(self, param: Tensor) -> None:
+        self.initial = param.detach().clone()
+        self.count = 0
+
+    def __call__(self, param: Tensor) -> None:
+        self.count += 1
+        if self.count != STALE_CHECK_AFTER:
+            return
+        if param.grad is None or not bool(param.grad.ne(0).any()):
+            return
+        if torch.equal(param.detach(), self.initial.to(param.device)):
+            warnings.warn(
+                f"a learnable temperature has had {STALE_CHECK_AFTER} gradients and never "
+                "changed: it is probably not in the optimiser. Build the optimiser from "
+                "tempfast.nn.parameter_groups(model, loss_fn, ...) or add loss_fn.parameters() "
+                "(or freeze it: loss_fn.log_temperature.requires_grad_(False))",
+                StaleTemperatureWarning, stacklevel=2)
+
+
+_STALE_CHECKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def parameter_groups(*modules: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    """Optimiser parameter groups for a model and its loss: ``[decayed, not decayed]``.
+
+    Weight matrices and convolution kernels (``ndim > 1``) get ``weight_decay``; biases,
+    normalisation parameters and every temperature (the ``log_temperature`` of the tempfast
+    modules, learnable T) get none. Pass every module that holds parameters, the loss
+    included: ``torch.optim.SGD(parameter_groups(model, loss_fn, weight_decay=5e-4), lr=0.1,
+    momentum=0.9)``. A parameter shared by several modules appears once; frozen parameters are
+    left out.
+    """
+    seen: set[int] = set()
+    decay: list[Tensor] = []
+    no_decay: list[Tensor] = []
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"modules: expected torch.nn.Module, got {type(module).__name__}")
+        temperatures = {id(m.log_temperature) for m in module.modules()
+                        if isinstance(m, _Temperature)}
+        for param in module.parameters():
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            target = decay if param.ndim > 1 and id(param) not in temperatures else no_decay
+            target.append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
 
 
 class _Temperature(nn.Module):
@@ -41,8 +111,20 @@ class _Temperature(nn.Module):
         """The current temperature ``T = exp(log_temperature)`` (a 0-dim tensor)."""
         return self.log_temperature.exp()
 
+    def _forward_temperature(self) -> Tensor:
+        """:attr:`temperature` for a forward pass; a learnable one is watched for never
+        changing (see :class:`StaleTemperatureWarning`)."""
+        param = self.log_temperature
+        if (self.learnable and param.requires_grad and param not in _STALE_CHECKS
+                and not torch.compiler.is_compiling()):
+            check = _StaleCheck(param)
+            param.register_post_accumulate_grad_hook(check)
+            _STALE_CHECKS[param] = check
+        return self.temperature
+
     def extra_repr(self) -> str:
-        return f"temperature={float(self.temperature):.4g}, learnable={self.learnable}"
+        return (f"temperature={float(self.temperature.detach()):.4g}, "
+                f"learnable={self.learnable}")
 
 
 class TemperatureSoftmax(_Temperature):
@@ -56,14 +138,15 @@ class TemperatureSoftmax(_Temperature):
 
     def forward(self, x: Tensor) -> Tensor:
         op = F.log_softmax if self.log else F.softmax
-        return op(x, self.temperature, self.dim)
+        return op(x, self._forward_temperature(), self.dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, dim={self.dim}, log={self.log}"
 
 
 class TemperatureCrossEntropyLoss(_Temperature):
-    """``F.cross_entropy(logits / T, target, ...)`` as a loss module (class dimension last).
+    """``F.cross_entropy(logits / T, target, ...)`` as a loss module: torch's layout (classes at
+    dim 1), or ``class_dim=-1`` for class-last logits such as ``(B, S, C)``.
 
     With ``learnable=True``, ``T`` is trained with the model (like CLIP's logit scale): its
     gradient comes from the fused kernel, ``dL/dT = (sum q z - sum p z) / T**2`` per row.
@@ -78,6 +161,7 @@ class TemperatureCrossEntropyLoss(_Temperature):
         ignore_index: int = -100,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
+        class_dim: int | None = None,
         inplace_backward: bool = False,
     ) -> None:
         super().__init__(temperature, learnable)
@@ -85,17 +169,19 @@ class TemperatureCrossEntropyLoss(_Temperature):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
+        self.class_dim = class_dim
         self.inplace_backward = inplace_backward
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(
             logits,
             target,
-            self.temperature,
+            self._forward_temperature(),
             weight=self.weight,
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             label_smoothing=self.label_smoothing,
+            class_dim=self.class_dim,
             inplace_backward=self.inplace_backward,
         )
 
@@ -143,7 +229,7 @@ class LinearTemperatureCrossEntropy(_Temperature):
             weight = weight.to(hidden.dtype)
             bias = bias.to(hidden.dtype) if bias is not None else None
         loss = F.linear_cross_entropy(
-            hidden, weight, target, bias, self.temperature,
+            hidden, weight, target, bias, self._forward_temperature(),
             ignore_index=self.ignore_index, reduction=self.reduction,
             label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
         if logits_rows is None:

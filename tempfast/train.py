@@ -33,7 +33,7 @@ from .data import DATASETS, DataBundle, load_data
 from .errors import UsageError
 from .functional import cross_entropy
 from .models import FeatureNet, build_model, check_model_name
-from .nn import LinearTemperatureCrossEntropy, TemperatureCrossEntropyLoss
+from .nn import LinearTemperatureCrossEntropy, TemperatureCrossEntropyLoss, parameter_groups
 from .progress import Reporter
 from .run_folder import RunFolder
 
@@ -206,6 +206,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
                         enabled=amp_dtype is not None):
         logits = model(x)
     loss = criterion(logits, y)
+    # Predictions of the weights the loss was computed with (before the step).
+    if isinstance(criterion, LinearTemperatureCrossEntropy):
+        prediction = criterion.predict(logits.detach())
+    else:
+        prediction = logits.detach().argmax(-1)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -214,10 +219,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     else:
         loss.backward()
         optimizer.step()
-    if isinstance(criterion, LinearTemperatureCrossEntropy):
-        prediction = criterion.predict(logits.detach())
-    else:
-        prediction = logits.detach().argmax(-1)
     return loss.detach(), (prediction == y).sum()
 
 
@@ -257,14 +258,11 @@ class WithCriterion(nn.Module):
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module,
                     criterion: nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum 0.9, Nesterov) or AdamW. Weight decay applies to weight matrices and
-    kernels only, never to biases, normalisation parameters or the learned temperature. (A
-    fused head's classifier belongs to the model; the criterion adds only the temperature.)"""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.wd},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if cfg.learn_temp:
-        groups.append({"params": [criterion.log_temperature], "weight_decay": 0.0})
+    """SGD (momentum 0.9, Nesterov) or AdamW over :func:`tempfast.nn.parameter_groups` of the
+    model and the loss: weight decay applies to weight matrices and kernels only, never to
+    biases, normalisation parameters or the learned temperature. (A fused head's classifier
+    belongs to the model and is counted once; the criterion adds only the temperature.)"""
+    groups = parameter_groups(model, criterion, weight_decay=cfg.wd)
     if cfg.opt == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.lr)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import warnings
 
+import pytest
 import torch
 
 import tempfast
-from tempfast.nn import TemperatureCrossEntropyLoss, TemperatureSoftmax
+from tempfast.nn import (
+    STALE_CHECK_AFTER,
+    StaleTemperatureWarning,
+    TemperatureCrossEntropyLoss,
+    TemperatureSoftmax,
+)
 
 from ._util import LOSS_TOL, assert_close
 
@@ -72,4 +79,66 @@ def test_state_dict_round_trip_keeps_a_learned_temperature():
         a.log_temperature.fill_(math.log(5.0))
     b = TemperatureCrossEntropyLoss(1.0, learnable=True)
     b.load_state_dict(a.state_dict())
-    assert math.isclose(float(b.temperature), 5.0, rel_tol=1e-6)
+    assert math.isclose(float(b.temperature.detach()), 5.0, rel_tol=1e-6)
+
+
+def _train(loss_fn, optimizer, model, steps: int) -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+
+def test_a_learnable_temperature_left_out_of_the_optimiser_warns_once():
+    """The usual ``SGD(model.parameters())`` never updates a T held by the loss module: it
+    gets gradients and silently stays put. That is reported once, after enough steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(loss_fn, opt, model, STALE_CHECK_AFTER - 1)
+    with pytest.warns(StaleTemperatureWarning, match="parameter_groups") as record:
+        _train(loss_fn, opt, model, 5)
+    assert len(record) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(loss_fn, opt, model, STALE_CHECK_AFTER)
+
+
+def test_parameter_groups_train_the_temperature_without_decaying_it():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8),
+                                torch.nn.Linear(8, 3))
+    loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
+    groups = tempfast.nn.parameter_groups(model, loss_fn, loss_fn, weight_decay=5e-4)
+    decayed, plain = groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert any(p is loss_fn.log_temperature for p in plain["params"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 1
+    opt = torch.optim.SGD(groups, lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(loss_fn, opt, model, STALE_CHECK_AFTER + 1)
+    assert not math.isclose(float(loss_fn.temperature.detach()), 2.0, rel_tol=1e-4)
+
+
+def test_printing_a_module_with_a_learnable_temperature_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = repr(TemperatureCrossEntropyLoss(3.0, learnable=True, class_dim=-1))
+    assert "temperature=3" in text
+
+
+def test_loss_module_takes_torch_layout_or_class_dim():
+    logits, target = torch.randn(2, 5, 4), torch.randint(0, 5, (2, 4))
+    assert_close(TemperatureCrossEntropyLoss(2.0)(logits, target),
+                 torch.nn.functional.cross_entropy(logits / 2.0, target), LOSS_TOL, "loss")
+    last = torch.randn(2, 4, 5)
+    assert_close(TemperatureCrossEntropyLoss(2.0, class_dim=-1)(last, target),
+                 torch.nn.functional.cross_entropy(last.reshape(8, 5) / 2.0, target.reshape(8)),
+                 LOSS_TOL, "loss")

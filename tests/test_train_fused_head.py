@@ -44,6 +44,26 @@ def test_fused_step_equals_the_standard_step(learnable):
         assert_close(fused.log_temperature, criterion.log_temperature, 1e-5, "log T")
 
 
+def test_fused_step_counts_correct_predictions_of_the_weights_it_stepped_from():
+    """The train accuracy of a step is that of the weights its loss was computed with, as for
+    the unfused step (it was counted after ``optimizer.step()``)."""
+    torch.manual_seed(1)
+    model = build_model("small_cnn", 50, 1, 8, (0.5,), (0.25,))
+    x, y = torch.rand(64, 1, 8, 8), torch.randint(0, 50, (64,))
+    head = model.head
+    fused = LinearTemperatureCrossEntropy(head.in_features, head.out_features, 1.0)
+    fused.linear = head
+    features = FeatureNet(model)
+    features.train()
+    with torch.no_grad():
+        before = int((model(x).argmax(1) == y).sum())  # train-mode batch norm, as the step
+    _, correct = train_step(features, torch.optim.SGD(model.parameters(), lr=50.0), fused, x, y)
+    with torch.no_grad():
+        after = int((model(x).argmax(1) == y).sum())
+    assert after != before, "the step should change the predictions for this test to bite"
+    assert int(correct) == before
+
+
 def test_cli_trains_a_large_class_synthetic_set_with_the_fused_head(tmp_path, capsys):
     rc = main(["train", "--data", "synthetic", "--num-classes", "1000", "--fused-head",
                "--learn-temp", "--temp", "2", "--epochs", "2", "--no-final-eval",
