@@ -1,0 +1,225 @@
+"""Run the static model over the headline cases: record, compile, read, model, aggregate.
+
+Every number comes from the tool: launches recorded from the public ops, binaries compiled
+with the JIT's specialisation, readings from ptxas / cuobjdump / nvdisasm, the cost model of
+:mod:`bench.static.model`, op counts from :class:`bench.static.host.OpCounter`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+
+import torch
+
+from . import host, model, peers
+from .compile import ARCHES, KernelReading, read_launch
+from .record import Launch, triton_version
+from .workloads import Workload, headline_workloads, peak_rss_bytes, record
+
+MODEL_ARCH = 90  # the time model uses the sm_90a binaries (H100 / H200)
+
+
+def _read(args: tuple[Launch, int]) -> tuple[tuple, int, KernelReading]:
+    launch, arch = args
+    return launch.compile_key(), arch, read_launch(launch, arch)
+
+
+def read_all(launches: Iterable[Launch], arches: Iterable[int] = ARCHES,
+             jobs: int = 1) -> dict[tuple[tuple, int], KernelReading]:
+    """Compile and read each distinct launch once per arch (``jobs`` processes)."""
+    unique: dict[tuple, Launch] = {}
+    for launch in launches:
+        unique.setdefault(launch.compile_key(), launch)
+    work = [(launch, arch) for launch in unique.values() for arch in arches]
+    if jobs > 1 and len(work) > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_read, work))
+    else:
+        results = [_read(w) for w in work]
+    return {(key, arch): reading for key, arch, reading in results}
+
+
+def _group(launches: list[Launch]) -> list[tuple[Launch, int]]:
+    """Identical launches (same binary, grid and tensor shapes) with their count."""
+    groups: dict[tuple, list] = {}
+    for launch in launches:
+        shapes = tuple((k, t.shape) for k, t in launch.tensors.items())
+        key = (launch.phase, launch.compile_key(), launch.grid, shapes)
+        groups.setdefault(key, [launch, 0])[1] += 1
+    return [(launch, n) for launch, n in groups.values()]
+
+
+def _access_summary(launch: Launch, reading: KernelReading) -> dict:
+    loops = model.hot_loops(launch, reading)
+    if loops:
+        ldg = sorted({w for lp in loops for w in lp.accesses["LDG"]})
+        stg = sorted({w for lp in loops for w in lp.accesses["STG"]})
+    else:
+        ldg = sorted(set(reading.sass.accesses["LDG"]))
+        stg = sorted(set(reading.sass.accesses["STG"]))
+    return {"where": "hot loops" if loops else "kernel", "LDG": ldg, "STG": stg}
+
+
+def launch_entry(launch: Launch, count: int, readings: dict, elements: int) -> dict:
+    """One (grouped) launch: its binaries on every arch and its cost on every GPU."""
+    key = launch.compile_key()
+    entry: dict = {"kernel": launch.name, "phase": launch.phase, "count": count,
+                   "grid": list(launch.grid), "programs": launch.programs,
+                   "num_warps": launch.num_warps, "constants": _jsonable(launch.constants),
+                   "signature": dict(launch.signature),
+                   "attrs": {str(k): v for k, v in launch.attrs.items() if v}, "arches": {},
+                   "gpus": {}}
+    for arch in ARCHES:
+        r = readings[(key, arch)]
+        occ = model.resident_programs(r)
+        instr_per_program = r.sass.instructions
+        entry["arches"][r.arch] = {
+            "registers": r.registers, "spill_stores": r.spill_stores,
+            "spill_loads": r.spill_loads, "stack": r.stack, "shared": r.shared,
+            "resident_programs": occ["programs"], "occupancy_limit": occ["limit"],
+            "accesses": _access_summary(launch, r), "sass_instructions": instr_per_program,
+            "hot_loops": [{"instructions": lp.instructions, **lp.accesses}
+                          for lp in model.hot_loops(launch, r)],
+            "local_accesses": r.sass.local_accesses, "mufu": r.sass.mufu,
+        }
+        if arch == MODEL_ARCH:
+            warp_instr = model.warp_instructions(launch, r)
+            entry["warp_instructions"] = warp_instr * count
+            entry["instructions_per_element"] = warp_instr * count * 32 / max(elements, 1)
+            for gpu in model.GPUS:
+                cost = model.launch_cost(launch, r, gpu)
+                entry["gpus"][gpu.name] = {**asdict(cost), "hbm_bytes": cost.hbm_bytes * count,
+                                           "t": cost.t * count, "t_mem": cost.t_mem * count,
+                                           "t_issue": cost.t_issue * count,
+                                           "bound": cost.bound}
+    return entry
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v if isinstance(v, (bool, int, float, str)) or v is None else repr(v))
+            for k, v in d.items()}
+
+
+def side_kernels(ops_by_name: dict[str, int]) -> int:
+    return sum(n for op, n in ops_by_name.items() if model.launches_kernel(op))
+
+
+def case_entry(w: Workload, launches: list[Launch], readings: dict, ops: dict | None = None,
+               label: str = "tempfast", extra_passes: int = 0) -> dict:
+    """A case: its launches, host counts and the predicted time per GPU.
+
+    ``extra_passes``: elementwise torch passes over ``N x C`` around the launches (each reads
+    and writes ``N C e`` bytes at the copy bandwidth: Liger's ``x / T`` and its backward)."""
+    elements = w.rows * w.classes
+    entries = [launch_entry(launch, n, readings, elements) for launch, n in _group(launches)]
+    case = {"id": w.id, "provider": label, "op": w.op, "dtype": w.dtype, "rows": w.rows,
+            "classes": w.classes, "floor_bytes": w.floor_bytes, "launches": entries,
+            "triton_launches": {p: sum(e["count"] for e in entries if e["phase"] == p)
+                                for p in ("forward", "backward")}}
+    if ops is not None:
+        case["host"] = ops
+    side = sum(ops.get("side_kernels", {}).values()) if ops else 0
+    case["predicted"] = {}
+    for gpu in model.GPUS:
+        t_launches = sum(e["gpus"][gpu.name]["t"] for e in entries)
+        extra_bytes = extra_passes * 2 * elements * w.itemsize
+        t_extra = extra_bytes / gpu.copy_bw + extra_passes * model.LAUNCH_S
+        t_side = side * model.LAUNCH_S
+        t = t_launches + t_extra + t_side
+        floor = w.floor_bytes / gpu.copy_bw
+        case["predicted"][gpu.name] = {
+            "t": t, "t_triton": t_launches, "t_side_kernels": t_side, "t_extra_passes": t_extra,
+            "hbm_bytes": sum(e["gpus"][gpu.name]["hbm_bytes"] for e in entries) + extra_bytes,
+            "floor_t": floor, "fraction_of_floor": floor / t if t else None,
+            "bound": _bound(entries, gpu.name)}
+    case["instructions_per_element"] = sum(e["instructions_per_element"] for e in entries)
+    return case
+
+
+def _bound(entries: list[dict], gpu: str) -> str:
+    if not entries:
+        return "-"
+    top = max(entries, key=lambda e: e["gpus"][gpu]["t"])
+    return f"{top['gpus'][gpu]['bound']} ({top['kernel']})"
+
+
+def host_counts(rec) -> dict:
+    """Aten ops per phase as recorded around the Triton launches, with the host-memory value
+    checks (which a GPU call skips) apart, and the ops that would run a GPU kernel."""
+    out = {"aten_ops": dict(rec.ops), "host_value_check_ops": dict(rec.host_check_ops),
+           "custom_ops": dict(rec.custom_ops), "side_kernels": {}, "gpu_call_ops": {}}
+    for phase in ("forward", "backward"):
+        out["gpu_call_ops"][phase] = rec.ops[phase] - rec.host_check_ops[phase]
+        out["side_kernels"][phase] = side_kernels(rec.ops_by_name[phase])
+    out["ops_by_name"] = rec.ops_by_name
+    return out
+
+
+def run(workloads: list[Workload] | None = None, jobs: int = 1, with_host_time: bool = True,
+        with_peers: bool = True) -> dict:
+    """The whole report as a JSON-able dict."""
+    workloads = workloads if workloads is not None else headline_workloads()
+    recordings = [record(w) for w in workloads]
+    peer_launches: dict[str, list] = {}
+    if with_peers:
+        peer_workloads = [w for w in workloads if w.op == "ce_fwd_bwd"]
+        for w in peer_workloads:
+            peer_launches[("copy", w.id)] = (w, peers.record_copy(w.rows, w.classes, w.dtype))
+            if peers.liger_available():
+                peer_launches[("liger", w.id)] = (w, peers.record_liger(w.rows, w.classes,
+                                                                        w.dtype))
+    everything = [launch for rec in recordings for launch in rec.launches]
+    everything += [launch for _, ls in peer_launches.values() for launch in ls]
+    readings = read_all(everything, jobs=jobs)
+    cases = [case_entry(rec.workload, rec.launches, readings, host_counts(rec))
+             for rec in recordings]
+    peer_cases = []
+    for (kind, _), (w, launches) in peer_launches.items():
+        if kind == "copy":
+            copy_w = Workload("copy", w.dtype, w.rows, w.classes)
+            peer_cases.append(case_entry(copy_w, launches, readings, label="copy"))
+        else:
+            peer_cases.append(case_entry(w, launches, readings, label="liger_t1"))
+            peer_cases.append(case_entry(w, launches, readings, label="liger_x_div_t",
+                                         extra_passes=2))
+    report = {"meta": meta(), "cases": cases, "peers": peer_cases,
+              "published": {"liger_h100_bf16_8192_ms": peers.PUBLISHED_LIGER_H100_BF16_MS}}
+    if with_host_time:
+        report["host"] = {"time_s": host.host_time(), "cpu_path_ops": host.cpu_path_op_counts(),
+                          "shape": [64, 10], "threads": 1}
+    report["meta"]["peak_rss_bytes"] = peak_rss_bytes()
+    return report
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def meta() -> dict:
+    import tempfast
+
+    return {
+        "date": datetime.date.today().isoformat(),
+        "commit": _git_commit(),
+        "tempfast": tempfast.__version__, "triton": triton_version(), "torch": torch.__version__,
+        "liger_kernel": peers.liger_version(), "python": platform.python_version(),
+        "arches": [f"sm_{a}a" if a >= 90 else f"sm_{a}" for a in ARCHES],
+        "gpus": [asdict(g) | {"issue_rate": g.issue_rate} for g in model.GPUS],
+        "assumptions": {
+            "issue_per_clock_per_sm": model.ISSUE_PER_CLOCK, "launch_s": model.LAUNCH_S,
+            "l2_fraction_for_rereads": model.L2_FRACTION,
+            "num_sms_seen_by_heuristics": 132,
+            "time": "max(hbm bytes / copy bw, warp-instructions / issue rate) + launches",
+        },
+    }

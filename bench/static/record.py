@@ -1,0 +1,255 @@
+"""Record every Triton launch the real public ops make, without running it.
+
+The tool never hard-codes the kernels or their argument types: it runs ``tempfast.softmax``,
+``tempfast.cross_entropy`` and ``tempfast.linear_cross_entropy`` (forward and backward) with the
+Triton backend forced on CPU tensors, in a process *without* ``TRITON_INTERPRET``, while
+:class:`LaunchRecorder` replaces ``JITFunction.run``. For each ``kernel[grid](*args, **kw)`` it
+keeps the grid, the tensor arguments' shapes / dtypes / addresses, the scalars, and the
+specialisation the JIT would compile for those arguments on a CUDA target, computed by Triton's
+own machinery: the binder ``create_function_from_signature(fn.signature, fn.params, backend)``
+(pointer alignment to 16 bytes, integers divisible by 16, integers equal to 1 as constexprs)
+and ``JITFunction._pack_args`` (signature, constexprs, attributes). The kernel does not run.
+
+CPU tensors stand in for CUDA ones: ``torch.empty`` on the CPU is lazy (pages are mapped only
+when touched) and nothing reads the logits while the launches are intercepted, so an
+``8192 x 262144`` bf16 case costs no memory. Their addresses are 64-byte aligned like (or less
+than) the CUDA caching allocator's 512 bytes, and views keep the same offsets, so the alignment
+keys match the ones a GPU run computes. The SM count the heuristics see is their default (132,
+the H100 SXM and H200 count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.runtime.jit import JITFunction, create_function_from_signature
+
+SMALL_VALUES = 64  # tensors up to this many elements keep their values (e.g. the upstream grad)
+RECORD_TARGET = GPUTarget("cuda", 90, 32)  # the binder's backend; its keys are arch-independent
+
+
+def _make_backend(target: GPUTarget):
+    from triton.compiler.compiler import make_backend
+
+    return make_backend(target)
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    """A tensor argument of a launch (no data, except the values of tiny tensors)."""
+
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    dtype: str
+    itemsize: int
+    data_ptr: int
+    storage_ptr: int
+    values: tuple[float, ...] | None = None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.itemsize
+
+    @classmethod
+    def of(cls, t: torch.Tensor) -> TensorArg:
+        values = None
+        if t.numel() <= SMALL_VALUES:
+            values = tuple(float(v) for v in t.detach().reshape(-1).tolist())
+        return cls(tuple(t.shape), tuple(t.stride()), str(t.dtype).removeprefix("torch."),
+                   t.element_size(), t.data_ptr(), t.untyped_storage().data_ptr(), values)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One intercepted ``kernel[grid](...)``: what to compile and what it touches.
+
+    ``signature`` / ``constexprs`` / ``attrs`` are exactly what ``JITFunction.run`` passes to
+    ``ASTSource`` for these arguments; ``kwargs`` the launch options (``num_warps``,
+    ``num_stages``, ``debug``, ...) to parse per target.
+    """
+
+    module: str
+    name: str
+    grid: tuple[int, int, int]
+    tensors: dict[str, TensorArg]
+    scalars: dict[str, Any]
+    signature: dict[str, str]
+    constexprs: dict[tuple, Any]
+    attrs: dict[tuple, Any]
+    kwargs: dict[str, Any]
+    phase: str = ""
+
+    @property
+    def programs(self) -> int:
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+    @property
+    def num_warps(self) -> int:
+        return int(self.kwargs.get("num_warps", 4))
+
+    @property
+    def constants(self) -> dict[str, Any]:
+        """The constexprs by parameter name (``BLOCK_C``, flags, integers equal to 1)."""
+        names = list(self.signature)
+        return {names[path[0]]: value for path, value in self.constexprs.items()}
+
+    def compile_key(self) -> tuple:
+        """What decides the compiled binary (for de-duplication and caching)."""
+        opts = tuple(sorted((k, repr(v)) for k, v in self.kwargs.items()))
+        return (self.module, self.name, tuple(self.signature.items()),
+                tuple(sorted((k, repr(v)) for k, v in self.constexprs.items())),
+                tuple(sorted((k, repr(v)) for k, v in self.attrs.items())), opts)
+
+    def kernel(self) -> JITFunction:
+        import importlib
+
+        return getattr(importlib.import_module(self.module), self.name)
+
+
+def _grid3(grid, bound_args) -> tuple[int, int, int]:
+    if callable(grid):
+        grid = grid(bound_args)
+    grid = tuple(int(g) for g in grid)
+    return (*grid, 1, 1, 1)[:3]
+
+
+def _jit_kwargs(fn: JITFunction, kwargs: dict) -> dict:
+    """The two options ``JITFunction.run`` adds before binding (Triton 3.6 and 3.8)."""
+    from triton import knobs
+
+    kwargs = dict(kwargs)
+    kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    return kwargs
+
+
+class Specialiser:
+    """Triton's own binder and argument packing for a CUDA target, cached per kernel."""
+
+    def __init__(self, target: GPUTarget = RECORD_TARGET) -> None:
+        self.backend = _make_backend(target)
+        self._binders: dict[int, Any] = {}
+
+    def __call__(self, fn: JITFunction, args: tuple, kwargs: dict):
+        binder = self._binders.get(id(fn))
+        if binder is None:
+            binder = create_function_from_signature(fn.signature, fn.params, self.backend)
+            self._binders[id(fn)] = binder
+        kwargs = _jit_kwargs(fn, kwargs)
+        bound_args, specialization, options = binder(*args, **kwargs)
+        _opts, signature, constexprs, attrs = fn._pack_args(self.backend, kwargs, bound_args,
+                                                            specialization, options)
+        return bound_args, signature, constexprs, attrs, kwargs
+
+
+@dataclass
+class LaunchRecorder:
+    """Context manager: while active, ``kernel[grid](...)`` records a :class:`Launch` into
+    ``launches`` (tagged with ``phase``) instead of compiling and running the kernel."""
+
+    phase: str = ""
+    launches: list[Launch] = field(default_factory=list)
+    specialiser: Specialiser = field(default_factory=Specialiser)
+
+    def record(self, fn: JITFunction, args: tuple, grid, kwargs: dict) -> None:
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        bound, signature, constexprs, attrs, kw = self.specialiser(fn, args, kwargs)
+        with _disable_current_modes():  # reading tiny tensors' values is not the op's work
+            tensors = {k: TensorArg.of(v) for k, v in bound.items()
+                       if isinstance(v, torch.Tensor)}
+        scalars = {k: v for k, v in bound.items() if not isinstance(v, torch.Tensor)}
+        options = {k: v for k, v in kw.items() if k not in signature}
+        self.launches.append(Launch(fn.fn.__module__, fn.fn.__name__, _grid3(grid, bound),
+                                    tensors, scalars, signature, constexprs, attrs, options,
+                                    self.phase))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[LaunchRecorder]:
+        recorder = self
+
+        def run(fn, *args, grid, warmup, **kwargs):
+            recorder.record(fn, args, grid, kwargs)
+
+        original = JITFunction.run
+        JITFunction.run = run
+        try:
+            yield self
+        finally:
+            JITFunction.run = original
+
+
+@contextlib.contextmanager
+def triton_on_cpu() -> Iterator[None]:
+    """Force tempfast's Triton backend on CPU tensors without the interpreter.
+
+    ``tempfast.backend.resolve`` refuses Triton on CPU tensors unless ``TRITON_INTERPRET`` is
+    set; the tool answers its ``interpreter_enabled()`` question with yes (the launches are
+    intercepted, so nothing is interpreted) and selects the backend with ``use_backend``."""
+    from tempfast import backend
+
+    if backend.interpreter_enabled():
+        raise RuntimeError("bench.static needs a process without TRITON_INTERPRET: the "
+                           "interpreter's kernels are not the ones a GPU compiles")
+    original = backend.interpreter_enabled
+    backend.interpreter_enabled = lambda: True
+    try:
+        with backend.use_backend("triton"):
+            yield
+    finally:
+        backend.interpreter_enabled = original
+
+
+def _shape_only_mm(a, b):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _shape_only_mm_out(a, b, *, out):
+    return out
+
+
+def _shape_only_addmm(c, a, b, *, beta=1, alpha=1):
+    return a.new_empty((a.shape[0], b.shape[1]))
+
+
+def _shape_only_addmm_(c, a, b, *, beta=1, alpha=1):
+    return c
+
+
+@contextlib.contextmanager
+def no_gemm() -> Iterator[None]:
+    """Replace aten's CPU matrix products with shape-only stubs (results uninitialised).
+
+    The fused linear head's GEMMs would take minutes on a CPU; the model covers only its
+    cross-entropy part, whose launches depend on the logits' shape, not their values. The
+    stubs sit below autograd and below any dispatch mode, so the op layer sees a plain eager
+    call."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lib = torch.library.Library("aten", "IMPL")
+        lib.impl("mm", _shape_only_mm, "CPU")
+        lib.impl("mm.out", _shape_only_mm_out, "CPU")
+        lib.impl("addmm", _shape_only_addmm, "CPU")
+        lib.impl("addmm_", _shape_only_addmm_, "CPU")
+    try:
+        yield
+    finally:
+        lib._destroy()
+
+
+def triton_version() -> str:
+    return triton.__version__

@@ -1,0 +1,131 @@
+"""The headline cases the static model reads, and the recording of their launches.
+
+A case is one public op call at one shape: ``op`` (as in :data:`bench.cases.OPS`, plus
+``linear_ce_fwd_bwd``, the fused linear head's cross-entropy part), dtype, ``N`` and ``C``.
+:func:`record` runs it with the Triton backend forced and every launch intercepted
+(:mod:`bench.static.record`), the forward and the backward separately, counting the torch ops
+each dispatches (:class:`bench.static.host.OpCounter`). The upstream gradient is that of
+``loss.backward()`` (1) for the cross-entropy ops and a dense ``dy`` for softmax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import resource
+from dataclasses import dataclass
+
+import torch
+
+from ..cases import DTYPES, FLOOR_UNITS, TEMPERATURE
+from .host import OpCounter
+from .record import Launch, LaunchRecorder, no_gemm, triton_on_cpu
+
+HEADLINE_ROWS = 8192
+HEADLINE_CLASSES = (1000, 4096, 32000, 128256, 262144)
+HEADLINE_OPS = ("ce_fwd_bwd", "ce_learnable_t_fwd_bwd", "linear_ce_fwd_bwd", "softmax_fwd",
+                "softmax_fwd_bwd")
+LINEAR_HIDDEN = 64  # the head's GEMMs are not run (no_gemm); H only sizes the hidden tensors
+
+
+@dataclass(frozen=True)
+class Workload:
+    op: str
+    dtype: str
+    rows: int
+    classes: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}-C{self.classes}-N{self.rows}-{self.dtype}"
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=DTYPES[self.dtype]).element_size()
+
+    @property
+    def floor_bytes(self) -> int:
+        """The bytes no implementation can avoid (:data:`bench.cases.FLOOR_UNITS`; the linear
+        head's CE part: the logits written by the GEMM are read once and the gradient is
+        written once, as for ``ce_fwd_bwd``)."""
+        units = FLOOR_UNITS.get(self.op, FLOOR_UNITS["ce_fwd_bwd"])
+        return units * self.rows * self.classes * self.itemsize
+
+
+@dataclass
+class Recording:
+    workload: Workload
+    launches: list[Launch]
+    ops: dict[str, int]  # phase -> aten ops dispatched
+    ops_by_name: dict[str, dict[str, int]]  # phase -> op -> count, as a GPU call dispatches
+    custom_ops: dict[str, int]
+    host_check_ops: dict[str, int]  # ops of host-memory value checks (skipped on a GPU)
+
+    def launches_in(self, phase: str) -> list[Launch]:
+        return [launch for launch in self.launches if launch.phase == phase]
+
+
+def headline_workloads(dtypes: tuple[str, ...] = ("bf16", "fp32"),
+                       classes: tuple[int, ...] = HEADLINE_CLASSES,
+                       ops: tuple[str, ...] = HEADLINE_OPS,
+                       rows: int = HEADLINE_ROWS) -> list[Workload]:
+    """Cross-entropy first (the headline), then the fused head, then softmax."""
+    return [Workload(op, dtype, rows, c) for op in ops for dtype in dtypes for c in classes]
+
+
+def _inputs(w: Workload):
+    """Lazily allocated inputs: ``torch.empty`` pages are never touched."""
+    dtype = DTYPES[w.dtype]
+    y = torch.zeros(w.rows, dtype=torch.int64)
+    if w.op == "linear_ce_fwd_bwd":
+        h = torch.empty(w.rows, LINEAR_HIDDEN, dtype=dtype).requires_grad_(True)
+        weight = torch.empty(w.classes, LINEAR_HIDDEN, dtype=dtype).requires_grad_(True)
+        return (h, weight, y), None
+    x = torch.empty(w.rows, w.classes, dtype=dtype).requires_grad_(w.op != "softmax_fwd")
+    if w.op.startswith("softmax"):
+        dy = torch.empty(w.rows, w.classes, dtype=dtype) if w.op == "softmax_fwd_bwd" else None
+        return (x,), dy
+    return (x, y), None
+
+
+def _call(w: Workload, inputs):
+    import tempfast
+
+    t: float | torch.Tensor = TEMPERATURE
+    if w.op == "ce_learnable_t_fwd_bwd":
+        t = torch.tensor(TEMPERATURE, requires_grad=True)
+    if w.op.startswith("softmax"):
+        return tempfast.softmax(inputs[0], t)
+    if w.op == "linear_ce_fwd_bwd":
+        h, weight, y = inputs
+        return tempfast.linear_cross_entropy(h, weight, y, temperature=t)
+    x, y = inputs
+    return tempfast.cross_entropy(x, y, t)
+
+
+def record(w: Workload) -> Recording:
+    """Run ``w``'s forward and backward with every Triton launch recorded, not run."""
+    recorder = LaunchRecorder()
+    counter = OpCounter()
+    inputs, dy = _inputs(w)
+    gemm = no_gemm() if w.op == "linear_ce_fwd_bwd" else contextlib.nullcontext()
+    with triton_on_cpu(), gemm, recorder.active(), counter.counting():
+        counter.phase = recorder.phase = "forward"
+        out = _call(w, inputs)
+        if w.op != "softmax_fwd":
+            counter.phase = recorder.phase = "backward"
+            out.backward(dy) if dy is not None else out.backward()
+    del out, inputs, dy
+    gc.collect()
+    phases = ("forward", "backward")
+    return Recording(w, recorder.launches, {p: counter.total(p) for p in phases},
+                     {p: counter.by_op(p, on_gpu=True) for p in phases},
+                     {p: sum(n for (q, _), n in counter.custom.items() if q == p)
+                      for p in phases},
+                     {p: sum(n for (q, _), n in counter.host_checks.items() if q == p)
+                      for p in phases})
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident set so far (Linux ``ru_maxrss`` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
