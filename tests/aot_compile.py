@@ -1,10 +1,25 @@
-"""Ahead-of-time compilation of every tempfast kernel for sm_80 and sm_90, without a GPU.
+"""Ahead-of-time compilation of every tempfast kernel variant the JIT can build, without a GPU.
 
 Run as a script in a process *without* ``TRITON_INTERPRET`` (the interpreter forgives what the
-compiler rejects): ``python tests/aot_compile.py [--arch 80 90] [--jobs 2]``. It enumerates
-every launch configuration the heuristics can choose for every dtype, plus every combination of
-the cross-entropy feature flags, compiles each to PTX and a cubin, and prints one line per
-failure. Exit status 0 when everything compiles.
+compiler rejects): ``python tests/aot_compile.py [--arch 80 90] [--jobs 2]``.
+
+What is compiled is what really runs: the script calls the real launchers of
+``tempfast.ops.triton_impl`` on lazily allocated CPU tensors with every Triton launch
+intercepted (``bench.static.record``), and compiles each distinct launch with the
+specialisation the JIT computes for those arguments (Triton's own binder: 16-byte pointer
+alignment, integers divisible by 16, integers equal to 1 as constexprs). The calls cover:
+
+* every launch configuration the heuristics can choose (path, block sizes, warps and, for the
+  split path, ``BLOCK_S``), in fp32 and bf16, each with rows whose width is a multiple of 16
+  (aligned: 128-bit accesses) and one that is not, and with a single row where it selects the
+  configuration (``n_rows == 1``);
+* every combination of the cross-entropy feature flags, fp32 probability targets with 16-bit
+  logits, log-softmax, dL/dT, fp16, and the ``stride == 1`` variants (a per-row temperature, a
+  per-row upstream gradient) on one configuration of each path;
+* the gradient rescale for every block shape, with a scalar and a per-row upstream gradient.
+
+Prints one line per failure; exit status 0 when everything compiles. Works with Triton 3.6
+(``PYTHONPATH=<triton 3.6 dir>``, as ``.ci/run`` does) and 3.8.
 """
 
 from __future__ import annotations
@@ -15,190 +30,213 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-DTYPES = {"fp32": 4, "fp16": 2, "bf16": 2}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.static, tempfast
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The heuristics depend on next_pow2(rows), next_pow2(columns) and the split count, so powers
 # of two (and one past them) reach every configuration they can choose.
 ROW_COUNTS = tuple(1 << i for i in range(14))
 COL_COUNTS = tuple(sorted({c for i in range(21) for c in (1 << i, (1 << i) + 1)}))
-SPLIT_BLOCKS = (2, 4, 8, 16, 32, 64)  # BLOCK_S = next_pow2(splits), splits in [2, 64]
 CE_FLAGS = ("PROB", "HAS_WEIGHT", "SMOOTH", "COMPUTE_GRAD", "COMPUTE_DT")
+MAX_ELEMENTS = 1 << 31  # representative shapes stay below this (lazy, but address space)
 
 
-def _configs(n_inputs: int = 1):
-    """(dtype, LaunchConfig) pairs: every configuration the heuristics produce over the grid of
-    shapes and dtypes, compiled once (with the first dtype that selects it), plus, for each
-    path, one configuration in every dtype (the dtype changes the pointer types, not the
-    constexprs)."""
+def config_key(cfg) -> tuple:
+    from tempfast.kernels.heuristics import next_pow2
+
+    block_s = next_pow2(cfg.splits) if cfg.path == "split" else 0
+    return (cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps, block_s)
+
+
+def representatives(n_inputs: int, elem_size: int) -> dict[tuple, dict[tuple, tuple]]:
+    """For every configuration the heuristics choose over the shape grid: one shape per
+    specialisation variant ``(width % 16 == 0, rows == 1)``, with a row count divisible by 16
+    where one selects it (else the smallest), and the fewest elements."""
     from tempfast.kernels.heuristics import row_config
 
-    chosen: dict = {}  # constexprs -> (dtype, config); splits / chunks are runtime values
-    for dtype, size in DTYPES.items():
-        for n_rows, n_cols in itertools.product(ROW_COUNTS, COL_COUNTS):
-            cfg = row_config(n_rows, n_cols, size, None, n_inputs)
-            chosen.setdefault((cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps), (dtype, cfg))
-    pairs = set(chosen.values())
-    for path in {key[0] for key in chosen}:
-        first = next(cfg for key, (_, cfg) in chosen.items() if key[0] == path)
-        pairs |= {(dtype, first) for dtype in DTYPES}
-    return sorted(pairs, key=lambda p: (p[1].path, p[1].block_n, p[1].block_c, p[0]))
+    reps: dict[tuple, dict[tuple, tuple]] = {}
+    for rows, cols in itertools.product(ROW_COUNTS, COL_COUNTS):
+        if rows * cols > MAX_ELEMENTS:
+            continue
+        cfg = row_config(rows, cols, elem_size, None, n_inputs)
+        variants = reps.setdefault(config_key(cfg), {})
+        variant = (cols % 16 == 0, rows == 1)
+        rank = (rows % 16 != 0 and rows != 1, rows * cols)
+        if variant not in variants or rank < variants[variant][0]:
+            variants[variant] = (rank, (rows, cols))
+    return {key: {v: shape for v, (_, shape) in variants.items()} for key, variants in
+            reps.items()}
 
 
-def _ce_jobs():
-    base = {"PROB": False, "HAS_WEIGHT": False, "SMOOTH": False, "COMPUTE_GRAD": True,
-            "COMPUTE_DT": False}
-    jobs = [("ce", dtype, cfg, base) for dtype, cfg in _configs()]
-    reps = {}
-    for dtype, cfg in _configs():
-        reps.setdefault(cfg.path, (dtype, cfg))
-    for values in itertools.product((False, True), repeat=len(CE_FLAGS)):
-        flags = dict(zip(CE_FLAGS, values, strict=True))
-        for dtype, cfg in reps.values():
-            jobs.append(("ce", dtype, cfg, flags))
-    # fp32 probability targets with 16-bit logits (mixup under autocast): q_ptr is *fp32.
-    for grad, dt in itertools.product((False, True), repeat=2):
-        flags = {**base, "PROB": True, "COMPUTE_GRAD": grad, "COMPUTE_DT": dt, "Q_FP32": True}
-        for (_dtype, cfg), dtype in itertools.product(reps.values(), ("fp16", "bf16")):
-            jobs.append(("ce", dtype, cfg, flags))
-    return jobs
+def _preferred(variants: dict[tuple, tuple]) -> tuple[int, int]:
+    """The natural shape of a configuration: aligned width, more than one row if possible."""
+    for variant in ((True, False), (False, False), (True, True), (False, True)):
+        if variant in variants:
+            return variants[variant]
+    raise ValueError("no shape")
 
 
-def _softmax_jobs():
-    jobs = []
-    for log in (False, True):
-        jobs += [("softmax", dtype, cfg, {"LOG": log}) for dtype, cfg in _configs()]
-        for dt in (False, True):
-            jobs += [("softmax_bwd", dtype, cfg, {"LOG": log, "COMPUTE_DT": dt})
-                     for dtype, cfg in _configs(3 if dt else 2)]
-    return jobs
+def path_reps(n_inputs: int, elem_size: int) -> dict[str, dict[tuple, tuple]]:
+    """Per path, the variants of its smallest configuration (aligned or not, one row)."""
+    out: dict[str, tuple] = {}
+    for key, variants in representatives(n_inputs, elem_size).items():
+        rows, cols = _preferred(variants)
+        if key[0] not in out or rows * cols < out[key[0]][0]:
+            out[key[0]] = (rows * cols, variants)
+    return {path: variants for path, (_, variants) in out.items()}
 
 
-def _rescale_jobs():
+# --------------------------------------------------------------------------------------------
+# Calls: (kind, dtype, rows, cols, options) -> the real launcher with recorded launches
+# --------------------------------------------------------------------------------------------
+BASE_CE = {"PROB": False, "HAS_WEIGHT": False, "SMOOTH": False, "COMPUTE_GRAD": True,
+           "COMPUTE_DT": False}
+KINDS = ((1, "ce", BASE_CE), (1, "softmax", {"LOG": False}),
+         (2, "softmax_bwd", {"LOG": False, "COMPUTE_DT": False}),
+         (3, "softmax_bwd", {"LOG": False, "COMPUTE_DT": True}))
+
+
+def _size(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def all_calls() -> list[tuple]:
+    calls: list[tuple] = []
+    # 1. every configuration, compiled once with the first dtype that selects it
+    for n_inputs, kind, opts in KINDS:
+        seen: set[tuple] = set()
+        for dtype in ("fp32", "bf16"):
+            for key, variants in sorted(representatives(n_inputs, _size(dtype)).items()):
+                if key not in seen:
+                    seen.add(key)
+                    calls.append((kind, dtype, *_preferred(variants), opts))
+    # 2. per path: every dtype, rows not a multiple of 16 wide, a single row, stride == 1
+    for (n_inputs, kind, opts), dtype in itertools.product(KINDS, DTYPES):
+        for variants in path_reps(n_inputs, _size(dtype)).values():
+            shapes = [_preferred(variants)]
+            if dtype != "fp16":
+                shapes += [v for k, v in variants.items() if k != (True, False)]
+            calls += [(kind, dtype, rows, cols, opts) for rows, cols in shapes]
+            rows, cols = shapes[0]
+            per_row = {"PER_ROW_T": True, "PER_ROW_SCALE": True} if kind == "ce" \
+                else {"PER_ROW_T": True}
+            calls.append((kind, dtype, rows, cols, {**opts, **per_row}))
+            if kind != "ce":
+                calls.append((kind, dtype, rows, cols, {**opts, "LOG": True}))
+            elif dtype != "fp32":  # fp32 probability targets with 16-bit logits
+                for grad, dt in itertools.product((False, True), repeat=2):
+                    calls.append(("ce", dtype, rows, cols, {**BASE_CE, "PROB": True,
+                                                            "COMPUTE_GRAD": grad,
+                                                            "COMPUTE_DT": dt, "Q_FP32": True}))
+            if kind == "ce":
+                calls.append(("ce", dtype, rows, cols, {**BASE_CE, "INPLACE": True}))
+    # 3. every combination of the cross-entropy flags, on each path
+    for variants in path_reps(1, 2).values():
+        rows, cols = _preferred(variants)
+        for values in itertools.product((False, True), repeat=len(CE_FLAGS)):
+            calls.append(("ce", "bf16", rows, cols, dict(zip(CE_FLAGS, values, strict=True))))
+    # 4. the gradient rescale
     from tempfast.kernels.heuristics import elementwise_config
 
-    shapes = sorted({elementwise_config(n, c) for n, c in itertools.product(ROW_COUNTS,
-                                                                            COL_COUNTS)})
-    jobs = [("rescale", "fp32", shape, {}) for shape in shapes]
-    return jobs + [("rescale", dtype, shapes[-1], {}) for dtype in DTYPES if dtype != "fp32"]
+    shapes: dict[tuple, tuple] = {}
+    for rows, cols in itertools.product(ROW_COUNTS, COL_COUNTS):
+        if rows * cols <= MAX_ELEMENTS and (rows % 16 == 0 or rows < 16):
+            variant = elementwise_config(rows, cols)
+            if variant not in shapes or rows * cols < shapes[variant][0] * shapes[variant][1]:
+                shapes[variant] = (rows, cols)
+    for rows, cols in shapes.values():
+        calls.append(("rescale", "fp32", rows, cols, {"PER_ROW_SCALE": False}))
+    rows, cols = max(shapes.values(), key=lambda s: s[0] * s[1])
+    for dtype, per_row, width in itertools.product(DTYPES, (False, True), (cols, cols + 1)):
+        calls.append(("rescale", dtype, rows, width, {"PER_ROW_SCALE": per_row}))
+    return calls
 
 
-def _compile(kernel, types: dict, constexprs: dict, num_warps: int, arch: int):
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
+    from tempfast.ops import triton_impl
 
-    signature = {name: types.get(name, "constexpr") for name in kernel.arg_names}
-    for name in constexprs:
-        signature[name] = "constexpr"
-    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps})
-    assert compiled.asm.get("cubin"), "no cubin produced"
-
-
-def _ce_kernels(dtype: str, cfg, flags: dict):
-    from tempfast.kernels import cross_entropy as kmod
-
-    ptr = f"*{dtype}"
-    flags = dict(flags)
-    q_ptr = "*fp32" if flags.pop("Q_FP32", False) else ptr
-    types = {"x_ptr": ptr, "g_ptr": ptr, "q_ptr": q_ptr, "y_ptr": "*i64", "t_ptr": "*fp32",
-             "w_ptr": "*fp32", "loss_ptr": "*fp32", "lse_ptr": "*fp32", "dt_ptr": "*fp32",
-             "scale_ptr": "*fp32", "part_ptr": "*fp32", "stride_x": "i64", "stride_q": "i64",
-             "stride_g": "i64", "stride_t": "i32", "stride_scale": "i32", "n_rows": "i32",
-             "n_cols": "i32", "n_chunks": "i32", "chunks_per_split": "i32", "ignore_index": "i64",
-             "eps": "fp32"}
-    if cfg.path == "single":
-        yield kmod.ce_single_pass_kernel, types, {**flags, "BLOCK_N": cfg.block_n,
-                                               "BLOCK_C": cfg.block_c}
-    elif cfg.path == "stream":
-        yield kmod.ce_stream_kernel, types, {**flags, "BLOCK_C": cfg.block_c}
-    else:
-        stats = {k: v for k, v in flags.items() if k != "COMPUTE_GRAD"}
-        yield kmod.ce_split_stats_kernel, types, {**stats, "BLOCK_C": cfg.block_c}
-        for block_s in SPLIT_BLOCKS:
-            yield kmod.ce_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
-                                                    "BLOCK_S": block_s}
-
-
-def _softmax_kernels(kind: str, dtype: str, cfg, flags: dict):
-    from tempfast.kernels import softmax as kmod
-
-    ptr = f"*{dtype}"
-    types = {name: ptr for name in ("x_ptr", "y_ptr", "dy_ptr", "dx_ptr")}
-    types |= {"t_ptr": "*fp32", "part_ptr": "*fp32", "dt_ptr": "*fp32", "stride_t": "i32",
-              "n_rows": "i32", "n_cols": "i32", "n_chunks": "i32", "chunks_per_split": "i32"}
-    types |= {f"stride_{n}": "i64" for n in ("x", "y", "dy", "dx")}
-    fwd = kind == "softmax"
-    if cfg.path == "single":
-        kernel = kmod.softmax_single_pass_kernel if fwd else kmod.softmax_bwd_single_pass_kernel
-        yield kernel, types, {**flags, "BLOCK_N": cfg.block_n, "BLOCK_C": cfg.block_c}
-    elif cfg.path == "stream":
-        kernel = kmod.softmax_stream_kernel if fwd else kmod.softmax_bwd_stream_kernel
-        yield kernel, types, {**flags, "BLOCK_C": cfg.block_c}
-    elif fwd:
-        yield kmod.softmax_split_stats_kernel, types, {"BLOCK_C": cfg.block_c}
-        for block_s in SPLIT_BLOCKS:
-            yield kmod.softmax_split_finish_kernel, types, {**flags, "BLOCK_C": cfg.block_c,
-                                                         "BLOCK_S": block_s}
-    else:
-        yield kmod.softmax_bwd_split_stats_kernel, types, {"LOG": flags["LOG"],
-                                                           "BLOCK_C": cfg.block_c}
-        for block_s in SPLIT_BLOCKS:
-            yield kmod.softmax_bwd_split_finish_kernel, types, {
-                **flags, "BLOCK_C": cfg.block_c, "BLOCK_S": block_s}
-
-
-def _rescale_kernels(dtype: str, shape, flags: dict):
-    from tempfast.kernels import rescale as kmod
-
-    block_n, block_c, _ = shape
-    types = {"buf_ptr": f"*{dtype}", "g_ptr": "*fp32", "stride_buf": "i64", "stride_g": "i32",
-             "n_rows": "i32", "n_cols": "i32"}
-    yield kmod.rescale_rows_kernel, types, {"BLOCK_N": block_n, "BLOCK_C": block_c}
-
-
-def run_job(job, arches) -> list[str]:
-    kind, dtype, cfg, flags = job
-    if kind == "ce":
-        kernels, warps = _ce_kernels(dtype, cfg, flags), cfg.num_warps
+    dt = DTYPES[dtype]
+    x = torch.empty(rows, cols, dtype=dt)
+    t = torch.full((rows,) if opts.get("PER_ROW_T") else (1,), 8.0)
+    if kind == "softmax":
+        triton_impl.softmax_forward(x, t, opts["LOG"])
+    elif kind == "softmax_bwd":
+        triton_impl.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
+                                     torch.empty_like(x) if opts["COMPUTE_DT"] else None)
     elif kind == "rescale":
-        kernels, warps = _rescale_kernels(dtype, cfg, flags), cfg[2]
+        triton_impl.rescale_(x, torch.full((rows,) if opts["PER_ROW_SCALE"] else (1,), 2.0))
     else:
-        kernels, warps = _softmax_kernels(kind, dtype, cfg, flags), cfg.num_warps
+        if opts["PROB"]:
+            target = torch.empty(rows, cols, dtype=torch.float32 if opts.get("Q_FP32") else dt)
+        else:
+            target = torch.zeros(rows, dtype=torch.int64)
+        weight = torch.ones(cols) if opts["HAS_WEIGHT"] else None
+        scale = None
+        grad = None
+        if opts["COMPUTE_GRAD"]:
+            scale = torch.ones(rows if opts.get("PER_ROW_SCALE") else 1)
+            grad = x if opts.get("INPLACE") else torch.empty_like(x)
+        triton_impl.ce_rows(x, target, t, weight, -100, 0.1 if opts["SMOOTH"] else 0.0, scale,
+                            grad, opts["COMPUTE_DT"])
+
+
+def record_calls(calls: list[tuple]) -> list:
+    """Run every call through the launchers; the distinct launches, in call order."""
+    from bench.static.record import LaunchRecorder, triton_on_cpu
+
+    recorder = LaunchRecorder()
+    with triton_on_cpu(), recorder.active():
+        for call in calls:
+            _call(*call)
+    unique: dict[tuple, object] = {}
+    for launch in recorder.launches:
+        unique.setdefault(launch.compile_key(), launch)
+    return list(unique.values())
+
+
+def compile_one(launch, arches) -> list[str]:
+    from bench.static.compile import compile_binary
+
     errors = []
-    for kernel, types, constexprs in kernels:
-        for arch in arches:
-            try:
-                _compile(kernel, types, constexprs, warps, arch)
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                errors.append(f"sm_{arch} {kernel.__name__} {dtype} {cfg} {constexprs}: {first}")
+    for arch in arches:
+        try:
+            compiled = compile_binary(launch, arch)
+            assert compiled.asm.get("cubin"), "no cubin produced"
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            errors.append(f"sm_{arch} {launch.name} {launch.constants} "
+                          f"{launch.signature}: {first}")
     return errors
-
-
-def all_jobs():
-    return _ce_jobs() + _softmax_jobs() + _rescale_jobs()
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--list", action="store_true", help="print the launches, compile none")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: AOT compilation needs the real compiler", file=sys.stderr)
         return 2
-    jobs = all_jobs()
     start = time.time()
+    launches = record_calls(all_calls())
+    if args.list:
+        for launch in launches:
+            print(launch.name, launch.num_warps, launch.constants, launch.signature)
+        print(f"{len(launches)} distinct launches")
+        return 0
     with ProcessPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(run_job, jobs, itertools.repeat(args.arch)))
+        results = list(pool.map(compile_one, launches, itertools.repeat(args.arch)))
     errors = [e for r in results for e in r]
     for e in errors:
         print("FAIL", e)
     import triton
 
-    print(f"compiled {len(jobs)} configurations for sm_{args.arch} with triton "
+    print(f"compiled {len(launches)} distinct launches for sm_{args.arch} with triton "
           f"{triton.__version__} in {time.time() - start:.0f}s: {len(errors)} failures")
     return 1 if errors else 0
 

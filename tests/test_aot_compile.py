@@ -1,55 +1,101 @@
-"""Ahead-of-time compilation of every kernel configuration for sm_80 and sm_90 (no GPU needed).
+"""Ahead-of-time compilation of every kernel variant for sm_80 and sm_90 (no GPU needed).
 
 Runs ``tests/aot_compile.py`` in a subprocess WITHOUT ``TRITON_INTERPRET`` (the interpreter
-accepts programs the compiler rejects) and with an empty Triton cache, so every configuration is
-really compiled to PTX and a cubin.
+accepts programs the compiler rejects) and with an empty Triton cache, so every launch the
+launchers make over the script's calls is really compiled to PTX and a cubin, with the JIT's
+run-time specialisation.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).with_name("aot_compile.py")
+ROOT = SCRIPT.parents[1]
+
+
+def _env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",
+                                                            "TEMPFAST_BACKEND")}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    return env
 
 
 @pytest.mark.slow
-def test_every_kernel_configuration_compiles_for_sm80_and_sm90(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    result = subprocess.run([sys.executable, str(SCRIPT), "--arch", "80", "90"],
-                            capture_output=True, text=True, env=env, timeout=1800)
+def test_every_kernel_variant_compiles_for_sm80_and_sm90(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--arch", "80", "90", "--jobs", "2"],
+                            capture_output=True, text=True, env=_env(tmp_path), timeout=1800)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     assert " 0 failures" in result.stdout
 
 
-def test_the_compiled_set_covers_every_configuration_the_heuristics_choose():
+def _recorded_variants(tmp_path: Path) -> list[dict]:
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(SCRIPT.parent)!r})
+        import aot_compile
+        out = [{{"name": l.name, "warps": l.num_warps, "constants": l.constants,
+                 "signature": l.signature,
+                 "aligned": sorted(list(l.signature)[k[0]] for k, v in l.attrs.items() if v)}}
+               for l in aot_compile.record_calls(aot_compile.all_calls())]
+        print(json.dumps(out, default=str))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=_env(tmp_path), cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+KERNELS = {  # (op, path) -> the kernel whose constexprs carry the configuration
+    ("ce", "single"): "ce_single_pass_kernel", ("ce", "stream"): "ce_stream_kernel",
+    ("ce", "split"): "ce_split_finish_kernel",
+    ("softmax", "single"): "softmax_single_pass_kernel",
+    ("softmax", "stream"): "softmax_stream_kernel",
+    ("softmax", "split"): "softmax_split_finish_kernel",
+    ("softmax_bwd", "single"): "softmax_bwd_single_pass_kernel",
+    ("softmax_bwd", "stream"): "softmax_bwd_stream_kernel",
+    ("softmax_bwd", "split"): "softmax_bwd_split_finish_kernel",
+}
+
+
+def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_path):
     """Over a dense grid of shapes (not only the script's powers of two), every launch
-    configuration the launchers can pick is among those the AOT script compiles."""
-    import itertools
-    import sys
+    configuration the launchers can pick is among the launches the AOT script records, and
+    the run-time specialisations include aligned and unaligned rows, a single row and the
+    ``stride == 1`` per-row temperature and upstream gradient."""
+    from tempfast.kernels.heuristics import elementwise_config, next_pow2, row_config
 
-    sys.path.insert(0, str(SCRIPT.parent))
-    import aot_compile
-
-    from tempfast.kernels.heuristics import elementwise_config, row_config
-
+    variants = _recorded_variants(tmp_path)
+    have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
+             v["warps"], v["constants"].get("BLOCK_S")) for v in variants}
     rows = sorted({1, 2, 3, 5, 7, 100, 127, 129, 600, 1000, 4095, 8192, 65537})
     cols = sorted({1, 2, 3, 10, 17, 100, 1000, 4097, 32000, 32769, 65536, 128256, 262144,
                    1 << 20})
-    for n_inputs in (1, 2, 3):
-        compiled = {(c.path, c.block_n, c.block_c, c.num_warps)
-                    for _, c in aot_compile._configs(n_inputs)}
-        for (n, c), size in itertools.product(itertools.product(rows, cols), (2, 4)):
-            for sms in (None, 108, 132):
-                cfg = row_config(n, c, size, sms, n_inputs)
-                assert (cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps) in compiled, cfg
-                if cfg.path == "split":
-                    assert 1 << (cfg.splits - 1).bit_length() in aot_compile.SPLIT_BLOCKS
-    shapes = {shape for _, _, shape, _ in aot_compile._rescale_jobs()}
+    for (op, n_inputs), (n, c), size in itertools.product(
+            (("ce", 1), ("softmax", 1), ("softmax_bwd", 2), ("softmax_bwd", 3)),
+            itertools.product(rows, cols), (2, 4)):
+        for sms in (None, 108, 132):
+            cfg = row_config(n, c, size, sms, n_inputs)
+            name = KERNELS[(op, cfg.path)]
+            block_n = cfg.block_n if cfg.path == "single" else None
+            block_s = next_pow2(cfg.splits) if cfg.path == "split" else None
+            assert (name, block_n, cfg.block_c, cfg.num_warps, block_s) in have, (op, cfg)
+    rescale = {(v["constants"]["BLOCK_N"], v["constants"]["BLOCK_C"], v["warps"])
+               for v in variants if v["name"] == "rescale_rows_kernel"}
     for n, c in itertools.product(rows, cols):
-        assert elementwise_config(n, c) in shapes
+        assert elementwise_config(n, c) in rescale
+    consts = [v["constants"] for v in variants]
+    assert any(k.get("stride_t") == 1 for k in consts)
+    assert any(k.get("stride_scale") == 1 for k in consts)
+    assert any(k.get("n_rows") == 1 for k in consts)
+    stream = [v for v in variants if v["name"] == "ce_stream_kernel"]
+    assert any("stride_x" in v["aligned"] for v in stream)  # rows a multiple of 16 wide
+    assert any("stride_x" not in v["aligned"] for v in stream)  # and not
