@@ -22,8 +22,10 @@ Providers: ``copy`` (``dst.copy_(x)``: reads and writes ``N C e`` bytes once, th
 yardstick), ``tempfast`` (the public ops: Triton on CUDA, the PyTorch path on CPU),
 ``torch_eager`` (``F.cross_entropy(x / T, y)``, ``torch.softmax(x / T, -1)``),
 ``torch_compile`` (``torch.compile(..., dynamic=False)`` of the eager function, compiled for
-the exact shape before timing) and ``liger_x_div_t`` (Liger-Kernel's cross entropy / softmax
-applied to ``x / T``: Liger has no temperature argument, so the division is part of its time).
+the exact shape before timing), ``liger_x_div_t`` (Liger-Kernel's cross entropy / softmax
+applied to ``x / T``: Liger has no temperature argument, so the division is part of its time)
+and ``liger_t1`` (Liger's kernel on ``x`` itself, i.e. at T = 1: the fair peer, since ``x / T``
+adds two elementwise passes that are not Liger's; checked against the reference at T = 1).
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from tempfast import backend, reference
 
 TEMPERATURE = 8.0
 OPS = ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd", "ce_learnable_t_fwd_bwd")
-PROVIDERS = ("copy", "tempfast", "torch_eager", "torch_compile", "liger_x_div_t")
+PROVIDERS = ("copy", "tempfast", "torch_eager", "torch_compile", "liger_x_div_t", "liger_t1")
+LIGER_PROVIDERS = ("liger_x_div_t", "liger_t1")
 CLASS_COUNTS = {"cuda": (10, 100, 1000, 32000, 128256, 262144), "cpu": (10, 1000, 32000, 262144)}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FLOOR_UNITS = {"softmax_fwd": 2, "softmax_fwd_bwd": 5, "ce_fwd": 1, "ce_fwd_bwd": 2,
@@ -199,7 +202,9 @@ def liger_functions() -> tuple[Callable, Callable] | None:
 
 def skip_reason(spec: Spec) -> str | None:
     """Why a case cannot be benchmarked here, or None."""
-    if spec.provider == "liger_x_div_t":
+    if spec.provider == "liger_t1" and spec.op == "ce_learnable_t_fwd_bwd":
+        return "Liger at T = 1 has no temperature to learn"
+    if spec.provider in LIGER_PROVIDERS:
         if spec.device != "cuda":
             return ("Liger-Kernel is Triton-only: on CPU only the Triton interpreter could run "
                     "it, and the interpreter is not a benchmark")
@@ -242,6 +247,8 @@ class Case:
         self.dy = torch.randn(shape, generator=gen, device=device, dtype=self.x.dtype) \
             if self.softmax and self.backward else None
         self.t: float | Tensor = TEMPERATURE
+        # the temperature the result is checked at (Liger at T = 1 computes softmax(x))
+        self.check_t = 1.0 if spec.provider == "liger_t1" else TEMPERATURE
         if spec.op == "ce_learnable_t_fwd_bwd" and spec.provider != "copy":
             self.t = torch.tensor(TEMPERATURE, device=device, requires_grad=True)
         self.dst = torch.empty_like(self.x) if spec.provider == "copy" else None
@@ -262,6 +269,9 @@ class Case:
         elif provider == "liger_x_div_t":
             liger_ce, liger_sm = liger_functions()
             return (lambda: liger_sm(x / t)) if self.softmax else (lambda: liger_ce(x / t, y))
+        elif provider == "liger_t1":
+            liger_ce, liger_sm = liger_functions()
+            return (lambda: liger_sm(x)) if self.softmax else (lambda: liger_ce(x, y))
         return (lambda: eager(x, t)) if self.softmax else (lambda: eager(x, y, t))
 
     def reset(self) -> None:
@@ -302,7 +312,7 @@ class Case:
     def _check_softmax(self, out: Tensor) -> None:
         for rows in _row_chunks(self.spec.rows, self.spec.classes):
             xc = self.x[rows].detach().float().requires_grad_(self.backward)
-            ref = reference.softmax(xc, TEMPERATURE)
+            ref = reference.softmax(xc, self.check_t)
             self._assert_close("softmax output", out[rows], ref)
             if self.backward:
                 (grad,) = torch.autograd.grad(ref, xc, self.dy[rows].float())
@@ -314,8 +324,8 @@ class Case:
         dt = torch.zeros((), device=self.x.device)
         for rows in _row_chunks(self.spec.rows, self.spec.classes):
             xc = self.x[rows].detach().float().requires_grad_(self.backward)
-            tc = torch.tensor(TEMPERATURE, device=xc.device, requires_grad=True) \
-                if learnable else TEMPERATURE
+            tc = torch.tensor(self.check_t, device=xc.device, requires_grad=True) \
+                if learnable else self.check_t
             part = reference.cross_entropy(xc, self.y[rows], tc, reduction="sum") / self.spec.rows
             loss += part.detach()
             if self.backward:

@@ -32,6 +32,7 @@ PROVIDER_NAMES = {
     "torch_eager": "torch eager",
     "torch_compile": "torch.compile",
     "liger_x_div_t": "Liger (on x/T)",
+    "liger_t1": "Liger (T=1)",
     "liger_h_div_t": "Liger fused linear CE (on h/T)",
     "tempfast_train_step": "tempfast train_step",
     "minimal_loop": "minimal PyTorch loop",
