@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Run tempfast's GPU tests and benchmark suite on a machine without network; write all results
-# flat into OUTDIR (at most 7 files):
+# Run tempfast's benchmark suite and GPU tests on a machine without network; write all results
+# flat into OUTDIR (at most 9 files):
 #   versions.txt   GPU, driver, CUDA, Python and package versions, how tempfast was installed
-#   gpu_tests.log  pytest tests/test_gpu.py -m gpu
+#   cases.jsonl    one JSON line per benchmark case, appended as each finishes (kept by a run
+#                  killed at its limit): wall time, CUDA-event time, the static model's
+#                  prediction (bench/results/static-*.json) and measured / predicted
+#   cases.md       cases.jsonl as a markdown table
 #   bench.log      pytest bench --benchmark-only (the pytest-benchmark tables)
 #   bench.json     --benchmark-json output (input of python -m bench.report)
 #   bench.md       the report as markdown
 #   report.txt     the report as text
+#   gpu_tests.log  pytest tests/test_gpu.py -m gpu
 #   status.txt     exit status and seconds of each phase
+# Order: the benchmark first, cross-entropy cases first among its cases (bench/gpu_plugin.py),
+# then the GPU tests with the time left (at most GPU_TESTS_S).
 # Usage: bench/gpu_run.sh OUTDIR    (from anywhere; the repository is this script's parent)
-# Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 150),
-# PYTHON (default python3).
+# Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 120),
+# PYTHON (default python3), TEMPFAST_STATIC_JSON (default: the newest committed static report).
 # Wheels in .whl/ at the repository root (e.g. liger-kernel) are installed into /tmp/site.
 set -uo pipefail
 
@@ -23,7 +29,7 @@ OUT=$(cd "$1" && pwd)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
 TOTAL_S=${TOTAL_S:-480}
-GPU_TESTS_S=${GPU_TESTS_S:-150}
+GPU_TESTS_S=${GPU_TESTS_S:-120}
 START=$SECONDS
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -89,29 +95,27 @@ for name in ("triton", "tempfast", "liger_kernel", "timm", "pytest_benchmark", "
 sys.exit(1 if failed else 0)  # what the benchmark needs is missing: the status says so
 EOF
 phase setup "$setup_status"
+static_json=${TEMPFAST_STATIC_JSON:-$(ls bench/results/static-*.json 2>/dev/null | tail -n 1)}
+echo "static model predictions: ${static_json:-none}" >>"$OUT/versions.txt"
+export TEMPFAST_STATIC_JSON=$static_json
 
-# Only the GPU test module: collecting all of tests/ would import the trainer's extras
-# (scikit-learn, torchattacks), which the GPU image may lack.
-timeout -k 10 "$GPU_TESTS_S" "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider \
-    >"$OUT/gpu_tests.log" 2>&1
-status=$?
-if ((status == 5)); then
-    echo "(no test selected by -m gpu)" >>"$OUT/gpu_tests.log"
-fi
-phase gpu_tests "$status"
-
-# The suite skips its remaining cases once its budget is spent (headline shapes run first);
-# a case that starts just before the deadline (a cold torch.compile takes tens of seconds) has
-# 90 s of grace; the hard timeout only guards against a hung case (it loses bench.json).
+# The suite skips its remaining cases once its budget is spent (cross-entropy headline shapes
+# run first); a case that starts just before the deadline (a cold torch.compile takes tens of
+# seconds) has 90 s of grace; the hard timeout only guards against a hung case (it loses
+# bench.json, not cases.jsonl).
 left=$((TOTAL_S - (SECONDS - START)))
-budget=$((left - 120))
+budget=$((left - GPU_TESTS_S - 60))
 if ((budget < 30)); then
     budget=30
 fi
-TEMPFAST_BENCH_BUDGET_S=$budget timeout -k 10 $((budget + 90)) \
+: >"$OUT/cases.jsonl"
+TEMPFAST_CASES_JSONL="$OUT/cases.jsonl" TEMPFAST_BENCH_BUDGET_S=$budget \
+    timeout -k 10 $((budget + 90)) \
     "$PY" -m pytest bench --benchmark-only --benchmark-json "$OUT/bench.json" \
-    -p no:cacheprovider -q -rs >"$OUT/bench.log" 2>&1
+    -p bench.gpu_plugin -p no:cacheprovider -q -rs >"$OUT/bench.log" 2>&1
 phase "bench(budget=${budget}s)" $?
+"$PY" -m bench.gpu_plugin "$OUT/cases.jsonl" >"$OUT/cases.md" 2>&1
+phase cases_md $?
 
 if [[ -s "$OUT/bench.json" ]]; then
     "$PY" -m bench.report "$OUT/bench.json" --markdown "$OUT/bench.md" >"$OUT/report.txt" 2>&1
@@ -120,4 +124,19 @@ else
     echo "no bench.json: see bench.log" >"$OUT/report.txt"
     phase report 1
 fi
+
+# Only the GPU test module: collecting all of tests/ would import the trainer's extras
+# (scikit-learn, torchattacks), which the GPU image may lack.
+left=$((TOTAL_S - (SECONDS - START)))
+tests_s=$((left < GPU_TESTS_S ? left : GPU_TESTS_S))
+if ((tests_s < 10)); then
+    tests_s=10
+fi
+timeout -k 10 "$tests_s" "$PY" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider \
+    >"$OUT/gpu_tests.log" 2>&1
+status=$?
+if ((status == 5)); then
+    echo "(no test selected by -m gpu)" >>"$OUT/gpu_tests.log"
+fi
+phase gpu_tests "$status"
 cat "$OUT/status.txt"
