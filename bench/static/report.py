@@ -47,11 +47,11 @@ def _main_launch(case: dict, gpu: str = "H100") -> dict:
 
 
 def _kernels(case: dict) -> str:
-    parts = []
+    counts: dict[str, int] = {}
     for e in case["launches"]:
         name = e["kernel"].removesuffix("_kernel")
-        parts.append(f"{name} x{e['count']}" if e["count"] > 1 else name)
-    return ", ".join(parts)
+        counts[name] = counts.get(name, 0) + e["count"]
+    return ", ".join(f"{k} x{n}" if n > 1 else k for k, n in counts.items())
 
 
 def headline_rows(cases: list[dict]) -> list[list[str]]:
