@@ -13,24 +13,27 @@ Attack losses (maximised), for logits ``z`` and labels ``y``:
   masking of high-temperature training and defensive distillation) cannot hide from it.
 * ``"dlr"``: the Difference of Logits Ratio of Croce & Hein (2020),
   ``(max_{j != y} z_j - z_y) / (z_(1) - z_(3) + 1e-12)`` with ``z_(k)`` the k-th largest
-  logit: the margin divided by a logit spread, invariant to scale and shift. Needs >= 3 classes.
+  logit: the margin divided by a logit spread, invariant to scale and shift. With two classes
+  there is no third logit, and any scale-invariant function of the one margin is a step
+  function with a zero gradient: there DLR is the CW margin.
 
 The evaluation suite (:data:`ATTACKS`, built by :func:`build_attack`) names each attack:
 
 * ``pgd-ce``: PGD on CE of the raw logits (``T = 1``);
 * ``pgd-ce-t``: PGD on CE at the training temperature;
 * ``pgd-cw``: PGD on the CW margin;
-* ``apgd-dlr`` / ``apgd-ce``: torchattacks' APGD (Croce & Hein 2020) with the DLR / CE loss;
+* ``apgd-dlr`` / ``apgd-ce``: APGD (Croce & Hein 2020, :class:`APGD`) with the DLR / CE loss;
 * ``square``: torchattacks' Square attack (Andriushchenko et al. 2020), gradient-free random
   search on the margin; it needs no gradient, so no gradient masking can stop it.
 
-torchattacks seeds the global RNG itself; :class:`APGD` and :class:`Square` fork the RNG so the
-caller's random state is left as it was.
+:class:`APGD` and :class:`Square` take a seed and fork the RNG, so the caller's random state
+is left as it was (torchattacks seeds the global RNG itself).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -58,10 +61,13 @@ def margin_loss(logits: Tensor, target: Tensor) -> Tensor:
 def dlr_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Per-example DLR loss ``(max_{j != y} z_j - z_y) / (z_(1) - z_(3) + 1e-12)``, shape ``(N,)``.
 
-    ``logits``: ``(N, C)`` with ``C >= 3``; ``z_(k)`` is the k-th largest logit of the row.
+    ``logits``: ``(N, C)``; ``z_(k)`` is the k-th largest logit of the row. For ``C = 2`` the
+    CW margin (see the module docstring); ``C < 2`` has no other class to reach.
     """
-    if logits.shape[1] < 3:
-        raise ValueError(f"dlr loss: needs at least 3 classes, got {logits.shape[1]}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"dlr loss: needs at least 2 classes, got {logits.shape[1]}")
+    if logits.shape[1] == 2:
+        return margin_loss(logits, target)
     top3 = logits.topk(3, dim=1).values
     return margin_loss(logits, target) / (top3[:, 0] - top3[:, 2] + 1e-12)
 
@@ -173,27 +179,107 @@ def _check_budget(eps: float, restarts: int) -> None:
         raise ValueError(f"restarts: must be >= 1, got {restarts}")
 
 
-class APGD:
-    """torchattacks' APGD in the L-infinity ball, with ``loss`` ``"dlr"`` or ``"ce"`` (raw logits).
+def _apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations at which APGD may halve its step: ``ceil(p_j steps)`` with ``p_0 = 0``,
+    ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (Croce & Hein 2020)."""
+    p = [0.0, 0.22]
+    while p[-1] < 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    points = sorted({math.ceil(v * steps) for v in p[1:] if v < 1.0})
+    return [w for w in points if 0 < w < steps]
 
-    ``steps`` iterations with the adaptive step size, ``restarts`` random restarts (the
-    attack itself, not AutoAttack, whose torchattacks version runs too few iterations).
+
+class APGD:
+    """Auto-PGD in the L-infinity ball (Croce & Hein 2020): ``steps`` steps from a random
+    start, step size ``2 eps`` halved at checkpoints when the loss stalls, momentum 0.75, per
+    example (``steps + 1`` gradient evaluations per restart).
+
+    At each checkpoint ``w_j`` an example's step is halved, and it restarts from its best
+    point, when fewer than ``rho = 0.75`` of the steps since ``w_{j-1}`` raised its loss, or
+    when neither its step nor its best loss changed since ``w_{j-1}``. ``loss``: ``"dlr"``,
+    ``"ce"`` (at ``temperature``; 1: raw logits) or ``"cw"``. Each restart starts at a random
+    point of the ball (seeded by ``seed``) and attacks the examples no earlier restart broke.
+
+    Returns, per example, an iterate that is misclassified when any was (the first one found),
+    else the iterate of highest loss: the best iterate, never merely the last.
     """
 
+    RHO = 0.75
+    MOMENTUM = 0.75
+
     def __init__(self, model: nn.Module, eps: float, steps: int, loss: str = "dlr",
-                 restarts: int = 1, seed: int = 0) -> None:
+                 restarts: int = 1, seed: int = 0, temperature: float = 1.0) -> None:
         _check_budget(eps, restarts)
         if steps < 1:
             raise ValueError(f"steps: must be >= 1, got {steps}")
-        if loss not in ("dlr", "ce"):
-            raise ValueError(f"loss: expected 'dlr' or 'ce', got {loss!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
         self.model, self.seed = model, int(seed)
-        self._attack = _torchattacks().APGD(model, norm="Linf", eps=float(eps), steps=int(steps),
-                                            n_restarts=int(restarts), seed=int(seed), loss=loss)
+        self.eps, self.steps, self.loss = float(eps), int(steps), loss
+        self.restarts, self.temperature = int(restarts), temperature
+
+    def _loss_and_grad(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss (N,), input gradient, misclassified (N,))`` at ``x``."""
+        x = x.detach().requires_grad_(True)
+        logits = self.model(x)
+        loss = attack_loss(self.loss, logits, y, self.temperature)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad, logits.detach().argmax(1) != y
+
+    def _one_run(self, x: Tensor, y: Tensor) -> Tensor:
+        eps, n = self.eps, x.shape[0]
+        per_example = (n,) + (1,) * (x.dim() - 1)
+
+        def project(z: Tensor) -> Tensor:
+            return torch.min(torch.max(z, x - eps), x + eps).clamp_(0.0, 1.0)
+
+        x_adv = project(x + torch.empty_like(x).uniform_(-eps, eps))
+        loss, grad, fooled = self._loss_and_grad(x_adv, y)
+        x_best, loss_best, grad_best = x_adv.clone(), loss.clone(), grad.clone()
+        x_found, found = x_adv.clone(), fooled.clone()
+        step = torch.full(per_example, 2.0 * eps, dtype=x.dtype, device=x.device)
+        x_prev = x_adv.clone()
+        rises = torch.zeros(n, device=x.device)
+        last = 0
+        step_last, best_last = step.clone(), loss_best.clone()
+        checkpoints = set(_apgd_checkpoints(self.steps))
+        for k in range(self.steps):
+            with torch.no_grad():
+                z = project(x_adv + step * grad.sign())
+                a = 1.0 if k == 0 else self.MOMENTUM
+                x_new = project(x_adv + a * (z - x_adv) + (1.0 - a) * (x_adv - x_prev))
+                x_prev, x_adv = x_adv, x_new
+            new_loss, grad, fooled = self._loss_and_grad(x_adv, y)
+            with torch.no_grad():
+                fresh = fooled & ~found
+                x_found[fresh], found = x_adv[fresh], found | fooled
+                rises += (new_loss > loss).float()
+                loss = new_loss
+                better = loss > loss_best
+                x_best[better], grad_best[better] = x_adv[better], grad[better]
+                loss_best = torch.where(better, loss, loss_best)
+                if k + 1 in checkpoints:
+                    stalled = rises <= self.RHO * (k + 1 - last)
+                    stuck = (step_last.flatten() == step.flatten()) & (best_last == loss_best)
+                    halve = stalled | stuck
+                    step_last, best_last = step.clone(), loss_best.clone()
+                    step[halve] /= 2.0
+                    x_adv[halve], grad[halve] = x_best[halve], grad_best[halve]
+                    rises.zero_()
+                    last = k + 1
+        return torch.where(found.view(per_example), x_found, x_best).detach()
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
-        with seeded(self.seed, x.device), eval_mode(self.model):
-            return self._attack(x.detach(), y).detach()
+        x = x.detach()
+        with seeded(self.seed, x.device), eval_mode(self.model), torch.enable_grad():
+            best = self._one_run(x, y)
+            for _ in range(self.restarts - 1):
+                with torch.no_grad():
+                    left = (self.model(best).argmax(1) == y).nonzero().squeeze(1)
+                if left.numel() == 0:
+                    break
+                best[left] = self._one_run(x[left], y[left])
+        return best
 
 
 class Square:

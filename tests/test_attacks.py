@@ -99,8 +99,47 @@ def test_dlr_loss_is_scale_and_shift_invariant():
     torch.testing.assert_close(dlr_loss(z * 1e3 - 50.0, y), dlr_loss(z, y), rtol=1e-4, atol=1e-5)
     top = z.topk(3, dim=1).values
     torch.testing.assert_close(dlr_loss(z, y), margin_loss(z, y) / (top[:, 0] - top[:, 2]))
-    with pytest.raises(ValueError, match="at least 3 classes"):
-        dlr_loss(z[:, :2], y.clamp(max=1))
+
+
+def test_dlr_loss_of_two_classes_is_the_margin():
+    """Two classes have no third logit: DLR is the CW margin there (a scale-invariant
+    function of the single margin would have a zero gradient everywhere)."""
+    z, y = torch.tensor([[2.0, -1.0], [0.5, 3.0]]), torch.tensor([0, 0])
+    assert torch.equal(dlr_loss(z, y), margin_loss(z, y))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        dlr_loss(z[:, :1], y)
+
+
+@pytest.mark.parametrize("loss", ["dlr", "ce", "cw"])
+def test_apgd_returns_a_misclassified_iterate_whenever_one_was_found(loss):
+    """APGD keeps the best iterate per example: an example misclassified at any iterate is
+    returned misclassified, even when later iterates moved back."""
+    model = digits_model()
+    x, y = _batch(128)
+    seen = torch.zeros(len(y), dtype=torch.bool)
+
+    def record(module, args, out):
+        if out.shape[0] == len(y):
+            seen.logical_or_(out.detach().argmax(1) != y)
+
+    handle = model.register_forward_hook(record)
+    x_adv = APGD(model, 0.08, steps=10, loss=loss, seed=5)(x, y)
+    handle.remove()
+    with torch.no_grad():
+        fooled = model(x_adv).argmax(1) != y
+    assert int(seen.sum()) > 0
+    assert torch.equal(fooled, seen)
+    _assert_in_budget(x_adv, x, 0.08)
+
+
+def test_apgd_is_at_least_as_strong_as_pgd_of_the_same_steps():
+    model = digits_model()
+    x, y = _batch(256)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        pgd = model(PGD(model, 0.06, 0.015, 10, "cw")(x, y)).argmax(1) == y
+        apgd = model(APGD(model, 0.06, steps=10, loss="cw", seed=0)(x, y)).argmax(1) == y
+    assert float(apgd.float().mean()) <= float(pgd.float().mean()) + 0.01
 
 
 @pytest.mark.parametrize("make", [
@@ -108,7 +147,7 @@ def test_dlr_loss_is_scale_and_shift_invariant():
     lambda m: APGD(m, EPS, steps=5, loss="ce", restarts=2, seed=3),
     lambda m: Square(m, EPS, queries=30, seed=3),
 ])
-def test_torchattacks_wrappers_are_seeded_in_budget_and_keep_caller_rng(make):
+def test_seeded_attacks_stay_in_budget_and_keep_the_caller_rng(make):
     model = digits_model()
     x, y = _batch()
     torch.manual_seed(123)
