@@ -96,8 +96,38 @@ class TensorSource:
             yield images[idx].float().div_(self.divisor), labels[idx]
 
 
+def _unreadable(path: str, exc: BaseException) -> UsageError:
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    return UsageError(f"imagefolder: cannot read image {path}: {reason}")
+
+
+def _check_images(samples: list[tuple[str, int]]) -> int:
+    """Open every image's header (PIL reads only the header): the first file that is not an
+    image is a one-line UsageError naming it, before anything is written. Returns the first
+    image's shorter side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def size(path: str) -> tuple[int, int] | UsageError:
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL.UnidentifiedImageError: OSError
+            return _unreadable(path, exc)
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(size, [path for path, _ in samples], chunksize=64))
+    for result in sizes:
+        if isinstance(result, UsageError):
+            raise result
+    return min(sizes[0])
+
+
 class _ImageFiles(torch.utils.data.Dataset):
-    """Image files -> uint8 ``(3, S, S)``: shorter side resized to ``S``, centre crop."""
+    """Image files -> uint8 ``(3, S, S)``: shorter side resized to ``S``, centre crop. A file
+    that cannot be decoded (a truncated JPEG whose header was fine) raises a UsageError that
+    names it."""
 
     def __init__(self, samples: list[tuple[str, int]], img_size: int) -> None:
         self.samples, self.img_size = samples, img_size
@@ -110,9 +140,12 @@ class _ImageFiles(torch.utils.data.Dataset):
         from torchvision.transforms import functional as TF
 
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            img = TF.center_crop(TF.resize(img.convert("RGB"), self.img_size), self.img_size)
-            return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), label
+        try:
+            with Image.open(path) as img:
+                img = TF.center_crop(TF.resize(img.convert("RGB"), self.img_size), self.img_size)
+                return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), label
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise _unreadable(path, exc) from None
 
 
 class FolderSource:
@@ -133,9 +166,15 @@ class FolderSource:
             self.dataset, batch_sampler=[b.tolist() for b in index_batches],
             num_workers=self.workers, pin_memory=device.type == "cuda",
         )
-        for x, y in loader:
-            x = x.to(device, non_blocking=True).float().div_(255.0)
-            yield x, y.to(device, non_blocking=True)
+        try:
+            for x, y in loader:
+                x = x.to(device, non_blocking=True).float().div_(255.0)
+                yield x, y.to(device, non_blocking=True)
+        except UsageError as exc:
+            # From a worker process the message carries the worker's traceback: keep the
+            # error's own last line.
+            raise UsageError(str(exc).strip().splitlines()[-1].split("UsageError: ")[-1]) \
+                from None
 
 
 def random_crop(x: Tensor, pad: int, offsets: Tensor) -> Tensor:
@@ -349,11 +388,12 @@ def _imagefolder(data_dir: Path, img_size: int | None, workers: int | None) -> D
         empty = train_dir if not train else val_dir
         raise UsageError(f"imagefolder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under "
                          f"{empty}/<class>/")
+    if len(classes) < 2:
+        raise UsageError(f"imagefolder: {train_dir} has {len(classes)} class folder; a "
+                         "classifier needs at least 2")
+    first_size = _check_images(train + val)
     if img_size is None:
-        from PIL import Image
-
-        with Image.open(train[0][0]) as img:
-            img_size = min(img.size)
+        img_size = first_size
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     mean, std = IMAGENET_STATS
     return DataBundle("imagefolder", len(classes), 3, img_size, mean, std,

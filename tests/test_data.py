@@ -169,6 +169,48 @@ def test_imagefolder_reads_generated_pngs_with_workers(tmp_path):
     assert next(resized.test_batches(4, "cpu"))[0].shape == (4, 3, 8, 8)
 
 
+def _image_folder(root, classes=("cat", "dog"), per_class=2, size=(8, 8)):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_a_file_that_is_not_an_image_is_named_in_one_line_before_training(tmp_path):
+    root = _image_folder(tmp_path)
+    bad = root / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(UsageError) as info:
+        load_data("imagefolder", root, workers=0)
+    message = str(info.value)
+    assert str(bad) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_truncated_image_is_named_in_one_line_when_it_is_decoded(tmp_path, workers):
+    """A PNG whose header is intact but whose data is cut passes the header check and fails
+    when decoded, in a worker process or not: one line naming the file."""
+    root = _image_folder(tmp_path, size=(64, 64))
+    victim = root / "val" / "cat" / "1.png"
+    victim.write_bytes(victim.read_bytes()[:120])
+    bundle = load_data("imagefolder", root, workers=workers)
+    with pytest.raises(UsageError) as info:
+        _all(bundle.test_batches(4, "cpu"))
+    message = str(info.value)
+    assert str(victim) in message and "\n" not in message and "Traceback" not in message
+
+
+def test_an_imagefolder_of_one_class_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="at least 2"):
+        load_data("imagefolder", _image_folder(tmp_path, classes=("only",)))
+
+
 def test_imagefolder_without_val_split_is_a_usage_error(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(UsageError, match="val"):
