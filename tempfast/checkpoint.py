@@ -41,10 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
+from .errors import UsageError, os_reason
 from .models import build_model
 
 FORMAT = "tempfast-train/1"
+RESTORE_KEYS = ("model", "model_config")
+RESUME_KEYS = (*RESTORE_KEYS, "criterion", "optimizer", "scheduler", "scaler", "rng", "epoch",
+               "step", "partial", "best", "train_time_s")
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -72,6 +75,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         os.close(dir_fd)
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Raise :class:`UsageError` naming ``what`` (a flag) unless files can be created in the
+    folder ``path`` (or, where it does not exist yet, in its nearest existing ancestor). A
+    probe file is created and removed; nothing else is written (a folder that does not exist
+    is not created). Catches read-only file systems, paths under a file and missing
+    permissions before any work starts."""
+    path = Path(path)
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise UsageError(f"{what} {path}: cannot be created, {probe_dir} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=probe_dir, prefix=".tempfast-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there: {os_reason(exc)}") from None
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write` for UTF-8 text."""
     atomic_write(path, lambda f: f.write(text.encode()))
@@ -83,12 +106,15 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict:
     """Load a tempfast checkpoint onto the CPU with ``torch.load(weights_only=True)``.
 
+    ``required``: entries the caller needs (``("model", "model_config")`` to restore the
+    model; :data:`RESUME_KEYS` to continue training).
+
     Raises:
-        UsageError: (one line) the file is missing, unreadable, corrupt or not a tempfast
-            checkpoint.
+        UsageError: (one line) the file is missing, unreadable, corrupt, not a tempfast
+            checkpoint, or lacks a required entry.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,7 +133,36 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"checkpoint {path} is not a tempfast training checkpoint")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise UsageError(f"checkpoint {path} is incomplete: no {', '.join(map(repr, missing))} "
+                         "entry")
+    if "model" in required and not isinstance(state["model"], dict):
+        raise UsageError(f"checkpoint {path} is incomplete: its 'model' entry holds no weights")
     return state
+
+
+def weights_mismatch(model: nn.Module, state: dict) -> str | None:
+    """One line saying how ``state`` (a state dict) does not fit ``model``, or None if it
+    does: missing and unexpected entries (counted, first ones named) and the first shape that
+    differs. ``load_state_dict``'s own message spans many lines."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and isinstance(state[k], torch.Tensor)
+              and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            shown = ", ".join(keys[:2]) + (", ..." if len(keys) > 2 else "")
+            parts.append(f"{len(keys)} {what} ({shown})")
+    if shapes:
+        key = shapes[0]
+        parts.append(f"{key} is {tuple(state[key].shape)} in the checkpoint, "
+                     f"{tuple(own[key].shape)} in the model"
+                     + (f" (and {len(shapes) - 1} more shapes differ)" if len(shapes) > 1
+                        else ""))
+    return "; ".join(parts) or None
 
 
 def _load_failure(exc: BaseException) -> str:
@@ -129,13 +184,21 @@ def restore_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild the model stored in ``ckpt`` (see ``model_config``), load its weights, move it
     to ``device`` and return it in eval mode."""
     cfg = ckpt["model_config"]
-    model = build_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["img_size"],
-                        cfg["mean"], cfg["std"])
+    try:
+        model = build_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["img_size"],
+                            cfg["mean"], cfg["std"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"checkpoint model_config is not usable ({type(exc).__name__}: "
+                         f"{exc})") from None
+    mismatch = weights_mismatch(model, ckpt["model"])
+    if mismatch is not None:
+        raise UsageError(f"checkpoint weights do not fit model {cfg['name']!r} with "
+                         f"{cfg['num_classes']} classes: {mismatch}")
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise UsageError(f"checkpoint weights do not fit model {cfg['name']!r}: "
-                         f"{str(exc).splitlines()[0]}") from None
+                         f"{str(exc).strip().splitlines()[-1].strip()}") from None
     return model.to(device).eval()
 
 

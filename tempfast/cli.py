@@ -3,16 +3,19 @@
 Each subcommand lives in its own module, which provides ``add_parser(subparsers)``; the parser
 it adds sets ``func`` (called with the parsed arguments, returns an exit status). A
 :class:`tempfast.errors.UsageError` anywhere below is printed as one line on stderr with exit
-status 2.
+status 2, an :class:`tempfast.errors.OutputError` (a write that failed after work started) with
+exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from .errors import UsageError, print_usage_error
+from ._version import __version__
+from .errors import OutputError, UsageError, print_usage_error
 from .eval_cli import add_parser as _add_eval
 from .train_cli import add_parser as _add_train
 
@@ -36,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tempfast",
         description="Temperature-scaled softmax kernels, training and robustness evaluation.",
     )
+    parser.add_argument("--version", action="version", version=f"tempfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_info(sub)
     _add_train(sub)
@@ -46,11 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a relaunch in K processes
+    # Under DDP every rank raises the same error (they agree on it); rank 0 says it.
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print_usage_error(args.command, exc)
+        if speaks:
+            print_usage_error(args.command, exc)
         return 2
+    except OutputError as exc:
+        if speaks:
+            print_usage_error(args.command, exc)
+        return 1
 
 
 if __name__ == "__main__":

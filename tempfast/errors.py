@@ -8,7 +8,17 @@ from typing import NoReturn
 
 
 class UsageError(Exception):
-    """A bad flag, a missing file, a refused overwrite: the user can fix it."""
+    """A bad flag, a missing file, a refused overwrite: the user can fix it (exit status 2)."""
+
+
+class OutputError(Exception):
+    """A result could not be written (a full disk, a read-only file system) after work had
+    started; what was written before is intact and the message says where (exit status 1)."""
+
+
+def os_reason(exc: OSError) -> str:
+    """The cause of an OSError in a few words (``No space left on device``)."""
+    return exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
 
 
 def print_usage_error(command: str, message: object) -> None:

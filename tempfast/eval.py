@@ -81,8 +81,8 @@ def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int
                    n_examples: int | None, square_queries: int, severities: Sequence[int],
                    check_steps: int | None = None) -> None:
     """Raise UsageError (one line, naming the flag) on a setting the suite cannot run."""
-    if not 0 <= eps < math.inf:
-        raise UsageError(f"--eps must be finite and >= 0, got {eps}")
+    if not 0 <= eps <= 1:
+        raise UsageError(f"--eps must lie in [0, 1] (pixels are in [0, 1]), got {eps}")
     if alpha is not None and not 0 < alpha < math.inf:
         raise UsageError(f"--alpha must be finite and > 0, got {alpha}")
     if steps < 1:

@@ -3,7 +3,9 @@ on a training checkpoint, printed as rich tables (or JSON) and written to ``eval
 
 The model, its data set (same split) and the training temperature come from the checkpoint.
 Exit status: 0 done (also when gradient masking is suspected: the flag is in the output),
-2 bad input (one line on stderr, no traceback).
+2 bad input (one line on stderr, no traceback; an ``--output`` that cannot be written is found
+before the evaluation runs), 1 eval.json could not be written after all (the results were
+printed first), 130 interrupted by Ctrl-C (nothing written).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from .attacks import ATTACKS, DEFAULT_ATTACKS
 from .distributed import resolve_device
-from .errors import UsageError, one_line_parser_error
+from .errors import OutputError, UsageError, one_line_parser_error, os_reason
 from .train_cli import number
 
 
@@ -107,12 +109,26 @@ def _load_bundle(cfg: dict, model_config: dict, data_dir: str | None):
     return bundle
 
 
+EXIT_INTERRUPTED = 130
+
+
 def _main(args: argparse.Namespace) -> int:
+    try:
+        return _evaluate(args)
+    except KeyboardInterrupt:
+        print("tempfast eval: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from . import eval as ev
-    from .checkpoint import load_checkpoint, restore_model
+    from .checkpoint import RESTORE_KEYS, check_writable, load_checkpoint, restore_model
 
     attacks = ev.parse_attacks(args.attacks)
     severities = _severities(args.severities)
+    if args.n_examples < 0:
+        raise UsageError(f"--n-examples must be >= 0 (0: all test images), got "
+                         f"{args.n_examples}")
     n_examples = None if args.n_examples == 0 else args.n_examples
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -125,7 +141,11 @@ def _main(args: argparse.Namespace) -> int:
                       square_queries=args.square_queries, severities=severities,
                       check_steps=args.check_steps)
     device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpt = load_checkpoint(args.checkpoint, RESTORE_KEYS)
+    out = _output_path(args)
+    if out.is_dir():
+        raise UsageError(f"--output {out} is a folder")
+    check_writable(out.parent, "--output")
     cfg = ckpt.get("config") or {}
     eps = args.eps if args.eps is not None else cfg.get("eps")
     if eps is None:
@@ -153,10 +173,9 @@ def _main(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "data": bundle.name,
               "model": ckpt["model_config"]["name"], **result}
-    out = _output_path(args)
-    _write_json(out, result)
+    # The results reach stdout before the file is written: a write that fails loses nothing.
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), flush=True)
         for line in ev.masking_warnings(result):
             print(line, file=sys.stderr)
     else:
@@ -164,6 +183,8 @@ def _main(args: argparse.Namespace) -> int:
 
         console = Console()
         ev.render(result, console)
+    _write_json(out, result)
+    if not args.json:
         console.print(f"wrote {out}", highlight=False)
     return 0
 
@@ -175,4 +196,5 @@ def _write_json(path: Path, result: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise OutputError(f"cannot write {path}: {os_reason(exc)}; the results above are "
+                          "complete") from None

@@ -115,6 +115,8 @@ class RichReporter(Reporter):
         if info.get("resumed_from"):
             self.out.print(f"resumed from {info['resumed_from']}", soft_wrap=True,
                            highlight=False)
+        if info.get("note"):
+            self.out.print(info["note"], soft_wrap=True, highlight=False)
         self._progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),

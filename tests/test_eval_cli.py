@@ -68,13 +68,14 @@ def test_eval_json_mode_and_output_paths(checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--eps", "-0.1"], "--eps must be finite and >= 0"),
-    (["--eps", "inf"], "--eps must be finite and >= 0"),
+    (["--eps", "-0.1"], "--eps must lie in [0, 1]"),
+    (["--eps", "inf"], "--eps must lie in [0, 1]"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--restarts", "0"], "--restarts must be >= 1"),
     (["--attacks", "pgd-ce,cw"], "unknown attack 'cw'"),
     (["--severities", "1,7"], "--severities must be some of 1..5"),
-    (["--n-examples", "-3"], "--n-examples must be >= 1"),
+    (["--n-examples", "-3"], "--n-examples must be >= 0 (0: all test images)"),
+    (["--eps", "2"], "--eps must lie in [0, 1]"),
     (["--temperature", "0"], "--temperature must be finite and > 0"),
     (["--temperature", "inf"], "--temperature must be finite and > 0"),
     (["--threads", "0"], "--threads must be >= 1"),

@@ -135,9 +135,9 @@ def test_corruption_files_are_evaluated_per_severity(tmp_path):
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    ({"eps": -0.01}, "--eps must be finite and >= 0"),
-    ({"eps": float("nan")}, "--eps must be finite and >= 0"),
-    ({"eps": float("inf")}, "--eps must be finite and >= 0"),
+    ({"eps": -0.01}, r"--eps must lie in \[0, 1\]"),
+    ({"eps": float("nan")}, r"--eps must lie in \[0, 1\]"),
+    ({"eps": float("inf")}, r"--eps must lie in \[0, 1\]"),
     ({"steps": 0}, "--steps must be >= 1"),
     ({"restarts": 0}, "--restarts must be >= 1"),
     ({"alpha": 0.0}, "--alpha must be finite and > 0"),
