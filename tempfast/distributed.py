@@ -1,8 +1,10 @@
-"""Multi-process training (``torchrun --nproc_per_node=K -m tempfast train ...``).
+"""Multi-process training: ``tempfast train --nproc-per-node K ...`` (or ``torchrun
+--nproc_per_node=K -m tempfast train ...``).
 
-torchrun sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; with ``WORLD_SIZE > 1`` the
-process group uses NCCL on CUDA devices and gloo on the CPU. Rank 0 logs and writes files;
-every rank trains on its own shard of each epoch (see ``DataBundle.epoch_plan``).
+torchrun (or :func:`launch_local`, which runs the same elastic launcher in-process) sets
+``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE``; with ``WORLD_SIZE > 1`` the process group uses
+NCCL on CUDA devices and gloo on the CPU. Rank 0 logs and writes files; every rank trains on
+its own shard of each epoch (see ``DataBundle.epoch_plan``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import backend
-from .errors import UsageError
+from .errors import OutputError, UsageError
 
 T = TypeVar("T")
 
@@ -122,21 +124,73 @@ def broadcast(ctx: Context, obj: object) -> object:
     return box[0]
 
 
+_SHARED_ERRORS = {cls.__name__: cls for cls in (UsageError, OutputError)}
+
+
 def run_on_main(ctx: Context, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
-    """Run ``fn`` on rank 0 and return its result on every rank; a :class:`UsageError` it
-    raises is raised on every rank (so no rank waits forever)."""
+    """Run ``fn`` on rank 0 and return its result on every rank; a :class:`UsageError` or
+    :class:`OutputError` it raises is raised on every rank (so no rank waits forever)."""
     result, error = None, None
     if ctx.is_main:
         try:
             result = fn(*args, **kwargs)
-        except UsageError as exc:
-            error = str(exc)
+        except (UsageError, OutputError) as exc:
+            error = (type(exc).__name__, str(exc))
     result, error = broadcast(ctx, (result, error))
     if error is not None:
-        raise UsageError(error)
+        raise _SHARED_ERRORS[error[0]](error[1])
     return result
+
+
+def broadcast_buffers(ctx: Context, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (batch-norm statistics) on every rank, in place.
+
+    DistributedDataParallel broadcasts them at the start of each training forward; anything
+    that runs the model in eval mode before that (crafting PGD examples) would otherwise see
+    each rank's own statistics of its last batch, which a checkpoint (rank 0's) cannot
+    restore: a resumed run would then differ from an uninterrupted one."""
+    if not ctx.distributed:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src=0)
 
 
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+
+
+EXIT_INTERRUPTED = 130
+
+
+def launch_local(nproc: int, argv: list[str]) -> int:
+    """Run ``python -m tempfast <argv>`` in ``nproc`` processes on this machine, as ``torchrun
+    --standalone --nproc_per_node=nproc`` would, and return their exit status.
+
+    Unlike torchrun, a Ctrl-C (the workers save a checkpoint and rank 0 says where) or a
+    failing worker (rank 0 prints its one-line error) ends with that status and no traceback
+    from the launcher: 130 when interrupted, else the first failure's exit code.
+    """
+    import logging
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # The elastic agent's loggers each set their own level (its warnings would add lines).
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.2)
+    try:
+        elastic_launch(config, sys.executable)("-m", "tempfast", *argv)
+    except SignalException:
+        return EXIT_INTERRUPTED
+    except ChildFailedError as exc:
+        codes = [f.exitcode for f in exc.failures.values()]
+        return EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else (codes[0] or 1)
+    return 0

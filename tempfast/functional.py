@@ -150,9 +150,11 @@ def cross_entropy(
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise ValueError("weight: the class weights cannot be differentiated (as in torch); "
                          "pass weight.detach()")
-    logits = logits.movedim(cdim, -1)
-    if probs:
-        target = target.movedim(cdim, -1)
+    leaf = logits.is_leaf  # before movedim: its view is never a leaf
+    if cdim != logits.dim() - 1:
+        logits = logits.movedim(cdim, -1)
+        if probs:
+            target = target.movedim(cdim, -1)
     rows_shape = logits.shape[:-1]
     t = _checks.temperature_rows(temperature, rows_shape, logits.device,
                                  _checks.accumulation_dtype(logits.dtype))
@@ -165,7 +167,7 @@ def cross_entropy(
     compute_dt = grad_on and t.requires_grad
 
     if inplace_backward and needs_grad:
-        if logits.is_leaf:
+        if leaf:
             raise ValueError("inplace_backward: logits is a leaf tensor that requires grad; "
                              "overwriting it would corrupt it and its .grad (torch refuses "
                              "in-place changes to such leaves): pass a layer's output")

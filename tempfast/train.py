@@ -28,7 +28,14 @@ from torch import Tensor, nn
 
 from . import distributed as D
 from .attacks import PGD
-from .checkpoint import FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    RESUME_KEYS,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    weights_mismatch,
+)
 from .data import DATASETS, DataBundle, load_data
 from .errors import UsageError
 from .functional import cross_entropy
@@ -139,8 +146,8 @@ class TrainConfig:
     def check(self) -> None:
         if not (math.isfinite(self.temp) and self.temp > 0):
             raise UsageError(f"--temp must be finite and > 0, got {self.temp}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise UsageError(f"--eps must be >= 0, got {self.eps}")
+        if not (math.isfinite(self.eps) and 0 <= self.eps <= 1):
+            raise UsageError(f"--eps must lie in [0, 1] (pixels are in [0, 1]), got {self.eps}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise UsageError(f"--alpha must be > 0, got {self.alpha}")
         for name, value, low in (("--steps", self.steps, 1), ("--epochs", self.epochs, 1),
@@ -370,7 +377,7 @@ class _Run:
         self.folder = RunFolder(cfg.output)
         self.resume_from = D.run_on_main(ctx, self.folder.check, cfg.as_dict(), cfg.resume,
                                          cfg.overwrite)
-        self.ckpt = load_checkpoint(self.resume_from) if self.resume_from else None
+        self.ckpt = load_checkpoint(self.resume_from, RESUME_KEYS) if self.resume_from else None
         self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
                                 num_classes=cfg.num_classes, img_size=cfg.img_size,
                                 workers=cfg.workers)
@@ -421,6 +428,10 @@ class _Run:
         self.attack = TrainingAttack(self.net, cfg, self.criterion) if cfg.adv == "pgd" else None
 
     def _restore(self, ckpt: dict) -> None:
+        mismatch = weights_mismatch(self.model, ckpt["model"])
+        if mismatch is not None:
+            raise UsageError(f"checkpoint {self.resume_from} does not fit this run's model: "
+                             f"{mismatch}")
         try:
             self.model.load_state_dict(ckpt["model"])
             self.criterion.load_state_dict(ckpt["criterion"])
@@ -465,11 +476,21 @@ class _Run:
             "data": self.bundle.meta(),
         }
 
-    def _save(self, name: str, state: dict) -> str:
-        path = str(self.folder.file(name))
-        if self.ctx.is_main:
-            save_checkpoint(path, state)
-        return path
+    def _save(self, names: tuple[str, ...], state: dict, row: dict | None = None,
+              remove: tuple[str, ...] = ()) -> str:
+        """On rank 0: append ``row`` to the metrics, write ``state`` as each of ``names`` and
+        remove ``remove``; a write that fails raises :class:`OutputError` on every rank.
+        Returns the path of the first checkpoint."""
+        def write() -> None:
+            if row is not None:
+                self.folder.add_row(row)
+            for name in names:
+                self.folder.save(name, state)
+            for name in remove:
+                self.folder.remove(name)
+
+        D.run_on_main(self.ctx, write)
+        return str(self.folder.file(names[0]))
 
     def stop_requested(self, ctrl_c: _CtrlC, step: int = 0) -> bool:
         """Whether Ctrl-C was pressed; under DDP every rank agrees (checked every
@@ -496,6 +517,8 @@ class _Run:
         for x, y in self.bundle.train_batches(plan, ctx.device, self.start_step):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if self.attack is not None:  # crafting sees rank 0's batch-norm statistics
+                D.broadcast_buffers(ctx, self.model)
             loss, correct = train_step(self.train_net, self.optimizer, self.criterion, x, y,
                                        attack=self.attack, scaler=self.scaler,
                                        amp_dtype=self.amp_dtype)
@@ -508,7 +531,7 @@ class _Run:
             if step < plan.steps and self.stop_requested(ctrl_c, step):
                 self.train_time += time.perf_counter() - t0
                 partial = D.all_gather(ctx, sums.tolist())
-                raise RunInterruptedError(self._save("recovery.pt", self._state(step, partial)))
+                raise RunInterruptedError(self._save(("recovery.pt",), self._state(step, partial)))
         loss_sum, correct, count = D.all_reduce_sum(ctx, sums).tolist()
         elapsed = time.perf_counter() - t0
         self.train_time += elapsed
@@ -524,6 +547,7 @@ class _Run:
         evaluate = self.epoch == cfg.epochs or (cfg.eval_every and
                                                 self.epoch % cfg.eval_every == 0)
         temperature = self.criterion.temperature.detach()
+        D.broadcast_buffers(self.ctx, self.model)  # every rank evaluates the model it saves
         test = (evaluate_epoch(self.model, self.attack, self.bundle, self.ctx, cfg, temperature)
                 if evaluate else {"test_loss": None, "test_acc": None, "test_robust_acc": None})
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"],
@@ -536,12 +560,8 @@ class _Run:
         if improved:
             self.best = {"metric": self.best["metric"], "value": value, "epoch": self.epoch}
         state = self._state(0, None)
-        if self.ctx.is_main:
-            self.folder.add_row(row)
-            self._save("last.pt", state)
-            if improved:
-                self._save("best.pt", state)
-            self.folder.file("recovery.pt").unlink(missing_ok=True)
+        self._save(("last.pt", "best.pt") if improved else ("last.pt",), state, row,
+                   remove=("recovery.pt",))
         self.reporter.epoch_end(row)
 
     def final_evaluation(self) -> dict | None:
@@ -594,14 +614,13 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
     torch.set_num_threads(cfg.threads or threads)
     try:
         r = _Run(cfg, ctx, reporter)
-        if ctx.is_main:
-            r.folder.start(cfg.as_dict(), r.epoch if r.ckpt is not None else None)
-        D.barrier(ctx)
+        D.run_on_main(ctx, r.folder.start, cfg.as_dict(),
+                      r.epoch if r.ckpt is not None else None)
         reporter.start({"output": cfg.output, "data": cfg.data, "n_train": r.bundle.n_train,
                         "n_test": r.bundle.n_test, "model": cfg.model, "temperature": cfg.temp,
                         "learn_temp": cfg.learn_temp, "adv": cfg.adv, "device": str(ctx.device),
                         "world_size": ctx.world_size, "epochs": cfg.epochs,
-                        "resumed_from": r.resume_from})
+                        "resumed_from": r.resume_from, "note": r.folder.note})
         with _CtrlC(ctx.distributed) as ctrl_c:
             while r.epoch < cfg.epochs and not r.stop_requested(ctrl_c):
                 r.finish_epoch(r.train_epoch(ctrl_c))
@@ -611,9 +630,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
         t_eval = time.perf_counter()
         result = r.final_evaluation() if ctx.is_main else None
         summary = r.summary(result, time.perf_counter() - t_eval)
-        if ctx.is_main:
-            r.folder.write_summary(summary)
-        D.barrier(ctx)
+        D.run_on_main(ctx, r.folder.write_summary, summary)
         reporter.summary(summary)
         return summary
     finally:

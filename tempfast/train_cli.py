@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING
 
 from .data import DATASETS
-from .errors import one_line_parser_error
+from .errors import UsageError, one_line_parser_error
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -94,6 +94,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="autocast precision (none; fp16 adds a gradient scaler)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto (default): CUDA when available, else CPU")
+    g.add_argument("--nproc-per-node", type=int, default=1,
+                   help="train with DDP in this many local processes (1), as torchrun "
+                        "--standalone --nproc_per_node would")
     g.add_argument("--threads", type=int,
                    help="CPU threads for torch (data: 1 for digits, torch's default otherwise)")
     g = p.add_argument_group("output")
@@ -134,21 +137,43 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            out.append(arg)
+    return out
+
+
 def _main(args: argparse.Namespace) -> int:
     from .progress import make_reporter
     from .train import RunInterruptedError, run
 
+    if args.nproc_per_node < 1:
+        raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from .distributed import launch_local
+
+        config_from_args(args).resolved()  # bad flags: one line here, not one per process
+        return launch_local(args.nproc_per_node, _without_nproc(args.argv))
+    is_main = os.environ.get("RANK", "0") == "0"
     mode = "json" if args.json else "quiet" if args.quiet else "rich"
-    reporter = make_reporter(mode, is_main=os.environ.get("RANK", "0") == "0")
+    reporter = make_reporter(mode, is_main=is_main)
     try:
         run(config_from_args(args), reporter)
     except RunInterruptedError as exc:
         where = (f"checkpoint {exc.path}; continue with --resume" if exc.path
                  else "no epoch had finished, nothing to resume")
-        print(f"tempfast train: interrupted: {where}", file=sys.stderr)
+        if is_main:
+            print(f"tempfast train: interrupted: {where}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("tempfast train: aborted; the checkpoints in the output folder are complete up "
-              "to the last finished epoch", file=sys.stderr)
+        if is_main:
+            print("tempfast train: aborted; the checkpoints in the output folder are complete "
+                  "up to the last finished epoch", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -115,6 +115,10 @@ def test_inplace_backward_needs_a_viewable_unit_stride_buffer():
     probs = torch.softmax(torch.randn(4, 10), 1).requires_grad_(True)
     _raises(ValueError, "^inplace_backward", tempfast.cross_entropy,
             torch.randn(4, 10, requires_grad=True) * 1, probs, inplace_backward=True)
+    # torch's (N, C, d) layout has no unit-stride class dimension to write the gradient into
+    _raises(ValueError, "^inplace_backward: logits must be viewable", tempfast.cross_entropy,
+            torch.randn(4, 10, 3, requires_grad=True) * 1, torch.zeros(4, 3, dtype=torch.long),
+            inplace_backward=True)
 
 
 def test_unknown_backend_is_refused(monkeypatch):

@@ -137,7 +137,8 @@ BAD_INPUTS = {
     "unknown model": (["--model", "resnet9000"], "unknown model 'resnet9000'"),
     "unknown data set": (["--data", "mnist"], "invalid choice: 'mnist'"),
     "missing data dir": (["--data", "cifar10", "--data-dir", "{tmp}/none"], "--download"),
-    "negative eps": (["--eps", "-0.1"], "--eps must be >= 0"),
+    "negative eps": (["--eps", "-0.1"], "--eps must lie in [0, 1]"),
+    "eps beyond the pixel range": (["--eps", "2"], "--eps must lie in [0, 1]"),
     "zero steps": (["--steps", "0"], "--steps must be >= 1"),
     "zero temperature": (["--temp", "0"], "--temp must be finite and > 0"),
     "negative temperature": (["--temp", "-1"], "--temp must be finite and > 0"),
@@ -215,6 +216,42 @@ def test_imagefolder_run_trains_from_png_files(tmp_path, capsys):
     start, epoch = json_events(out)[:2]
     assert (start["n_train"], start["n_test"], epoch["train_images"]) == (12, 12, 12)
     assert load_checkpoint(tmp_path / "run" / "last.pt")["model_config"]["img_size"] == 10
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_two_and_three_classes_train_and_evaluate_with_the_default_suite(tmp_path, capsys,
+                                                                         classes):
+    """APGD-DLR needs a third-largest logit: with two classes it crashed the final evaluation
+    (IndexError), so no summary.json was written, and `tempfast eval` crashed too."""
+    run = tmp_path / "run"
+    rc, _, err = train(capsys, "--data", "synthetic", "--num-classes", str(classes),
+                       "--epochs", "1", "--threads", "1", "--eval-examples", "8",
+                       "--eval-steps", "2", "--output", str(run), "--quiet")
+    assert rc == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert "apgd-dlr" in summary["robust_acc"] and summary["worst_case_acc"] is not None
+    rc = main(["eval", str(run / "last.pt"), "--n-examples", "8", "--steps", "2",
+               "--square-queries", "5", "--no-corruptions", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "apgd-dlr" in json.loads(out)["robust_acc"]
+
+
+def test_a_corrupt_image_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "img"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / split / cls / "0.png")
+    (root / "train" / "b" / "1.jpg").write_bytes(b"\xff\xd8 truncated")
+    rc, out, err = train(capsys, "--data", "imagefolder", "--data-dir", str(root),
+                         "--model", "small_cnn", "--workers", "0", *FAST,
+                         "--output", str(tmp_path / "run"))
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "1.jpg" in err and "cannot read image" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_cifar10_run_with_a_timm_resnet(tmp_path, capsys):
