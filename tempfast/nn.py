@@ -115,8 +115,8 @@ class _Temperature(nn.Module):
         """:attr:`temperature` for a forward pass; a learnable one is watched for never
         changing (see :class:`StaleTemperatureWarning`)."""
         param = self.log_temperature
-        if (self.learnable and param.requires_grad and param not in _STALE_CHECKS
-                and not torch.compiler.is_compiling()):
+        if (self.learnable and not torch.compiler.is_compiling() and param.requires_grad
+                and param not in _STALE_CHECKS):
             check = _StaleCheck(param)
             param.register_post_accumulate_grad_hook(check)
             _STALE_CHECKS[param] = check
