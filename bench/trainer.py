@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tempfast.attacks import PGD
-from tempfast.models import build_model
 from tempfast.nn import TemperatureCrossEntropyLoss
+from tempfast.robust.attacks import PGD
 from tempfast.train import train_step
+from tempfast.train.models import build_model
 
 from .cases import TEMPERATURE
 

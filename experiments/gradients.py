@@ -24,9 +24,9 @@ import io
 import sys
 from pathlib import Path
 
-from tempfast.checkpoint import atomic_write_text
+from tempfast.cli.train import number
 from tempfast.errors import UsageError
-from tempfast.train_cli import number
+from tempfast.train.checkpoint import atomic_write_text
 
 from .measure import MEASURES
 
@@ -45,7 +45,7 @@ def analyse(checkpoints: list[str], temps: list[float], out: str | Path, *,
     Raises:
         UsageError: an unreadable checkpoint, missing data, a temperature <= 0.
     """
-    from tempfast.checkpoint import load_checkpoint, restore_model
+    from tempfast.train.checkpoint import load_checkpoint, restore_model
 
     from .measure import measure
     from .rows import load_run_data, resolve_device

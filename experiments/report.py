@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tempfast.checkpoint import atomic_write_text
+from tempfast.train.checkpoint import atomic_write_text
 
 from . import claims, gradients, plots, table
 from .claims import Cell, Verdict, cells, judge_difference, learned, versus_t1

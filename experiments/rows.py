@@ -55,7 +55,7 @@ def resolve_device(device: str):
 
 def load_run_data(config: dict, data_dir: str | None = None):
     """The data bundle of a run's resolved config (``data_dir`` overrides the run's)."""
-    from tempfast.data import load_data
+    from tempfast.train.data import load_data
 
     return load_data(config["data"], data_dir or config["data_dir"], False, config["data_seed"],
                      num_classes=config["num_classes"], img_size=config["img_size"], workers=0)
@@ -97,7 +97,7 @@ class Measurer:
         return self.bundles[key]
 
     def __call__(self, run_dir: Path, n_examples: int, temperature: float) -> dict:
-        from tempfast.checkpoint import load_checkpoint, restore_model
+        from tempfast.train.checkpoint import load_checkpoint, restore_model
 
         from .measure import measure
 
@@ -110,7 +110,7 @@ class Measurer:
 def masking_kind(masking: dict | None, robust: dict, n: int) -> str | None:
     """``none``, ``ce`` (only the CE-loss checks failed: the scale-invariant attacks and the
     worst case stay trustworthy) or ``general`` (another check failed); None: not measured."""
-    from tempfast.masking import CE_ATTACKS, judge
+    from tempfast.robust.masking import CE_ATTACKS, judge
 
     if masking is None:
         return None
@@ -126,7 +126,7 @@ def masking_kind(masking: dict | None, robust: dict, n: int) -> str | None:
 def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep_command: str,
              revision: str, resumed: bool, process_s: float | None) -> dict:
     """The CSV row of a finished run (its summary.json plus the final-model measurements)."""
-    from tempfast.attacks import ATTACKS
+    from tempfast.robust.attacks import ATTACKS
 
     summary = json.loads((run_dir / "summary.json").read_text())
     ev = summary.get("eval") or {}

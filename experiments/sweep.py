@@ -38,8 +38,8 @@ from pathlib import Path
 
 import yaml
 
+from tempfast.cli.train import number
 from tempfast.errors import UsageError
-from tempfast.train_cli import number
 
 from . import table
 from .rows import Measurer, Run, code_revision, make_row, number_text
@@ -179,7 +179,7 @@ def train_command(args: argparse.Namespace, run: Run, output: Path) -> list[str]
 def check_train_command(cmd: list[str]) -> None:
     """Let tempfast's own parser and config check a run's flags (raises UsageError)."""
     from tempfast.cli import build_parser as tempfast_parser
-    from tempfast.train_cli import config_from_args
+    from tempfast.cli.train import config_from_args
 
     config_from_args(tempfast_parser().parse_args(cmd[2:])).resolved()
 

@@ -10,8 +10,8 @@ import csv
 import io
 from pathlib import Path
 
-from tempfast.attacks import ATTACKS
-from tempfast.checkpoint import atomic_write_text
+from tempfast.robust.attacks import ATTACKS
+from tempfast.train.checkpoint import atomic_write_text
 
 RESULTS = "results.csv"
 

@@ -1,8 +1,10 @@
-"""Helpers for the op tests: inputs, the backend fixture and dtype-aware comparisons."""
+"""Helpers shared by the tests: inputs, dtype-aware comparisons, and small stand-ins for a data
+bundle and a masked model."""
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import tempfast
 
@@ -56,3 +58,27 @@ def temperature_for(kind, n_rows: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed + 1)
         return torch.rand(n_rows, generator=g) * 3.75 + 0.25
     return kind
+
+
+class TensorBundle:
+    """The part of a DataBundle the evaluation uses: test batches in fixed order."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def test_batches(self, batch_size, device, limit=None):
+        n = len(self.x) if limit is None else min(limit, len(self.x))
+        for i in range(0, n, batch_size):
+            j = min(i + batch_size, n)
+            yield self.x[i:j].to(device), self.y[i:j].to(device)
+
+
+class Scaled(nn.Module):
+    """``model(x) * factor``: the saturated-softmax model of defensive distillation."""
+
+    def __init__(self, model: nn.Module, factor: float) -> None:
+        super().__init__()
+        self.model, self.factor = model, factor
+
+    def forward(self, x):
+        return self.model(x) * self.factor

@@ -8,25 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from tempfast.attacks import (
-    APGD,
-    ATTACKS,
-    PGD,
-    Square,
-    attack_loss,
-    build_attack,
-    dlr_loss,
-    margin_loss,
-)
-
-from .test_masking import N_TRAIN, digits_model, digits_tensors
+from tempfast.robust.attacks import APGD, ATTACKS, PGD, Square, build_attack
+from tempfast.robust.losses import attack_loss, dlr_loss, margin_loss
 
 EPS = 0.1
-
-
-def _batch(n: int = 64):
-    x, y = digits_tensors()
-    return x[N_TRAIN:N_TRAIN + n], y[N_TRAIN:N_TRAIN + n]
 
 
 def _assert_in_budget(x_adv, x, eps):
@@ -37,17 +22,17 @@ def _assert_in_budget(x_adv, x, eps):
 
 
 @pytest.mark.parametrize("loss", ["ce", "cw", "dlr"])
-def test_pgd_stays_in_eps_ball_and_unit_box(loss):
-    x, y = _batch()  # digits: many pixels exactly 0 or 1, so the clamp is exercised
+def test_pgd_stays_in_eps_ball_and_unit_box(digits, loss):
+    x, y = digits.batch()  # digits: many pixels exactly 0 or 1, so the clamp is exercised
     torch.manual_seed(0)
-    x_adv = PGD(digits_model(), EPS, alpha=0.04, steps=5, loss=loss, restarts=2)(x, y)
+    x_adv = PGD(digits.model(), EPS, alpha=0.04, steps=5, loss=loss, restarts=2)(x, y)
     _assert_in_budget(x_adv, x, EPS)
 
 
 @pytest.mark.parametrize("loss", ["ce", "cw"])
-def test_pgd_raises_loss_over_clean(loss):
-    model = digits_model()
-    x, y = _batch()
+def test_pgd_raises_loss_over_clean(digits, loss):
+    model = digits.model()
+    x, y = digits.batch()
     torch.manual_seed(0)
     x_adv = PGD(model, EPS, alpha=0.025, steps=10, loss=loss)(x, y)
     with torch.no_grad():
@@ -56,9 +41,9 @@ def test_pgd_raises_loss_over_clean(loss):
     assert float((adv >= clean).float().mean()) > 0.95
 
 
-def test_pgd_restarts_keep_fooled_examples_and_attack_only_the_rest():
-    model = digits_model()
-    x, y = _batch(128)
+def test_pgd_restarts_keep_fooled_examples_and_attack_only_the_rest(digits):
+    model = digits.model()
+    x, y = digits.batch(128)
     fooled, sizes = {}, []
     model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
     for restarts in (1, 3):
@@ -75,11 +60,11 @@ def test_pgd_restarts_keep_fooled_examples_and_attack_only_the_rest():
     assert sizes[:8] == [128] * 4 + [left] * 3 + [128]
 
 
-def test_pgd_crafts_in_eval_mode_and_restores_training_mode():
+def test_pgd_crafts_in_eval_mode_and_restores_training_mode(digits):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(),
                           nn.Linear(16, 10)).train()
     stats = model[2].running_mean.clone()
-    x, y = _batch(32)
+    x, y = digits.batch(32)
     PGD(model, EPS, 0.03, 3)(x, y)
     assert model.training
     assert torch.equal(model[2].running_mean, stats)
@@ -111,11 +96,11 @@ def test_dlr_loss_of_two_classes_is_the_margin():
 
 
 @pytest.mark.parametrize("loss", ["dlr", "ce", "cw"])
-def test_apgd_returns_a_misclassified_iterate_whenever_one_was_found(loss):
+def test_apgd_returns_a_misclassified_iterate_whenever_one_was_found(digits, loss):
     """APGD keeps the best iterate per example: an example misclassified at any iterate is
     returned misclassified, even when later iterates moved back."""
-    model = digits_model()
-    x, y = _batch(128)
+    model = digits.model()
+    x, y = digits.batch(128)
     seen = torch.zeros(len(y), dtype=torch.bool)
 
     def record(module, args, out):
@@ -132,9 +117,9 @@ def test_apgd_returns_a_misclassified_iterate_whenever_one_was_found(loss):
     _assert_in_budget(x_adv, x, 0.08)
 
 
-def test_apgd_is_at_least_as_strong_as_pgd_of_the_same_steps():
-    model = digits_model()
-    x, y = _batch(256)
+def test_apgd_is_at_least_as_strong_as_pgd_of_the_same_steps(digits):
+    model = digits.model()
+    x, y = digits.batch(256)
     torch.manual_seed(0)
     with torch.no_grad():
         pgd = model(PGD(model, 0.06, 0.015, 10, "cw")(x, y)).argmax(1) == y
@@ -147,9 +132,9 @@ def test_apgd_is_at_least_as_strong_as_pgd_of_the_same_steps():
     lambda m: APGD(m, EPS, steps=5, loss="ce", restarts=2, seed=3),
     lambda m: Square(m, EPS, queries=30, seed=3),
 ])
-def test_seeded_attacks_stay_in_budget_and_keep_the_caller_rng(make):
-    model = digits_model()
-    x, y = _batch()
+def test_seeded_attacks_stay_in_budget_and_keep_the_caller_rng(digits, make):
+    model = digits.model()
+    x, y = digits.batch()
     torch.manual_seed(123)
     state = torch.get_rng_state()
     first, second = make(model)(x, y), make(model)(x, y)
@@ -161,21 +146,23 @@ def test_seeded_attacks_stay_in_budget_and_keep_the_caller_rng(make):
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_build_attack_builds_every_suite_attack(name):
-    x, y = _batch(16)
-    attack = build_attack(name, digits_model(), eps=EPS, alpha=0.03, steps=2, temperature=4.0,
+def test_build_attack_builds_every_suite_attack(digits, name):
+    x, y = digits.batch(16)
+    attack = build_attack(name, digits.model(), eps=EPS, alpha=0.03, steps=2, temperature=4.0,
                           square_queries=5)
     _assert_in_budget(attack(x, y), x, EPS)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"name": "fgsm"}, "attack: expected one of"),
-    ({"eps": -0.1}, "eps: must be >= 0"),
-    ({"steps": 0}, "steps: must be >= 1"),
-    ({"restarts": 0}, "restarts: must be >= 1"),
+    ({"name": "fgsm"}, "^attack must be one of"),
+    ({"eps": -0.1}, r"^eps must lie in \[0, 1\]"),
+    ({"eps": 1.5}, r"^eps must lie in \[0, 1\]"),
+    ({"alpha": 0.0}, "^alpha must be finite and > 0"),
+    ({"steps": 0}, "^steps must be >= 1"),
+    ({"restarts": 0}, "^restarts must be >= 1"),
 ])
-def test_bad_attack_settings_raise(kwargs, match):
+def test_bad_attack_settings_raise(digits, kwargs, match):
     settings = {"name": "pgd-cw", "eps": EPS, "alpha": 0.01, "steps": 2, "restarts": 1} | kwargs
     name = settings.pop("name")
     with pytest.raises(ValueError, match=match):
-        build_attack(name, digits_model(), **settings)
+        build_attack(name, digits.model(), **settings)

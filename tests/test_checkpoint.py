@@ -1,4 +1,4 @@
-"""tempfast.checkpoint: atomic saves, safe loads with one-line errors, model restore, RNG."""
+"""tempfast.train.checkpoint: atomic saves, safe loads with one-line errors, model restore, RNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tempfast.checkpoint import (
+from tempfast.errors import UsageError
+from tempfast.train.checkpoint import (
     FORMAT,
     atomic_write,
     load_checkpoint,
@@ -18,8 +19,7 @@ from tempfast.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from tempfast.errors import UsageError
-from tempfast.models import build_model
+from tempfast.train.models import build_model
 
 MODEL_CONFIG = {"name": "small_cnn", "num_classes": 10, "in_chans": 1, "img_size": 8,
                 "mean": [0.3], "std": [0.4]}

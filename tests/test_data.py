@@ -1,4 +1,4 @@
-"""tempfast.data: the built-in digits split, CIFAR pickles, ImageFolder, synthetic data, and
+"""tempfast.train.data: the built-in digits split, CIFAR pickles, ImageFolder, synthetic data, and
 the seeded on-device augmentation plan."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tempfast.data import load_data, random_crop
 from tempfast.errors import UsageError
+from tempfast.train.data import load_data, random_crop
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ import sys
 import pytest
 import torch
 
-from tempfast.checkpoint import load_checkpoint
+from tempfast.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # end to end: torchrun and local multi-process runs
 
 
 def test_torchrun_two_cpu_processes_train_on_shards_and_rank0_writes(tmp_path):

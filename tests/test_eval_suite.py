@@ -1,5 +1,5 @@
-"""tempfast.eval.evaluate: per-example worst case, determinism, RNG left alone, the JSON shape,
-corruption accuracy (regenerated and from files) and every bad setting."""
+"""tempfast.robust.evaluation.evaluate: per-example worst case, determinism, RNG left alone,
+the JSON shape, corruption accuracy (regenerated and from files) and every bad setting."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-import tempfast.eval as ev
-from tempfast.corruptions import CORRUPTIONS, LABEL
-from tempfast.errors import UsageError
+import tempfast.robust.evaluation as ev
+from tempfast.errors import SettingError, UsageError
+from tempfast.robust.attacks import parse_attacks
+from tempfast.robust.corruptions import CORRUPTIONS, LABEL
+from tempfast.robust.render import masking_warnings, render
 
-from .test_masking import N_TRAIN, TensorBundle, digits_model, digits_tensors, digits_test
+from ._util import TensorBundle
 
 NUM_CLASSES = 10
 
@@ -68,23 +70,23 @@ def test_worst_case_is_per_example_over_attacks(monkeypatch):
     assert worst < min(result["robust_acc"].values())
 
 
-def _small_eval(**kw):
+def _small_eval(digits, **kw):
     settings = {"train_temperature": 2.0, "attacks": None, "eps": 0.1, "steps": 3,
                 "n_examples": 100, "corruptions": False, "seed": 0, "square_queries": 20}
-    return ev.evaluate(digits_model(), digits_test(), **(settings | kw))
+    return ev.evaluate(digits.model(), digits.test(), **(settings | kw))
 
 
 def _without_timings(result: dict) -> dict:
     return {k: v for k, v in result.items() if k not in ("seconds", "attack_seconds")}
 
 
-def test_evaluate_is_deterministic_json_and_keeps_caller_rng():
+def test_evaluate_is_deterministic_json_and_keeps_caller_rng(digits):
     torch.manual_seed(99)
     state = torch.get_rng_state()
     messages = []
-    first = _small_eval(progress=messages.append)
+    first = _small_eval(digits, progress=messages.append)
     assert torch.equal(torch.get_rng_state(), state)
-    second = _small_eval()
+    second = _small_eval(digits)
     assert _without_timings(first) == _without_timings(second)
     assert json.loads(json.dumps(first)) == first
     assert list(first["robust_acc"]) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
@@ -97,13 +99,13 @@ def test_evaluate_is_deterministic_json_and_keeps_caller_rng():
     assert any(m.startswith("diagnostics: pgd-cw with 6 steps") for m in messages)
 
 
-def test_each_attack_number_does_not_depend_on_the_others():
-    alone = _small_eval(attacks="pgd-cw")
-    assert alone["robust_acc"]["pgd-cw"] == _small_eval()["robust_acc"]["pgd-cw"]
+def test_each_attack_number_does_not_depend_on_the_others(digits):
+    alone = _small_eval(digits, attacks="pgd-cw")
+    assert alone["robust_acc"]["pgd-cw"] == _small_eval(digits)["robust_acc"]["pgd-cw"]
 
 
-def test_no_attacks_still_reports_clean_diagnostics_and_corruptions():
-    result = _small_eval(attacks="none", corruptions=True, severities=(1, 5))
+def test_no_attacks_still_reports_clean_diagnostics_and_corruptions(digits):
+    result = _small_eval(digits, attacks="none", corruptions=True, severities=(1, 5))
     assert result["robust_acc"] == {} and result["worst_case_acc"] is None
     assert result["masking"]["eps_curve"]
     c = result["corruptions"]
@@ -116,60 +118,63 @@ def test_no_attacks_still_reports_clean_diagnostics_and_corruptions():
     assert result["corruption_acc"] < result["clean_acc"]
 
 
-def test_corruption_files_are_evaluated_per_severity(tmp_path):
-    x, y = digits_tensors()
-    pixels = (x[N_TRAIN:N_TRAIN + 40] * 255).round().to(torch.uint8)
-    bundle = TensorBundle(pixels.float() / 255, y[N_TRAIN:N_TRAIN + 40])
+def test_corruption_files_are_evaluated_per_severity(digits, tmp_path):
+    x, y = digits.tensors()
+    pixels = (x[digits.n_train:digits.n_train + 40] * 255).round().to(torch.uint8)
+    bundle = TensorBundle(pixels.float() / 255, y[digits.n_train:digits.n_train + 40])
     nhwc = pixels.permute(0, 2, 3, 1).numpy()
     np.save(tmp_path / "identity.npy", np.concatenate([nhwc] * 5))
     np.save(tmp_path / "labels.npy", np.tile(bundle.y.numpy(), 5))
-    result = ev.evaluate(digits_model(), bundle, train_temperature=1.0, attacks="none", eps=0.1,
+    result = ev.evaluate(digits.model(), bundle, train_temperature=1.0, attacks="none", eps=0.1,
                          steps=1, corruptions=True, corruptions_dir=str(tmp_path))
     row = result["corruptions"]["per_corruption"]["identity"]
     assert result["corruptions"]["source"] == f"files in {tmp_path}"
     assert all(row[str(s)] == pytest.approx(result["clean_acc"]) for s in range(1, 6))
     with pytest.raises(UsageError, match=r"images are \(1, 8, 8\)"):
-        ev.evaluate(digits_model(), TensorBundle(torch.rand(4, 1, 8, 9), torch.zeros(4).long()),
+        ev.evaluate(digits.model(), TensorBundle(torch.rand(4, 1, 8, 9), torch.zeros(4).long()),
                     train_temperature=1.0, attacks="none", eps=0.1, steps=1,
                     corruptions_dir=str(tmp_path))
 
 
 @pytest.mark.parametrize(("kw", "match"), [
-    ({"eps": -0.01}, r"--eps must lie in \[0, 1\]"),
-    ({"eps": float("nan")}, r"--eps must lie in \[0, 1\]"),
-    ({"eps": float("inf")}, r"--eps must lie in \[0, 1\]"),
-    ({"steps": 0}, "--steps must be >= 1"),
-    ({"restarts": 0}, "--restarts must be >= 1"),
-    ({"alpha": 0.0}, "--alpha must be finite and > 0"),
-    ({"n_examples": 0}, "--n-examples must be >= 1"),
-    ({"square_queries": 0}, "--square-queries must be >= 1"),
-    ({"check_steps": 0}, "--check-steps must be >= 1"),
-    ({"severities": (0, 3)}, "--severities must be some of 1..5"),
-    ({"attacks": "pgd-ce,autoattack"}, "unknown attack 'autoattack'"),
-    ({"attacks": ["cw"]}, "unknown attack 'cw'"),
+    ({"eps": -0.01}, r"^eps must lie in \[0, 1\]"),
+    ({"eps": float("nan")}, r"^eps must lie in \[0, 1\]"),
+    ({"eps": float("inf")}, r"^eps must lie in \[0, 1\]"),
+    ({"eps": 2.0}, r"^eps must lie in \[0, 1\]"),
+    ({"steps": 0}, "^steps must be >= 1"),
+    ({"restarts": 0}, "^restarts must be >= 1"),
+    ({"alpha": 0.0}, "^alpha must be finite and > 0"),
+    ({"n_examples": 0}, "^n_examples must be >= 1"),
+    ({"square_queries": 0}, "^square_queries must be >= 1"),
+    ({"check_steps": 0}, "^check_steps must be >= 1"),
+    ({"severities": (0, 3)}, "^severities must be some of 1..5"),
+    ({"batch_size": 0}, "^batch_size must be >= 1"),
+    ({"attacks": "pgd-ce,autoattack"}, "^attacks names an unknown attack 'autoattack'"),
+    ({"attacks": ["cw"]}, "^attacks names an unknown attack 'cw'"),
 ])
-def test_bad_settings_raise_usage_error(kw, match):
-    with pytest.raises(UsageError, match=match):
-        _small_eval(**kw)
+def test_bad_settings_raise_a_value_error_naming_the_argument(digits, kw, match):
+    with pytest.raises(SettingError, match=match) as info:
+        _small_eval(digits, **kw)
+    assert isinstance(info.value, ValueError)
 
 
 def test_parse_attacks():
-    assert ev.parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
-    assert ev.parse_attacks(" square, pgd-cw ,square") == ["square", "pgd-cw"]
-    assert ev.parse_attacks("none") == [] and ev.parse_attacks([]) == []
-    assert ev.parse_attacks(["none"]) == [] == ev.parse_attacks(["None"])  # --eval-attacks none
+    assert parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
+    assert parse_attacks(" square, pgd-cw ,square") == ["square", "pgd-cw"]
+    assert parse_attacks("none") == [] and parse_attacks([]) == []
+    assert parse_attacks(["none"]) == [] == parse_attacks(["None"])  # --eval-attacks none
 
 
-def test_render_prints_tables_warnings_and_verdict():
+def test_render_prints_tables_warnings_and_verdict(digits):
     from rich.console import Console
 
-    result = _small_eval(attacks="pgd-ce,pgd-cw", corruptions=True, severities=(2,))
+    result = _small_eval(digits, attacks="pgd-ce,pgd-cw", corruptions=True, severities=(2,))
     result["masking"]["reasons"] = ["a reason"]
     result["masking"]["suspected"] = True
     console = Console(record=True, width=120)
-    ev.render(result, console)
+    render(result, console)
     text = console.export_text()
     for needle in ("worst case", "pgd-cw accuracy vs eps", "jpeg_compression", LABEL,
                    "SUSPECTED GRADIENT MASKING: a reason", "verdict:"):
         assert needle in text
-    assert ev.masking_warnings(result) == ["SUSPECTED GRADIENT MASKING: a reason"]
+    assert masking_warnings(result) == ["SUSPECTED GRADIENT MASKING: a reason"]

@@ -14,6 +14,8 @@ from experiments import claims, report, sweep, table, tiny_imagenet
 from experiments.measure import measure
 from experiments.rows import Run
 
+pytestmark = pytest.mark.slow  # end to end: real sweeps of training runs
+
 TINY = ["--epochs", "1", "--eval-examples", "24", "--eval-attacks", "pgd-ce,pgd-cw"]
 CONFIGS = sorted((Path(__file__).parents[1] / "experiments" / "configs").glob("*.yaml"))
 
@@ -178,7 +180,7 @@ def test_sweep_config_rejects_unknown_keys(tmp_path, capsys):
 def test_tiny_imagenet_layout_is_read_by_the_imagefolder_loader(tmp_path):
     from PIL import Image
 
-    from tempfast.data import load_data
+    from tempfast.train.data import load_data
 
     src = tmp_path / "tiny-imagenet-200"
     for wnid in ("n01", "n02"):

@@ -10,10 +10,10 @@ import json
 import pytest
 import torch
 
-from tempfast import checkpoint as ckpt_module
-from tempfast import run_folder
-from tempfast.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from tempfast.cli import main
+from tempfast.train import checkpoint as ckpt_module
+from tempfast.train import run_folder
+from tempfast.train.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 
 FAST_TRAIN = ["--no-final-eval", "--eval-adv-examples", "0", "--threads", "1", "--quiet"]
 FAST_EVAL = ["--n-examples", "20", "--steps", "1", "--square-queries", "5", "--no-corruptions",
@@ -84,7 +84,7 @@ def test_eval_results_reach_stdout_when_the_file_write_fails(trained, tmp_path, 
 
 
 def test_ctrl_c_during_eval_is_one_line_and_exit_130(trained, tmp_path, capsys, monkeypatch):
-    from tempfast import eval as ev
+    from tempfast.robust import evaluation as ev
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -197,7 +197,7 @@ def test_bad_inputs_raise_one_line_errors(kwargs, exc, match):
 
 def _peak(impl: str, rows: int, hidden: int, classes: int) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "tempfast.memory", "--impl", impl, "--rows", str(rows),
+        [sys.executable, "-m", "bench.linear_memory", "--impl", impl, "--rows", str(rows),
          "--hidden", str(hidden), "--classes", str(classes)],
         capture_output=True, text=True, timeout=900, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -206,7 +206,7 @@ def _peak(impl: str, rows: int, hidden: int, classes: int) -> dict:
 @pytest.mark.slow
 def test_cpu_peak_memory_is_under_a_quarter_of_eager():
     """Peak RSS growth of forward + backward, each in a fresh process. (The issue's full size,
-    N=8192, H=1024, C=65536, is measured by ``python -m tempfast.memory``; this runs half the
+    N=8192, H=1024, C=65536, is measured by ``python -m bench.linear_memory``; this runs half the
     rows and a small hidden size, so the logits still dominate and CI stays fast.)"""
     rows, hidden, classes = 4096, 64, 65536
     ours = _peak("tempfast", rows, hidden, classes)

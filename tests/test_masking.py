@@ -1,85 +1,20 @@
 """Gradient-masking diagnostics: a model with logits scaled by 1e4 is flagged, a normal one is
-not, and every check of :func:`tempfast.masking.judge` fires on its own symptom.
-
-Also holds the small real-data fixtures the evaluation tests share: a linear classifier
-trained on scikit-learn's digits and a bundle-like wrapper of its test images.
-"""
+not, and every check of :func:`tempfast.robust.masking.judge` fires on its own symptom."""
 
 from __future__ import annotations
 
-import copy
-import functools
-
 import pytest
 import torch
-from torch import nn
 
-from tempfast import masking
-from tempfast.eval import evaluate
+from tempfast.robust import masking
+from tempfast.robust.evaluation import evaluate
 
-N_TRAIN = 1400
-
-
-class TensorBundle:
-    """The part of a DataBundle the evaluation uses: test batches in fixed order."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
-
-    def test_batches(self, batch_size, device, limit=None):
-        n = len(self.x) if limit is None else min(limit, len(self.x))
-        for i in range(0, n, batch_size):
-            j = min(i + batch_size, n)
-            yield self.x[i:j].to(device), self.y[i:j].to(device)
+from ._util import Scaled
 
 
-class Scaled(nn.Module):
-    """``model(x) * factor``: the saturated-softmax model of defensive distillation."""
-
-    def __init__(self, model: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x):
-        return self.model(x) * self.factor
-
-
-@functools.lru_cache(maxsize=1)
-def digits_tensors():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0, torch.tensor(d.target)
-
-
-@functools.lru_cache(maxsize=1)
-def _trained_linear() -> nn.Module:
-    x, y = digits_tensors()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(150):
-        loss = nn.functional.cross_entropy(model(x[:N_TRAIN]), y[:N_TRAIN])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def digits_model() -> nn.Module:
-    """A fresh copy of a linear classifier trained on digits (about 90% test accuracy)."""
-    return copy.deepcopy(_trained_linear())
-
-
-def digits_test() -> TensorBundle:
-    x, y = digits_tensors()
-    return TensorBundle(x[N_TRAIN:], y[N_TRAIN:])
-
-
-def test_detector_flags_model_with_logits_scaled_by_1e4():
-    model = Scaled(digits_model(), 1e4)
-    result = evaluate(model, digits_test(), train_temperature=1.0, attacks=["pgd-ce", "pgd-cw"],
+def test_detector_flags_model_with_logits_scaled_by_1e4(digits):
+    model = Scaled(digits.model(), 1e4)
+    result = evaluate(model, digits.test(), train_temperature=1.0, attacks=["pgd-ce", "pgd-cw"],
                       eps=0.1, steps=5, n_examples=150, corruptions=False, seed=0)
     m = result["masking"]
     assert m["suspected"]
@@ -92,8 +27,8 @@ def test_detector_flags_model_with_logits_scaled_by_1e4():
     assert result["robust_acc"]["pgd-ce"] > result["robust_acc"]["pgd-cw"] + 0.3
 
 
-def test_detector_does_not_flag_normal_model():
-    result = evaluate(digits_model(), digits_test(), train_temperature=1.0, attacks=None,
+def test_detector_does_not_flag_normal_model(digits):
+    result = evaluate(digits.model(), digits.test(), train_temperature=1.0, attacks=None,
                       eps=0.1, steps=10, n_examples=200, corruptions=False, seed=0,
                       square_queries=100)
     m = result["masking"]
@@ -104,12 +39,12 @@ def test_detector_does_not_flag_normal_model():
     assert m["eps_curve"][-1]["acc"] <= masking.THRESHOLDS["eps_curve_end"]
 
 
-def test_zero_gradient_fractions_count_exact_zeros_only():
-    x, y = digits_tensors()
-    xb, yb = x[N_TRAIN:N_TRAIN + 64], y[N_TRAIN:N_TRAIN + 64]
-    normal = masking.zero_gradient_fractions(digits_model(), [(xb, yb)], temperature=1.0)
-    masked = masking.zero_gradient_fractions(Scaled(digits_model(), 1e4), [(xb, yb)], 1.0)
-    hot = masking.zero_gradient_fractions(Scaled(digits_model(), 1e4), [(xb, yb)], 1e4)
+def test_zero_gradient_fractions_count_exact_zeros_only(digits):
+    x, y = digits.tensors()
+    xb, yb = x[digits.n_train:digits.n_train + 64], y[digits.n_train:digits.n_train + 64]
+    normal = masking.zero_gradient_fractions(digits.model(), [(xb, yb)], temperature=1.0)
+    masked = masking.zero_gradient_fractions(Scaled(digits.model(), 1e4), [(xb, yb)], 1.0)
+    hot = masking.zero_gradient_fractions(Scaled(digits.model(), 1e4), [(xb, yb)], 1e4)
     assert normal == {"ce": 0.0, "ce_at_T": 0.0, "cw": 0.0, "dlr": 0.0}
     assert masked["ce"] > 0.9 and masked["cw"] == 0.0 and masked["dlr"] == 0.0
     assert hot["ce_at_T"] == 0.0  # CE at T = 1e4 undoes the scale
@@ -200,9 +135,9 @@ def test_judge_uses_the_measured_pgd_cw_when_the_suite_lacks_it():
                               "pgd-cw (40.0%)"]
 
 
-def test_masked_ce_is_caught_when_the_suite_runs_only_pgd_ce():
-    model = Scaled(digits_model(), 1e4)
-    result = evaluate(model, digits_test(), train_temperature=1.0, attacks=["pgd-ce"],
+def test_masked_ce_is_caught_when_the_suite_runs_only_pgd_ce(digits):
+    model = Scaled(digits.model(), 1e4)
+    result = evaluate(model, digits.test(), train_temperature=1.0, attacks=["pgd-ce"],
                       eps=0.1, steps=5, n_examples=100, corruptions=False, seed=0)
     m = result["masking"]
     assert list(result["robust_acc"]) == ["pgd-ce"]

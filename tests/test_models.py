@@ -1,4 +1,4 @@
-"""tempfast.models: normalisation inside the model, the small CNN, timm stems adapted to small
+"""tempfast.train.models: normalisation inside the model, the small CNN, timm stems adapted to small
 images, unknown names."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from tempfast.errors import UsageError
-from tempfast.models import build_model
+from tempfast.errors import SettingError
+from tempfast.train.models import build_model
 
 
 def test_small_cnn_normalises_inside_and_returns_logits():
@@ -48,6 +48,6 @@ def test_vit_takes_the_data_image_size_with_small_patches():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_unknown_model_is_a_usage_error():
-    with pytest.raises(UsageError, match="unknown model 'resnet9000'"):
+def test_unknown_model_is_a_setting_error_naming_the_argument():
+    with pytest.raises(SettingError, match=r"^model 'resnet9000' is unknown"):
         build_model("resnet9000", 10, 3, 32, (0.5,) * 3, (0.25,) * 3)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: builds the wheel
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

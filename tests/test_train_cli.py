@@ -15,8 +15,10 @@ import pytest
 import torch
 import yaml
 
-from tempfast.checkpoint import load_checkpoint, restore_model
 from tempfast.cli import main
+from tempfast.train.checkpoint import load_checkpoint, restore_model
+
+pytestmark = pytest.mark.slow  # end to end: real training runs
 
 FAST = ["--epochs", "1", "--no-final-eval", "--eval-adv-examples", "32", "--threads", "1"]
 
@@ -134,7 +136,7 @@ def _run_folder_with_bad_checkpoint(tmp_path, capsys):
 
 
 BAD_INPUTS = {
-    "unknown model": (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+    "unknown model": (["--model", "resnet9000"], "--model 'resnet9000' is unknown"),
     "unknown data set": (["--data", "mnist"], "invalid choice: 'mnist'"),
     "missing data dir": (["--data", "cifar10", "--data-dir", "{tmp}/none"], "--download"),
     "negative eps": (["--eps", "-0.1"], "--eps must lie in [0, 1]"),

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tempfast.cli import main
-from tempfast.models import FeatureNet, build_model
 from tempfast.nn import LinearTemperatureCrossEntropy, TemperatureCrossEntropyLoss
 from tempfast.train import train_step
+from tempfast.train.models import FeatureNet, build_model
 
 from ._util import assert_close
 

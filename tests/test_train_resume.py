@@ -11,10 +11,11 @@ import time
 import pytest
 import torch
 
-from tempfast import progress
-from tempfast.checkpoint import load_checkpoint
 from tempfast.cli import main
-from tempfast.train import RunInterruptedError, TrainConfig, run
+from tempfast.train import RunInterruptedError, TrainConfig, progress, run
+from tempfast.train.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # end to end: real training runs
 
 TIMES = ("epoch_time_s", "images_per_s")
 SETTINGS = dict(adv="pgd", steps=2, temp=4.0, eval_adv_examples=32, final_eval=False,

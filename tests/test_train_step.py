@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import tempfast
-from tempfast.attacks import PGD
-from tempfast.errors import UsageError
-from tempfast.models import build_model
+from tempfast.errors import SettingError
 from tempfast.nn import TemperatureCrossEntropyLoss
+from tempfast.robust.attacks import PGD
 from tempfast.train import TrainConfig, TrainingAttack, build_optimizer, lr_factor, train_step
+from tempfast.train.models import build_model
 
 
 def _setup(temperature=8.0, learnable=False):
@@ -43,16 +43,25 @@ def test_train_step_is_one_sgd_step_on_the_temperature_scaled_loss():
 
 
 def test_train_step_trains_on_the_attacked_batch():
-    model, criterion, opt, _, x, y = _setup(1.0)
-    model.train()
+    """The step's weights are those of a step on the attack's output, not on the clean batch
+    (a step that called the attack and ignored its result would fail here)."""
+    x_adv = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     seen = []
 
     def attack(xb, yb):
         seen.append(xb)
-        return torch.zeros_like(xb)
+        return x_adv
 
-    train_step(model, opt, criterion, x, y, attack=attack)
-    assert seen[0] is x and model.training
+    weights = {}
+    for name, kwargs, batch in (("attacked", {"attack": attack}, None),
+                                ("on x_adv", {}, x_adv), ("on x", {}, None)):
+        model, criterion, opt, _, x, y = _setup(1.0)
+        model.train()
+        train_step(model, opt, criterion, x if batch is None else batch, y, **kwargs)
+        weights[name] = model.net[0][0].weight.detach().clone()
+    assert seen and seen[0].shape == x_adv.shape
+    torch.testing.assert_close(weights["attacked"], weights["on x_adv"])
+    assert not torch.allclose(weights["attacked"], weights["on x"])
 
 
 def test_fp16_autocast_with_a_gradient_scaler_updates_the_weights():
@@ -100,10 +109,14 @@ def test_per_data_defaults():
 
 
 @pytest.mark.parametrize("changes, match", [
-    (dict(temp=float("nan")), "--temp"), (dict(alpha=0.0), "--alpha"),
-    (dict(epochs=0), "--epochs"), (dict(lr=-1.0), "--lr"), (dict(opt="lamb"), "--opt"),
-    (dict(resume=True, overwrite=True), "exclude"),
+    (dict(temp=float("nan")), "^temp must be finite"), (dict(alpha=0.0), "^alpha must be"),
+    (dict(epochs=0), "^epochs must be >= 1"), (dict(lr=-1.0), "^lr must be"),
+    (dict(opt="lamb"), "^opt must be one of"), (dict(eps=2.0), r"^eps must lie in \[0, 1\]"),
+    (dict(eval_attacks=["fgsm"]), "^eval_attacks names an unknown attack 'fgsm'"),
+    (dict(steps=1.5), "^steps must be an integer"),
+    (dict(resume=True, overwrite=True), "^resume and --overwrite exclude"),
 ])
-def test_bad_settings_are_usage_errors(changes, match):
-    with pytest.raises(UsageError, match=match):
+def test_bad_settings_are_value_errors_naming_the_field(changes, match):
+    with pytest.raises(SettingError, match=match) as info:
         TrainConfig(**changes).resolved()
+    assert isinstance(info.value, ValueError)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import torch
 
-from . import backend
-from ._version import __version__
+from .. import backend
+from .._version import __version__
 
 
 def report() -> dict:

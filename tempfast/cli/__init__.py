@@ -2,9 +2,11 @@
 
 Each subcommand lives in its own module, which provides ``add_parser(subparsers)``; the parser
 it adds sets ``func`` (called with the parsed arguments, returns an exit status). A
-:class:`tempfast.errors.UsageError` anywhere below is printed as one line on stderr with exit
-status 2, an :class:`tempfast.errors.OutputError` (a write that failed after work started) with
-exit status 1.
+:class:`tempfast.errors.SettingError` from the library (naming the argument) is printed as
+one line naming the flag, a :class:`tempfast.errors.UsageError` as one line, both with exit
+status 2; an :class:`tempfast.errors.OutputError` (a write that failed after work started)
+with exit status 1. No subcommand module imports another's: what they share is in
+:mod:`tempfast.cli.args`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ import json
 import os
 import sys
 
-from ._version import __version__
-from .errors import OutputError, UsageError, print_usage_error
-from .eval_cli import add_parser as _add_eval
-from .train_cli import add_parser as _add_train
+from .._version import __version__
+from ..errors import OutputError, SettingError, UsageError
+from .args import print_usage_error
+from .evaluate import add_parser as _add_eval
+from .train import add_parser as _add_train
+
+# Library argument names that a subcommand spells differently as a flag (the rest are
+# ``--`` + the name with ``-`` for ``_``).
+FLAG_NAMES = {"eval": {"train_temperature": "--temperature"}}
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -55,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     speaks = os.environ.get("RANK", "0") == "0"
     try:
         return int(args.func(args) or 0)
+    except SettingError as exc:  # the library names the argument; the user typed the flag
+        if speaks:
+            print_usage_error(args.command, exc.for_flag(FLAG_NAMES.get(args.command)))
+        return 2
     except UsageError as exc:
         if speaks:
             print_usage_error(args.command, exc)

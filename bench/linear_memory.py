@@ -1,6 +1,6 @@
 """Peak extra host memory (RSS) of a fused linear cross-entropy vs the eager reference.
 
-``python -m tempfast.memory --impl {tempfast,eager} --rows N --hidden H --classes C`` builds
+``python -m bench.linear_memory --impl {tempfast,eager} --rows N --hidden H --classes C`` builds
 random inputs, records the process's peak RSS, runs forward + backward once, and prints a JSON
 line with the peak RSS growth in bytes. Run each implementation in its own process (peak RSS
 never decreases); the tests and the benchmark suite do.
@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from . import functional, reference
+from tempfast import functional, reference
 
 
 def peak_rss_bytes() -> int:

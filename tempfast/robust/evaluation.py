@@ -7,13 +7,13 @@ yielding ``(x, y)``, x ``(N, C, H, W)`` in [0, 1]). The model takes [0, 1] image
 logits ``(N, num_classes)``.
 
 * clean accuracy ``mean(argmax z(x) = y)``;
-* robust accuracy per attack (:data:`tempfast.attacks.ATTACKS`): an example is robust when it
+* robust accuracy per attack (:data:`tempfast.robust.attacks.ATTACKS`): an example is robust when it
   is classified correctly both clean and after the attack (attacks run on the clean-correct
   examples only);
 * worst case: robust only if no attack of the suite broke it, the headline number;
-* :mod:`tempfast.masking` diagnostics (``SUSPECTED GRADIENT MASKING`` when a check fails);
+* :mod:`tempfast.robust.masking` diagnostics (``SUSPECTED GRADIENT MASKING`` when a check fails);
 * corruption accuracy per corruption and severity and the mean over both, on the regenerated
-  suite (:mod:`tempfast.corruptions`) or on published CIFAR-10-C / CIFAR-100-C files.
+  suite (:mod:`tempfast.robust.corruptions`) or on published CIFAR-10-C / CIFAR-100-C files.
 
 Each attack, each extra diagnostic run and each corrupted batch has its own seed derived from
 ``seed``, so a number does not depend on which other attacks run; the caller's RNG state is
@@ -22,19 +22,18 @@ left untouched.
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
+from . import checks, masking
 from . import corruptions as corr
-from . import masking
-from .attacks import ATTACKS, DEFAULT_ATTACKS, build_attack, eval_mode, seeded
-from .errors import UsageError
+from .attacks import build_attack, eval_mode, parse_attacks, seeded
 
 Progress = Callable[[str], None]
 
@@ -54,50 +53,23 @@ def derive_seed(seed: int, *keys: str | int) -> int:
     return zlib.crc32("/".join(map(str, (seed, *keys))).encode()) & 0x7FFFFFFF
 
 
-def parse_attacks(names: str | Iterable[str] | None) -> list[str]:
-    """Attack names from a comma-separated string or a list; ``None``: the default suite.
-
-    ``"none"`` (or ``["none"]``, or an empty list) runs no attack. Raises UsageError on an
-    unknown name.
-    """
-    if names is None:
-        return list(DEFAULT_ATTACKS)
-    if isinstance(names, str):
-        names = names.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if [n.lower() for n in names] == ["none"]:
-        return []
-    out = []
-    for name in names:
-        if name not in ATTACKS:
-            raise UsageError(f"unknown attack {name!r}; expected some of {', '.join(ATTACKS)} "
-                             "(comma-separated) or none")
-        if name not in out:
-            out.append(name)
-    return out
-
-
 def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int,
                    n_examples: int | None, square_queries: int, severities: Sequence[int],
-                   check_steps: int | None = None) -> None:
-    """Raise UsageError (one line, naming the flag) on a setting the suite cannot run."""
-    if not 0 <= eps <= 1:
-        raise UsageError(f"--eps must lie in [0, 1] (pixels are in [0, 1]), got {eps}")
-    if alpha is not None and not 0 < alpha < math.inf:
-        raise UsageError(f"--alpha must be finite and > 0, got {alpha}")
-    if steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {steps}")
-    if restarts < 1:
-        raise UsageError(f"--restarts must be >= 1, got {restarts}")
-    if n_examples is not None and n_examples < 1:
-        raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
-    if square_queries < 1:
-        raise UsageError(f"--square-queries must be >= 1, got {square_queries}")
-    if check_steps is not None and check_steps < 1:
-        raise UsageError(f"--check-steps must be >= 1, got {check_steps}")
-    bad = [s for s in severities if s not in corr.SEVERITIES]
-    if bad or not severities:
-        raise UsageError(f"--severities must be some of 1..5, got {list(severities)}")
+                   check_steps: int | None = None, batch_size: int = 512) -> None:
+    """Raise :class:`~tempfast.errors.SettingError` naming the argument of the first setting
+    the suite cannot run (the checks of :mod:`tempfast.robust.checks`)."""
+    checks.eps(eps)
+    if alpha is not None:
+        checks.positive(alpha, "alpha")
+    checks.at_least(steps, "steps", 1)
+    checks.at_least(restarts, "restarts", 1)
+    if n_examples is not None:
+        checks.at_least(n_examples, "n_examples", 1)
+    checks.at_least(square_queries, "square_queries", 1)
+    if check_steps is not None:
+        checks.at_least(check_steps, "check_steps", 1)
+    checks.severities(severities)
+    checks.at_least(batch_size, "batch_size", 1)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -138,7 +110,7 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
 
     Args:
         train_temperature: the training T (``pgd-ce-t`` attacks CE at this T).
-        attacks: names from :data:`tempfast.attacks.ATTACKS`; None: the default suite
+        attacks: names from :data:`tempfast.robust.attacks.ATTACKS`; None: the default suite
             (``pgd-ce, pgd-ce-t, pgd-cw, apgd-dlr, square``); empty: no attack.
         eps: L-infinity budget on [0, 1] pixels. alpha: PGD step (None: ``2.5 * eps / steps``).
         steps, restarts: iterations and random restarts of PGD and APGD.
@@ -157,20 +129,22 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         a JSON-able dict: ``clean_acc``, ``robust_acc`` (attack -> accuracy),
         ``worst_case_acc`` (None without attacks), ``attack_seconds``, ``masking``
         (``suspected``, ``reasons``, ``verdict`` and the diagnostics, see
-        :mod:`tempfast.masking`), ``corruption_acc`` (mean, None when not run),
+        :mod:`tempfast.robust.masking`), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
         ``n_examples``, ``settings`` (every setting above that shapes a number, the resolved
         ``alpha`` and ``check_steps``; ``severities`` and ``corruptions_dir`` None without
         corruptions), ``seconds``.
 
     Raises:
-        UsageError: a bad setting or attack name, or corruption files that do not fit.
+        SettingError: a setting out of range or an unknown attack (a ``ValueError`` naming the
+            argument).
+        UsageError: an empty test set, or corruption files that do not fit.
     """
     start = time.perf_counter()
     names = parse_attacks(attacks)
     check_settings(eps=eps, alpha=alpha, steps=steps, restarts=restarts, n_examples=n_examples,
                    square_queries=square_queries, severities=severities,
-                   check_steps=check_steps)
+                   check_steps=check_steps, batch_size=batch_size)
     alpha = 2.5 * eps / steps if alpha is None else float(alpha)
     check_steps = 2 * steps if check_steps is None else check_steps
     device = _model_device(model)
@@ -271,74 +245,3 @@ def _corruptions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
         row["mean"] = float(np.mean(list(row.values())))
     return {"source": source, "severities": list(severities), "per_corruption": table,
             "mean": float(np.mean([row["mean"] for row in table.values()]))}
-
-
-def masking_warnings(result: dict) -> list[str]:
-    """One ``SUSPECTED GRADIENT MASKING: <reason>`` line per failed check of ``result``."""
-    return [f"{masking.WARNING}: {reason}" for reason in result["masking"]["reasons"]]
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def render(result: dict, console=None) -> None:
-    """Print ``result`` as rich tables, then the masking warnings and verdict."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    s = result["settings"]
-    console.print(f"{result['n_examples']} test images, eps {s['eps']:.4g}, alpha "
-                  f"{s['alpha']:.4g}, {s['steps']} steps, {s['restarts']} restart(s), square "
-                  f"{s['square_queries']} queries, T {s['train_temperature']:.4g}, fp32, "
-                  f"{s['device']}", highlight=False)
-    table = Table(title="Robustness")
-    table.add_column("evaluation")
-    table.add_column("accuracy", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_row("clean", _pct(result["clean_acc"]), "")
-    for name, acc in result["robust_acc"].items():
-        table.add_row(name, _pct(acc), f"{result['attack_seconds'][name]:.1f}")
-    if result["worst_case_acc"] is not None:
-        table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case_acc'])}[/bold]",
-                      "")
-    if result["corruption_acc"] is not None:
-        table.add_row("corruptions (mean)", _pct(result["corruption_acc"]), "")
-    console.print(table)
-    _render_masking(result["masking"], console)
-    if result["corruptions"] is not None:
-        c = result["corruptions"]
-        ctable = Table(title=f"Corruption accuracy: {c['source']}")
-        ctable.add_column("corruption")
-        for sev in c["severities"]:
-            ctable.add_column(f"s{sev}", justify="right")
-        ctable.add_column("mean", justify="right")
-        for name, row in c["per_corruption"].items():
-            ctable.add_row(name, *(_pct(row[str(sev)]) for sev in c["severities"]),
-                           _pct(row["mean"]))
-        console.print(ctable)
-    for line in masking_warnings(result):
-        console.print(f"[bold red]{line}[/bold red]", highlight=False)
-    colour = "red" if result["masking"]["suspected"] else "green"
-    console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
-                  highlight=False)
-
-
-def _render_masking(m: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title="Gradient-masking diagnostics")
-    table.add_column("check")
-    table.add_column("measured")
-    for key, fraction in m["zero_grad_fraction"].items():
-        table.add_row(f"zero input gradient, {key} loss", _pct(fraction))
-    table.add_row("pgd-cw accuracy vs eps",
-                  ", ".join(f"{p['eps']:.3g}: {_pct(p['acc'])}" for p in m["eps_curve"]) or "-")
-    for key, what in (("more_steps", "steps"), ("more_restarts", "restarts")):
-        c = m[key]
-        table.add_row(f"pgd-cw, more {what}",
-                      f"{c['base_' + what]}: {_pct(c['base_acc'])} -> {c[what]}: {_pct(c['acc'])}")
-    if m["square_only_fraction"] is not None:
-        table.add_row("broken by square only", _pct(m["square_only_fraction"]))
-    console.print(table)

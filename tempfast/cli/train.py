@@ -11,28 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from .data import DATASETS
-from .errors import UsageError, one_line_parser_error
+from ..errors import UsageError
+from ..train.data import DATASETS
+from .args import names, number, one_line_parser_error
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from ..train.config import TrainConfig
 
 EXIT_INTERRUPTED = 130
-
-
-def number(text: str) -> float:
-    """A float, also written as a fraction: ``0.03``, ``8/255``."""
-    try:
-        return float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -121,7 +109,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--eval-steps", type=int, help="final evaluation: PGD steps (max(steps, 10))")
     g.add_argument("--eval-restarts", type=int, default=1,
                    help="final evaluation: PGD restarts (1)")
-    g.add_argument("--eval-attacks", type=_names,
+    g.add_argument("--eval-attacks", type=names,
                    help="final evaluation: comma-separated attacks (default: the full suite)")
     g.add_argument("--no-corruptions", dest="eval_corruptions", action="store_false",
                    help="final evaluation: skip the corruption suite")
@@ -131,7 +119,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The :class:`~tempfast.train.TrainConfig` of parsed ``tempfast train`` arguments."""
-    from .train import TrainConfig
+    from ..train.config import TrainConfig
 
     fields = TrainConfig.__dataclass_fields__
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
@@ -150,13 +138,13 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .progress import make_reporter
-    from .train import RunInterruptedError, run
+    from ..train import RunInterruptedError, run
+    from ..train.progress import make_reporter
 
     if args.nproc_per_node < 1:
         raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from .distributed import launch_local
+        from ..train.distributed import launch_local
 
         config_from_args(args).resolved()  # bad flags: one line here, not one per process
         return launch_local(args.nproc_per_node, _without_nproc(args.argv))

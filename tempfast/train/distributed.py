@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import backend
-from .errors import OutputError, UsageError
+from .. import backend
+from ..errors import OutputError, UsageError
 
 T = TypeVar("T")
 
@@ -88,8 +88,13 @@ def setup(device: str) -> Context:
 
 
 def teardown(ctx: Context) -> None:
+    """Leave the process group: every rank first waits for the others (no rank may exit while
+    another still talks to it), then the group is destroyed."""
     if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_sum(ctx: Context, t: Tensor) -> Tensor:

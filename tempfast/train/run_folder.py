@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import OutputError, UsageError, os_reason
 from .checkpoint import (
     RESUME_KEYS,
     atomic_write_text,
@@ -40,7 +41,6 @@ from .checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from .errors import OutputError, UsageError, os_reason
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.csv", "summary.json", "last.pt", "best.pt",
              "recovery.pt")

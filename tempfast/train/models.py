@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError
+from ..errors import SettingError, UsageError
 
 SMALL_INPUT = 64
 
@@ -145,14 +145,16 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int) -> nn
 
 
 def check_model_name(name: str) -> None:
-    """Raise :class:`UsageError` unless ``name`` is ``small_cnn`` or a timm model name."""
+    """Raise :class:`~tempfast.errors.SettingError` (``model``) unless ``name`` is
+    ``small_cnn`` or a timm model name."""
     if name == "small_cnn":
         return
     import timm
 
     if not timm.is_model(name):
-        raise UsageError(f"unknown model {name!r}; use small_cnn or a timm model name "
-                         f"(e.g. resnet18, resnetv2_18, wide_resnet50_2, vit_tiny_patch16_224)")
+        raise SettingError("model", f"{name!r} is unknown: use small_cnn or a timm model name "
+                                    "(e.g. resnet18, resnetv2_18, wide_resnet50_2, "
+                                    "vit_tiny_patch16_224)")
 
 
 def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
@@ -160,7 +162,7 @@ def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
     """A :class:`Classifier` for ``(B, in_chans, img_size, img_size)`` images in [0, 1].
 
     Raises:
-        UsageError: unknown model name.
+        SettingError: unknown model name; UsageError: a model that cannot take the images.
     """
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean/std: expected {in_chans} values each, got {len(mean)}, "

@@ -5,17 +5,8 @@ Every attack runs the model in eval mode while crafting (batch-norm statistics f
 restores the previous mode afterwards; ``x_adv`` is detached, within ``eps`` of ``x`` in the
 L-infinity norm and inside [0, 1].
 
-Attack losses (maximised), for logits ``z`` and labels ``y``:
-
-* ``"ce"``: ``cross_entropy(z / T, y)`` at temperature ``T`` (``T = 1``: CE on raw logits);
-* ``"cw"``: the Carlini-Wagner margin ``max_{j != y} z_j - z_y``. It is invariant to a common
-  scale of the logits, so a model whose logits are scaled up by a large factor (the gradient
-  masking of high-temperature training and defensive distillation) cannot hide from it.
-* ``"dlr"``: the Difference of Logits Ratio of Croce & Hein (2020),
-  ``(max_{j != y} z_j - z_y) / (z_(1) - z_(3) + 1e-12)`` with ``z_(k)`` the k-th largest
-  logit: the margin divided by a logit spread, invariant to scale and shift. With two classes
-  there is no third logit, and any scale-invariant function of the one margin is a step
-  function with a zero gradient: there DLR is the CW margin.
+The losses (``"ce"`` at a temperature, the CW margin ``"cw"``, ``"dlr"``) are in
+:mod:`tempfast.robust.losses`; the settings are checked by :mod:`tempfast.robust.checks`.
 
 The evaluation suite (:data:`ATTACKS`, built by :func:`build_attack`) names each attack:
 
@@ -34,53 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
-from .functional import cross_entropy
+from ..errors import SettingError
+from . import checks
+from .losses import LOSSES, attack_loss
 
-LOSSES = ("ce", "cw", "dlr")
 ATTACKS = ("pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "apgd-ce", "square")
 DEFAULT_ATTACKS = ("pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square")
 GRADIENT_FREE = ("square",)
-
-
-def margin_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Per-example CW margin ``max_{j != y} z_j - z_y``, shape ``(N,)``.
-
-    The true class is excluded with ``-inf`` (not by zeroing its logit, which is wrong when all
-    other logits are negative).
-    """
-    true_logit = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, target.unsqueeze(1), float("-inf"))
-    return others.amax(dim=1) - true_logit
-
-
-def dlr_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Per-example DLR loss ``(max_{j != y} z_j - z_y) / (z_(1) - z_(3) + 1e-12)``, shape ``(N,)``.
-
-    ``logits``: ``(N, C)``; ``z_(k)`` is the k-th largest logit of the row. For ``C = 2`` the
-    CW margin (see the module docstring); ``C < 2`` has no other class to reach.
-    """
-    if logits.shape[1] < 2:
-        raise ValueError(f"dlr loss: needs at least 2 classes, got {logits.shape[1]}")
-    if logits.shape[1] == 2:
-        return margin_loss(logits, target)
-    top3 = logits.topk(3, dim=1).values
-    return margin_loss(logits, target) / (top3[:, 0] - top3[:, 2] + 1e-12)
-
-
-def attack_loss(name: str, logits: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
-    """Per-example loss ``(N,)`` of attack loss ``name`` (see the module docstring)."""
-    if name == "ce":
-        return cross_entropy(logits.float(), target, temperature, reduction="none")
-    if name == "cw":
-        return margin_loss(logits.float(), target)
-    if name == "dlr":
-        return dlr_loss(logits.float(), target)
-    raise ValueError(f"loss: expected one of {LOSSES}, got {name!r}")
 
 
 @contextlib.contextmanager
@@ -107,14 +63,11 @@ class PGD:
     def __init__(self, model: nn.Module, eps: float, alpha: float, steps: int,
                  loss: str = "ce", temperature: float = 1.0, random_start: bool = True,
                  restarts: int = 1) -> None:
-        if eps < 0:
-            raise ValueError(f"eps: must be >= 0, got {eps}")
-        if steps < 1:
-            raise ValueError(f"steps: must be >= 1, got {steps}")
-        if restarts < 1:
-            raise ValueError(f"restarts: must be >= 1, got {restarts}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+        checks.eps(eps)
+        checks.positive(alpha, "alpha")
+        checks.at_least(steps, "steps", 1)
+        checks.at_least(restarts, "restarts", 1)
+        checks.choice(loss, "loss", LOSSES)
         self.model = model
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.loss, self.temperature = loss, temperature
@@ -172,13 +125,6 @@ def _torchattacks():
     return torchattacks
 
 
-def _check_budget(eps: float, restarts: int) -> None:
-    if eps < 0:
-        raise ValueError(f"eps: must be >= 0, got {eps}")
-    if restarts < 1:
-        raise ValueError(f"restarts: must be >= 1, got {restarts}")
-
-
 def _apgd_checkpoints(steps: int) -> list[int]:
     """The iterations at which APGD may halve its step: ``ceil(p_j steps)`` with ``p_0 = 0``,
     ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)`` (Croce & Hein 2020)."""
@@ -209,11 +155,10 @@ class APGD:
 
     def __init__(self, model: nn.Module, eps: float, steps: int, loss: str = "dlr",
                  restarts: int = 1, seed: int = 0, temperature: float = 1.0) -> None:
-        _check_budget(eps, restarts)
-        if steps < 1:
-            raise ValueError(f"steps: must be >= 1, got {steps}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+        checks.eps(eps)
+        checks.at_least(steps, "steps", 1)
+        checks.at_least(restarts, "restarts", 1)
+        checks.choice(loss, "loss", LOSSES)
         self.model, self.seed = model, int(seed)
         self.eps, self.steps, self.loss = float(eps), int(steps), loss
         self.restarts, self.temperature = int(restarts), temperature
@@ -290,9 +235,9 @@ class Square:
 
     def __init__(self, model: nn.Module, eps: float, queries: int = 1000, restarts: int = 1,
                  seed: int = 0) -> None:
-        _check_budget(eps, restarts)
-        if queries < 1:
-            raise ValueError(f"queries: must be >= 1, got {queries}")
+        checks.eps(eps)
+        checks.at_least(restarts, "restarts", 1)
+        checks.at_least(queries, "queries", 1)
         self.model, self.seed = model, int(seed)
         self._attack = _torchattacks().Square(model, norm="Linf", eps=float(eps),
                                               n_queries=int(queries), n_restarts=int(restarts),
@@ -322,4 +267,27 @@ def build_attack(name: str, model: nn.Module, *, eps: float, alpha: float, steps
         return APGD(model, eps, steps, loss=name[5:], restarts=restarts, seed=seed)
     if name == "square":
         return Square(model, eps, queries=square_queries, seed=seed)
-    raise ValueError(f"attack: expected one of {', '.join(ATTACKS)}, got {name!r}")
+    raise SettingError("attack", f"must be one of {', '.join(ATTACKS)}, got {name!r}")
+
+
+def parse_attacks(names: str | Iterable[str] | None, name: str = "attacks") -> list[str]:
+    """Attack names from a comma-separated string or a list; ``None``: the default suite.
+
+    ``"none"`` (or ``["none"]``, or an empty list) runs no attack. An unknown name raises
+    :class:`~tempfast.errors.SettingError` under ``name`` (the argument that held the list).
+    """
+    if names is None:
+        return list(DEFAULT_ATTACKS)
+    if isinstance(names, str):
+        names = names.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if [n.lower() for n in names] == ["none"]:
+        return []
+    out = []
+    for attack in names:
+        if attack not in ATTACKS:
+            raise SettingError(name, f"names an unknown attack {attack!r}; expected some of "
+                                     f"{', '.join(ATTACKS)} (comma-separated) or none")
+        if attack not in out:
+            out.append(attack)
+    return out

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import UsageError
+from ..errors import UsageError
 
 LABEL = "CIFAR-10-C-style (regenerated)"
 SEVERITIES = (1, 2, 3, 4, 5)

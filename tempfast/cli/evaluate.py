@@ -1,5 +1,6 @@
-"""``tempfast eval CHECKPOINT``: the robustness evaluation of :func:`tempfast.eval.evaluate`
-on a training checkpoint, printed as rich tables (or JSON) and written to ``eval.json``.
+"""``tempfast eval CHECKPOINT``: the robustness evaluation of
+:func:`tempfast.robust.evaluation.evaluate` on a training checkpoint, printed as rich tables (or
+JSON) and written to ``eval.json``.
 
 The model, its data set (same split) and the training temperature come from the checkpoint.
 Exit status: 0 done (also when gradient masking is suspected: the flag is in the output),
@@ -12,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
-from .attacks import ATTACKS, DEFAULT_ATTACKS
-from .distributed import resolve_device
-from .errors import OutputError, UsageError, one_line_parser_error, os_reason
-from .train_cli import number
+from ..errors import OutputError, UsageError, os_reason
+from ..robust.attacks import ATTACKS, DEFAULT_ATTACKS
+from ..train.distributed import resolve_device
+from .args import number, one_line_parser_error
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def _output_path(args: argparse.Namespace) -> Path:
 
 
 def _load_bundle(cfg: dict, model_config: dict, data_dir: str | None):
-    from .data import load_data
+    from ..train.data import load_data
 
     name = cfg.get("data", "digits")
     bundle = load_data(name, data_dir or cfg.get("data_dir"), False, cfg.get("data_seed", 0),
@@ -121,25 +121,27 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import eval as ev
-    from .checkpoint import RESTORE_KEYS, check_writable, load_checkpoint, restore_model
+    from ..robust import checks, render
+    from ..robust import evaluation as ev
+    from ..robust.attacks import parse_attacks
+    from ..train.checkpoint import RESTORE_KEYS, check_writable, load_checkpoint, restore_model
 
-    attacks = ev.parse_attacks(args.attacks)
+    # The settings are checked by the library (its messages name the argument, which
+    # tempfast.cli turns into the flag); only what this command adds is checked here.
+    attacks = parse_attacks(args.attacks)
     severities = _severities(args.severities)
     if args.n_examples < 0:
         raise UsageError(f"--n-examples must be >= 0 (0: all test images), got "
                          f"{args.n_examples}")
     n_examples = None if args.n_examples == 0 else args.n_examples
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.temperature is not None and not 0 < args.temperature < math.inf:
-        raise UsageError(f"--temperature must be finite and > 0, got {args.temperature}")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    if args.temperature is not None:
+        checks.positive(args.temperature, "temperature")
+    if args.threads is not None:
+        checks.at_least(args.threads, "threads", 1)
     ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,
                       steps=args.steps, restarts=args.restarts, n_examples=n_examples,
                       square_queries=args.square_queries, severities=severities,
-                      check_steps=args.check_steps)
+                      check_steps=args.check_steps, batch_size=args.batch_size)
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, RESTORE_KEYS)
     out = _output_path(args)
@@ -176,13 +178,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     # The results reach stdout before the file is written: a write that fails loses nothing.
     if args.json:
         print(json.dumps(result, indent=2), flush=True)
-        for line in ev.masking_warnings(result):
+        for line in render.masking_warnings(result):
             print(line, file=sys.stderr)
     else:
         from rich.console import Console
 
         console = Console()
-        ev.render(result, console)
+        render.render(result, console)
     _write_json(out, result)
     if not args.json:
         console.print(f"wrote {out}", highlight=False)
@@ -190,7 +192,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _write_json(path: Path, result: dict) -> None:
-    from .checkpoint import atomic_write_text
+    from ..train.checkpoint import atomic_write_text
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

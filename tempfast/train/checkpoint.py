@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError, os_reason
+from ..errors import UsageError, os_reason
 from .models import build_model
 
 FORMAT = "tempfast-train/1"

@@ -1,0 +1,78 @@
+"""The rendering of an evaluation's result (:func:`tempfast.robust.evaluation.evaluate`) as
+rich tables, apart from its computation: the robustness table, the masking diagnostics and
+verdict, and the corruption table."""
+
+from __future__ import annotations
+
+from . import masking
+
+
+def masking_warnings(result: dict) -> list[str]:
+    """One ``SUSPECTED GRADIENT MASKING: <reason>`` line per failed check of ``result``."""
+    return [f"{masking.WARNING}: {reason}" for reason in result["masking"]["reasons"]]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def render(result: dict, console=None) -> None:
+    """Print ``result`` as rich tables, then the masking warnings and verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    s = result["settings"]
+    console.print(f"{result['n_examples']} test images, eps {s['eps']:.4g}, alpha "
+                  f"{s['alpha']:.4g}, {s['steps']} steps, {s['restarts']} restart(s), square "
+                  f"{s['square_queries']} queries, T {s['train_temperature']:.4g}, fp32, "
+                  f"{s['device']}", highlight=False)
+    table = Table(title="Robustness")
+    table.add_column("evaluation")
+    table.add_column("accuracy", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row("clean", _pct(result["clean_acc"]), "")
+    for name, acc in result["robust_acc"].items():
+        table.add_row(name, _pct(acc), f"{result['attack_seconds'][name]:.1f}")
+    if result["worst_case_acc"] is not None:
+        table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case_acc'])}[/bold]",
+                      "")
+    if result["corruption_acc"] is not None:
+        table.add_row("corruptions (mean)", _pct(result["corruption_acc"]), "")
+    console.print(table)
+    _render_masking(result["masking"], console)
+    if result["corruptions"] is not None:
+        c = result["corruptions"]
+        ctable = Table(title=f"Corruption accuracy: {c['source']}")
+        ctable.add_column("corruption")
+        for sev in c["severities"]:
+            ctable.add_column(f"s{sev}", justify="right")
+        ctable.add_column("mean", justify="right")
+        for name, row in c["per_corruption"].items():
+            ctable.add_row(name, *(_pct(row[str(sev)]) for sev in c["severities"]),
+                           _pct(row["mean"]))
+        console.print(ctable)
+    for line in masking_warnings(result):
+        console.print(f"[bold red]{line}[/bold red]", highlight=False)
+    colour = "red" if result["masking"]["suspected"] else "green"
+    console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
+                  highlight=False)
+
+
+def _render_masking(m: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="Gradient-masking diagnostics")
+    table.add_column("check")
+    table.add_column("measured")
+    for key, fraction in m["zero_grad_fraction"].items():
+        table.add_row(f"zero input gradient, {key} loss", _pct(fraction))
+    table.add_row("pgd-cw accuracy vs eps",
+                  ", ".join(f"{p['eps']:.3g}: {_pct(p['acc'])}" for p in m["eps_curve"]) or "-")
+    for key, what in (("more_steps", "steps"), ("more_restarts", "restarts")):
+        c = m[key]
+        table.add_row(f"pgd-cw, more {what}",
+                      f"{c['base_' + what]}: {_pct(c['base_acc'])} -> {c[what]}: {_pct(c['acc'])}")
+    if m["square_only_fraction"] is not None:
+        table.add_row("broken by square only", _pct(m["square_only_fraction"]))
+    console.print(table)

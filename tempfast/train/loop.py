@@ -1,0 +1,245 @@
+"""The epoch loop of a run and :func:`run`, the whole ``tempfast train`` command: data, the
+parts (:mod:`tempfast.train.builder`), the loop with per-epoch test evaluation, checkpoints
+(:mod:`tempfast.train.checkpointer`), ``--resume``, Ctrl-C recovery, DDP, and the final
+robustness evaluation of :func:`tempfast.robust.evaluation.evaluate`."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UsageError
+from ..functional import cross_entropy
+from . import distributed as D
+from .builder import Parts, build
+from .checkpoint import RESUME_KEYS, load_checkpoint
+from .checkpointer import Checkpointer, Progress
+from .config import TrainConfig
+from .data import DataBundle, load_data
+from .interrupt import CtrlC, RunInterruptedError
+from .progress import Reporter
+from .run_folder import RunFolder
+from .step import TrainingAttack, train_step
+
+
+@torch.no_grad()
+def _clean_sums(model: nn.Module, bundle: DataBundle, ctx: D.Context, batch_size: int,
+                temperature: Tensor) -> Tensor:
+    sums = torch.zeros(3, device=ctx.device, dtype=torch.float64)
+    for x, y in bundle.test_batches(batch_size, ctx.device, rank=ctx.rank,
+                                    world_size=ctx.world_size):
+        logits = model(x)
+        sums[0] += cross_entropy(logits, y, temperature, reduction="sum")
+        sums[1] += (logits.argmax(-1) == y).sum()
+        sums[2] += y.numel()
+    return D.all_reduce_sum(ctx, sums)
+
+
+def _robust_sums(attack: TrainingAttack, model: nn.Module, bundle: DataBundle, ctx: D.Context,
+                 batch_size: int, limit: int) -> Tensor:
+    sums = torch.zeros(2, device=ctx.device, dtype=torch.float64)
+    for x, y in bundle.test_batches(batch_size, ctx.device, limit, rank=ctx.rank,
+                                    world_size=ctx.world_size):
+        x_adv = attack(x, y)
+        with torch.no_grad():
+            sums[0] += (model(x_adv).argmax(-1) == y).sum()
+        sums[1] += y.numel()
+    return D.all_reduce_sum(ctx, sums)
+
+
+def evaluate_epoch(model: nn.Module, attack: TrainingAttack | None, bundle: DataBundle,
+                   ctx: D.Context, cfg: TrainConfig, temperature: Tensor) -> dict:
+    """Test loss (CE at T) and accuracy on the whole test set; under --adv pgd also the
+    accuracy under the training attack on the first ``eval_adv_examples`` test images."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = _clean_sums(model, bundle, ctx, cfg.batch_size,
+                                           temperature).tolist()
+    out = {"test_loss": loss_sum / count, "test_acc": correct / count, "test_robust_acc": None}
+    if attack is not None and cfg.eval_adv_examples > 0:
+        robust, n = _robust_sums(attack, model, bundle, ctx, cfg.batch_size,
+                                 cfg.eval_adv_examples).tolist()
+        out["test_robust_acc"] = robust / n
+    model.train(was_training)
+    return out
+
+
+class Trainer:
+    """One run: its folder, data and parts, and the epoch loop over them (see :func:`run`)."""
+
+    def __init__(self, cfg: TrainConfig, ctx: D.Context, reporter: Reporter) -> None:
+        started = time.perf_counter()
+        self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
+        self.folder = RunFolder(cfg.output)
+        self.resume_from = D.run_on_main(ctx, self.folder.check, cfg.as_dict(), cfg.resume,
+                                         cfg.overwrite)
+        ckpt = load_checkpoint(self.resume_from, RESUME_KEYS) if self.resume_from else None
+        self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
+                                num_classes=cfg.num_classes, img_size=cfg.img_size,
+                                workers=cfg.workers)
+        steps = self.bundle.steps_per_epoch(cfg.batch_size, ctx.world_size)
+        if steps == 0:
+            raise UsageError(f"{self.bundle.n_train} training images cannot be shared by "
+                             f"{ctx.world_size} processes")
+        self.parts: Parts = build(cfg, self.bundle, ctx, steps)
+        self.checkpointer = Checkpointer(cfg, ctx, self.folder, self.parts, self.bundle)
+        self.progress = (self.checkpointer.restore(ckpt, self.resume_from) if ckpt is not None
+                         else Progress.fresh(cfg))
+        self.progress.started = started
+        self.resumed = ckpt is not None
+        self.parts.wire(cfg, ctx)
+
+    def train_epoch(self, ctrl_c: CtrlC) -> dict:
+        """Run the next epoch (from ``progress.step``); return its train metrics."""
+        cfg, ctx, parts, progress = self.cfg, self.ctx, self.parts, self.progress
+        plan = self.bundle.epoch_plan(progress.epoch, cfg.seed, cfg.batch_size, ctx.rank,
+                                      ctx.world_size)
+        sums = torch.zeros(3, device=ctx.device, dtype=torch.float64)
+        if progress.partial is not None:
+            sums += torch.tensor(progress.partial[ctx.rank], device=ctx.device,
+                                 dtype=torch.float64)
+        self.reporter.epoch_start(progress.epoch, cfg.epochs, plan.steps, progress.step)
+        parts.trained.train()
+        t0 = time.perf_counter()
+        step = progress.step
+        for x, y in self.bundle.train_batches(plan, ctx.device, progress.step):
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if parts.attack is not None:  # crafting sees rank 0's batch-norm statistics
+                D.broadcast_buffers(ctx, parts.classifier)
+            loss, correct = train_step(parts.trained, parts.optimizer, parts.loss_fn, x, y,
+                                       attack=parts.attack, scaler=parts.scaler,
+                                       amp_dtype=parts.amp_dtype)
+            parts.scheduler.step()
+            sums[0] += loss.double() * y.numel()
+            sums[1] += correct
+            sums[2] += y.numel()
+            step += 1
+            self.reporter.step(step, sums)
+            if step < plan.steps and ctrl_c.stop(step):
+                progress.train_time += time.perf_counter() - t0
+                partial = D.all_gather(ctx, sums.tolist())
+                state = self.checkpointer.state(progress, step, partial)
+                raise RunInterruptedError(self.checkpointer.save(("recovery.pt",), state))
+        loss_sum, correct, count = D.all_reduce_sum(ctx, sums).tolist()
+        elapsed = time.perf_counter() - t0
+        progress.train_time += elapsed
+        done = (plan.steps - progress.step) * plan.batch_size * ctx.world_size
+        progress.step, progress.partial = 0, None
+        return {"train_loss": loss_sum / count, "train_acc": correct / count,
+                "train_images": int(count), "epoch_time_s": elapsed,
+                "images_per_s": done / max(elapsed, 1e-9)}
+
+    def finish_epoch(self, train_metrics: dict) -> None:
+        """Evaluate the epoch just trained (when due), keep the best, checkpoint, report."""
+        cfg, parts, progress = self.cfg, self.parts, self.progress
+        progress.epoch += 1
+        due = progress.epoch == cfg.epochs or (cfg.eval_every and
+                                               progress.epoch % cfg.eval_every == 0)
+        temperature = parts.loss_fn.temperature.detach()
+        D.broadcast_buffers(self.ctx, parts.classifier)  # every rank evaluates the saved model
+        test = (evaluate_epoch(parts.classifier, parts.attack, self.bundle, self.ctx, cfg,
+                               temperature)
+                if due else {"test_loss": None, "test_acc": None, "test_robust_acc": None})
+        row = {"epoch": progress.epoch, "lr": parts.optimizer.param_groups[0]["lr"],
+               **{k: train_metrics[k] for k in ("train_loss", "train_acc", "train_images")},
+               **test,
+               "temperature": float(temperature),
+               **{k: train_metrics[k] for k in ("epoch_time_s", "images_per_s")}}
+        best = progress.best
+        value = row[best["metric"]]
+        improved = value is not None and (best["value"] is None or value > best["value"])
+        if improved:
+            progress.best = {"metric": best["metric"], "value": value, "epoch": progress.epoch}
+        self.checkpointer.save(("last.pt", "best.pt") if improved else ("last.pt",),
+                               self.checkpointer.state(progress), row, remove=("recovery.pt",))
+        self.reporter.epoch_end(row)
+
+    def final_evaluation(self) -> dict | None:
+        """The short robustness evaluation of the trained classifier (None if not asked)."""
+        if not self.cfg.final_eval:
+            return None
+        from ..robust.evaluation import SHORT_SETTINGS, evaluate
+
+        cfg, classifier = self.cfg, self.parts.classifier
+        self.reporter.status("final robustness evaluation ...")
+        classifier.eval()
+        return evaluate(classifier, self.bundle,
+                        train_temperature=float(self.parts.loss_fn.temperature.detach()),
+                        attacks=cfg.eval_attacks, eps=cfg.eps, alpha=None,
+                        steps=cfg.eval_steps, restarts=cfg.eval_restarts,
+                        n_examples=cfg.eval_examples, corruptions=cfg.eval_corruptions,
+                        seed=cfg.seed, progress=self.reporter.status,
+                        square_queries=SHORT_SETTINGS["square_queries"],
+                        severities=SHORT_SETTINGS["severities"])
+
+    def summary(self, result: dict | None, eval_time: float) -> dict:
+        """What summary.json holds: the run's settings, last epoch, best epoch, final
+        evaluation and times."""
+        cfg, progress = self.cfg, self.progress
+        last = self.folder.rows[-1] if self.folder.rows else {}
+        out = {
+            "output": str(self.folder.path), "data": cfg.data, "model": cfg.model,
+            "adv": cfg.adv, "epochs": progress.epoch, "temperature": cfg.temp,
+            "learn_temp": cfg.learn_temp,
+            "final_temperature": float(self.parts.loss_fn.temperature.detach()),
+            "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
+            "corruption_acc": None, "masking": None, "best": progress.best,
+            "last_epoch": last, "train_time_s": progress.train_time, "eval_time_s": eval_time,
+            "wall_time_s": progress.wall_time(), "eval": result,
+        }
+        if result is not None:
+            out.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "worst_case_acc",
+                                                   "corruption_acc", "masking")})
+        return out
+
+    def header(self) -> dict:
+        """What the reporter shows when the run starts."""
+        cfg, ctx = self.cfg, self.ctx
+        return {"output": cfg.output, "data": cfg.data, "n_train": self.bundle.n_train,
+                "n_test": self.bundle.n_test, "model": cfg.model, "temperature": cfg.temp,
+                "learn_temp": cfg.learn_temp, "adv": cfg.adv, "device": str(ctx.device),
+                "world_size": ctx.world_size, "epochs": cfg.epochs,
+                "resumed_from": self.resume_from, "note": self.folder.note}
+
+
+def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
+    """Train as ``cfg`` says and return the summary (also written to summary.json).
+
+    Raises:
+        SettingError: a setting out of range (nothing was written).
+        UsageError: a bad device, backend (``TEMPFAST_BACKEND``), data, checkpoint or output
+            folder (nothing was written).
+        OutputError: a write failed mid-run (the last good checkpoint is intact).
+        RunInterruptedError: Ctrl-C; the recovery checkpoint was written.
+    """
+    cfg = cfg.resolved()
+    reporter = reporter or Reporter()
+    threads = torch.get_num_threads()
+    ctx = D.setup(cfg.device)
+    torch.set_num_threads(cfg.threads or threads)
+    trainer = None
+    try:
+        trainer = Trainer(cfg, ctx, reporter)
+        D.run_on_main(ctx, trainer.folder.start, cfg.as_dict(),
+                      trainer.progress.epoch if trainer.resumed else None)
+        reporter.start(trainer.header())
+        with CtrlC(ctx) as ctrl_c:
+            while trainer.progress.epoch < cfg.epochs and not ctrl_c.stop():
+                trainer.finish_epoch(trainer.train_epoch(ctrl_c))
+            if ctrl_c.stop():
+                last = trainer.folder.file("last.pt")
+                raise RunInterruptedError(str(last) if last.exists() else "")
+        t_eval = time.perf_counter()
+        result = trainer.final_evaluation() if ctx.is_main else None
+        summary = trainer.summary(result, time.perf_counter() - t_eval)
+        D.run_on_main(ctx, trainer.folder.write_summary, summary)
+        reporter.summary(summary)
+        return summary
+    finally:
+        reporter.close()
+        del trainer  # DDP's reducer goes before the process group it uses
+        D.teardown(ctx)
+        torch.set_num_threads(threads)

@@ -1,0 +1,87 @@
+"""The README and the folder READMEs stay true: every flag they name exists, and the example
+output of the headline run has the shape the trainer prints today (regenerate it with
+``python -m experiments.readme_output``)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from experiments.readme_output import OUTPUT_MARKER, fenced_block, headline_command
+from tempfast.cli import build_parser
+from tempfast.train.progress import RichReporter
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ["README.md", "tempfast/train/README.md", "tempfast/robust/README.md"]
+# Flags of other programs that the documents name (pytest, pip, torchrun).
+EXTERNAL = {"--benchmark-disable", "--benchmark-only", "--benchmark-json", "--nproc_per_node",
+            "--standalone", "--no-deps", "--target"}
+
+
+def _subparser_flags() -> set[str]:
+    parser = build_parser()
+    flags = set(parser._option_string_actions)
+    for action in parser._subparsers._group_actions:
+        for sub in action.choices.values():
+            flags |= set(sub._option_string_actions)
+    return flags
+
+
+def test_every_flag_the_readmes_name_exists():
+    known = _subparser_flags() | EXTERNAL
+    for doc in DOCS:
+        text = (ROOT / doc).read_text()
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", text))
+        unknown = sorted(named - known)
+        assert not unknown, f"{doc} names flags that do not exist: {unknown}"
+
+
+def test_the_headline_command_of_the_set_up_block_parses():
+    args = build_parser().parse_args(headline_command((ROOT / "README.md").read_text()))
+    assert args.command == "train"
+
+
+def _shape(line: str) -> str:
+    """A line with numbers, box drawing and runs of spaces normalised away."""
+    line = re.sub(r"[\u2500-\u257f]", "", line)
+    line = re.sub(r"\d[\d,.:]*", "#", line)
+    return " ".join(line.split())
+
+
+def _printed(capsys) -> list[str]:
+    """What RichReporter prints for a two-epoch PGD run with the default attack suite."""
+    reporter = RichReporter()
+    reporter.start({"output": "out", "data": "digits", "n_train": 1437, "n_test": 360,
+                    "model": "small_cnn", "temperature": 8.0, "learn_temp": False,
+                    "adv": "pgd", "device": "cpu", "world_size": 1, "epochs": 2})
+    reporter.epoch_start(0, 2, 10)
+    row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.1, "test_acc": 0.5,
+           "test_robust_acc": 0.3, "temperature": 8.0, "lr": 0.05, "epoch_time_s": 1.0,
+           "images_per_s": 1000.0}
+    reporter.epoch_end(row)
+    reporter.summary({"output": "out", "clean_acc": 0.9, "worst_case_acc": 0.5,
+                      "robust_acc": {n: 0.5 for n in ("pgd-ce", "pgd-ce-t", "pgd-cw",
+                                                      "apgd-dlr", "square")},
+                      "corruption_acc": 0.7, "masking": {"suspected": False, "reasons": []},
+                      "temperature": 8.0, "final_temperature": 8.0,
+                      "best": {"metric": "test_robust_acc", "epoch": 2, "value": 0.6},
+                      "wall_time_s": 30.0})
+    reporter.close()
+    return capsys.readouterr().out.splitlines()
+
+
+def test_the_example_output_has_the_shape_the_trainer_prints(capsys):
+    text = (ROOT / "README.md").read_text()
+    start, end = fenced_block(text, OUTPUT_MARKER)
+    readme = text[start:end].splitlines()
+    printed = _printed(capsys)
+    assert _shape(readme[0]) == _shape(printed[0]), "header line"
+    assert _shape(readme[1]).startswith("output ")
+    epochs = [line for line in readme if line.startswith("epoch ")]
+    assert epochs, "no epoch lines"
+    assert {_shape(line) for line in epochs} == {_shape(printed[2])}, "epoch lines"
+
+    def metrics(lines):  # the first column of the summary table's body rows
+        return [line.split("\u2502")[1].strip() for line in lines if line.count("\u2502") == 3]
+
+    assert metrics(readme)[1:] == metrics(printed)[1:], "summary table rows"
