@@ -3,6 +3,10 @@ bundle and a masked model."""
 
 from __future__ import annotations
 
+import gzip
+import struct
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -82,3 +86,26 @@ class Scaled(nn.Module):
 
     def forward(self, x):
         return self.model(x) * self.factor
+
+
+def write_idx(path, array: np.ndarray, gz: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(f"{path}.gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_mnist_layout(folder, n_train=60, n_test=20, gz=True, seed=0):
+    """The four IDX files of Fashion-MNIST / MNIST with random 28x28 images, every class
+    present, in ``folder``; returns the training labels."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels[split] = np.arange(n) % 10
+        write_idx(folder / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), gz)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels[split], gz)
+    return labels["train"]

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from tempfast.errors import UsageError
 from tempfast.train.data import load_data, random_crop
 
+from ._util import write_idx, write_mnist_layout
+
 
 @pytest.fixture(scope="module")
 def digits():
@@ -228,7 +230,7 @@ def test_synthetic_large_class_set_is_generated_from_the_seed():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(name="mnist"), "unknown data set"),
+    (dict(name="emnist"), "unknown data set"),
     (dict(name="digits", num_classes=5), "--num-classes"),
     (dict(name="cifar10", img_size=16), "--img-size"),
     (dict(name="imagefolder"), "--data-dir"),
@@ -236,3 +238,60 @@ def test_synthetic_large_class_set_is_generated_from_the_seed():
 def test_bad_data_arguments_are_usage_errors(kwargs, match):
     with pytest.raises(UsageError, match=match):
         load_data(**kwargs)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_idx_files_gzipped_or_not(tmp_path, gz):
+    labels = write_mnist_layout(tmp_path, gz=gz)
+    bundle = load_data("fashion-mnist", tmp_path)
+    assert (bundle.n_train, bundle.n_test, bundle.num_classes, bundle.img_size,
+            bundle.in_chans) == (60, 20, 10, 28, 1)
+    assert bundle.flip and bundle.pad == 2
+    x, _ = _all(bundle.test_batches(7, "cpu"))
+    assert x.shape == (20, 1, 28, 28)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    assert torch.equal(bundle.train.labels, torch.from_numpy(labels).long())
+    mnist = load_data("mnist", tmp_path)
+    assert not mnist.flip, "digits are not mirror-symmetric"
+
+
+def test_a_missing_idx_file_says_where_and_how_to_install(tmp_path):
+    write_mnist_layout(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(UsageError) as info:
+        load_data("fashion-mnist", tmp_path)
+    message = str(info.value)
+    assert "t10k-labels-idx1-ubyte" in message and str(tmp_path) in message
+    assert "apt-get install dataset-fashion-mnist" in message and "\n" not in message
+    with pytest.raises(UsageError, match="--data-dir"):
+        load_data("mnist")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not idx", "labels disagree"])
+def test_a_damaged_idx_file_is_one_line(tmp_path, damage):
+    write_mnist_layout(tmp_path, gz=False)
+    images = tmp_path / "train-images-idx3-ubyte"
+    if damage == "truncated":
+        images.write_bytes(images.read_bytes()[:-100])
+    elif damage == "not idx":
+        images.write_bytes(b"PNG not an idx file" * 10)
+    else:
+        write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(59), gz=False)
+    with pytest.raises(UsageError) as info:
+        load_data("fashion-mnist", tmp_path)
+    assert "\n" not in str(info.value) and "train-" in str(info.value)
+
+
+def test_train_subset_is_stratified_seeded_and_keeps_the_test_set(tmp_path):
+    write_mnist_layout(tmp_path, n_train=200)
+    a = load_data("fashion-mnist", tmp_path, train_subset=50, seed=3)
+    b = load_data("fashion-mnist", tmp_path, train_subset=50, seed=3)
+    c = load_data("fashion-mnist", tmp_path, train_subset=50, seed=4)
+    assert a.n_train == 50 and a.n_test == 20
+    assert torch.bincount(a.train.labels).tolist() == [5] * 10
+    assert torch.equal(a.train.images, b.train.images)
+    assert not torch.equal(a.train.images, c.train.images)
+    with pytest.raises(UsageError, match="--train-subset"):
+        load_data("fashion-mnist", tmp_path, train_subset=201)
+    digits = load_data("digits", train_subset=101)
+    assert digits.n_train == 101 and digits.n_test == 360

@@ -137,7 +137,7 @@ def _run_folder_with_bad_checkpoint(tmp_path, capsys):
 
 BAD_INPUTS = {
     "unknown model": (["--model", "resnet9000"], "--model 'resnet9000' is unknown"),
-    "unknown data set": (["--data", "mnist"], "invalid choice: 'mnist'"),
+    "unknown data set": (["--data", "emnist"], "invalid choice: 'emnist'"),
     "missing data dir": (["--data", "cifar10", "--data-dir", "{tmp}/none"], "--download"),
     "negative eps": (["--eps", "-0.1"], "--eps must lie in [0, 1]"),
     "eps beyond the pixel range": (["--eps", "2"], "--eps must lie in [0, 1]"),
@@ -272,3 +272,19 @@ def test_cifar10_run_with_a_timm_resnet(tmp_path, capsys):
     assert json_events(out)[1]["train_images"] == 20
     model = restore_model(load_checkpoint(tmp_path / "run" / "last.pt"))
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fashion_mnist_run_on_a_training_subset_with_compensation_in_the_header(tmp_path,
+                                                                                  capsys):
+    from ._util import write_mnist_layout
+
+    write_mnist_layout(tmp_path / "fm", n_train=120, n_test=40)
+    rc, out, _ = train(capsys, "--data", "fashion-mnist", "--data-dir", str(tmp_path / "fm"),
+                       "--train-subset", "60", "--temp", "4", "--batch-size", "20", *FAST,
+                       "--output", str(tmp_path / "run"))
+    assert rc == 0
+    header = out.splitlines()[0]
+    assert "model small_cnn_pool" in header and "T 4 (loss x T)" in header
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["train_subset"], config["temp_compensation"]) == (60, "loss")
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["data"]["n_train"] == 60

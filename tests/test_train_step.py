@@ -120,3 +120,38 @@ def test_bad_settings_are_value_errors_naming_the_field(changes, match):
     with pytest.raises(SettingError, match=match) as info:
         TrainConfig(**changes).resolved()
     assert isinstance(info.value, ValueError)
+
+
+def _one_step(compensation, temp, *, wd=None, opt="sgd"):
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 10, 1, 8, (0.3,), (0.4,))
+    criterion = TemperatureCrossEntropyLoss(temp)
+    cfg = TrainConfig(temp=temp, temp_compensation=compensation, wd=wd, opt=opt).resolved()
+    opt = build_optimizer(cfg, model, criterion)
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    train_step(model, opt, criterion, x, y,
+               loss_factor=temp if cfg.loss_factor else None)
+    return [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+
+
+def test_loss_and_lr_compensation_take_the_same_sgd_step_with_weight_decay():
+    """Under SGD with momentum and weight decay, loss x T and (lr x T, wd / T) are the same
+    update, and both are T times the uncompensated one when there is no weight decay."""
+    loss = _one_step("loss", 8.0, wd=5e-4)
+    lr = _one_step("lr", 8.0, wd=5e-4)
+    for a, b in zip(loss, lr, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    plain = _one_step("none", 8.0, wd=0.0)
+    scaled = _one_step("loss", 8.0, wd=0.0)
+    for a, b in zip(plain, scaled, strict=True):
+        torch.testing.assert_close(8.0 * a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_lr_compensation_is_refused_where_it_is_not_exact():
+    with pytest.raises(SettingError, match=r"^temp_compensation lr is exact only for SGD"):
+        TrainConfig(temp=4.0, temp_compensation="lr", opt="adamw").resolved()
+    with pytest.raises(SettingError, match=r"^temp_compensation"):
+        TrainConfig(temp=4.0, temp_compensation="lr", learn_temp=True).resolved()
+    assert TrainConfig().resolved().temp_compensation == "loss"

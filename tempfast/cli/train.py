@@ -34,40 +34,56 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", default="digits", choices=DATASETS,
                    help="data set (default digits: scikit-learn's 8x8 digits, built in)")
-    g.add_argument("--data-dir", help="folder holding the data files (cifar: ./data)")
+    g.add_argument("--data-dir", help="folder holding the data files (cifar: ./data; "
+                   "fashion-mnist: /usr/share/datasets/fashion-mnist)")
     g.add_argument("--download", action="store_true",
                    help="let torchvision download CIFAR files that are missing")
     g.add_argument("--data-seed", type=int, default=0,
-                   help="seed of the digits split and of the synthetic data (0)")
+                   help="seed of the digits split, of the synthetic data and of "
+                        "--train-subset (0)")
+    g.add_argument("--train-subset", type=int,
+                   help="train on this many training images: a stratified subset drawn from "
+                        "--data-seed (every class's share kept), for quick runs")
     g.add_argument("--num-classes", type=int, help="synthetic: number of classes (1000)")
     g.add_argument("--img-size", type=int,
                    help="imagefolder: image size (first image's); synthetic: 8")
     g.add_argument("--workers", type=int, help="imagefolder: DataLoader workers (min(4, cpus))")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="small_cnn or a timm model name (data: small_cnn for "
-                   "digits/synthetic, resnet18 otherwise)")
+    g.add_argument("--model", help="small_cnn, small_cnn_pool or a timm model name (data: "
+                   "small_cnn for digits/synthetic, small_cnn_pool for fashion-mnist/mnist, "
+                   "resnet18 otherwise)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("temperature")
     g.add_argument("--temp", type=number, default=1.0, help="training temperature T > 0 (1)")
     g.add_argument("--learn-temp", action="store_true",
                    help="learn T (starting at --temp) with the model")
+    g.add_argument("--temp-compensation", default="loss", choices=("loss", "lr", "none"),
+                   help="keep the update's size at T = 1's so that T changes only its "
+                        "direction: loss (default) multiplies the loss by T (exact for SGD "
+                        "and AdamW); lr multiplies the learning rate by T and divides the "
+                        "weight decay by T (SGD, fixed T); none is the paper's plain CE(z / T)")
     g.add_argument("--fused-head", action="store_true",
                    help="fuse the classifier and the loss (tempfast.linear_cross_entropy): the "
                         "batch's logits are never built; for many classes (--data synthetic)")
     g = p.add_argument_group("adversarial training")
     g.add_argument("--adv", default="none", choices=("none", "pgd"),
                    help="train on clean inputs (none, the default) or on PGD adversarial examples")
-    g.add_argument("--eps", type=number, help="L-inf budget (data: 0.1 digits, 8/255 others)")
-    g.add_argument("--alpha", type=number, help="PGD step (data: 0.025 digits, 2/255 others)")
-    g.add_argument("--steps", type=int, help="PGD steps (data: 7 digits, 10 others)")
+    g.add_argument("--eps", type=number, help="L-inf budget (data: 0.1 digits and fashion-mnist, "
+                   "8/255 others)")
+    g.add_argument("--alpha", type=number, help="PGD step (data: 0.025 digits and fashion-mnist, "
+                   "2/255 others)")
+    g.add_argument("--steps", type=int, help="PGD steps (data: 7 digits and fashion-mnist, 10 "
+                   "others)")
     g.add_argument("--attack-loss", default="train", choices=("train", "raw"),
                    help="training attack's loss: CE at the training T (train, the default) "
                    "or on raw logits (raw)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help="epochs (data: 20 digits, 100 cifar)")
+    g.add_argument("--epochs", type=int, help="epochs (data: 20 digits, 10 fashion-mnist, 100 "
+                   "cifar)")
     g.add_argument("--batch-size", type=int,
-                   help="batch size per process (data: 64 digits, 128 cifar)")
+                   help="batch size per process (data: 64 digits, 128 fashion-mnist "
+                        "and cifar)")
     g.add_argument("--lr", type=number,
                    help="peak learning rate (data: sgd 0.05 digits, 0.1 cifar; adamw 1e-3)")
     g.add_argument("--opt", default="sgd", choices=("sgd", "adamw"),
@@ -86,7 +102,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="train with DDP in this many local processes (1), as torchrun "
                         "--standalone --nproc_per_node would")
     g.add_argument("--threads", type=int,
-                   help="CPU threads for torch (data: 1 for digits, torch's default otherwise)")
+                   help="CPU threads for torch (data: 1 for digits and fashion-mnist, "
+                        "torch's default otherwise)")
     g = p.add_argument_group("output")
     g.add_argument("--output", help="run folder (output/train/<data>-<model>-T<temp>-<adv>-"
                    "seed<seed>)")
@@ -105,7 +122,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--no-final-eval", dest="final_eval", action="store_false",
                    help="skip the final robustness evaluation")
     g.add_argument("--eval-examples", type=int,
-                   help="final evaluation: test images (data: 360 digits, 1000 others)")
+                   help="final evaluation: test images (data: 360 digits, 1000 "
+                        "others)")
     g.add_argument("--eval-steps", type=int, help="final evaluation: PGD steps (max(steps, 10))")
     g.add_argument("--eval-restarts", type=int, default=1,
                    help="final evaluation: PGD restarts (1)")

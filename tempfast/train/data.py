@@ -6,6 +6,10 @@ name           source
 digits         scikit-learn's 8x8 digits (1797 images, 10 classes, grey): pixel / 16.
                Fixed stratified split, 1437 train / 360 test, ``random_state=seed``
                (the data seed, 0 by default), identical for every training seed.
+fashion-mnist  the four IDX files (plain or gzipped) in ``data_dir``, by default Debian's
+mnist          ``/usr/share/datasets/fashion-mnist`` (``apt-get install
+               dataset-fashion-mnist``); MNIST needs ``data_dir``. 60000 train / 10000
+               test 28x28 grey images, 10 classes (:mod:`tempfast.train.idx`).
 cifar10/100    the python-pickle batches under ``data_dir`` (``cifar-10-batches-py/``,
                ``cifar-100-python/``); torchvision downloads them only with ``download``.
 imagefolder    ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` image files,
@@ -16,14 +20,17 @@ synthetic      ``num_classes`` (1k to 100k) random prototype images, 8 noisy tra
 =============  ==========================================================================
 
 Augmentation runs on the device, batched: random crop with zero padding (``pad`` pixels) and,
-for natural images only (CIFAR, ImageFolder), a random horizontal flip; never for digits or
-synthetic data. All randomness of one epoch (order, crop offsets, flips) is drawn up front on
-the CPU from ``(seed, epoch)`` (:class:`EpochPlan`), so an epoch can be replayed from any step
-on any device: that is what makes an interrupted and resumed run match an uninterrupted one.
+for images that mirror (CIFAR, ImageFolder, Fashion-MNIST's clothes), a random horizontal flip;
+never for digits (MNIST, scikit-learn's) or synthetic data. ``train_subset`` keeps a
+stratified, seeded subset of the training images (quick runs); the test set is unchanged. All
+randomness of one epoch (order, crop offsets, flips) is drawn up front on the CPU from ``(seed,
+epoch)`` (:class:`EpochPlan`), so an epoch can be replayed from any step on any device: that is
+what makes an interrupted and resumed run match an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import shutil
@@ -38,7 +45,8 @@ from torch import Tensor
 
 from ..errors import UsageError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder", "synthetic")
+DATASETS = ("digits", "fashion-mnist", "mnist", "cifar10", "cifar100", "imagefolder",
+            "synthetic")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -80,6 +88,9 @@ class TensorSource:
 
     def __len__(self) -> int:
         return self.labels.numel()
+
+    def subset(self, indices: Tensor) -> TensorSource:
+        return TensorSource(self.images[indices], self.labels[indices], self.divisor)
 
     def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if device not in self._on:
@@ -158,6 +169,14 @@ class FolderSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def labels(self) -> Tensor:
+        return torch.tensor([label for _, label in self.dataset.samples])
+
+    def subset(self, indices: Tensor) -> FolderSource:
+        samples = [self.dataset.samples[i] for i in indices.tolist()]
+        return FolderSource(samples, self.dataset.img_size, self.workers)
+
     def batches(self, index_batches: list[Tensor], device: torch.device) -> Iterator[
             tuple[Tensor, Tensor]]:
         if not index_batches:
@@ -217,6 +236,14 @@ class DataBundle:
     @property
     def n_test(self) -> int:
         return len(self.test)
+
+    def with_train_subset(self, size: int, seed: int) -> DataBundle:
+        """This bundle with ``size`` training images kept: a stratified subset drawn from
+        ``seed`` (every class's share kept), in the original order."""
+        from .idx import stratified_subset
+
+        keep = stratified_subset(self.train.labels, size, seed)
+        return dataclasses.replace(self, train=self.train.subset(keep))
 
     def meta(self) -> dict:
         """JSON-able description (what a checkpoint stores about the data)."""
@@ -293,6 +320,16 @@ def _digits(seed: int) -> DataBundle:
     test = TensorSource(torch.from_numpy(x_te), torch.from_numpy(y_te), 16.0)
     mean, std = _stats(train.images, train.divisor)
     return DataBundle("digits", 10, 1, 8, mean, std, pad=1, flip=False, train=train, test=test)
+
+
+def _idx(name: str, data_dir: str | os.PathLike | None) -> DataBundle:
+    from . import idx
+
+    x_tr, y_tr, x_te, y_te = idx.load(name, data_dir)
+    train = TensorSource(x_tr[:, None], y_tr, 255.0)
+    mean, std = _stats(train.images, train.divisor)
+    return DataBundle(name, 10, 1, 28, mean, std, pad=2, flip=name == "fashion-mnist",
+                      train=train, test=TensorSource(x_te[:, None], y_te, 255.0))
 
 
 def _read_pickle(path: Path) -> dict:
@@ -423,21 +460,37 @@ def _synthetic(seed: int, num_classes: int, img_size: int) -> DataBundle:
 
 def load_data(name: str, data_dir: str | os.PathLike | None = None, download: bool = False,
               seed: int = 0, *, num_classes: int | None = None, img_size: int | None = None,
-              workers: int | None = None) -> DataBundle:
+              workers: int | None = None, train_subset: int | None = None) -> DataBundle:
     """Load data set ``name`` (see the module docstring) as a :class:`DataBundle`.
 
     Args:
-        data_dir: where the files are (cifar: default ``./data``; imagefolder: required).
+        data_dir: where the files are (cifar: default ``./data``; fashion-mnist: default
+            Debian's folder; mnist and imagefolder: required).
         download: let torchvision fetch CIFAR files that are missing.
-        seed: the data seed: digits' split, synthetic generation (not the training seed).
+        seed: the data seed: digits' split, synthetic generation, the training subset (not the
+            training seed).
         num_classes: synthetic only (default 1000).
         img_size: imagefolder (default: the first training image's shorter side) and
             synthetic (default 8).
         workers: imagefolder DataLoader worker processes (default ``min(4, cpus)``).
+        train_subset: keep a stratified subset of this many training images.
 
     Raises:
-        UsageError: unknown name, missing or unreadable files, options that do not apply.
+        UsageError: unknown name, missing or unreadable files, options that do not apply, a
+            subset larger than the training set.
     """
+    bundle = _load(name, data_dir, download, seed, num_classes=num_classes,
+                   img_size=img_size, workers=workers)
+    if train_subset is None:
+        return bundle
+    if not 1 <= train_subset <= bundle.n_train:
+        raise UsageError(f"--train-subset must be in [1, {bundle.n_train}] for {name}, got "
+                         f"{train_subset}")
+    return bundle.with_train_subset(train_subset, seed)
+
+
+def _load(name: str, data_dir: str | os.PathLike | None, download: bool, seed: int, *,
+          num_classes: int | None, img_size: int | None, workers: int | None) -> DataBundle:
     if name not in DATASETS:
         raise UsageError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
     if num_classes is not None and name != "synthetic":
@@ -448,6 +501,8 @@ def load_data(name: str, data_dir: str | os.PathLike | None = None, download: bo
         raise UsageError(f"--img-size must be >= 1, got {img_size}")
     if name == "digits":
         return _digits(seed)
+    if name in ("fashion-mnist", "mnist"):
+        return _idx(name, data_dir)
     if name == "synthetic":
         num_classes = 1000 if num_classes is None else num_classes
         if not 2 <= num_classes <= 1_000_000:

@@ -78,7 +78,7 @@ class Trainer:
         ckpt = load_checkpoint(self.resume_from, RESUME_KEYS) if self.resume_from else None
         self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
                                 num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                workers=cfg.workers)
+                                workers=cfg.workers, train_subset=cfg.train_subset)
         steps = self.bundle.steps_per_epoch(cfg.batch_size, ctx.world_size)
         if steps == 0:
             raise UsageError(f"{self.bundle.n_train} training images cannot be shared by "
@@ -109,9 +109,10 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             if parts.attack is not None:  # crafting sees rank 0's batch-norm statistics
                 D.broadcast_buffers(ctx, parts.classifier)
+            factor = parts.loss_fn.temperature.detach() if cfg.loss_factor else None
             loss, correct = train_step(parts.trained, parts.optimizer, parts.loss_fn, x, y,
                                        attack=parts.attack, scaler=parts.scaler,
-                                       amp_dtype=parts.amp_dtype)
+                                       amp_dtype=parts.amp_dtype, loss_factor=factor)
             parts.scheduler.step()
             sums[0] += loss.double() * y.numel()
             sums[1] += correct
@@ -183,7 +184,7 @@ class Trainer:
         out = {
             "output": str(self.folder.path), "data": cfg.data, "model": cfg.model,
             "adv": cfg.adv, "epochs": progress.epoch, "temperature": cfg.temp,
-            "learn_temp": cfg.learn_temp,
+            "learn_temp": cfg.learn_temp, "temp_compensation": cfg.temp_compensation,
             "final_temperature": float(self.parts.loss_fn.temperature.detach()),
             "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
             "corruption_acc": None, "masking": None, "best": progress.best,
@@ -200,7 +201,8 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         return {"output": cfg.output, "data": cfg.data, "n_train": self.bundle.n_train,
                 "n_test": self.bundle.n_test, "model": cfg.model, "temperature": cfg.temp,
-                "learn_temp": cfg.learn_temp, "adv": cfg.adv, "device": str(ctx.device),
+                "learn_temp": cfg.learn_temp, "temp_compensation": cfg.temp_compensation,
+                "adv": cfg.adv, "device": str(ctx.device),
                 "world_size": ctx.world_size, "epochs": cfg.epochs,
                 "resumed_from": self.resume_from, "note": self.folder.note}
 

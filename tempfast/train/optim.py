@@ -16,11 +16,14 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module,
     """SGD (momentum 0.9, Nesterov) or AdamW over :func:`tempfast.nn.parameter_groups` of the
     model and the loss: weight decay applies to weight matrices and kernels only, never to
     biases, normalisation parameters or the learned temperature. (A fused head's classifier
-    belongs to the model and is counted once; the criterion adds only the temperature.)"""
-    groups = parameter_groups(model, criterion, weight_decay=cfg.wd)
+    belongs to the model and is counted once; the criterion adds only the temperature.) The
+    learning rate and weight decay are ``cfg.optimiser_settings()`` (``--temp-compensation
+    lr`` scales them)."""
+    lr, wd = cfg.optimiser_settings()
+    groups = parameter_groups(model, criterion, weight_decay=wd)
     if cfg.opt == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_factor(step: int, total: int, warmup: int, sched: str) -> float:

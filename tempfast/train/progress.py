@@ -26,6 +26,11 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _compensation(kind: str | None) -> str:
+    """How the header says what ``--temp-compensation`` does."""
+    return {"loss": " (loss x T)", "lr": " (lr x T)"}.get(kind, "")
+
+
 def result_line(summary: dict) -> str:
     """One line: clean and worst-case robust accuracy, final T, output folder."""
     parts = [f"clean {_pct(summary.get('clean_acc'))}"]
@@ -109,7 +114,8 @@ class RichReporter(Reporter):
         self.out.print(
             f"[bold]tempfast train[/]  data {info['data']} ({info['n_train']} train / "
             f"{info['n_test']} test)  model {info['model']}  T {info['temperature']:g}"
-            f"{' (learned)' if info['learn_temp'] else ''}  adv {info['adv']}  "
+            f"{' (learned)' if info['learn_temp'] else ''}"
+            f"{_compensation(info.get('temp_compensation'))}  adv {info['adv']}  "
             f"device {info['device']} x{info['world_size']}", soft_wrap=True, highlight=False)
         self.out.print(f"output {info['output']}", soft_wrap=True, highlight=False)
         if info.get("resumed_from"):

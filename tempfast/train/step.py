@@ -21,13 +21,16 @@ from .config import TrainConfig
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                x: Tensor, y: Tensor, *, attack=None, scaler: torch.amp.GradScaler | None = None,
-               amp_dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+               amp_dtype: torch.dtype | None = None,
+               loss_factor: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One optimiser step on the batch ``x`` (B, C, H, W) in [0, 1], labels ``y`` (B,).
 
     ``attack(x, y) -> x_adv`` (e.g. :class:`tempfast.robust.attacks.PGD`), when given,
     replaces the batch first (under bf16 autocast it runs in bf16; under fp16 in fp32, whose
     input gradients do not underflow). The forward runs under ``autocast(amp_dtype)`` when
-    given; ``scaler`` (fp16) scales the loss. ``model`` must be in train mode. With a fused head
+    given; ``scaler`` (fp16) scales the loss. ``loss_factor`` (the temperature, under
+    ``--temp-compensation loss``) multiplies the loss before ``backward``; the reported loss is
+    the plain one. ``model`` must be in train mode. With a fused head
     (``criterion`` a :class:`~tempfast.nn.LinearTemperatureCrossEntropy`), ``model`` returns
     features, the criterion holds the classifier, and predictions come from its ``predict``.
 
@@ -50,12 +53,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     else:
         prediction = logits.detach().argmax(-1)
     optimizer.zero_grad(set_to_none=True)
+    objective = loss if loss_factor is None else loss * loss_factor
     if scaler is not None:
-        scaler.scale(loss).backward()
+        scaler.scale(objective).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        objective.backward()
         optimizer.step()
     return loss.detach(), (prediction == y).sum()
 
