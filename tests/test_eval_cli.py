@@ -46,7 +46,8 @@ def test_eval_prints_tables_and_writes_eval_json_next_to_checkpoint(checkpoint, 
                                                "square_queries", "corruptions_dir")} == {
         "steps": 2, "check_steps": 4, "severities": [1], "square_queries": 10,
         "corruptions_dir": None}
-    assert set(result["robust_acc"]) == {"pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"}
+    assert set(result["robust_acc"]) == {"pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw",
+                                         "apgd-dlr", "square"}
     assert result["worst_case_acc"] <= min(result["robust_acc"].values())
     assert 0.0 <= result["corruption_acc"] <= 1.0
     assert isinstance(result["masking"]["suspected"], bool)

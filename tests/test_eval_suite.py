@@ -89,7 +89,8 @@ def test_evaluate_is_deterministic_json_and_keeps_caller_rng(digits):
     second = _small_eval(digits)
     assert _without_timings(first) == _without_timings(second)
     assert json.loads(json.dumps(first)) == first
-    assert list(first["robust_acc"]) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
+    assert list(first["robust_acc"]) == ["pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw",
+                                         "apgd-dlr", "square"]
     assert first["worst_case_acc"] <= min(first["robust_acc"].values())
     assert first["settings"]["alpha"] == pytest.approx(2.5 * 0.1 / 3)
     assert first["corruption_acc"] is None and first["corruptions"] is None
@@ -159,7 +160,8 @@ def test_bad_settings_raise_a_value_error_naming_the_argument(digits, kw, match)
 
 
 def test_parse_attacks():
-    assert parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-cw", "apgd-dlr", "square"]
+    assert parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw",
+                                   "apgd-dlr", "square"]
     assert parse_attacks(" square, pgd-cw ,square") == ["square", "pgd-cw"]
     assert parse_attacks("none") == [] and parse_attacks([]) == []
     assert parse_attacks(["none"]) == [] == parse_attacks(["None"])  # --eval-attacks none

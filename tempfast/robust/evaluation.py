@@ -10,8 +10,10 @@ logits ``(N, num_classes)``.
 * robust accuracy per attack (:data:`tempfast.robust.attacks.ATTACKS`): an example is robust when it
   is classified correctly both clean and after the attack (attacks run on the clean-correct
   examples only);
-* worst case: robust only if no attack of the suite broke it, the headline number;
-* :mod:`tempfast.robust.masking` diagnostics (``SUSPECTED GRADIENT MASKING`` when a check fails);
+* worst case: robust only if no attack broke it (the suite's, the diagnostics' runs at the
+  evaluation's eps, the escalation's), the headline number;
+* :mod:`tempfast.robust.masking` diagnostics (``SUSPECTED GRADIENT MASKING`` when a check
+  fails), and an escalation to stronger attacks when one does (see :func:`evaluate`);
 * corruption accuracy per corruption and severity and the mean over both, on the regenerated
   suite (:mod:`tempfast.robust.corruptions`) or on published CIFAR-10-C / CIFAR-100-C files.
 
@@ -34,8 +36,12 @@ from ..errors import UsageError
 from . import checks, masking
 from . import corruptions as corr
 from .attacks import build_attack, eval_mode, parse_attacks, seeded
+from .bpda import declares_preprocessing
 
 Progress = Callable[[str], None]
+
+EOT_SAMPLES = 8
+VOTES = 32  # forward passes whose majority classifies an input of a stochastic model
 
 SHORT_SETTINGS = {
     "steps": 10,
@@ -81,22 +87,47 @@ def _accuracy(mask: Tensor) -> float:
     return float(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
-@torch.no_grad()
-def _correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    return model(x).argmax(1) == y
+class Judge:
+    """Whether a model classifies inputs correctly: one forward pass, or for a stochastic
+    model (:func:`is_stochastic`) the majority of ``votes`` passes drawn from a fixed seed.
+
+    The fixed seed gives every example the same random draws each time its batch is judged
+    (clean, and after each attack), so a robust mask measures the attack, not the model's
+    noise: with fresh draws, the worst case over a dozen masks would count every example that
+    one noisy judgement got wrong."""
+
+    def __init__(self, model: nn.Module, votes: int = 1, seed: int = 0) -> None:
+        self.model, self.votes, self.seed = model, votes, seed
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        if self.votes == 1:
+            return self.model(x).argmax(1) == y
+        with seeded(self.seed, x.device):
+            predictions = torch.stack([self.model(x).argmax(1) for _ in range(self.votes)])
+        return predictions.mode(0).values == y
 
 
-def _robust_mask(model: nn.Module, attack: Callable[[Tensor, Tensor], Tensor],
+def _robust_mask(judge: Judge, attack: Callable[[Tensor, Tensor], Tensor],
                  batches: list[tuple[Tensor, Tensor]], correct: list[Tensor]) -> Tensor:
     """Per-example robust mask: correct clean and after ``attack`` (run on correct ones)."""
     out = []
     for (x, y), ok in zip(batches, correct, strict=True):
-        robust = ok.clone()
         idx = ok.nonzero().squeeze(1)
-        if idx.numel():
-            robust[idx] = _correct(model, attack(x[idx], y[idx]), y[idx])
-        out.append(robust)
+        if not idx.numel():
+            out.append(ok.clone())
+            continue
+        attacked = x.clone()
+        attacked[idx] = attack(x[idx], y[idx])
+        out.append(ok & judge(attacked, y))  # the whole batch: the judge's draws per example
     return torch.cat(out)
+
+
+def is_stochastic(model: nn.Module, x: Tensor) -> bool:
+    """Whether two forward passes on the same inputs differ (random preprocessing, dropout
+    left on, noise): gradients of such a model are samples, and attacks need EOT."""
+    with torch.no_grad():
+        return not torch.equal(model(x), model(x))
 
 
 def evaluate(model: nn.Module, bundle, *, train_temperature: float,
@@ -105,13 +136,14 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
              corruptions: bool = True, seed: int = 0, progress: Progress | None = None,
              square_queries: int = 1000, severities: Sequence[int] = corr.SEVERITIES,
              corruptions_dir: str | None = None, batch_size: int = 512,
-             check_steps: int | None = None) -> dict:
+             check_steps: int | None = None, eot: int = EOT_SAMPLES,
+             bpda: bool | None = None) -> dict:
     """Evaluate ``model`` on ``bundle``'s first ``n_examples`` test images (all if None).
 
     Args:
         train_temperature: the training T (``pgd-ce-t`` attacks CE at this T).
         attacks: names from :data:`tempfast.robust.attacks.ATTACKS`; None: the default suite
-            (``pgd-ce, pgd-ce-t, pgd-cw, apgd-dlr, square``); empty: no attack.
+            (``pgd-ce, pgd-ce-t, pgd-ce-adaptive, pgd-cw, apgd-dlr, square``); empty: none.
         eps: L-infinity budget on [0, 1] pixels. alpha: PGD step (None: ``2.5 * eps / steps``).
         steps, restarts: iterations and random restarts of PGD and APGD.
         corruptions: run the corruption suite (regenerated, or the files in
@@ -124,12 +156,25 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
             regenerated corruptions.
         batch_size: examples per attack batch.
         check_steps: PGD steps of the more-steps diagnostic (None: ``2 * steps``).
+        eot: forward passes whose gradients the escalation averages on a stochastic model.
+        bpda: pass gradients straight through the model's declared non-differentiable
+            preprocessing (:class:`tempfast.robust.bpda.NonDifferentiable`) in every gradient
+            attack; None: only in the escalation, when masking is suspected.
+
+    When the diagnostics suspect masking, the evaluation escalates, says so and records it
+    under ``escalation``: Square with four times the queries and two restarts; on a
+    stochastic model (two forward passes differ) the scale-invariant gradient attacks with
+    gradients averaged over ``eot`` passes (EOT); on a model that declares non-differentiable
+    preprocessing, those attacks with straight-through gradients (BPDA). Every escalated attack,
+    and every diagnostic run at the evaluation's eps, counts in the per-example worst case.
 
     Returns:
         a JSON-able dict: ``clean_acc``, ``robust_acc`` (attack -> accuracy),
-        ``worst_case_acc`` (None without attacks), ``attack_seconds``, ``masking``
-        (``suspected``, ``reasons``, ``verdict`` and the diagnostics, see
-        :mod:`tempfast.robust.masking`), ``corruption_acc`` (mean, None when not run),
+        ``worst_case_acc`` (None without attacks), ``extra_robust_acc`` (the diagnostics' and
+        escalation's runs at eps that count in the worst case), ``attack_seconds``,
+        ``masking`` (``suspected``, ``reasons``, ``ce_only``, ``verdict`` and the
+        diagnostics, see :mod:`tempfast.robust.masking`), ``escalation`` (None, or why, what
+        ran and its accuracies), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
         ``n_examples``, ``settings`` (every setting above that shapes a number, the resolved
         ``alpha`` and ``check_steps``; ``severities`` and ``corruptions_dir`` None without
@@ -145,6 +190,7 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
     check_settings(eps=eps, alpha=alpha, steps=steps, restarts=restarts, n_examples=n_examples,
                    square_queries=square_queries, severities=severities,
                    check_steps=check_steps, batch_size=batch_size)
+    checks.at_least(eot, "eot", 1)
     alpha = 2.5 * eps / steps if alpha is None else float(alpha)
     check_steps = 2 * steps if check_steps is None else check_steps
     device = _model_device(model)
@@ -165,17 +211,22 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
             if files.image_shape != shape:
                 raise UsageError(f"--corruptions-dir: images are {files.image_shape} (C, H, W) "
                                  f"but the model's test images are {shape}")
-        correct = [_correct(model, x, y) for x, y in batches]
+        with seeded(derive_seed(seed, "clean"), device):
+            stochastic = is_stochastic(model, batches[0][0])
+            judge = Judge(model, VOTES if stochastic else 1, derive_seed(seed, "judge"))
+            correct = [judge(x, y) for x, y in batches]
         n = sum(int(c.numel()) for c in correct)
 
         def run(name: str, *, eps: float, alpha: float, steps: int, restarts: int,
-                key: str = "suite") -> Tensor:
+                key: str = "suite", queries: int = square_queries, eot: int = 1,
+                bpda: bool = bool(bpda)) -> Tensor:
             attack_seed = derive_seed(seed, name, key)
             attack = build_attack(name, model, eps=eps, alpha=alpha, steps=steps,
                                   restarts=restarts, temperature=float(train_temperature),
-                                  seed=attack_seed, square_queries=square_queries)
+                                  seed=attack_seed, square_queries=queries, eot=eot,
+                                  bpda=bpda)
             with seeded(attack_seed, device):
-                return _robust_mask(model, attack, batches, correct)
+                return _robust_mask(judge, attack, batches, correct)
 
         robust, seconds = {}, {}
         for name in names:
@@ -184,30 +235,41 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
             robust[name] = run(name, eps=eps, alpha=alpha, steps=steps, restarts=restarts)
             seconds[name] = round(time.perf_counter() - t0, 3)
         say("diagnostics: input gradients")
-        zero_grad = masking.zero_gradient_fractions(
-            model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
-            float(train_temperature))
-        report = masking.run_diagnostics(run, robust, zero_grad, eps=eps, alpha=alpha,
-                                         steps=steps, restarts=restarts,
-                                         more_steps=check_steps, status=say)
+        with seeded(derive_seed(seed, "zero-grad"), device):
+            zero_grad = masking.zero_gradient_fractions(
+                model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
+                float(train_temperature))
+        report, extra = masking.run_diagnostics(
+            run, robust, zero_grad, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
+            more_steps=check_steps, status=say)
+        escalation = None
+        if report["suspected"] and eps > 0:
+            escalation = _escalate(run, model, eps=eps, alpha=alpha, steps=steps,
+                                   restarts=restarts, square_queries=square_queries,
+                                   stochastic=stochastic, eot=eot, bpda=bpda, say=say)
+            extra |= escalation.pop("masks")
         corruption = None
         if corruptions:
-            corruption = _corruptions(model, batches, severities, files, batch_size,
+            corruption = _corruptions(judge, batches, severities, files, batch_size,
                                       n_examples, device, seed, say)
 
-    worst = torch.stack(list(robust.values())).all(0) if robust else None
+    every = list(robust.values()) + list(extra.values())
+    worst = torch.stack(every).all(0) if robust else None
     return {
         "n_examples": n,
         "clean_acc": _accuracy(torch.cat(correct)),
         "robust_acc": {name: _accuracy(mask) for name, mask in robust.items()},
         "worst_case_acc": None if worst is None else _accuracy(worst),
+        "extra_robust_acc": {name: _accuracy(mask) for name, mask in extra.items()},
         "attack_seconds": seconds,
         "masking": report,
+        "escalation": escalation,
+        "stochastic": stochastic,
         "corruption_acc": None if corruption is None else corruption["mean"],
         "corruptions": corruption,
         "settings": {"attacks": names, "eps": eps, "alpha": alpha, "steps": steps,
                      "restarts": restarts, "square_queries": square_queries,
-                     "check_steps": check_steps,
+                     "check_steps": check_steps, "eot": eot, "bpda": bpda,
                      "severities": list(severities) if corruptions else None,
                      "corruptions_dir": corruptions_dir if corruptions else None,
                      "batch_size": batch_size, "train_temperature": float(train_temperature),
@@ -216,7 +278,41 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
     }
 
 
-def _corruptions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
+ESCALATED = ("pgd-ce-adaptive", "pgd-cw", "apgd-dlr")  # gradient attacks rerun with EOT / BPDA
+
+
+def _escalate(run, model: nn.Module, *, eps: float, alpha: float, steps: int, restarts: int,
+              square_queries: int, stochastic: bool, eot: int, bpda: bool | None,
+              say: Progress) -> dict:
+    """The stronger attacks run when masking is suspected; their masks (under ``masks``) join
+    the worst case. See :func:`evaluate`."""
+    use_bpda = bpda is not False and declares_preprocessing(model)
+    masks, ran = {}, []
+    queries = 4 * square_queries
+    name = f"square ({queries} queries, 2 restarts)"
+    say(f"escalation: {name}")
+    masks[name] = run("square", eps=eps, alpha=alpha, steps=steps, restarts=2, key="escalate",
+                      queries=queries)
+    ran.append(name)
+    if stochastic or use_bpda:
+        how = " + ".join(filter(None, (f"EOT x{eot}" if stochastic else "",
+                                       "BPDA" if use_bpda else "")))
+        for attack in ESCALATED:
+            label = f"{attack} ({how})"
+            say(f"escalation: {label}")
+            masks[label] = run(attack, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
+                               key="escalate", eot=eot if stochastic else 1, bpda=use_bpda)
+            ran.append(label)
+    reasons = ["masking suspected"]
+    if stochastic:
+        reasons.append("the forward pass is random (EOT)")
+    if use_bpda:
+        reasons.append("the model declares non-differentiable preprocessing (BPDA)")
+    return {"reason": "; ".join(reasons), "stochastic": stochastic, "bpda": use_bpda,
+            "attacks": ran, "masks": masks}
+
+
+def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]],
                  severities: Sequence[int], files: corr.CorruptionFiles | None,
                  batch_size: int, n_examples: int | None, device: torch.device, seed: int,
                  say: Progress) -> dict:
@@ -229,7 +325,7 @@ def _corruptions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
             say(f"corruption {name}")
             table[name] = {}
             for s in severities:
-                hits = [_correct(model, corr.corrupt(x, name, s, derive_seed(seed, ci, s, b)), y)
+                hits = [judge(corr.corrupt(x, name, s, derive_seed(seed, ci, s, b)), y)
                         for b, (x, y) in enumerate(batches)]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
     else:
@@ -238,7 +334,7 @@ def _corruptions(model: nn.Module, batches: list[tuple[Tensor, Tensor]],
             say(f"corruption {name}")
             table[name] = {}
             for s in severities:
-                hits = [_correct(model, x, y) for x, y in
+                hits = [judge(x, y) for x, y in
                         files.batches(name, s, batch_size, device, limit=n_examples)]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
     for row in table.values():

@@ -2,6 +2,11 @@
 example, shape ``(N,)``:
 
 * ``"ce"``: ``cross_entropy(z / T, y)`` at temperature ``T`` (``T = 1``: CE on raw logits);
+* ``"ce_adaptive"``: CE at a per-example temperature, the standard deviation of the example's
+  logits (detached): ``cross_entropy(z / std(z), y)``. The rescaled logits have unit spread
+  whatever the model's logit scale, so the softmax never saturates: the attack a model
+  trained at high T (whose logits are about T times larger) or a defensively distilled one
+  calls for, and invariant to any common scale of the logits.
 * ``"cw"``: the Carlini-Wagner margin ``max_{j != y} z_j - z_y``. It is invariant to a common
   scale of the logits, so a model whose logits are scaled up by a large factor (the gradient
   masking of high-temperature training and defensive distillation) cannot hide from it.
@@ -18,7 +23,7 @@ from torch import Tensor
 
 from ..functional import cross_entropy
 
-LOSSES = ("ce", "cw", "dlr")
+LOSSES = ("ce", "ce_adaptive", "cw", "dlr")
 
 
 def margin_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -50,6 +55,10 @@ def attack_loss(name: str, logits: Tensor, target: Tensor, temperature: float = 
     """Per-example loss ``(N,)`` of attack loss ``name`` (see the module docstring)."""
     if name == "ce":
         return cross_entropy(logits.float(), target, temperature, reduction="none")
+    if name == "ce_adaptive":
+        z = logits.float()
+        scale = z.detach().std(dim=1, keepdim=True).clamp_min(1e-12)
+        return cross_entropy(z / scale, target, 1.0, reduction="none")
     if name == "cw":
         return margin_loss(logits.float(), target)
     if name == "dlr":

@@ -17,7 +17,9 @@ def _pct(value: float | None) -> str:
 
 
 def render(result: dict, console=None) -> None:
-    """Print ``result`` as rich tables, then the masking warnings and verdict."""
+    """Print ``result`` as rich tables (the diagnostics' and escalation's runs that count in
+    the worst case dimmed under the suite's attacks), then the masking warnings, the
+    escalation and the verdict."""
     from rich.console import Console
     from rich.table import Table
 
@@ -34,6 +36,8 @@ def render(result: dict, console=None) -> None:
     table.add_row("clean", _pct(result["clean_acc"]), "")
     for name, acc in result["robust_acc"].items():
         table.add_row(name, _pct(acc), f"{result['attack_seconds'][name]:.1f}")
+    for name, acc in (result.get("extra_robust_acc") or {}).items():
+        table.add_row(f"[dim]{name}[/dim]", f"[dim]{_pct(acc)}[/dim]", "")
     if result["worst_case_acc"] is not None:
         table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case_acc'])}[/bold]",
                       "")
@@ -54,6 +58,11 @@ def render(result: dict, console=None) -> None:
         console.print(ctable)
     for line in masking_warnings(result):
         console.print(f"[bold red]{line}[/bold red]", highlight=False)
+    escalation = result.get("escalation")
+    if escalation:
+        console.print(f"[bold]escalation[/bold] ({escalation['reason']}): "
+                      f"{', '.join(escalation['attacks'])}; counted in the worst case",
+                      highlight=False)
     colour = "red" if result["masking"]["suspected"] else "green"
     console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
                   highlight=False)
