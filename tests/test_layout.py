@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FLOORS = {"kernels": 0, "base": 1, "ops": 2, "library": 3, "robust": 4, "train": 5, "cli": 6}
 BASE = {"backend", "_checks", "errors", "_version"}
 LIBRARY = {"__init__", "functional", "nn", "reference"}
-SUBCOMMANDS = {"train", "evaluate", "info"}
+SUBCOMMANDS = {"train", "evaluate", "info", "calibrate"}
 
 
 def _part(module: str) -> str:

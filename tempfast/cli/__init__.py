@@ -19,6 +19,7 @@ import sys
 from .._version import __version__
 from ..errors import OutputError, SettingError, UsageError
 from .args import print_usage_error
+from .calibrate import add_parser as _add_calibrate
 from .evaluate import add_parser as _add_eval
 from .train import add_parser as _add_train
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_calibrate(sub)
     return parser
 
 

@@ -51,6 +51,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="T of the pgd-ce-t attack (default: the checkpoint's final T)")
     g.add_argument("--n-examples", type=int, default=1000,
                    help="evaluate the first N test images (0: all; default: 1000)")
+    g.add_argument("--no-calibration", dest="calibration", action="store_false",
+                   help="skip the calibration report (ECE, NLL and Brier before and after "
+                        "temperature scaling fitted on half the test set, judged on the "
+                        "other half)")
     g = p.add_argument_group("corruptions")
     g.add_argument("--no-corruptions", dest="corruptions", action="store_false",
                    help="skip the corruption suite")
@@ -92,23 +96,6 @@ def _output_path(args: argparse.Namespace) -> Path:
     return out / "eval.json" if out.is_dir() or args.output.endswith(("/", "\\")) else out
 
 
-def _load_bundle(cfg: dict, model_config: dict, data_dir: str | None):
-    from ..train.data import load_data
-
-    name = cfg.get("data", "digits")
-    bundle = load_data(name, data_dir or cfg.get("data_dir"), False, cfg.get("data_seed", 0),
-                       num_classes=cfg.get("num_classes") if name == "synthetic" else None,
-                       img_size=cfg.get("img_size") if name in ("imagefolder", "synthetic")
-                       else None,
-                       workers=cfg.get("workers") if name == "imagefolder" else None)
-    got = (bundle.num_classes, bundle.in_chans, bundle.img_size)
-    want = (model_config["num_classes"], model_config["in_chans"], model_config["img_size"])
-    if got != want:
-        raise UsageError(f"data set {name} has (classes, channels, size) {got} but the "
-                         f"checkpoint's model expects {want}")
-    return bundle
-
-
 EXIT_INTERRUPTED = 130
 
 
@@ -124,7 +111,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..robust import checks, render
     from ..robust import evaluation as ev
     from ..robust.attacks import parse_attacks
-    from ..train.checkpoint import RESTORE_KEYS, check_writable, load_checkpoint, restore_model
+    from ..train.checkpoint import (
+        RESTORE_KEYS,
+        check_writable,
+        checkpoint_data,
+        load_checkpoint,
+        restore_model,
+    )
 
     # The settings are checked by the library (its messages name the argument, which
     # tempfast.cli turns into the flag); only what this command adds is checked here.
@@ -154,7 +147,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError("the checkpoint's run has no --eps; pass --eps")
     temperature = args.temperature or float(ckpt.get("temperature", cfg.get("temp", 1.0)))
     model = restore_model(ckpt, device)
-    bundle = _load_bundle(cfg, ckpt["model_config"], args.data_dir)
+    bundle = checkpoint_data(ckpt, args.data_dir)
     status = None
     if not args.json:
         from rich.console import Console
@@ -170,7 +163,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                              corruptions=args.corruptions, seed=args.seed, progress=status,
                              square_queries=args.square_queries, severities=severities,
                              corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
-                             check_steps=args.check_steps)
+                             check_steps=args.check_steps, calibration=args.calibration,
+                             calibration_temperature=(ckpt.get("calibration") or {}).get(
+                                 "temperature"))
     finally:
         torch.set_num_threads(threads)
     result = {"checkpoint": str(Path(args.checkpoint).resolve()), "data": bundle.name,

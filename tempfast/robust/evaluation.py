@@ -137,7 +137,8 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
              square_queries: int = 1000, severities: Sequence[int] = corr.SEVERITIES,
              corruptions_dir: str | None = None, batch_size: int = 512,
              check_steps: int | None = None, eot: int = EOT_SAMPLES,
-             bpda: bool | None = None) -> dict:
+             bpda: bool | None = None, calibration: bool = True,
+             calibration_temperature: float | None = None) -> dict:
     """Evaluate ``model`` on ``bundle``'s first ``n_examples`` test images (all if None).
 
     Args:
@@ -160,6 +161,11 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         bpda: pass gradients straight through the model's declared non-differentiable
             preprocessing (:class:`tempfast.robust.bpda.NonDifferentiable`) in every gradient
             attack; None: only in the escalation, when masking is suspected.
+        calibration: measure calibration on the whole test set (:func:`calibration_report`):
+            the model's probabilities ``softmax(z / train_temperature)`` before and after
+            temperature scaling fitted on one half and reported on the other.
+        calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
+            same fit half) to report instead of fitting one.
 
     When the diagnostics suspect masking, the evaluation escalates, says so and records it
     under ``escalation``: Square with four times the queries and two restarts; on a
@@ -252,6 +258,12 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         if corruptions:
             corruption = _corruptions(judge, batches, severities, files, batch_size,
                                       n_examples, device, seed, say)
+        calibrated = None
+        if calibration:
+            say("calibration")
+            calibrated = calibration_report(model, bundle, float(train_temperature), seed=seed,
+                                            batch_size=batch_size,
+                                            temperature=calibration_temperature)
 
     every = list(robust.values()) + list(extra.values())
     worst = torch.stack(every).all(0) if robust else None
@@ -267,6 +279,7 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         "stochastic": stochastic,
         "corruption_acc": None if corruption is None else corruption["mean"],
         "corruptions": corruption,
+        "calibration": calibrated,
         "settings": {"attacks": names, "eps": eps, "alpha": alpha, "steps": steps,
                      "restarts": restarts, "square_queries": square_queries,
                      "check_steps": check_steps, "eot": eot, "bpda": bpda,
@@ -276,6 +289,53 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
                      "seed": seed, "device": str(device)},
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+CALIBRATION_FIT_FRACTION = 0.5
+
+
+def calibration_split(n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """``(fit, report)`` indices of ``n`` test examples: a seeded half each (the temperature is
+    fitted on one half and judged on the other, never on the examples it is fitted to)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "cal")))
+    cut = int(n * CALIBRATION_FIT_FRACTION)
+    return perm[:cut], perm[cut:]
+
+
+@torch.no_grad()
+def test_logits(model: nn.Module, bundle, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """``(logits, labels)`` of the whole test set, in fp32 on the CPU."""
+    device = _model_device(model)
+    logits, labels = [], []
+    with eval_mode(model), torch.autocast(device.type, enabled=False):
+        for x, y in bundle.test_batches(batch_size, device):
+            logits.append(model(x.float()).float().cpu())
+            labels.append(y.cpu())
+    return torch.cat(logits), torch.cat(labels)
+
+
+def calibration_report(model: nn.Module, bundle, train_temperature: float, *, seed: int = 0,
+                       batch_size: int = 512, temperature: float | None = None) -> dict:
+    """Calibration of the model's probabilities ``softmax(z / train_temperature)`` on the test
+    set: temperature scaling (:mod:`tempfast.calibration`) fitted on a seeded half and judged
+    on the other half, or, given ``temperature`` (fitted earlier on the same half), judged
+    only. ``effective_temperature`` is ``temperature x train_temperature``, the T to divide the
+    raw logits by."""
+    from .. import calibration as cal
+
+    logits, labels = test_logits(model, bundle, batch_size)
+    logits = logits / float(train_temperature)
+    fit, report = calibration_split(labels.numel(), seed)
+    if temperature is None:
+        out = cal.calibrate(logits[fit], labels[fit], logits[report], labels[report])
+        out["source"] = "fitted on the fit half"
+    else:
+        out = cal.calibrate(logits[fit], labels[fit], logits[report], labels[report],
+                            temperature=temperature)
+        out["source"] = "stored in the checkpoint"
+    out["train_temperature"] = float(train_temperature)
+    out["effective_temperature"] = out["temperature"] * float(train_temperature)
+    return out
 
 
 ESCALATED = ("pgd-ce-adaptive", "pgd-cw", "apgd-dlr")  # gradient attacks rerun with EOT / BPDA

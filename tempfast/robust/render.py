@@ -56,6 +56,18 @@ def render(result: dict, console=None) -> None:
             ctable.add_row(name, *(_pct(row[str(sev)]) for sev in c["severities"]),
                            _pct(row["mean"]))
         console.print(ctable)
+    cal = result.get("calibration")
+    if cal:
+        ctable = Table(title=f"Calibration: T fitted on {cal['fit_examples']} test images, "
+                             f"judged on the other {cal['report_examples']}")
+        for column in ("", "ECE", "NLL", "Brier"):
+            ctable.add_column(column, justify="right" if column else "left")
+        for when, label in (("before", f"at T {cal['train_temperature']:.4g} (training)"),
+                            ("after", f"x {cal['temperature']:.4g} (fitted): T "
+                                      f"{cal['effective_temperature']:.4g}")):
+            ctable.add_row(label, f"{cal[f'ece_{when}']:.4f}", f"{cal[f'nll_{when}']:.4f}",
+                           f"{cal[f'brier_{when}']:.4f}")
+        console.print(ctable)
     for line in masking_warnings(result):
         console.print(f"[bold red]{line}[/bold red]", highlight=False)
     escalation = result.get("escalation")

@@ -20,6 +20,7 @@ best            ``{"metric", "value", "epoch"}`` of the best evaluated epoch so 
 train_time_s    seconds spent in training epochs so far, summed over resumed invocations
 wall_time_s     wall-clock seconds behind this state, summed over resumed invocations
 config          the run's resolved flags (plain JSON-able dict)
+calibration     (only after ``tempfast calibrate``) the fitted temperature and its report
 ==============  =============================================================================
 """
 
@@ -200,6 +201,31 @@ def restore_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
         raise UsageError(f"checkpoint weights do not fit model {cfg['name']!r}: "
                          f"{str(exc).strip().splitlines()[-1].strip()}") from None
     return model.to(device).eval()
+
+
+def checkpoint_data(ckpt: dict, data_dir: str | None = None):
+    """The data bundle of a checkpoint's run (the same split; ``data_dir`` overrides where the
+    files are), checked against the checkpoint's model.
+
+    Raises:
+        UsageError: the data cannot be loaded, or do not fit the model (classes, channels,
+            image size).
+    """
+    from .data import load_data
+
+    cfg, model_config = ckpt.get("config") or {}, ckpt["model_config"]
+    name = cfg.get("data", "digits")
+    bundle = load_data(name, data_dir or cfg.get("data_dir"), False, cfg.get("data_seed", 0),
+                       num_classes=cfg.get("num_classes") if name == "synthetic" else None,
+                       img_size=cfg.get("img_size") if name in ("imagefolder", "synthetic")
+                       else None,
+                       workers=cfg.get("workers") if name == "imagefolder" else None)
+    got = (bundle.num_classes, bundle.in_chans, bundle.img_size)
+    want = (model_config["num_classes"], model_config["in_chans"], model_config["img_size"])
+    if got != want:
+        raise UsageError(f"data set {name} has (classes, channels, size) {got} but the "
+                         f"checkpoint's model expects {want}")
+    return bundle
 
 
 def rng_state() -> dict:

@@ -187,13 +187,15 @@ class Trainer:
             "learn_temp": cfg.learn_temp, "temp_compensation": cfg.temp_compensation,
             "final_temperature": float(self.parts.loss_fn.temperature.detach()),
             "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
-            "corruption_acc": None, "masking": None, "best": progress.best,
+            "corruption_acc": None, "masking": None, "calibration": None,
+            "best": progress.best,
             "last_epoch": last, "train_time_s": progress.train_time, "eval_time_s": eval_time,
             "wall_time_s": progress.wall_time(), "eval": result,
         }
         if result is not None:
             out.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "worst_case_acc",
-                                                   "corruption_acc", "masking")})
+                                                   "corruption_acc", "masking",
+                                                   "calibration")})
         return out
 
     def header(self) -> dict:
