@@ -3,19 +3,23 @@
 A *cell* is one (training mode, temperature) of the fixed-temperature grid: the values of a
 metric over its seeds, their mean and sample standard deviation (``ddof = 1``; 0 for one seed).
 
-Verdict rule for "temperatures above 1 improve metric m" (:func:`versus_t1`):
+Verdict rule for "temperatures above 1 improve metric m" (:func:`versus_t1`), for a metric
+that is an accuracy over ``N`` test images:
 
-* ``best`` is the cell with T > 1 whose mean is highest; ``diff = mean(best) - mean(T = 1)``;
-  ``se = sqrt(s_best^2 / n_best + s_1^2 / n_1)`` (the standard error of the difference);
-* **supported** if ``diff > Z * se`` and ``diff > MIN_DIFF``;
-* **contradicted** if ``diff < -(Z * se)`` and ``diff < -MIN_DIFF``: even the best T > 1
-  is worse than T = 1 beyond noise;
-* **not supported** otherwise: no T > 1 is better than T = 1 beyond noise.
+* every cell with T > 1 is compared with T = 1: ``diff = mean(T) - mean(T = 1)``, and
+  ``se`` the larger of two noise estimates: the binomial one of the pooled test images
+  (``n = seeds x N`` trials per cell, ``sqrt(p (1 - p) (1 / n_1 + 1 / n_2))`` at the pooled
+  accuracy ``p``) and the one between seeds (``sqrt(s_1^2 / k_1 + s_2^2 / k_2)``); ``z =
+  diff / se`` and a two-sided p-value;
+* the p-values are corrected for the number of temperatures tried by Holm's step-down method
+  (picking the best of six temperatures is six comparisons, not one);
+* ``best`` is the cell with T > 1 whose mean is highest. **supported** if its corrected
+  p-value is below ``ALPHA`` and ``diff > MIN_DIFF``; **contradicted** if even the best is worse
+  (``diff < -MIN_DIFF``) with a corrected p-value below ``ALPHA``; **not supported** otherwise.
+  The difference is also given in test images (``diff x N``).
 
-``Z = 2`` and ``MIN_DIFF = 0.005`` (half a percentage point, so that ties between runs with
-zero spread do not count). Picking the best of several temperatures favours "supported"
-(multiple comparisons), and 3 seeds estimate a standard deviation poorly: the verdicts are a
-summary of a small experiment, not a significance test.
+``ALPHA = 0.05`` and ``MIN_DIFF = 0.005`` (half a percentage point). Two or three seeds estimate
+the between-seed spread poorly; the verdicts describe these runs, not the paper at its scale.
 
 Under-trained cells (:func:`underfit`): temperatures whose mean clean accuracy is more than
 ``UNDERFIT_GAP`` (10 points) below the best cell of the same training mode. With a fixed
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 Z = 2.0
+ALPHA = 0.05
 MIN_DIFF = 0.005
 SLOPE_RANGE = (-1.2, -0.8)
 ENTROPY_END, ENTROPY_TOL = 0.9, 0.01
@@ -87,7 +92,8 @@ def difference(a: Cell, b: Cell) -> tuple[float, float]:
 
 
 def judge_difference(diff: float, se: float) -> str:
-    """``better``, ``worse`` or ``same`` by the rule above (``Z * se`` and ``MIN_DIFF``)."""
+    """``better``, ``worse`` or ``same``: beyond ``Z`` standard errors and ``MIN_DIFF`` (the
+    rule for one planned comparison, such as a learned T against the best fixed T)."""
     if diff > Z * se and diff > MIN_DIFF:
         return "better"
     if diff < -Z * se and diff < -MIN_DIFF:
@@ -95,29 +101,77 @@ def judge_difference(diff: float, se: float) -> str:
     return "same"
 
 
+def two_sided_p(diff: float, se: float) -> float:
+    """Two-sided p-value of ``diff`` with standard error ``se`` (normal approximation)."""
+    if se <= 0:
+        return 1.0 if diff == 0 else 0.0
+    return math.erfc(abs(diff / se) / math.sqrt(2.0))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-adjusted p-values, in the input order (step-down, monotone, capped at 1)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def accuracy_se(a: Cell, b: Cell, n_images: int | None) -> float:
+    """The larger of the binomial standard error of ``mean(a) - mean(b)`` over pooled test
+    images (``seeds x n_images`` each) and the between-seed one."""
+    _, seed_se = difference(a, b)
+    if not n_images:
+        return seed_se
+    n_a, n_b = a.n * n_images, b.n * n_images
+    pooled = (a.mean * n_a + b.mean * n_b) / (n_a + n_b)
+    binomial = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / n_a + 1 / n_b))
+    return max(binomial, seed_se)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """Outcome of :func:`versus_t1`; ``label`` is ``supported``, ``not supported``,
-    ``contradicted`` or ``not measured``."""
+    ``contradicted`` or ``not measured``; ``p`` and ``p_holm`` the best cell's raw and
+    Holm-corrected p-values over ``comparisons`` temperatures; ``images`` the difference in
+    test images."""
 
     label: str
     best: Cell | None = None
     base: Cell | None = None
     diff: float = 0.0
     se: float = 0.0
+    p: float = 1.0
+    p_holm: float = 1.0
+    comparisons: int = 0
+    images: float | None = None
 
 
-def versus_t1(cs: list[Cell]) -> Verdict:
-    """Does some T > 1 beat T = 1 on these cells (see the module docstring)?"""
+def versus_t1(cs: list[Cell], n_images: int | None = None) -> Verdict:
+    """Does some T > 1 beat T = 1 on these cells (see the module docstring)? ``n_images``:
+    test images behind each seed's accuracy (None: the between-seed noise alone)."""
     base = next((c for c in cs if c.temp == 1.0), None)
     above = [c for c in cs if c.temp > 1.0]
     if base is None or not above:
         return Verdict("not measured")
-    best = max(above, key=lambda c: c.mean)
-    diff, se = difference(best, base)
-    outcome = judge_difference(diff, se)
-    label = {"better": "supported", "worse": "contradicted", "same": "not supported"}[outcome]
-    return Verdict(label, best, base, diff, se)
+    tests = []
+    for c in above:
+        diff, se = c.mean - base.mean, accuracy_se(c, base, n_images)
+        tests.append((c, diff, se, two_sided_p(diff, se)))
+    adjusted = holm([t[3] for t in tests])
+    i = max(range(len(tests)), key=lambda k: tests[k][0].mean)
+    best, diff, se, p = tests[i]
+    significant = adjusted[i] < ALPHA
+    if significant and diff > MIN_DIFF:
+        label = "supported"
+    elif significant and diff < -MIN_DIFF:
+        label = "contradicted"
+    else:
+        label = "not supported"
+    return Verdict(label, best, base, diff, se, p, adjusted[i], len(tests),
+                   None if n_images is None else diff * n_images)
 
 
 def best_cell(cs: list[Cell]) -> Cell | None:

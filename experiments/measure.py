@@ -17,6 +17,10 @@ For logits ``z`` (N, C) of images ``x`` (N, ...) with labels ``y`` (N,), and the
 
 The model runs in eval mode in fp32; every example's loss depends only on its own input, so
 the gradient of the summed loss gives per-example gradients.
+
+:func:`eps_curve` is the robust accuracy against budget: at each eps the per-example worst case
+of the scale-invariant gradient attacks (PGD on CE at the adaptive temperature and on the CW
+margin, APGD-DLR).
 """
 
 from __future__ import annotations
@@ -85,3 +89,36 @@ def measure(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
     result["formula_error"] = float(torch.cat(parts["formula_error"]).max())
     result["neg_entropy_norm"] = result["neg_entropy"] / math.log(classes - 1)
     return {key: result[key] for key in MEASURES}
+
+
+CURVE_ATTACKS = ("pgd-ce-adaptive", "pgd-cw", "apgd-dlr")
+
+
+def eps_curve(model: nn.Module, batches: list[tuple[Tensor, Tensor]], eps_values: Iterable[float],
+              *, steps: int = 10, seed: int = 0) -> dict[float, float]:
+    """``{eps: worst-case robust accuracy}`` over :data:`CURVE_ATTACKS` on ``batches`` (the
+    evaluation's step size ``2.5 eps / steps``; each attack and eps its own seed)."""
+    from tempfast.robust.attacks import build_attack, eval_mode, seeded
+    from tempfast.robust.evaluation import derive_seed
+
+    out = {}
+    with eval_mode(model):
+        with torch.no_grad():
+            correct = [model(x).argmax(1) == y for x, y in batches]
+        for eps in eps_values:
+            robust = []
+            for b, ((x, y), ok) in enumerate(zip(batches, correct, strict=True)):
+                alive = ok.clone()
+                for name in CURVE_ATTACKS:
+                    idx = alive.nonzero().squeeze(1)
+                    if not idx.numel():
+                        break
+                    attack_seed = derive_seed(seed, "curve", name, eps, b)
+                    attack = build_attack(name, model, eps=eps, alpha=2.5 * eps / steps,
+                                          steps=steps, seed=attack_seed)
+                    with seeded(attack_seed, x.device), torch.no_grad():
+                        x_adv = attack(x[idx], y[idx])
+                        alive[idx] = model(x_adv).argmax(1) == y[idx]
+                robust.append(alive)
+            out[float(eps)] = float(torch.cat(robust).float().mean())
+    return out

@@ -160,3 +160,26 @@ def gradient_figure(rows: list[dict], path: Path) -> None:
     fig.suptitle("Gradient of CE(z/T) on fixed trained models")
     _save(fig, path)
     plt.close(fig)
+
+
+def curve_figure(rows: list[dict], path: Path) -> None:
+    """Standard training: worst-case robust accuracy against eps, one line per training T
+    (means over seeds of the ``eps_curve`` column)."""
+    from .table import parse_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    runs = [r for r in rows if r["adv"] == "none" and not r["learn_temp"] and r["eps_curve"]]
+    for t in sorted({r["temp"] for r in runs}):
+        curves = [parse_curve(r["eps_curve"]) for r in runs if r["temp"] == t]
+        eps = sorted({e for c in curves for e in c})
+        ax.plot(eps, [sum(c[e] for c in curves if e in c) / sum(e in c for c in curves)
+                      for e in eps], marker="o", markersize=4, label=f"T = {t:g}")
+    ax.set_xlabel("eps (L-inf, [0, 1] pixels)")
+    ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+    ax.set_ylabel("worst-case robust accuracy")
+    ax.set_title("Standard training: robustness against the budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

@@ -18,24 +18,31 @@ import yaml
 
 from . import table
 
+COMPENSATION_TAGS = {"none": "plain", "loss": "lossxT", "lr": "lrxT"}
+
 
 @dataclass(frozen=True)
 class Run:
-    """One cell of the grid: training mode, (initial) temperature, seed, learned T or not."""
+    """One cell of the grid: training mode, (initial) temperature, seed, learned T or not, and
+    the temperature compensation arm (``--temp-compensation``: ``none`` is the paper's plain
+    ``CE(z / T)``, ``loss`` keeps the step size at T = 1's)."""
 
     adv: str
     temp: float
     seed: int
     learn_temp: bool = False
+    compensation: str = "none"
 
     @property
     def name(self) -> str:
         kind = "learnT" if self.learn_temp else "T"
-        return f"{self.adv}-{kind}{number_text(self.temp)}-seed{self.seed}"
+        tag = COMPENSATION_TAGS[self.compensation]
+        return f"{self.adv}-{kind}{number_text(self.temp)}-{tag}-seed{self.seed}"
 
     def args(self) -> list[str]:
         return ["--temp", number_text(self.temp), *(["--learn-temp"] if self.learn_temp else []),
-                "--adv", self.adv, "--seed", str(self.seed)]
+                "--temp-compensation", self.compensation, "--adv", self.adv,
+                "--seed", str(self.seed)]
 
 
 def number_text(value: float) -> str:
@@ -54,11 +61,29 @@ def resolve_device(device: str):
 
 
 def load_run_data(config: dict, data_dir: str | None = None):
-    """The data bundle of a run's resolved config (``data_dir`` overrides the run's)."""
+    """The data bundle of a run's resolved config (``data_dir`` overrides the run's; the test
+    set, which is all the measurements use, does not depend on ``--train-subset``)."""
     from tempfast.train.data import load_data
 
     return load_data(config["data"], data_dir or config["data_dir"], False, config["data_seed"],
                      num_classes=config["num_classes"], img_size=config["img_size"], workers=0)
+
+
+def environment(device: str, threads: int) -> dict:
+    """What ran the runs: torch and triton versions, the device (``cpu``, or the GPU's name)
+    and the CPU threads per run."""
+    import torch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    dev = resolve_device(device)
+    kind = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    return {"torch_version": torch.__version__, "triton_version": triton_version,
+            "device_kind": kind, "threads": threads}
 
 
 def code_revision() -> str:
@@ -96,15 +121,25 @@ class Measurer:
             self.bundles[key] = load_run_data(config, self.data_dir)
         return self.bundles[key]
 
-    def __call__(self, run_dir: Path, n_examples: int, temperature: float) -> dict:
+    def __call__(self, run_dir: Path, n_examples: int, temperature: float,
+                 eps_curve: list[float] | None = None, steps: int = 10,
+                 seed: int = 0) -> dict:
+        """The measurements of :mod:`experiments.measure` at ``temperature``, and with
+        ``eps_curve`` the worst-case robust accuracy at each eps (``curve``)."""
         from tempfast.train.checkpoint import load_checkpoint, restore_model
 
+        from .measure import eps_curve as curve
         from .measure import measure
 
         ckpt = load_checkpoint(run_dir / "last.pt")
         model = restore_model(ckpt, self.device)
-        batches = self.bundle(ckpt["config"]).test_batches(512, self.device, limit=n_examples)
-        return measure(model, batches, temperature)
+        bundle = self.bundle(ckpt["config"])
+        out = measure(model, bundle.test_batches(512, self.device, limit=n_examples),
+                      temperature)
+        if eps_curve:
+            batches = list(bundle.test_batches(512, self.device, limit=n_examples))
+            out["curve"] = curve(model, batches, eps_curve, steps=steps, seed=seed)
+        return out
 
 
 def masking_kind(masking: dict | None, robust: dict, n: int) -> str | None:
@@ -118,14 +153,23 @@ def masking_kind(masking: dict | None, robust: dict, n: int) -> str | None:
         return "none"
     rest = dict(masking, zero_grad_fraction={k: v for k, v in
                                              masking["zero_grad_fraction"].items()
-                                             if not k.startswith("ce")})
+                                             if k not in ("ce", "ce_at_T")})
     general = judge(rest, {k: v for k, v in robust.items() if k not in CE_ATTACKS}, n)
     return "general" if general["suspected"] else "ce"
 
 
+def format_curve(curve: dict[float, float] | None) -> str | None:
+    """``{eps: accuracy}`` as the CSV cell ``eps:acc;eps:acc`` (None when not measured)."""
+    if not curve:
+        return None
+    return ";".join(f"{number_text(e)}:{a:.6g}" for e, a in sorted(curve.items()))
+
+
 def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep_command: str,
-             revision: str, resumed: bool, process_s: float | None) -> dict:
-    """The CSV row of a finished run (its summary.json plus the final-model measurements)."""
+             revision: str, resumed: bool, process_s: float | None, env: dict,
+             eps_curve: list[float] | None = None) -> dict:
+    """The CSV row of a finished run (its summary.json plus the final-model measurements;
+    ``eps_curve``: the eps values of the worst-case curve, measured for standard training)."""
     from tempfast.robust.attacks import ATTACKS
 
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -134,13 +178,17 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
     robust = summary.get("robust_acc") or {}
     masking = summary.get("masking")
     zero = (masking or {}).get("zero_grad_fraction", {})
+    cal = summary.get("calibration") or {}
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     n = ev.get("n_examples") or config["eval_examples"]
-    stats = measurer(run_dir, n, summary["final_temperature"])
+    curve = eps_curve if run.adv == "none" else None
+    stats = measurer(run_dir, n, summary["final_temperature"], curve,
+                     steps=s.get("steps") or config["eval_steps"], seed=run.seed)
     return {
         "run": run.name, "data": summary["data"], "model": summary["model"], "adv": run.adv,
-        "temp": run.temp, "learn_temp": run.learn_temp,
+        "temp": run.temp, "learn_temp": run.learn_temp, "compensation": run.compensation,
         "final_temp": summary["final_temperature"], "seed": run.seed,
+        "train_subset": config.get("train_subset"),
         "epochs": summary["epochs"], "clean_acc": summary["clean_acc"],
         "corruption_acc": summary["corruption_acc"],
         **{table.robust_column(a): robust.get(a) for a in ATTACKS},
@@ -153,12 +201,18 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
         "logit_grad_norm_at_T": stats["logit_grad_norm"],
         "input_grad_norm_at_T": stats["input_grad_norm"],
         "neg_entropy_norm_at_T": stats["neg_entropy_norm"], "p_true_at_T": stats["p_true"],
+        "ece_before": cal.get("ece_before"), "ece_after": cal.get("ece_after"),
+        "nll_before": cal.get("nll_before"), "nll_after": cal.get("nll_after"),
+        "cal_temperature": cal.get("temperature"),
+        "effective_temperature": cal.get("effective_temperature"),
+        "cal_examples": cal.get("report_examples"),
+        "eps_curve": format_curve(stats.get("curve")),
         "eps": s.get("eps", config["eps"]), "eval_examples": n,
         "eval_steps": s.get("steps"), "eval_restarts": s.get("restarts"),
         "square_queries": s.get("square_queries") if "square" in robust else None,
         "train_time_s": summary["train_time_s"], "eval_time_s": summary["eval_time_s"],
         "wall_time_s": summary["wall_time_s"], "process_s": process_s,
-        "git_rev": revision, "resumed": resumed, "command": command,
+        **env, "git_rev": revision, "resumed": resumed, "command": command,
         "sweep_command": sweep_command,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

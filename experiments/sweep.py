@@ -42,12 +42,13 @@ from tempfast.cli.train import number
 from tempfast.errors import UsageError
 
 from . import table
-from .rows import Measurer, Run, code_revision, make_row, number_text
+from .rows import Measurer, Run, code_revision, environment, make_row, number_text
 from .runner import Runner
 
 # Sweep flags passed through to every `tempfast train` run: (name, type). None: trainer default.
 TRAIN_OPTIONS = (
-    ("data", str), ("data_seed", int), ("model", str), ("epochs", int), ("batch_size", int),
+    ("data", str), ("data_seed", int), ("train_subset", int), ("model", str), ("epochs", int),
+    ("batch_size", int),
     ("lr", number), ("opt", str), ("sched", str), ("wd", number), ("warmup_epochs", int),
     ("eps", number), ("alpha", number), ("steps", int), ("attack_loss", str), ("amp", str),
     ("eval_examples", int), ("eval_steps", int), ("eval_restarts", int), ("eval_attacks", str),
@@ -73,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--learn-temp", nargs="*", type=number, metavar="T0",
                    help="add a learned-temperature arm per training mode, starting at each "
                         "T0 (no value: 1)")
+    g.add_argument("--compensation", nargs="+", choices=("none", "loss", "lr"),
+                   default=["none"],
+                   help="temperature-compensation arms (tempfast train --temp-compensation): "
+                        "none (the paper's plain CE(z / T), the default), loss (step size kept "
+                        "at T = 1's); at T = 1 every arm is the same run, run once")
+    g.add_argument("--eps-curve", nargs="+", type=number, metavar="EPS",
+                   help="also measure, for standard training, the worst-case robust accuracy "
+                        "of the scale-invariant attacks at each EPS")
     g = p.add_argument_group("training and evaluation (passed to tempfast train; default: its "
                              "own)")
     for name, kind in TRAIN_OPTIONS:
@@ -123,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.temps = [number(str(t)) for t in args.temps]
         if args.learn_temp is not None:
             args.learn_temp = [number(str(t)) for t in args.learn_temp] or [1.0]
+        if args.eps_curve is not None:
+            args.eps_curve = [number(str(e)) for e in args.eps_curve]
     except argparse.ArgumentTypeError as exc:
         raise UsageError(f"--temps / --learn-temp: {exc}") from None
     if args.out is None:
@@ -133,6 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for t in args.temps + (args.learn_temp or []):
         if not t > 0:
             raise UsageError(f"temperatures must be > 0, got {t}")
+    for e in args.eps_curve or []:
+        if not 0 < e <= 1:
+            raise UsageError(f"--eps-curve values must lie in (0, 1], got {e}")
     args.adv = list(dict.fromkeys(args.adv))
     if not set(args.adv) <= {"none", "pgd"}:
         raise UsageError(f"--adv must be some of none, pgd, got {' '.join(args.adv)}")
@@ -140,12 +154,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def grid(args: argparse.Namespace) -> list[Run]:
-    """Every run of the sweep in order: per mode, per temperature, per seed; then the
-    learned-temperature arm (per mode, per T0, per seed)."""
+    """Every run of the sweep in order: per compensation arm, per mode, per temperature, per
+    seed; then the learned-temperature arm (per arm, per mode, per T0, per seed). A fixed
+    T = 1 is the same run in every arm (the compensation multiplies by 1): it runs once, in the
+    first arm."""
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    runs = [Run(adv, t, s) for adv in args.adv for t in dict.fromkeys(args.temps) for s in seeds]
+    arms = list(dict.fromkeys(args.compensation))
+    runs = [Run(adv, t, s, compensation=arm) for arm in arms for adv in args.adv
+            for t in dict.fromkeys(args.temps) for s in seeds
+            if t != 1.0 or arm == arms[0]]
     for t0 in dict.fromkeys(args.learn_temp or []):
-        runs += [Run(adv, t0, s, learn_temp=True) for adv in args.adv for s in seeds]
+        runs += [Run(adv, t0, s, learn_temp=True, compensation=arm) for arm in arms
+                 for adv in args.adv for s in seeds]
     return runs
 
 
@@ -154,6 +174,7 @@ def settings(args: argparse.Namespace) -> dict:
     out = {name: getattr(args, name) for name, _ in TRAIN_OPTIONS}
     out["corruptions"] = args.corruptions
     out["extra"] = shlex.split(args.extra)
+    out["eps_curve"] = args.eps_curve
     return out
 
 
@@ -239,6 +260,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> int:
     torch.set_num_threads(args.threads)
     revision = code_revision()
     measurer = Measurer(args.data_dir, args.device)
+    environment_columns = environment(args.device, args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     failed: list[str] = []
     finished = len(runs) - len(todo)
@@ -248,7 +270,8 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> int:
         nonlocal finished
         row = make_row(run, runs_dir / run.name, measurer, command=shlex.join(["python", *cmd]),
                        sweep_command=sweep_command, revision=revision, resumed=resumed,
-                       process_s=process_s)
+                       process_s=process_s, env=environment_columns,
+                       eps_curve=args.eps_curve)
         rows.append(row)
         order = {r.name: i for i, r in enumerate(runs)}
         rows.sort(key=lambda r: order.get(r["run"], len(order)))
@@ -305,7 +328,8 @@ def _gradients(args: argparse.Namespace, runs: list[Run], runs_dir: Path, out: P
     from .gradients import analyse
 
     refs = [runs_dir / r.name / "last.pt" for r in runs
-            if r.temp == 1.0 and not r.learn_temp and r.seed == args.first_seed]
+            if r.temp == 1.0 and not r.learn_temp and r.seed == args.first_seed
+            and r.compensation == args.compensation[0]]
     refs = [p for p in refs if p.exists()]
     if not refs:
         print("sweep: no T = 1 checkpoint of the first seed; gradient analysis skipped",

@@ -21,23 +21,29 @@ def robust_column(attack: str) -> str:
     return "robust_" + attack.replace("-", "_")
 
 
-ZERO_GRAD_LOSSES = ("ce", "ce_at_T", "cw", "dlr")
+ZERO_GRAD_LOSSES = ("ce", "ce_at_T", "ce_adaptive", "cw", "dlr")
 
-TEXT = ("run", "data", "model", "adv", "masking_kind", "masking_reasons", "git_rev", "command",
+TEXT = ("run", "data", "model", "adv", "compensation", "masking_kind", "masking_reasons",
+        "eps_curve", "torch_version", "triton_version", "device_kind", "git_rev", "command",
         "sweep_command", "finished_at")
 BOOL = ("learn_temp", "masking_suspected", "resumed")
-INT = ("seed", "epochs", "eval_examples", "eval_steps", "eval_restarts", "square_queries")
+INT = ("seed", "epochs", "train_subset", "eval_examples", "eval_steps", "eval_restarts",
+       "square_queries", "cal_examples", "threads")
 
 COLUMNS = (
-    "run", "data", "model", "adv", "temp", "learn_temp", "final_temp", "seed", "epochs",
+    "run", "data", "model", "adv", "temp", "learn_temp", "compensation", "final_temp", "seed",
+    "epochs", "train_subset",
     "clean_acc", "corruption_acc",
     *(robust_column(a) for a in ATTACKS), "worst_case_acc",
     "masking_suspected", "masking_kind",
     *(f"zero_grad_{loss}" for loss in ZERO_GRAD_LOSSES), "masking_reasons",
     "logit_norm", "margin", "logit_grad_norm_at_T", "input_grad_norm_at_T",
     "neg_entropy_norm_at_T", "p_true_at_T",
+    "ece_before", "ece_after", "nll_before", "nll_after", "cal_temperature",
+    "effective_temperature", "cal_examples", "eps_curve",
     "eps", "eval_examples", "eval_steps", "eval_restarts", "square_queries",
     "train_time_s", "eval_time_s", "wall_time_s", "process_s",
+    "torch_version", "triton_version", "device_kind", "threads",
     "git_rev", "resumed", "command", "sweep_command", "finished_at",
 )
 """Every column, in file order (see the README section of the experiments for each one)."""
@@ -87,3 +93,11 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
     for row in rows:
         writer.writerow({c: _format(row.get(c)) for c in COLUMNS})
     atomic_write_text(path, buf.getvalue())
+
+
+def parse_curve(text: str | None) -> dict[float, float]:
+    """The ``eps_curve`` cell ``eps:acc;eps:acc`` as ``{eps: accuracy}`` (empty when not
+    measured)."""
+    if not text:
+        return {}
+    return {float(e): float(a) for e, a in (part.split(":") for part in text.split(";"))}

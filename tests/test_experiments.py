@@ -26,7 +26,8 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
             *TINY, "--out", str(out)]
     assert sweep.main(argv) == 0
     rows = table.read_rows(out / "results.csv")
-    assert [r["run"] for r in rows] == ["none-T1-seed0", "none-T4-seed0", "none-learnT1-seed0"]
+    assert [r["run"] for r in rows] == ["none-T1-plain-seed0", "none-T4-plain-seed0",
+                                        "none-learnT1-plain-seed0"]
     for row in rows:
         assert 0 <= row["clean_acc"] <= 1 and 0 <= row["worst_case_acc"] <= row["clean_acc"]
         assert row["robust_pgd_cw"] is not None and row["robust_square"] is None
@@ -35,6 +36,9 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
         assert row["command"].startswith("python -m tempfast train --data digits --epochs 1")
         assert f"--output {out / 'runs' / row['run']}" in row["command"]
         assert row["git_rev"] and row["sweep_command"].startswith("python -m experiments.sweep")
+        assert row["compensation"] == "none" and "--temp-compensation none" in row["command"]
+        assert row["torch_version"] == torch.__version__ and row["device_kind"] == "cpu"
+        assert 0 <= row["ece_before"] <= 1 and row["cal_temperature"] > 0
     assert rows[1]["temp"] == 4.0 and rows[1]["final_temp"] == 4.0
     assert rows[2]["learn_temp"] and rows[2]["final_temp"] != 1.0
     assert (out / "gradients.csv").exists()
@@ -50,7 +54,7 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
     assert report.main([str(out)]) == 0
     text = (out / "REPORT.md").read_text()
     assert "### Claim 1" in text and "## Learned temperature" in text
-    for name in [*report.PLOTS]:
+    for name in [*report.PLOTS, "calibration_vs_T.png"]:
         assert (out / name).stat().st_size > 1000, name
 
 
@@ -61,7 +65,7 @@ def test_sweep_resumes_an_interrupted_run_and_refuses_other_settings(tmp_path, c
     argv = ["--temps", "1", "--seeds", "1", "--epochs", "2", "--eval-examples", "16",
             "--eval-attacks", "pgd-cw", "--no-corruptions", "--no-gradients", "--out", str(out)]
     args = sweep.parse_args(argv)
-    run_dir = out / "runs" / "none-T1-seed0"
+    run_dir = out / "runs" / "none-T1-plain-seed0"
     first = sweep.train_command(args, Run("none", 1.0, 0), run_dir)[2:]
     first[first.index("--epochs") + 1] = "1"
     assert tempfast_main([*first, "--no-final-eval"]) == 0
@@ -83,10 +87,11 @@ def test_sweep_resumes_an_interrupted_run_and_refuses_other_settings(tmp_path, c
 
 
 def _row(adv: str, temp: float, seed: int, clean: float, pgd_ce: float, worst: float,
-         kind: str = "none") -> dict:
+         kind: str = "none", compensation: str = "none") -> dict:
     row = {c: None for c in table.COLUMNS}
-    row.update(run=f"{adv}-T{temp:g}-seed{seed}", data="digits", model="small_cnn", adv=adv,
-               temp=temp, learn_temp=False, final_temp=temp, seed=seed, epochs=20,
+    run = Run(adv, temp, seed, compensation=compensation)
+    row.update(run=run.name, data="digits", model="small_cnn", adv=adv, temp=temp,
+               learn_temp=False, compensation=compensation, final_temp=temp, seed=seed, epochs=20,
                clean_acc=clean, corruption_acc=clean - 0.1, robust_pgd_ce=pgd_ce,
                robust_pgd_cw=worst, worst_case_acc=worst, masking_suspected=kind != "none",
                masking_kind=kind, zero_grad_ce=0.9 if kind == "ce" else 0.0,
@@ -110,8 +115,25 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "| 1 | standard training | clean accuracy | clean | supported | T = 8: 96.0 ± 1.4 " \
            "vs 91.0 ± 1.4 |" in text
     assert "PGD with CE on raw logits: **supported**" in text
-    assert "per-example worst case over the whole suite): **not supported**" in text
+    assert "the diagnostics' runs): **not supported**" in text
+    # 5 points of 360 images; one comparison, so Holm leaves p as it is
+    assert "(difference +5.00 points, +18.0 of 360 test images; p = " in text
+    assert "after Holm's correction over 1 temperatures" in text
     assert "it comes from the attack failing (gradient masking)" in text
+
+    assert "## Arm: loss x T" not in text
+
+    # a loss x T arm at T = 8 is compared with the same T = 1 runs (they are one run)
+    arm = [_row("none", 8.0, s, 0.80, 0.5, 0.05, compensation="loss") for s in (0, 1)]
+    table.write_rows(tmp_path / "results.csv", rows + arm)
+    assert [r["run"] for r in report.arm_rows(rows + arm, "loss")] == [
+        "none-T8-lossxT-seed0", "none-T8-lossxT-seed1", "none-T1-plain-seed0",
+        "none-T1-plain-seed1"]
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "## Arm: loss x T" in text and "## Arm: plain CE(z / T)" in text
+    assert "| loss x T | 1 | standard training | clean accuracy | clean | contradicted | " \
+           "T = 8: 80.0 ± 0.0 vs 91.0 ± 1.4 |" in text
 
     rows[2]["clean_acc"] = 0.50
     table.write_rows(tmp_path / "results.csv", rows)
@@ -134,6 +156,27 @@ def test_verdict_rule_compares_the_best_t_above_1_with_t_1(best, base, label):
     v = claims.versus_t1(cs)
     assert v.label == label and v.best.temp == 4.0
     assert v.diff == pytest.approx(sum(best) / len(best) - sum(base) / len(base))
+
+
+def test_holm_adjusts_in_input_order_and_stays_monotone():
+    assert claims.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert claims.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_verdict_counts_test_images_and_corrects_for_the_temperatures_tried():
+    base, better = claims.Cell(1.0, (0.90,)), claims.Cell(4.0, (0.93,))
+    # one seed of 100 images: 3 images apart is binomial noise
+    assert claims.versus_t1([base, better], 100).label == "not supported"
+    v = claims.versus_t1([base, better], 1000)  # z = 0.03 / 0.0125 = 2.4, p = 0.016
+    assert v.label == "supported" and v.p == pytest.approx(0.016, abs=0.001)
+    assert v.images == pytest.approx(30.0)
+    # the same gain as the best of six temperatures: Holm multiplies its p by 6
+    others = [claims.Cell(t, (0.90,)) for t in (2.0, 8.0, 16.0, 32.0, 64.0)]
+    v = claims.versus_t1([base, better, *others], 1000)
+    assert v.comparisons == 6 and v.p_holm == pytest.approx(6 * v.p)
+    assert v.label == "not supported"
+    worse = claims.versus_t1([claims.Cell(1.0, (0.95,)), claims.Cell(2.0, (0.90,))], 1000)
+    assert worse.label == "contradicted"
 
 
 def test_measure_matches_the_temperature_gradient_formula():
