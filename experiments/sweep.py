@@ -234,6 +234,18 @@ def _line(i: int, total: int, row: dict, how: str) -> str:
             f"{row['wall_time_s']:.1f} s  ({how})")
 
 
+def check_data_files(args: argparse.Namespace) -> None:
+    """Before any run starts: the IDX files of ``--data fashion-mnist`` / ``mnist`` are there.
+
+    Raises:
+        UsageError: a file is missing (one line: where they are expected, how to install them).
+    """
+    from tempfast.train import idx
+
+    if args.data in idx.INSTALL_HINT:
+        idx.locate(args.data, args.data_dir)
+
+
 def sweep(args: argparse.Namespace, argv: list[str]) -> int:
     """Run the sweep described by parsed ``args`` (see the module docstring)."""
     import torch
@@ -243,6 +255,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> int:
     runs = grid(args)
     commands = {run: train_command(args, run, runs_dir / run.name) for run in runs}
     check_train_command(commands[runs[0]])
+    check_data_files(args)
     _check_sweep_file(out, settings(args), args.dry_run)
     csv_path = out / table.RESULTS
     rows = table.read_rows(csv_path) if csv_path.exists() else []

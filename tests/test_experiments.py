@@ -220,6 +220,16 @@ def test_sweep_config_rejects_unknown_keys(tmp_path, capsys):
     assert capsys.readouterr().err.strip().endswith("unknown keys epoch")
 
 
+def test_sweep_checks_the_idx_files_before_any_run(tmp_path, capsys):
+    argv = ["--data", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
+            "--out", str(tmp_path / "o")]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "t10k" not in err.split("not found")[0]
+    assert "train-images-idx3-ubyte[.gz] not found" in err and "dataset-fashion-mnist" in err
+    assert not (tmp_path / "o" / "runs").exists()
+
+
 def test_tiny_imagenet_layout_is_read_by_the_imagefolder_loader(tmp_path):
     from PIL import Image
 

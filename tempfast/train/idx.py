@@ -62,12 +62,13 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(sizes)
 
 
-def load(name: str, data_dir: str | Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(train_images (N, 1, 28, 28) uint8, train_labels (N,), test_images, test_labels)``.
+def locate(name: str, data_dir: str | Path | None) -> dict[str, Path]:
+    """The four files of data set ``name`` (keys of ``FILES``) in ``data_dir`` or, when it is
+    None, the data set's default folder.
 
     Raises:
-        UsageError: the folder lacks a file (says where they are expected and how to get
-            them), or a file is unreadable or inconsistent.
+        UsageError: no folder is known, or the folder lacks a file (says where the files are
+            expected and how to get them).
     """
     if data_dir is None and name not in DEFAULT_DIRS:
         raise UsageError(f"{name}: {INSTALL_HINT[name]}")
@@ -80,6 +81,17 @@ def load(name: str, data_dir: str | Path | None) -> tuple[Tensor, Tensor, Tensor
                              f"{', '.join(FILES.values())} (each optionally .gz) in {folder}: "
                              f"{INSTALL_HINT[name]}")
         paths[key] = path
+    return paths
+
+
+def load(name: str, data_dir: str | Path | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(train_images (N, 1, 28, 28) uint8, train_labels (N,), test_images, test_labels)``.
+
+    Raises:
+        UsageError: the folder lacks a file (see :func:`locate`), or a file is unreadable or
+            inconsistent.
+    """
+    paths = locate(name, data_dir)
     arrays = {key: read_idx(path, 3 if key.endswith("images") else 1)
               for key, path in paths.items()}
     for split in ("train", "test"):
