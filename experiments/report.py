@@ -34,12 +34,14 @@ ATTACK_LABELS = {
     "worst_case_acc": "worst case (per example, all attacks)",
 }
 SHORT_LABELS = {
-    "clean_acc": "clean", "corruption_acc": "corruptions", "robust_pgd_ce": "pgd-ce",
+    "test_acc": "clean (test set)", "clean_acc": "clean", "corruption_acc": "corruptions",
+    "robust_pgd_ce": "pgd-ce",
     "robust_pgd_ce_t": "pgd-ce-t", "robust_pgd_ce_adaptive": "pgd-ce-adaptive",
     "robust_pgd_cw": "pgd-cw", "robust_apgd_dlr": "apgd-dlr",
     "robust_apgd_ce": "apgd-ce", "robust_square": "square", "worst_case_acc": "worst case",
 }
-METRIC_LABELS = {"clean_acc": "clean accuracy", "corruption_acc": "mean corruption accuracy",
+METRIC_LABELS = {"test_acc": "clean accuracy (whole test set)", "clean_acc": "clean accuracy",
+                 "corruption_acc": "mean corruption accuracy",
                  **ATTACK_LABELS}
 ADAPTIVE = ("robust_pgd_ce_t", "robust_pgd_ce_adaptive", "robust_pgd_cw", "robust_apgd_dlr",
             "robust_square")
@@ -93,7 +95,8 @@ def _masking_at(rows: list[dict], adv: str, t: float) -> str:
 def _verdict_line(v: Verdict, rows: list[dict], adv: str, metric: str) -> str:
     if v.label == "not measured":
         return "**not measured** (needs T = 1 and some T > 1)"
-    images = "" if v.images is None else f", {v.images:+.1f} of {_n_images(rows)} test images"
+    images = ("" if v.images is None else
+              f", {v.images:+.1f} of {_n_images(rows, metric)} test images")
     overall = claims.best_cell(cells(rows, metric, adv))
     elsewhere = ("" if overall.temp in (v.best.temp, 1.0) else
                  f"; the best T of the whole grid is T = {overall.temp:g} ({pct(overall)}%)")
@@ -104,14 +107,22 @@ def _verdict_line(v: Verdict, rows: list[dict], adv: str, metric: str) -> str:
             f"{elsewhere}")
 
 
-def _n_images(rows: list[dict]) -> int | None:
-    """Test images behind each run's accuracies (the evaluation's ``n_examples``)."""
-    found = [r["eval_examples"] for r in rows if r["eval_examples"]]
-    return max(found) if found else None
+def _n_images(rows: list[dict], metric: str = "clean_acc") -> int | None:
+    """Test images behind each run's value of ``metric``: the whole test set for
+    ``test_acc``, the final evaluation's ``n_examples`` for the rest."""
+    key = "n_test" if metric == "test_acc" else "eval_examples"
+    found = [r[key] for r in rows if r[key]]
+    return min(found) if found else None
+
+
+def clean_metric(rows: list[dict]) -> str:
+    """The clean accuracy the claims judge: the last epoch's on the whole test set
+    (``test_acc``) when every run has it, else the final evaluation's subset's."""
+    return "test_acc" if rows and all(r["test_acc"] is not None for r in rows) else "clean_acc"
 
 
 def _versus(rows: list[dict], metric: str, adv: str) -> Verdict:
-    return versus_t1(cells(rows, metric, adv), _n_images(rows))
+    return versus_t1(cells(rows, metric, adv), _n_images(rows, metric))
 
 
 def _fmt_t(t: float) -> str:
@@ -250,12 +261,13 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             text.append("- reading: the gain holds against the adaptive attacks as well.")
         text.extend(["", *attack_table(adv), ""])
 
+    clean = clean_metric(rows)
     text += ["## Claims of arXiv 2502.20604, one by one", ""]
     if "none" in _modes(rows):
         text += ["### Claim 1: moderate temperatures give better accuracy than T = 1", ""]
-        v = verdict("1", "none", "clean_acc", "clean")
-        text += [f"- standard training, clean accuracy: "
-                 f"{_verdict_line(v, rows, 'none', 'clean_acc')}", ""]
+        v = verdict("1", "none", clean, "clean")
+        text += [f"- standard training, {METRIC_LABELS[clean]}: "
+                 f"{_verdict_line(v, rows, 'none', clean)}", ""]
         text += ["### Claim 2: elevated temperatures improve robustness to common "
                  "corruptions", ""]
         v = verdict("2", "none", "corruption_acc", "corruptions")
@@ -266,16 +278,17 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         robustness("none", "3")
     if "pgd" in _modes(rows):
         text += ["### Claim 4: higher temperatures can improve PGD adversarial training", ""]
-        v = verdict("4", "pgd", "clean_acc", "clean")
-        text.append(f"- PGD training, clean accuracy: "
-                    f"{_verdict_line(v, rows, 'pgd', 'clean_acc')}")
+        v = verdict("4", "pgd", clean, "clean")
+        text.append(f"- PGD training, {METRIC_LABELS[clean]}: "
+                    f"{_verdict_line(v, rows, 'pgd', clean)}")
         robustness("pgd", "4")
     return text, summary
 
 
 def mode_table(rows: list[dict], adv: str) -> list[str]:
-    metrics = [(m, SHORT_LABELS[m]) for m in ("clean_acc", "corruption_acc", "robust_pgd_ce",
-                                              *ADAPTIVE, "worst_case_acc")]
+    first = ("test_acc",) if clean_metric(rows) == "test_acc" else ()
+    metrics = [(m, SHORT_LABELS[m]) for m in (*first, "clean_acc", "corruption_acc",
+                                              "robust_pgd_ce", *ADAPTIVE, "worst_case_acc")]
     columns = {key: cells(rows, key, adv) for key, _ in metrics}
     temps = sorted({c.temp for cs in columns.values() for c in cs})
     head = ["T", *(label for _, label in metrics), "masked runs", "zero CE grad",
@@ -293,7 +306,9 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
         + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
         ""]
     out = [f"### {plots.MODE_LABELS[adv]}", "", *note,
-           "Accuracies in % (mean ± std over seeds); *masked runs*: runs whose evaluation "
+           "Accuracies in % (mean ± std over seeds); *clean (test set)*: the last epoch's "
+           "on the whole test set, *clean* and the rest: the final evaluation's test images; "
+           "*masked runs*: runs whose evaluation "
            "flagged gradient masking (CE only / general); *zero CE grad*: % of correctly "
            "classified test inputs whose raw-logit CE input gradient is exactly zero.", "",
            "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -326,7 +341,7 @@ def learned_section(rows: list[dict]) -> list[str]:
                  if r["adv"] == adv and r["learn_temp"] and r["temp"] == t0]
         final_cell = learned(rows, "final_temp", adv, t0)
         compare = []
-        for metric in ("clean_acc", "worst_case_acc"):
+        for metric in (clean_metric(rows), "worst_case_acc"):
             mine, fixed = learned(rows, metric, adv, t0), claims.best_cell(cells(rows, metric,
                                                                                 adv))
             if mine is None or fixed is None:
@@ -338,8 +353,8 @@ def learned_section(rows: list[dict]) -> list[str]:
         out.append("| " + " | ".join([
             plots.MODE_LABELS[adv], f"{t0:g}",
             f"{num(final_cell)} ({', '.join(f'{t:.3g}' for t in final)})",
-            pct(learned(rows, "clean_acc", adv, t0)), pct(learned(rows, "worst_case_acc", adv,
-                                                                  t0)),
+            pct(learned(rows, clean_metric(rows), adv, t0)),
+            pct(learned(rows, "worst_case_acc", adv, t0)),
             pct(learned(rows, "corruption_acc", adv, t0)), *compare]) + " |")
     return [*out, ""]
 
@@ -469,7 +484,7 @@ def conclusions(rows: list[dict]) -> list[str]:
         rs = arm_rows(rows, arm)
         said = []
         for adv, metric, what in (
-                ("none", "clean_acc", "clean accuracy (claim 1)"),
+                ("none", clean_metric(rs), "clean accuracy (claim 1)"),
                 ("none", "corruption_acc", "corruption accuracy (claim 2)"),
                 ("none", "worst_case_acc", "robustness of standard training, adaptive attacks "
                                            "(claim 3)"),
@@ -523,7 +538,7 @@ def make_plots(rows: list[dict], out: Path, suffix: str = "") -> list[str]:
     name = lambda base: f"{base}{suffix}.png"
     written = [name("accuracy_vs_T"), name("corruption_vs_T"), name("robust_vs_T"),
                name("zero_grad_vs_T"), name("logits_vs_T")]
-    plots.metric_figure(rows, "clean_acc", "clean test accuracy", "Clean accuracy vs T",
+    plots.metric_figure(rows, clean_metric(rows), "clean test accuracy", "Clean accuracy vs T",
                         out / written[0])
     plots.metric_figure(rows, "corruption_acc", "mean corruption accuracy",
                         "Corruption accuracy vs T", out / written[1])

@@ -125,7 +125,8 @@ class Measurer:
                  eps_curve: list[float] | None = None, steps: int = 10,
                  seed: int = 0) -> dict:
         """The measurements of :mod:`experiments.measure` at ``temperature``, and with
-        ``eps_curve`` the worst-case robust accuracy at each eps (``curve``)."""
+        ``eps_curve`` the worst-case robust accuracy at each eps (``curve``); ``n_test``: the
+        size of the whole test set."""
         from tempfast.train.checkpoint import load_checkpoint, restore_model
 
         from .measure import eps_curve as curve
@@ -136,6 +137,7 @@ class Measurer:
         bundle = self.bundle(ckpt["config"])
         out = measure(model, bundle.test_batches(512, self.device, limit=n_examples),
                       temperature)
+        out["n_test"] = bundle.n_test
         if eps_curve:
             batches = list(bundle.test_batches(512, self.device, limit=n_examples))
             out["curve"] = curve(model, batches, eps_curve, steps=steps, seed=seed)
@@ -189,7 +191,9 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
         "temp": run.temp, "learn_temp": run.learn_temp, "compensation": run.compensation,
         "final_temp": summary["final_temperature"], "seed": run.seed,
         "train_subset": config.get("train_subset"),
-        "epochs": summary["epochs"], "clean_acc": summary["clean_acc"],
+        "epochs": summary["epochs"],
+        "test_acc": (summary.get("last_epoch") or {}).get("test_acc"), "n_test": stats["n_test"],
+        "clean_acc": summary["clean_acc"],
         "corruption_acc": summary["corruption_acc"],
         **{table.robust_column(a): robust.get(a) for a in ATTACKS},
         "worst_case_acc": summary["worst_case_acc"],

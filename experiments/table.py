@@ -28,12 +28,12 @@ TEXT = ("run", "data", "model", "adv", "compensation", "masking_kind", "masking_
         "sweep_command", "finished_at")
 BOOL = ("learn_temp", "masking_suspected", "resumed")
 INT = ("seed", "epochs", "train_subset", "eval_examples", "eval_steps", "eval_restarts",
-       "square_queries", "cal_examples", "threads")
+       "square_queries", "cal_examples", "threads", "n_test")
 
 COLUMNS = (
     "run", "data", "model", "adv", "temp", "learn_temp", "compensation", "final_temp", "seed",
     "epochs", "train_subset",
-    "clean_acc", "corruption_acc",
+    "test_acc", "n_test", "clean_acc", "corruption_acc",
     *(robust_column(a) for a in ATTACKS), "worst_case_acc",
     "masking_suspected", "masking_kind",
     *(f"zero_grad_{loss}" for loss in ZERO_GRAD_LOSSES), "masking_reasons",

@@ -143,6 +143,19 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "| 1 | standard training | clean accuracy | clean | not supported |" in text
 
 
+def test_claim_1_judges_the_whole_test_set_when_every_run_has_it(tmp_path):
+    rows = [_row("none", t, s, 0.90, 0.1, 0.1) for t in (1.0, 4.0) for s in (0, 1)]
+    for r, acc in zip(rows, (0.900, 0.902, 0.910, 0.912)):
+        r.update(test_acc=acc, n_test=10000)
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    # 1 point of 10000 images per seed: z = 0.01 / 0.0030 (binomial; the seeds agree) = 3.4
+    assert "- standard training, clean accuracy (whole test set): **supported**" in text
+    assert "+100.0 of 10000 test images" in text
+    assert "| T | clean (test set) | clean |" in text
+
+
 @pytest.mark.parametrize(("best", "base", "label"), [
     ((0.95, 0.96, 0.97), (0.90, 0.91, 0.92), "supported"),
     ((0.90, 0.91, 0.92), (0.95, 0.96, 0.97), "contradicted"),
