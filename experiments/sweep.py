@@ -53,6 +53,9 @@ TRAIN_OPTIONS = (
     ("eps", number), ("alpha", number), ("steps", int), ("attack_loss", str), ("amp", str),
     ("eval_examples", int), ("eval_steps", int), ("eval_restarts", int), ("eval_attacks", str),
 )
+# Settings that PGD-training runs may set apart (--pgd-train-subset, --pgd-epochs): PGD
+# training costs about 8 forward and backward passes per image, standard training 1.
+PGD_OVERRIDES = ("train_subset", "epochs")
 EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
@@ -87,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in TRAIN_OPTIONS:
         g.add_argument("--" + name.replace("_", "-"), type=kind,
                        default="digits" if name == "data" else None)
+    for name in PGD_OVERRIDES:
+        flag = name.replace("_", "-")
+        g.add_argument(f"--pgd-{flag}", type=int, dest=f"pgd_{name}",
+                       help=f"--{flag} of the PGD-training runs (default: --{flag})")
     g.add_argument("--no-corruptions", dest="corruptions", action="store_false",
                    help="skip the corruption suite in the final evaluation")
     g.add_argument("--extra", default="",
@@ -141,6 +148,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("seeds", "jobs", "threads"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in PGD_OVERRIDES:
+        value = getattr(args, f"pgd_{name}")
+        if value is not None and value < 1:
+            raise UsageError(f"--pgd-{name.replace('_', '-')} must be >= 1, got {value}")
     for t in args.temps + (args.learn_temp or []):
         if not t > 0:
             raise UsageError(f"temperatures must be > 0, got {t}")
@@ -175,6 +186,7 @@ def settings(args: argparse.Namespace) -> dict:
     out["corruptions"] = args.corruptions
     out["extra"] = shlex.split(args.extra)
     out["eps_curve"] = args.eps_curve
+    out.update({f"pgd_{name}": getattr(args, f"pgd_{name}") for name in PGD_OVERRIDES})
     return out
 
 
@@ -183,6 +195,8 @@ def train_command(args: argparse.Namespace, run: Run, output: Path) -> list[str]
     cmd = ["-m", "tempfast", "train"]
     for name, _ in TRAIN_OPTIONS:
         value = getattr(args, name)
+        if run.adv == "pgd" and name in PGD_OVERRIDES and getattr(args, f"pgd_{name}"):
+            value = getattr(args, f"pgd_{name}")
         if value is not None:
             cmd += ["--" + name.replace("_", "-"),
                     number_text(value) if isinstance(value, float) else str(value)]

@@ -13,6 +13,7 @@ from torch import nn
 from experiments import claims, report, sweep, table, tiny_imagenet
 from experiments.measure import measure
 from experiments.rows import Run
+from tempfast.errors import UsageError
 
 pytestmark = pytest.mark.slow  # end to end: real sweeps of training runs
 
@@ -145,7 +146,7 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
 
 def test_claim_1_judges_the_whole_test_set_when_every_run_has_it(tmp_path):
     rows = [_row("none", t, s, 0.90, 0.1, 0.1) for t in (1.0, 4.0) for s in (0, 1)]
-    for r, acc in zip(rows, (0.900, 0.902, 0.910, 0.912)):
+    for r, acc in zip(rows, (0.900, 0.902, 0.910, 0.912), strict=True):
         r.update(test_acc=acc, n_test=10000)
     table.write_rows(tmp_path / "results.csv", rows)
     report.write_report(tmp_path, with_plots=False)
@@ -231,6 +232,20 @@ def test_sweep_config_rejects_unknown_keys(tmp_path, capsys):
     bad.write_text("temps: [1, 2]\nepoch: 3\n")
     assert sweep.main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip().endswith("unknown keys epoch")
+
+
+def test_pgd_runs_may_train_on_their_own_subset_and_epochs(tmp_path):
+    args = sweep.parse_args(["--train-subset", "200", "--epochs", "2", "--pgd-train-subset",
+                             "100", "--pgd-epochs", "3", "--out", str(tmp_path)])
+    pgd = sweep.train_command(args, Run("pgd", 2.0, 0), tmp_path)
+    std = sweep.train_command(args, Run("none", 2.0, 0), tmp_path)
+    flag = lambda cmd, name: cmd[cmd.index(name) + 1]
+    assert (flag(pgd, "--train-subset"), flag(pgd, "--epochs")) == ("100", "3")
+    assert (flag(std, "--train-subset"), flag(std, "--epochs")) == ("200", "2")
+    assert pgd.count("--epochs") == 1
+    assert sweep.settings(args)["pgd_epochs"] == 3
+    with pytest.raises(UsageError, match="--pgd-epochs must be >= 1"):
+        sweep.parse_args(["--pgd-epochs", "0", "--out", str(tmp_path)])
 
 
 def test_sweep_checks_the_idx_files_before_any_run(tmp_path, capsys):
