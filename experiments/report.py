@@ -58,6 +58,27 @@ PLOTS = {
 }
 
 
+# What each masking check's reason says, by a phrase it contains (tempfast.robust.masking).
+REASON_KINDS = (("had not converged", "attack not converged (more steps or restarts found more)"),
+                ("exactly zero", "exactly-zero input gradients"),
+                ("CE saturates", "CE far above the scale-invariant attacks"),
+                ("with eps", "accuracy rises with eps"),
+                ("still", "accuracy still high at a large eps"),
+                ("gradient-free square", "Square beats every white-box attack"),
+                ("square alone", "examples broken by Square alone"))
+
+
+def reason_counts(rows: list[dict]) -> dict[str, int]:
+    """Runs whose evaluation gave each kind of masking reason (``masking_reasons``)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        text = r["masking_reasons"] or ""
+        for phrase, label in REASON_KINDS:
+            if phrase in text:
+                counts[label] = counts.get(label, 0) + 1
+    return counts
+
+
 def pct(cell: Cell | None) -> str:
     """``mean ± std`` in percent (``-`` when not measured)."""
     if cell is None:
@@ -162,7 +183,10 @@ def setup_section(rows: list[dict]) -> list[str]:
         f"- runs: {len(rows)}; summed run time {compute / 60:.1f} min (runs may have run "
         f"side by side){_elapsed(rows)}",
         f"- gradient masking flagged in {len(flagged)} of {len(rows)} runs ({ce_only} CE only, "
-        f"{len(flagged) - ce_only} general)",
+        f"{len(flagged) - ce_only} general); runs per reason: "
+        + ("; ".join(f"{k}: {v}" for k, v in reason_counts(flagged).items()) or "-")
+        + ". A flag escalates the evaluation (more Square queries and restarts), whose attacks "
+        "count in the worst case",
         f"- code revision(s): {values('git_rev')}",
         "- sweep command(s): " + ("; ".join(f"`{c}`" for c in commands) or "-"),
         "- each run's exact `tempfast train` command is in the CSV column `command`",

@@ -96,6 +96,9 @@ def _row(adv: str, temp: float, seed: int, clean: float, pgd_ce: float, worst: f
                clean_acc=clean, corruption_acc=clean - 0.1, robust_pgd_ce=pgd_ce,
                robust_pgd_cw=worst, worst_case_acc=worst, masking_suspected=kind != "none",
                masking_kind=kind, zero_grad_ce=0.9 if kind == "ce" else 0.0,
+               masking_reasons=None if kind == "none" else
+               "pgd-ce accuracy 60.0% is far above pgd-cw accuracy 11.0% (gap > 10%): CE "
+               "saturates on this model",
                logit_norm=10.0 * temp, margin=5.0, eps=0.1, eval_examples=360,
                git_rev="abc", command="python -m tempfast train", process_s=10.0)
     return row
@@ -121,6 +124,7 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "(difference +5.00 points, +18.0 of 360 test images; p = " in text
     assert "after Holm's correction over 1 temperatures" in text
     assert "it comes from the attack failing (gradient masking)" in text
+    assert "runs per reason: CE far above the scale-invariant attacks: 2." in text
 
     assert "## Arm: loss x T" not in text
 
