@@ -1,4 +1,4 @@
-"""Fused temperature cross-entropy: loss, log-sum-exp, gradient and dL/dT in one pass per row.
+"""Fused temperature cross-entropy: loss, log-sum-exp, gradient and dL/dT, reading each logit once.
 
 Math (one row, logits ``z`` of length ``C``, temperature ``T``, in base 2 with
 ``k = log2(e) / T``): ``u = k z``, ``m = max u``, ``s = sum 2^(u - m)``,
@@ -8,20 +8,36 @@ The target weights ``c`` are, for a class index ``y`` (weight ``w``, smoothing `
 ``c_j = w_j ((1 - eps) q_j + eps / C)``. With ``cs = sum c`` and ``cz = sum c z``:
 
     loss  = cs * lse - cz / T  =  ln2 (cs log2 s + D),   D = sum_j c_j (m - u_j) >= 0
-    grad  = scale / T * (cs * p - c)         (scale: 1/denominator, or the upstream gradient)
+    grad  = h (cs p - c),   h = scale / T     (scale: 1/divisor, or the upstream gradient)
     dL/dT = (cz - cs * sum(p z)) / T^2
 
 The loss is computed in the second form, in the scaled domain where ``m`` was taken: every term
 of ``D`` is ``>= 0`` and ``log2 s >= 0`` (the max contributes 1 to ``s``), so the loss is never
-negative and a confident row's loss is ``ln2 log2 s`` to full precision. (The first form
-subtracts two rounded numbers of size ``|z| / T``; at ``|z| / T ~ 1e6`` their difference is
-off by a quarter.) ``D`` of a class index is ``w_y max(m - u_y, 0)``; the streaming paths keep
-``D`` relative to the running max and shift it by ``cs (m_new - m_old)`` when the max grows.
+negative and a confident row's loss is ``ln2 log2 s`` to full precision. ``D`` of a class index
+is ``w_y max(m - u_y, 0)``.
 
-Ignored rows give exactly 0 everywhere, even when their logits are not finite. A class
-index outside ``[0, C)`` (not ignored), or a temperature that is not finite and positive,
-gives NaN for that row: nothing is read out of bounds. All arithmetic is fp32; the gradient
-is stored in the gradient buffer's dtype. Offsets are 64-bit.
+The gradient is written as ``e f - c h`` with one per-row multiplier ``f = h cs / s`` on
+``e = 2^(u - m)``; for a class index the ``- c_y h`` term is one fix-up store at ``(row, y)``
+after the row is written (no per-element compare), from the target logit read with one scalar
+load.
+
+Two kernels carry a row: :func:`ce_rows_kernel` holds ``BLOCK_N`` whole rows on chip;
+:func:`ce_slices_kernel` cuts a row into ``n_slices`` slices of ``BLOCK_C`` columns, one per
+program, and combines the slices' partial statistics (see :mod:`.common` and
+``kernels/README.md`` for the protocol). :func:`ce_prep_kernel` computes the mean's divisor
+and zeroes the counters first; :func:`grad_apply_kernel` (in :mod:`.rescale`) applies the
+upstream gradient in the backward pass.
+
+Ignored rows give exactly 0 everywhere, even when their logits or temperature are not finite
+(their logits are not read). A class index outside ``[0, C)`` (not ignored), or a temperature
+that is not finite and positive, gives NaN for that row: nothing is read out of bounds. All
+arithmetic is fp32; the gradient is stored in the gradient buffer's dtype. Offsets are 64-bit.
+
+Outputs go to one fp32 workspace ``ws`` (layout in :mod:`.common`): per-row loss, lse and
+dL/dT at ``WS_HEADER + {0, N, 2N} + row``; with ``REDUCE`` the loss and dL/dT are also summed
+(the last program to finish adds the per-program partials at ``part_off`` in a fixed order)
+into ``ws[WS_LOSS]`` (divided by ``ws[WS_LOSS_DIV]``) and ``ws[WS_DT]``, and the stored per-row
+dL/dT is multiplied by ``ws[WS_ROW_FACTOR]``.
 """
 
 from __future__ import annotations
@@ -29,365 +45,492 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-# per (row, split): max, sum of exp, sum of exp * z, sum of c z, sum of c, z_y, D (see above)
-N_PARTIALS = tl.constexpr(7)
+from .common import (
+    CE_PARTIALS,
+    LN2,
+    P_CS,
+    P_CZ,
+    P_D,
+    P_EZ,
+    P_M,
+    P_S,
+    P_ZY,
+    WS_DONE,
+    WS_DT,
+    WS_GRAD_SCALE,
+    WS_HEADER,
+    WS_LOSS,
+    WS_LOSS_DIV,
+    WS_ROW_FACTOR,
+    WS_TICKET,
+    arrive_last,
+    col_mask,
+    combine_max,
+    finish_sum,
+    rescale_to,
+    row_offset,
+    row_temperature,
+    safe_max,
+    temperature_scale,
+)
+
+FINISH_BLOCK = tl.constexpr(1024)
 
 
 @triton.jit
-def _scale_log2(t):
-    """``log2(e) / T``, NaN where ``T`` is not finite and positive."""
-    ok = (t > 0.0) & (t < float("inf"))
-    return tl.where(ok, 1.4426950408889634 / t, float("nan"))
-
-
-@triton.jit
-def _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT: tl.constexpr):
-    """Target index of ``row``: ``(y_safe, valid, w_y)``; ``w_y`` is 0 for an ignored row and
-    NaN for an index outside ``[0, C)``."""
-    y = tl.load(y_ptr + row)
-    valid = y != ignore_index
+def _index_target(y_ptr, w_ptr, rows, row_mask, ignore_index, n_cols,
+                  HAS_WEIGHT: tl.constexpr):
+    """Class index of ``rows``: ``(y, valid, w_y)`` with ``y`` clamped into ``[0, C)`` (int32),
+    ``w_y`` 0 for an ignored row and NaN for an index outside ``[0, C)``."""
+    y = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
+    valid = row_mask & (y != ignore_index)
     in_range = (y >= 0) & (y < n_cols)
-    y_safe = tl.where(in_range, y, 0)
+    y = tl.where(in_range, y, 0).to(tl.int32)
     if HAS_WEIGHT:
-        w_y = tl.load(w_ptr + y_safe).to(tl.float32)
+        w_y = tl.load(w_ptr + y, mask=valid, other=0.0).to(tl.float32)
     else:
-        w_y = 1.0
-    w_y = tl.where(in_range, w_y, float("nan"))
-    w_y = tl.where(valid, w_y, 0.0)
-    return y_safe, valid, w_y
+        w_y = tl.where(valid, 1.0, 0.0)
+    w_y = tl.where(valid, tl.where(in_range, w_y, float("nan")), 0.0)
+    return y, valid, w_y
 
 
 @triton.jit
-def _row_stats(x_row, q_row, w_ptr, k, c_start, c_end, n_chunks, eps, n_cols,
-               PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-               COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Online statistics of columns ``[c_start, c_end)`` of one row (``n_chunks`` chunks).
-
-    Loop trip counts come from host-computed integers (``n_chunks``), never from
-    ``program_id``: the Triton 3.6 interpreter cannot use those as ``range`` bounds.
-
-    Returns ``(m, s, ez, cz, cs, d)``: the running max of ``u`` (log2 units), ``sum 2^(u - m)``,
-    ``sum 2^(u - m) z`` (only with COMPUTE_DT), and the target sums ``sum c z``, ``sum c`` and
-    ``d = sum c (m_ref - u)`` (``m_ref``: ``m``, or 0 while ``m = -inf``) for probabilities,
-    or the same sums with ``c = w`` (class indices with smoothing; the index term itself is
-    added by the caller).
-    """
-    m = tl.full((), -float("inf"), tl.float32)
-    s = tl.full((), 0.0, tl.float32)
-    ez = tl.full((), 0.0, tl.float32)
-    cz = tl.full((), 0.0, tl.float32)
-    cs = tl.full((), 0.0, tl.float32)
-    d = tl.full((), 0.0, tl.float32)
-    m_old = tl.full((), 0.0, tl.float32)
-    for i in range(0, n_chunks):
-        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = cols < c_end
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        u = tl.where(mask, x * k, -float("inf"))
-        m_new = tl.maximum(m, tl.max(u, axis=0))
-        m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
-        alpha = tl.exp2(m - m_ref)
-        e = tl.exp2(u - m_ref)
-        s = s * alpha + tl.sum(e, axis=0)
-        if COMPUTE_DT:
-            ez = ez * alpha + tl.sum(tl.where(e > 0.0, e * x, 0.0), axis=0)
-        m = m_new
-        if PROB or SMOOTH:
-            if PROB:
-                c = tl.load(q_row + cols, mask=mask, other=0.0).to(tl.float32)
-                if SMOOTH:
-                    c = tl.where(mask, c * (1.0 - eps) + eps / n_cols, 0.0)
-                if HAS_WEIGHT:
-                    c = c * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            elif HAS_WEIGHT:
-                c = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            else:
-                c = tl.where(mask, 1.0, 0.0)
-            d += cs * (m_ref - m_old)
-            d += tl.sum(tl.where(mask, c * tl.maximum(m_ref - u, 0.0), 0.0), axis=0)
-            cz += tl.sum(c * x, axis=0)
-            cs += tl.sum(c, axis=0)
-        m_old = m_ref
-    return m, s, ez, cz, cs, d
+def _prob_weights(q_tile_ptr, w_ptr, cols, mask, col_mask, eps, n_cols,
+                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """``c = w ((1 - eps) q + eps / C)`` of a probability-target tile (0 outside ``mask``)."""
+    c = tl.load(q_tile_ptr, mask=mask, other=0.0).to(tl.float32)
+    if SMOOTH:
+        c = tl.where(mask, c * (1.0 - eps) + eps / n_cols, 0.0)
+    if HAS_WEIGHT:
+        c = c * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return c
 
 
 @triton.jit
-def _row_target(x_row, y_ptr, w_ptr, row, ignore_index, n_cols, PROB: tl.constexpr,
-                HAS_WEIGHT: tl.constexpr):
-    """``(y, valid, w_y, z_y)`` of a row: its class index (see :func:`_index_target`) and logit
-    (0 when ignored); for probability targets ``(0, True, 0, 0)``."""
-    if PROB:
-        y = 0
-        valid = True
-        w_y = 0.0
-        z_y = 0.0
-    else:
-        y, valid, w_y = _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT)
-        z_y = tl.load(x_row + y, mask=valid, other=0.0).to(tl.float32)
-    return y, valid, w_y, z_y
-
-
-@triton.jit
-def _row_finish(k, m, s, ez, cz, cs, d, valid, w_y, z_y, eps, n_cols, PROB: tl.constexpr,
-                SMOOTH: tl.constexpr):
-    """Complete a row from its statistics (``d`` relative to ``m_ref``) and target:
-    ``(m_ref, loss, lse, dt, cs)`` with ``m_ref`` the max to subtract before exponentiating (0
-    for a row of -inf). An ignored row's loss and dL/dT are exactly 0."""
-    m_ref = tl.where(m == -float("inf"), 0.0, m)
-    log2_s = tl.log2(s)
-    inv_t = k * 0.6931471805599453
-    if not PROB:
-        smooth_w = tl.where(valid, eps / n_cols, 0.0)
-        d_y = (1.0 - eps) * w_y * tl.maximum(m_ref - z_y * k, 0.0)
-        if SMOOTH:
-            cz = (1.0 - eps) * w_y * z_y + smooth_w * cz
-            cs = (1.0 - eps) * w_y + smooth_w * cs
-            d = d_y + smooth_w * d
-        else:
-            cz = w_y * z_y
-            cs = w_y
-            d = d_y
-    lse = (m_ref + log2_s) * 0.6931471805599453
-    loss = tl.where(valid, (cs * log2_s + d) * 0.6931471805599453, 0.0)
-    dt = tl.where(valid, (cz - cs * (ez / s)) * inv_t * inv_t, 0.0)
-    return m_ref, loss, lse, dt, cs
-
-
-@triton.jit
-def _row_write_grad(x_row, q_row, g_row, w_ptr, k, m_ref, s, gs, cs, y, w_y, c_start, c_end,
-                    n_chunks, eps, n_cols, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-                    SMOOTH: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Write ``gs * (cs * p - c)`` for columns ``[c_start, c_end)`` of one row, with
-    ``p = 2^(k x - m_ref) / s``."""
-    cs_over_s = cs / s
-    for i in range(0, n_chunks):
-        cols = c_start + i * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = cols < c_end
-        x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-        g = tl.exp2(x * k - m_ref) * cs_over_s
+def _tile_terms(x, e, k, m, mask, c, w, PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                SMOOTH: tl.constexpr, COMPUTE_DT: tl.constexpr):
+    """Row sums of a ``[BLOCK_N, BLOCK_C]`` tile relative to the max ``m`` used for ``e``:
+    ``(cs, d, cz, ez)`` = ``sum c``, ``sum c (m - u)``, ``sum c z``, ``sum e z`` over the tile,
+    for probability targets (``c`` the tile's weights) or the smoothing part of a class index
+    (``c = w``, or 1); zeros where a flag makes them unused."""
+    cs = tl.zeros_like(m)
+    d = tl.zeros_like(m)
+    cz = tl.zeros_like(m)
+    ez = tl.zeros_like(m)
+    if PROB or SMOOTH:
+        gap = tl.where(mask, m[:, None] - x * k[:, None], 0.0)
         if PROB:
-            q = tl.load(q_row + cols, mask=mask, other=0.0).to(tl.float32)
-            if SMOOTH:
-                q = q * (1.0 - eps) + eps / n_cols
-            if HAS_WEIGHT:
-                q = q * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-            g -= q
+            cs = tl.sum(c, axis=1)
+            d = tl.sum(c * gap, axis=1)
+        elif HAS_WEIGHT:
+            cs = tl.sum(tl.where(mask, w[None, :], 0.0), axis=1)
+            d = tl.sum(gap * w[None, :], axis=1)
         else:
-            g -= tl.where(cols == y, (1.0 - eps) * w_y, 0.0)
-            if SMOOTH:
-                if HAS_WEIGHT:
-                    g -= tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32) * (eps / n_cols)
-                else:
-                    g -= eps / n_cols
-        g = tl.where(gs == 0.0, 0.0, g * gs)  # ignored rows: exactly 0, even for inf logits
-        tl.store(g_row + cols, g.to(g_row.dtype.element_ty), mask=mask)
+            cs = tl.sum(tl.where(mask, 1.0, 0.0), axis=1)
+            d = tl.sum(gap, axis=1)
+    if COMPUTE_DT:
+        ez = tl.sum(tl.where(e > 0.0, e * x, 0.0), axis=1)
+        if PROB:
+            cz = tl.sum(tl.where(c != 0.0, c * x, 0.0), axis=1)
+        elif SMOOTH:
+            if HAS_WEIGHT:
+                cz = tl.sum(tl.where(mask, x * w[None, :], 0.0), axis=1)
+            else:
+                cz = tl.sum(tl.where(mask, x, 0.0), axis=1)
+    return cs, d, cz, ez
 
 
 @triton.jit
-def ce_single_pass_kernel(
-    x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr,
-    loss_ptr, lse_ptr, dt_ptr, g_ptr, stride_g, scale_ptr, stride_scale,
+def _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps, n_cols,
+                PROB: tl.constexpr, SMOOTH: tl.constexpr):
+    """Finish a row from its sums (relative to the row max ``m``): ``(loss, lse, dt, cs)``,
+    adding the class-index term. Ignored rows: loss and dL/dT exactly 0."""
+    if not PROB:
+        sw = tl.where(valid, eps / n_cols, 0.0)
+        index_c = (1.0 - eps) * w_y
+        d_y = index_c * tl.maximum(m - z_y * k, 0.0)
+        if SMOOTH:
+            cs = index_c + sw * cs
+            d = d_y + sw * d
+            cz = index_c * z_y + sw * cz
+        else:
+            cs = index_c
+            d = d_y
+            cz = index_c * z_y
+    inv_t = k * LN2
+    loss = tl.where(valid, (cs * log2_s + d) * LN2, 0.0)
+    lse = (m + log2_s) * LN2
+    dt = tl.where(valid, (cz - cs * (ez / s)) * inv_t * inv_t, 0.0)
+    return loss, lse, dt, cs
+
+
+@triton.jit
+def _grad_tile(e, f, h, c, w, valid, eps, n_cols, PROB: tl.constexpr,
+               HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """``e f - c h`` for a tile, without the class-index term (the fix-up store adds it)."""
+    g = e * f[:, None]
+    if PROB:
+        g -= c * h[:, None]
+    elif SMOOTH:
+        sh = tl.where(valid, eps / n_cols, 0.0) * h
+        if HAS_WEIGHT:
+            g -= w[None, :] * sh[:, None]
+        else:
+            g -= sh[:, None]
+    return g
+
+
+@triton.jit
+def _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, owner,
+                 HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """Overwrite ``g[row, y]`` with ``e_y f - c_y h`` (``owner``: the program holding column
+    ``y``), after a CTA barrier so that it lands after the tile store of the same column."""
+    tl.debug_barrier()
+    c_y = (1.0 - eps) * w_y
+    if SMOOTH:
+        if HAS_WEIGHT:
+            c_y += (eps / n_cols) * w_y
+        else:
+            c_y += tl.where(valid, eps / n_cols, 0.0)
+    g_y = tl.exp2(z_y * k - m) * f - c_y * h
+    tl.store(g_rows + y, g_y.to(g_rows.dtype.element_ty), mask=valid & owner)
+
+
+@triton.jit
+def ce_rows_kernel(
+    x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, q_ptr, stride_q, w_ptr,
+    g_ptr, stride_g, scale_ptr, scale_off, stride_scale, ws_ptr, part_off,
     n_rows, n_cols, ignore_index, eps,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, REDUCE: tl.constexpr,
+    VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """``BLOCK_N`` whole rows per program, each read once from memory (``C <= BLOCK_C``)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Grid ``cdiv(N, BLOCK_N)``: ``BLOCK_N`` whole rows per program (``C <= BLOCK_C``), each
+    logit read once, each gradient element written once. ``VEC``: the row strides and ``C``
+    are multiples of ``VEC`` elements (16 bytes), so rows load with 128-bit accesses."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n_rows
     cols = tl.arange(0, BLOCK_C)
-    col_mask = cols < n_cols
-    mask = row_mask[:, None] & col_mask[None, :]
-    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    cmask = col_mask(cols, n_cols, VEC)
+    k = temperature_scale(row_temperature(t_ptr, stride_t, t_value, rows, row_mask))
+    if PROB:
+        valid = row_mask
+        y = tl.zeros_like(rows).to(tl.int32)
+        w_y = tl.zeros_like(k)
+        z_y = tl.zeros_like(k)
+    else:
+        y, valid, w_y = _index_target(y_ptr, w_ptr, rows, row_mask, ignore_index, n_cols,
+                                      HAS_WEIGHT)
+        k = tl.where(valid, k, 1.0)  # an ignored row stays 0 even with a bad temperature
+    mask = valid[:, None] & cmask[None, :]
+    x_rows = x_ptr + row_offset(rows, stride_x, VEC)
+    x = tl.load(x_rows[:, None] + cols[None, :], mask=mask, other=-float("inf"))
     x = x.to(tl.float32)
-    k = _scale_log2(tl.load(t_ptr + rows * stride_t, mask=row_mask, other=1.0))
-    u = tl.where(mask, x * k[:, None], -float("inf"))
-    m = tl.max(u, axis=1)
-    m = tl.where(row_mask & (m > -float("inf")), m, 0.0)
-    e = tl.exp2(u - m[:, None])
+    if not PROB:
+        z_y = tl.load(x_rows + y, mask=valid, other=0.0).to(tl.float32)
+    m = safe_max(tl.max(x, axis=1) * k)
+    e = tl.exp2(x * k[:, None] - m[:, None])
     s = tl.sum(e, axis=1)
+    log2_s = tl.log2(s)
+    w = tl.zeros((BLOCK_C,), tl.float32)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
+    c = tl.zeros((1, 1), tl.float32)
+    if PROB:
+        q_rows = q_ptr + row_offset(rows, stride_q, VEC)
+        c = _prob_weights(q_rows[:, None] + cols[None, :], w_ptr, cols, mask, cmask, eps, n_cols,
+                          HAS_WEIGHT, SMOOTH)
+    cs, d, cz, ez = _tile_terms(x, e, k, m, mask, c, w, PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT)
+    loss, lse, dt, cs = _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps,
+                                    n_cols, PROB, SMOOTH)
+    out = ws_ptr + WS_HEADER + rows
+    tl.store(out, loss, mask=row_mask)
+    tl.store(out + n_rows, lse, mask=row_mask)
+    if REDUCE:
+        dt = dt * tl.load(ws_ptr + WS_ROW_FACTOR)
+    if COMPUTE_DT:
+        tl.store(out + 2 * n_rows, dt, mask=row_mask)
+    if COMPUTE_GRAD:
+        scale = tl.load(scale_ptr + scale_off + rows * stride_scale, mask=row_mask, other=0.0)
+        h = tl.where(valid, scale * k * LN2, 0.0)
+        f = tl.where(valid, h * cs / s, 0.0)
+        g = _grad_tile(e, f, h, c, w, valid, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH)
+        g_rows = g_ptr + row_offset(rows, stride_g, VEC)
+        tl.store(g_rows[:, None] + cols[None, :], g.to(g_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & cmask[None, :])
+        if not PROB:
+            _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, valid,
+                         HAS_WEIGHT, SMOOTH)
+    if REDUCE:
+        n_programs = tl.num_programs(0)
+        tl.store(ws_ptr + part_off + pid, tl.sum(loss, axis=0))
+        if COMPUTE_DT:
+            tl.store(ws_ptr + part_off + n_programs + pid, tl.sum(dt, axis=0))
+        _finish_reduce(ws_ptr, part_off, n_programs, COMPUTE_DT)
+
+
+@triton.jit
+def _finish_reduce(ws_ptr, part_off, n_parts, COMPUTE_DT: tl.constexpr):
+    """The last program to arrive sums the ``n_parts`` per-program partials (loss at
+    ``part_off``, dL/dT after them) in a fixed order into ``ws[WS_LOSS]``, ``ws[WS_DT]``."""
+    if arrive_last(ws_ptr, n_parts):
+        total = finish_sum(ws_ptr + part_off, n_parts, FINISH_BLOCK)
+        tl.store(ws_ptr + WS_LOSS, total / tl.load(ws_ptr + WS_LOSS_DIV))
+        if COMPUTE_DT:
+            tl.store(ws_ptr + WS_DT, finish_sum(ws_ptr + part_off + n_parts, n_parts,
+                                                FINISH_BLOCK))
+
+
+@triton.jit
+def _slice_stats(x_row, q_row, w_ptr, cols, col_mask, k, valid, eps, n_cols,
+                 PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+                 COMPUTE_DT: tl.constexpr):
+    """Load one slice of one row (a ``[1, BLOCK_C]`` tile) and its statistics relative to the
+    slice's own max: ``(x, e, c, w, m_raw, m, s, cs, d, cz, ez)`` (``m_raw``: the slice max of
+    ``u``, ``-inf`` if it has none; ``m = safe_max(m_raw)``)."""
+    mask = valid[:, None] & col_mask[None, :]
+    x = tl.load(x_row + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    m_raw = tl.max(x, axis=1) * k
+    m = safe_max(m_raw)
+    e = tl.exp2(x * k[:, None] - m[:, None])
+    s = tl.sum(e, axis=1)
+    w = tl.zeros((cols.shape[0],), tl.float32)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    c = tl.zeros((1, 1), tl.float32)
     if PROB:
-        c = tl.load(q_ptr + rows[:, None] * stride_q + cols[None, :], mask=mask, other=0.0)
-        c = c.to(tl.float32)
-        if SMOOTH:
-            c = tl.where(mask, c * (1.0 - eps) + eps / n_cols, 0.0)
-        if HAS_WEIGHT:
-            c = c * w[None, :]
-        cs = tl.sum(c, axis=1)
-        cz = tl.sum(c * x, axis=1)
-        d = tl.sum(tl.where(mask, c * tl.maximum(m[:, None] - u, 0.0), 0.0), axis=1)
-        valid = row_mask
-    else:
-        y = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
-        valid = (y != ignore_index) & row_mask
-        in_range = (y >= 0) & (y < n_cols)
-        y = tl.where(in_range, y, 0)
-        is_y = cols[None, :] == y[:, None]
-        z_y = tl.sum(tl.where(is_y & mask & valid[:, None], x, 0.0), axis=1)
-        if HAS_WEIGHT:
-            w_y = tl.sum(tl.where(is_y, w[None, :], 0.0), axis=1)
-        else:
-            w_y = tl.where(row_mask, 1.0, 0.0)
-        w_y = tl.where(valid, tl.where(in_range, w_y, float("nan")), 0.0)
-        cs = (1.0 - eps) * w_y
-        cz = cs * z_y
-        d = cs * tl.maximum(m - z_y * k, 0.0)
-        if SMOOTH:
-            smooth_w = tl.where(valid, eps / n_cols, 0.0)
-            gap = tl.where(mask, tl.maximum(m[:, None] - u, 0.0), 0.0)
-            if HAS_WEIGHT:
-                cz += smooth_w * tl.sum(x * w[None, :], axis=1)
-                cs += smooth_w * tl.sum(w, axis=0)
-                d += smooth_w * tl.sum(gap * w[None, :], axis=1)
-            else:
-                cz += smooth_w * tl.sum(x, axis=1)
-                cs += smooth_w * n_cols
-                d += smooth_w * tl.sum(gap, axis=1)
-    inv_t = k * 0.6931471805599453
-    log2_s = tl.log2(s)
-    lse = (m + log2_s) * 0.6931471805599453
-    loss = (cs * log2_s + d) * 0.6931471805599453
-    tl.store(loss_ptr + rows, tl.where(valid, loss, 0.0), mask=row_mask)
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    p = e / s[:, None]
-    if COMPUTE_DT:
-        pz = tl.sum(tl.where(p > 0.0, p * x, 0.0), axis=1)
-        tl.store(dt_ptr + rows, tl.where(valid, (cz - cs * pz) * inv_t * inv_t, 0.0),
-                 mask=row_mask)
-    if COMPUTE_GRAD:
-        scale = tl.load(scale_ptr + rows * stride_scale, mask=row_mask, other=0.0)
-        gs = tl.where(valid, scale * inv_t, 0.0)
-        g = p * cs[:, None]
-        if PROB:
-            g -= c
-        else:
-            g -= tl.where(is_y, ((1.0 - eps) * w_y)[:, None], 0.0)
-            if SMOOTH:
-                if HAS_WEIGHT:
-                    g -= smooth_w[:, None] * w[None, :]
-                else:
-                    g -= smooth_w[:, None]
-        g = tl.where(gs[:, None] == 0.0, 0.0, g * gs[:, None])
-        tl.store(g_ptr + rows[:, None] * stride_g + cols[None, :],
-                 g.to(g_ptr.dtype.element_ty), mask=mask)
+        c = _prob_weights(q_row + cols[None, :], w_ptr, cols, mask, col_mask, eps, n_cols,
+                          HAS_WEIGHT, SMOOTH)
+    cs, d, cz, ez = _tile_terms(x, e, k, m, mask, c, w, PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT)
+    return x, e, c, w, m_raw, m, s, cs, d, cz, ez
 
 
 @triton.jit
-def ce_stream_kernel(
-    x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr,
-    loss_ptr, lse_ptr, dt_ptr, g_ptr, stride_g, scale_ptr, stride_scale,
-    n_rows, n_cols, n_chunks, ignore_index, eps,
-    PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """One row per program: an online-statistics pass over the row, then a gradient pass."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = x_ptr + row * stride_x
-    q_row = q_ptr + row * stride_q
-    k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m, s, ez, cz, cs, d = _row_stats(x_row, q_row, w_ptr, k, 0, n_cols, n_chunks, eps, n_cols,
-                                     PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
-    y, valid, w_y, z_y = _row_target(x_row, y_ptr, w_ptr, row, ignore_index, n_cols, PROB,
-                                     HAS_WEIGHT)
-    m_ref, loss, lse, dt, cs = _row_finish(k, m, s, ez, cz, cs, d, valid, w_y, z_y, eps,
-                                           n_cols, PROB, SMOOTH)
-    tl.store(loss_ptr + row, loss)
-    tl.store(lse_ptr + row, lse)
-    if COMPUTE_DT:
-        tl.store(dt_ptr + row, dt)
-    if COMPUTE_GRAD:
-        scale = tl.load(scale_ptr + row * stride_scale)
-        gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
-        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
-                        w_y, 0, n_cols, n_chunks, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH, BLOCK_C)
+def _store_partials(part, m_raw, s, cs, d, cz, ez, z_y):
+    tl.store(part + P_M + tl.arange(0, 1), m_raw)
+    tl.store(part + P_S + tl.arange(0, 1), s)
+    tl.store(part + P_EZ + tl.arange(0, 1), ez)
+    tl.store(part + P_CZ + tl.arange(0, 1), cz)
+    tl.store(part + P_CS + tl.arange(0, 1), cs)
+    tl.store(part + P_D + tl.arange(0, 1), d)
+    tl.store(part + P_ZY + tl.arange(0, 1), z_y)
 
 
 @triton.jit
-def ce_split_stats_kernel(
-    x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr, part_ptr,
-    n_cols, chunks_per_split, ignore_index, eps,
-    PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-    COMPUTE_DT: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """Grid ``(N, splits)``: statistics of one column range of one row, stored as partials
-    ``part[row, split, 0:7] = (m, s, ez, cz, cs, z_y, d)``. The target logit ``z_y`` is read
-    here, before the finishing kernel may overwrite the row with its gradient (in-place mode)."""
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
-    c_start = split * chunks_per_split * BLOCK_C
-    c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
-    k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    m, s, ez, cz, cs, d = _row_stats(x_ptr + row * stride_x, q_ptr + row * stride_q, w_ptr, k,
-                                     c_start, c_end, chunks_per_split, eps, n_cols,
-                                     PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT, BLOCK_C)
-    _y, _valid, _w_y, z_y = _row_target(x_ptr + row * stride_x, y_ptr, w_ptr, row,
-                                        ignore_index, n_cols, PROB, HAS_WEIGHT)
-    out = part_ptr + (row * n_splits + split) * N_PARTIALS
-    tl.store(out, m)
-    tl.store(out + 1, s)
-    tl.store(out + 2, ez)
-    tl.store(out + 3, cz)
-    tl.store(out + 4, cs)
-    tl.store(out + 5, z_y)
-    tl.store(out + 6, d)
-
-
-@triton.jit
-def ce_split_finish_kernel(
-    x_ptr, stride_x, t_ptr, stride_t, y_ptr, q_ptr, stride_q, w_ptr, part_ptr,
-    loss_ptr, lse_ptr, dt_ptr, g_ptr, stride_g, scale_ptr, stride_scale,
-    n_cols, chunks_per_split, ignore_index, eps,
-    PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
-):
-    """Grid ``(N, splits)``: combine a row's partials; split 0 stores the row's loss, lse and
-    dL/dT; every split writes the gradient of its column range."""
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    n_splits = tl.num_programs(1)
+def _combine_partials(row_part, n_slices, BLOCK_S: tl.constexpr):
+    """Combine a row's ``n_slices`` partials: ``(m_ref, s, cs, d, cz, ez)`` relative to the
+    row max ``m_ref`` (:func:`.common.safe_max` of it), shapes ``[1]``."""
     offs = tl.arange(0, BLOCK_S)
-    smask = offs < n_splits
-    part = part_ptr + row * n_splits * N_PARTIALS + offs * N_PARTIALS
-    m_i = tl.load(part, mask=smask, other=-float("inf"))
-    m = tl.max(m_i, axis=0)
-    m_ref = tl.where(m == -float("inf"), 0.0, m)
-    f = tl.where(smask, tl.exp2(m_i - m_ref), 0.0)
-    s = tl.sum(tl.load(part + 1, mask=smask, other=0.0) * f, axis=0)
-    ez = tl.sum(tl.load(part + 2, mask=smask, other=0.0) * f, axis=0)
-    cz = tl.sum(tl.load(part + 3, mask=smask, other=0.0), axis=0)
-    cs_i = tl.load(part + 4, mask=smask, other=0.0)
+    ok = offs < n_slices
+    p = row_part + offs * CE_PARTIALS
+    m_i = tl.load(p + P_M, mask=ok, other=-float("inf"), cache_modifier=".cg")
+    _m, m_ref = combine_max(m_i, ok)
+    f_i = rescale_to(m_i, m_ref, ok)
+    s = tl.sum(tl.load(p + P_S, mask=ok, other=0.0, cache_modifier=".cg") * f_i, axis=0)
+    ez = tl.sum(tl.load(p + P_EZ, mask=ok, other=0.0, cache_modifier=".cg") * f_i, axis=0)
+    cz = tl.sum(tl.load(p + P_CZ, mask=ok, other=0.0, cache_modifier=".cg"), axis=0)
+    cs_i = tl.load(p + P_CS, mask=ok, other=0.0, cache_modifier=".cg")
+    d_i = tl.load(p + P_D, mask=ok, other=0.0, cache_modifier=".cg")
+    d = tl.sum(tl.where(ok, d_i + cs_i * (m_ref - safe_max(m_i)), 0.0), axis=0)
     cs = tl.sum(cs_i, axis=0)
-    m_ref_i = tl.where(m_i == -float("inf"), 0.0, m_i)
-    d_i = tl.load(part + 6, mask=smask, other=0.0) + cs_i * (m_ref - m_ref_i)
-    d = tl.sum(tl.where(smask, d_i, 0.0), axis=0)
-    x_row = x_ptr + row * stride_x
-    q_row = q_ptr + row * stride_q
-    k = _scale_log2(tl.load(t_ptr + row * stride_t))
-    if PROB:
-        y = 0
-        valid = True
-        w_y = 0.0
+    one = tl.zeros((1,), tl.float32)
+    return m_ref + one, s + one, cs + one, d + one, cz + one, ez + one
+
+
+@triton.jit
+def ce_slices_kernel(
+    x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, q_ptr, stride_q, w_ptr,
+    g_ptr, stride_g, scale_ptr, scale_off, stride_scale, ws_ptr, part_off, slice_off,
+    sync_off, n_rows, n_cols, n_slices, n_items, ignore_index, eps,
+    PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, REDUCE: tl.constexpr,
+    PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Rows cut into ``n_slices`` slices of ``BLOCK_C`` columns; work item ``i`` is slice
+    ``i % n_slices`` of row ``i // n_slices`` (``n_items = N * n_slices``). A slice's partial
+    statistics go to ``ws[slice_off + i * CE_PARTIALS + P_*]``.
+
+    * ``PHASE == 0`` (cooperative, one read): a persistent grid whose programs take work items
+      from a ticket counter; each loads its slice, publishes its partials, arrives at the row's
+      counter and waits until all ``n_slices`` slices of the row have arrived, then combines
+      them and writes its slice's gradient from the values still on chip. Deadlock-free when at
+      least ``n_slices`` programs can be resident at once (the launcher proves it from the
+      compiled kernel, else it uses the two phases below): tickets are taken in order, so only
+      the row of the newest ticket can be incomplete, fewer than ``n_slices`` programs wait on
+      it, and any other resident program takes the next ticket.
+    * ``PHASE == 1`` then ``PHASE == 2`` (two launches, grid ``n_items``, any program order):
+      the first publishes the partials (and the target logit), the second combines them,
+      reads its slice again and writes it.
+    """
+    sync = ws_ptr.to(tl.pointer_type(tl.int32))
+    pid = tl.program_id(0)
+    loss_acc = tl.zeros((1,), tl.float32)
+    dt_acc = tl.zeros((1,), tl.float32)
+    if PHASE == 0:
+        item = tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
     else:
-        y, valid, w_y = _index_target(y_ptr, row, ignore_index, n_cols, w_ptr, HAS_WEIGHT)
-    z_y = tl.load(part_ptr + row * n_splits * N_PARTIALS + 5)
-    m_ref, loss, lse, dt, cs = _row_finish(k, m, s, ez, cz, cs, d, valid, w_y, z_y, eps,
-                                           n_cols, PROB, SMOOTH)
-    if split == 0:
-        tl.store(loss_ptr + row, loss)
-        tl.store(lse_ptr + row, lse)
+        item = pid.to(tl.int64)
+    while item < n_items:
+        row = item // n_slices
+        sl = (item % n_slices).to(tl.int32)
+        rows = row + tl.arange(0, 1)
+        cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = col_mask(cols, n_cols, VEC)
+        x_row = x_ptr + row_offset(row, stride_x, VEC)
+        q_row = q_ptr + row_offset(row, stride_q, VEC)
+        k = temperature_scale(row_temperature(t_ptr, stride_t, t_value, rows, rows < n_rows))
+        if PROB:
+            valid = rows < n_rows
+            y = tl.zeros((1,), tl.int32)
+            w_y = tl.zeros((1,), tl.float32)
+        else:
+            y, valid, w_y = _index_target(y_ptr, w_ptr, rows, rows < n_rows, ignore_index,
+                                          n_cols, HAS_WEIGHT)
+            k = tl.where(valid, k, 1.0)
+        row_part = ws_ptr + slice_off + row * n_slices * CE_PARTIALS
+        part = row_part + sl * CE_PARTIALS
+        if PHASE == 2:
+            z_y = tl.load(row_part + P_ZY + tl.arange(0, 1), cache_modifier=".cg")
+        else:
+            z_y = tl.zeros((1,), tl.float32)
+            if not PROB:
+                z_y = tl.load(x_row + y, mask=valid, other=0.0)
+                z_y = z_y.to(tl.float32)
+        if PHASE != 2:
+            _x, e, c, w, m_raw, m_l, s_l, cs_l, d_l, cz_l, ez_l = _slice_stats(
+                x_row, q_row, w_ptr, cols, cmask, k, valid, eps, n_cols, PROB, HAS_WEIGHT,
+                SMOOTH, COMPUTE_DT)
+            _store_partials(part, m_raw, s_l, cs_l, d_l, cz_l, ez_l, z_y)
+        if PHASE == 0:
+            tl.debug_barrier()
+            arrived = tl.atomic_add(sync + sync_off + row, 1, sem="acq_rel", scope="gpu") + 1
+            while arrived < n_slices:
+                arrived = tl.atomic_add(sync + sync_off + row, 0, sem="acquire", scope="gpu")
+            tl.debug_barrier()
+        if PHASE != 1:
+            m, s, cs, d, cz, ez = _combine_partials(row_part, n_slices, BLOCK_S)
+            log2_s = tl.log2(s)
+            loss, lse, dt, cs = _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y,
+                                            eps, n_cols, PROB, SMOOTH)
+            first = sl == 0
+            out = ws_ptr + WS_HEADER + rows
+            if REDUCE:
+                dt = dt * tl.load(ws_ptr + WS_ROW_FACTOR)
+            if first:
+                tl.store(out, loss)
+                tl.store(out + n_rows, lse)
+                if COMPUTE_DT:
+                    tl.store(out + 2 * n_rows, dt)
+                loss_acc += loss
+                dt_acc += dt
+            if COMPUTE_GRAD:
+                if PHASE == 2:
+                    e, c, w = _reload_slice(x_row, q_row, w_ptr, cols, cmask, k, m, valid, eps,
+                                            n_cols, PROB, HAS_WEIGHT, SMOOTH)
+                    e_factor = 1.0
+                else:
+                    e_factor = tl.exp2(m_l - m)
+                scale = tl.load(scale_ptr + scale_off + rows * stride_scale)
+                h = tl.where(valid, scale * k * LN2, 0.0)
+                f = tl.where(valid, h * cs / s, 0.0)
+                g = _grad_tile(e, f * e_factor, h, c, w, valid, eps, n_cols, PROB, HAS_WEIGHT,
+                               SMOOTH)
+                g_row = g_ptr + row_offset(row, stride_g, VEC)
+                tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
+                         mask=cmask[None, :] & (rows < n_rows)[:, None])
+                if not PROB:
+                    _index_fixup(g_row + tl.zeros((1,), tl.int64), y, valid, z_y, k, m, f, h,
+                                 w_y, eps, n_cols, (y // BLOCK_C) == sl, HAS_WEIGHT, SMOOTH)
+        if PHASE == 0:
+            item = tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
+        else:
+            item += n_items  # one item per program: done
+    if REDUCE and PHASE != 1:
+        n_programs = tl.num_programs(0)
+        tl.store(ws_ptr + part_off + pid + tl.arange(0, 1), loss_acc)
         if COMPUTE_DT:
-            tl.store(dt_ptr + row, dt)
-    if COMPUTE_GRAD:
-        scale = tl.load(scale_ptr + row * stride_scale)
-        gs = tl.where(valid, scale * k * 0.6931471805599453, 0.0)
-        c_start = split * chunks_per_split * BLOCK_C
-        c_end = tl.minimum(c_start + chunks_per_split * BLOCK_C, n_cols)
-        _row_write_grad(x_row, q_row, g_ptr + row * stride_g, w_ptr, k, m_ref, s, gs, cs, y,
-                        w_y, c_start, c_end, chunks_per_split, eps, n_cols, PROB, HAS_WEIGHT,
-                        SMOOTH, BLOCK_C)
+            tl.store(ws_ptr + part_off + n_programs + pid + tl.arange(0, 1), dt_acc)
+        _finish_reduce(ws_ptr, part_off, n_programs, COMPUTE_DT)
+
+
+@triton.jit
+def _reload_slice(x_row, q_row, w_ptr, cols, col_mask, k, m, valid, eps, n_cols,
+                  PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
+    """Phase 2: read a slice again: ``(e, c, w)`` with ``e = 2^(u - M)`` for the row max
+    ``M``."""
+    mask = valid[:, None] & col_mask[None, :]
+    x = tl.load(x_row + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    e = tl.exp2(x * k[:, None] - m[:, None])
+    w = tl.zeros((cols.shape[0],), tl.float32)
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    c = tl.zeros((1, 1), tl.float32)
+    if PROB:
+        c = _prob_weights(q_row + cols[None, :], w_ptr, cols, mask, col_mask, eps, n_cols,
+                          HAS_WEIGHT, SMOOTH)
+    return e, c, w
+
+
+@triton.jit
+def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignore_index,
+                   n_denominator_chunks, mean, defer, HAS_WEIGHT: tl.constexpr,
+                   BLOCK: tl.constexpr):
+    """One program, before a reduced or cooperative cross-entropy: zeroes the int32 counters
+    (``ws[WS_DONE : WS_HEADER]`` and ``ws[zero_off : zero_off + n_zero]``) and writes the
+    header: the mean's divisor as torch
+    defines it (class indices: ``sum w[y]`` over rows not ignored, their count without
+    weights; ``n_denominator_chunks = 0``: the number of rows), ``ws[WS_LOSS_DIV]`` (the
+    divisor, or 1 for a sum), ``ws[WS_ROW_FACTOR]`` (1 / divisor, 0 if it is 0; 1 for a sum)
+    and ``ws[WS_GRAD_SCALE]`` (the row factor, or 1 when ``defer``: fp16 gradients take it in
+    the backward pass)."""
+    sync = ws_ptr.to(tl.pointer_type(tl.int32))
+    offs = tl.arange(0, BLOCK)
+    tl.store(sync + WS_DONE + offs, tl.zeros((BLOCK,), tl.int32), mask=offs < WS_HEADER - WS_DONE)
+    for i in range(0, tl.cdiv(n_zero, BLOCK)):
+        o = i * BLOCK + offs
+        tl.store(sync + zero_off + o, tl.zeros((BLOCK,), tl.int32), mask=o < n_zero)
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for i in range(0, n_denominator_chunks):
+        o = i * BLOCK + offs
+        # (int64 class indices; ``y_ptr`` is a stand-in for probability targets, never read)
+        y = tl.load(y_ptr + o, mask=o < n_rows, other=ignore_index).to(tl.int64)
+        ok = y != ignore_index
+        if HAS_WEIGHT:
+            safe = tl.minimum(tl.maximum(y, 0), n_cols - 1)
+            acc += tl.where(ok, tl.load(w_ptr + safe, mask=ok, other=0.0).to(tl.float32), 0.0)
+        else:
+            acc += tl.where(ok, 1.0, 0.0)
+    denominator = tl.sum(acc, axis=0)
+    if n_denominator_chunks == 0:
+        denominator = tl.zeros((), tl.float32) + n_rows
+    if mean:
+        loss_div = denominator
+        row_factor = tl.where(denominator == 0.0, 0.0, 1.0 / denominator)
+    else:
+        loss_div = 1.0
+        row_factor = 1.0
+    tl.store(ws_ptr + WS_LOSS_DIV, loss_div)
+    tl.store(ws_ptr + WS_ROW_FACTOR, row_factor)
+    tl.store(ws_ptr + WS_GRAD_SCALE, tl.where(defer != 0, 1.0, row_factor))
+
+
+# What each kernel moves, for the static cost model (bench/static reads this table; see
+# kernels/README.md): the N x C tensors it reads and writes once ("read", "write") or again
+# ("reread": a later loop of the same program; "reread_launch": an earlier launch read it),
+# each enabled by a constexpr flag ("!FLAG": disabled by it), and how its loops run.
+TRAFFIC = {
+    "ce_rows_kernel": {
+        "passes": (("x_ptr", "read"), ("q_ptr", "read", "PROB"),
+                   ("g_ptr", "write", "COMPUTE_GRAD")),
+        "loops": "none",
+    },
+    "ce_slices_kernel": {
+        "passes": (("x_ptr", "read", "PHASE!=2"), ("q_ptr", "read", "PROB&PHASE!=2"),
+                   ("x_ptr", "reread_launch", "PHASE==2&COMPUTE_GRAD"),
+                   ("q_ptr", "reread_launch", "PHASE==2&PROB&COMPUTE_GRAD"),
+                   ("g_ptr", "write", "COMPUTE_GRAD&PHASE!=1")),
+        "loops": "items",
+    },
+    "ce_prep_kernel": {"passes": (), "loops": "small"},
+}

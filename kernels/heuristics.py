@@ -1,43 +1,53 @@
-"""Launch heuristics shared by the row-wise kernels (pure functions of the problem size).
+"""Launch heuristics of the row-wise kernels: pure functions of the problem size and the device.
 
-Every row-wise op has three paths:
+Every row-wise op has two paths (``kernels/README.md`` has the whole story):
 
-* ``single``: a ``[BLOCK_N, BLOCK_C]`` tile holds ``BLOCK_N`` whole rows on chip; the row is
-  read once and written once. Used while ``next_pow2(C)`` fits ``single_pass_limit``.
-* ``stream``: one program per row loops over the row in ``BLOCK_C`` chunks, an online max / sum
-  pass then a write pass (the second read is served mostly from L2).
-* ``split``: few rows with very many classes: each row is cut into ``splits`` column ranges
-  handled by separate programs (a statistics kernel, then a finishing kernel that combines the
-  partial statistics), so that all SMs are busy.
+* ``rows``: a ``[BLOCK_N, BLOCK_C]`` tile holds ``BLOCK_N`` whole rows on chip; each value
+  is read once and written once. Used while ``next_pow2(C)`` fits :func:`row_limit`.
+* ``slices``: a row is cut into ``n_slices`` slices of ``BLOCK_C`` columns (a power of two,
+  at most :func:`row_limit`), one per program, whose partial statistics are combined. On a GPU
+  a persistent cooperative grid keeps every slice on chip until its row is complete (one read,
+  one write) whenever at least ``n_slices`` programs can be resident at once
+  (:func:`slices_phases`, from the compiled kernel's registers and shared memory); otherwise,
+  and under the interpreter (one program at a time), two launches: statistics, then a second
+  read and the write.
+
+Register budget: ``ELEMENTS_PER_THREAD`` values of each input per thread, so that two or
+more programs fit on an SM (one program per SM cannot hide its own reductions).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-TILE_ELEMENTS = 4096  # elements per program in the single path when rows are short
-ELEMENTS_PER_THREAD = 16  # register budget per loaded tensor in the single path
-STREAM_BLOCK = 4096  # chunk width of the stream and split paths
+TILE_ELEMENTS = 2048  # elements per program when rows are short (BLOCK_N rows of BLOCK_C)
+WIDE_ROW = 256  # rows at least this wide (next_pow2) get a program each
+ELEMENTS_PER_THREAD = 32  # values of one input per thread: 32 fp32 registers
+MAX_WARPS = 8
+MIN_WARPS = 1
+ROW_LIMIT = ELEMENTS_PER_THREAD * 32 * MAX_WARPS  # 8192 values of one input on chip
+MIN_SLICE = 2048  # the slices path narrows slices down to this to fill the SMs
 MIN_BLOCK_C = 16
-PROGRAMS_PER_SM = 4  # the split path aims for this many programs per SM
-DEFAULT_NUM_SMS = 132  # H100 SXM; used when no CUDA device is present (interpreter)
+DEFAULT_NUM_SMS = 132  # H100 SXM and H200; used when no CUDA device is present
+BLOCKS_PER_SM = 32  # the hardware limit on resident programs per SM (sm_80, sm_90)
+APPLY_PROGRAMS_PER_SM = 4  # persistent grid of the backward's gradient apply
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
     """How a row-wise kernel is launched."""
 
-    path: str  # "single" | "stream" | "split"
-    block_n: int  # rows per program (single path); 1 otherwise
-    block_c: int  # columns per tile or chunk
-    splits: int  # column ranges per row (split path); 1 otherwise
+    path: str  # "rows" | "slices"
+    block_n: int  # rows per program (rows path); 1 otherwise
+    block_c: int  # columns per tile (rows) or per slice (slices)
+    n_slices: int  # slices per row (slices path); 1 otherwise
     num_warps: int
-    chunks_per_split: int = 1  # block_c chunks per program (split path)
+    vec: int = 1  # rows are multiples of this many elements (16 bytes): 128-bit accesses
 
     @property
-    def cols_per_split(self) -> int:
-        """Columns handled by one program of the split path (a multiple of ``block_c``)."""
-        return self.block_c * self.chunks_per_split
+    def block_s(self) -> int:
+        """``next_pow2(n_slices)``: the width of the partials' combine."""
+        return next_pow2(self.n_slices)
 
 
 def next_pow2(n: int) -> int:
@@ -48,43 +58,79 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def single_pass_limit(elem_size: int, n_inputs: int = 1) -> int:
-    """Largest ``BLOCK_C`` whose rows stay on chip: 32768 columns of 16-bit data, 16384 of
-    32-bit data, halved for each extra full-size input (softmax backward reads y and dy)."""
-    limit = 32768 if elem_size <= 2 else 16384
-    return limit >> (n_inputs - 1)
+def row_limit(n_inputs: int = 1) -> int:
+    """Largest ``BLOCK_N * BLOCK_C`` a program holds on chip: ``ROW_LIMIT`` values of one
+    input, halved for each further full-size input (softmax backward reads ``y`` and ``dy``,
+    and ``x`` for dL/dT)."""
+    return ROW_LIMIT // next_pow2(n_inputs)
 
 
-def _warps_for(tile: int, n_inputs: int) -> int:
-    warps = tile * n_inputs // (32 * ELEMENTS_PER_THREAD)
-    return max(4, min(32, next_pow2(warps)))
+def warps_for(elements: int, n_inputs: int = 1) -> int:
+    """Warps for a program holding ``elements`` values of each of ``n_inputs`` inputs:
+    ``ELEMENTS_PER_THREAD`` values per thread per input, within ``[MIN_WARPS, MAX_WARPS]``."""
+    warps = elements * next_pow2(n_inputs) // (32 * ELEMENTS_PER_THREAD)
+    return max(MIN_WARPS, min(MAX_WARPS, next_pow2(warps)))
+
+
+def vector_width(n_cols: int, elem_size: int, *strides: int) -> int:
+    """Elements per 16 bytes when ``C`` and every row stride are multiples of it (rows then
+    start on 16-byte boundaries if the base does, which the JIT checks), else 1."""
+    vec = 16 // elem_size
+    if all(v % vec == 0 for v in (n_cols, *strides)):
+        return vec
+    return 1
 
 
 def row_config(n_rows: int, n_cols: int, elem_size: int, num_sms: int | None = None,
-               n_inputs: int = 1) -> LaunchConfig:
+               n_inputs: int = 1, vec: int = 1) -> LaunchConfig:
     """Choose the path and block sizes for an ``(n_rows, n_cols)`` row-wise kernel.
 
-    ``elem_size`` is the byte size of the logits' dtype; ``n_inputs`` the number of ``N x C``
-    tensors a program reads (1 forward, 2 for softmax backward).
+    ``elem_size`` is the byte size of the data's dtype (it only matters through ``vec``);
+    ``n_inputs`` the number of ``N x C`` tensors a program reads.
     """
     num_sms = num_sms or DEFAULT_NUM_SMS
+    limit = row_limit(n_inputs)
     block_c = max(MIN_BLOCK_C, next_pow2(n_cols))
-    if block_c <= single_pass_limit(elem_size, n_inputs):
+    if block_c <= limit:
+        if block_c >= WIDE_ROW:
+            # one row per program, its warps side by side: every thread holds a piece of one
+            # row only (with several rows, Triton's layout would give each thread a piece of
+            # every row, and the per-row work would be repeated as many times)
+            return LaunchConfig("rows", 1, block_c, 1, warps_for(block_c, n_inputs), vec)
         block_n = max(1, min(TILE_ELEMENTS // block_c, next_pow2(n_rows)))
-        return LaunchConfig("single", block_n, block_c, 1, _warps_for(block_n * block_c, n_inputs))
-    chunks = cdiv(n_cols, STREAM_BLOCK)
-    splits = 1
-    if n_rows < PROGRAMS_PER_SM * num_sms:
-        splits = max(1, min(chunks, cdiv(PROGRAMS_PER_SM * num_sms, max(n_rows, 1)), 64))
-    if splits == 1:
-        return LaunchConfig("stream", 1, STREAM_BLOCK, 1, 8)
-    chunks_per_split = cdiv(chunks, splits)
-    splits = cdiv(chunks, chunks_per_split)
-    return LaunchConfig("split", 1, STREAM_BLOCK, splits, 8, chunks_per_split)
+        return LaunchConfig("rows", block_n, block_c, 1, warps_for(block_n * block_c, n_inputs),
+                            vec)
+    block_c = limit
+    while block_c > MIN_SLICE and n_rows * cdiv(n_cols, block_c) < 2 * num_sms:
+        block_c //= 2
+    return LaunchConfig("slices", 1, block_c, cdiv(n_cols, block_c),
+                        warps_for(block_c, n_inputs), vec)
 
 
-def elementwise_config(n_rows: int, n_cols: int) -> tuple[int, int, int]:
-    """``(BLOCK_N, BLOCK_C, num_warps)`` for a 2-D elementwise kernel (the gradient rescale)."""
+def resident_programs(registers: int, shared: int, num_warps: int, *, sms: int,
+                      regs_per_sm: int = 65536, threads_per_sm: int = 2048,
+                      shared_per_sm: int = 228 * 1024,
+                      blocks_per_sm: int = BLOCKS_PER_SM) -> int:
+    """How many programs of a compiled kernel can be resident on the device at once: the
+    occupancy limit of registers (allocated per warp in units of 256), shared memory (plus
+    1 KiB the driver reserves per block), threads and blocks, times the SMs."""
+    regs_per_warp = cdiv(max(registers, 1) * 32, 256) * 256
+    per_sm = min(regs_per_sm // (regs_per_warp * num_warps), threads_per_sm // (32 * num_warps),
+                 shared_per_sm // (shared + 1024), blocks_per_sm)
+    return per_sm * sms
+
+
+def slices_phases(n_slices: int, resident: int) -> int:
+    """1: the cooperative one-read launch is deadlock-free (at least ``n_slices`` programs
+    fit at once); 2: two launches (statistics, then finish)."""
+    return 1 if resident >= n_slices else 2
+
+
+def apply_config(n_rows: int, n_cols: int, num_sms: int | None = None) -> tuple[int, int, int, int]:
+    """``(BLOCK_N, BLOCK_C, num_warps, programs)`` of the backward's gradient apply: 4096-value
+    tiles, a persistent grid of ``APPLY_PROGRAMS_PER_SM`` programs per SM (or fewer tiles)."""
     block_c = max(MIN_BLOCK_C, min(next_pow2(n_cols), 4096))
     block_n = max(1, min(TILE_ELEMENTS // block_c, next_pow2(n_rows)))
-    return block_n, block_c, 8
+    tiles = cdiv(n_rows, block_n) * cdiv(n_cols, block_c)
+    programs = max(1, min(tiles, APPLY_PROGRAMS_PER_SM * (num_sms or DEFAULT_NUM_SMS)))
+    return block_n, block_c, 8, programs

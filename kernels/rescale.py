@@ -1,9 +1,12 @@
-"""In-place row rescale of a gradient buffer: ``buf[i, :] *= g[i]``.
+"""Backward pass of a fused cross-entropy: apply the upstream gradient to what the forward wrote.
 
-The backward pass of a fused cross-entropy multiplies the stored gradient by the incoming
-gradient ``g``. When ``g == 1`` (plain ``loss.backward()``) the multiplication is a no-op; the
-kernel tests ``g`` on the device and masks off every load and store of such rows, so the common
-case costs one small launch and no memory traffic, without a host synchronisation.
+The forward pass stored the logits' gradient for an upstream gradient of 1 (and dL/dT in its
+workspace). :func:`grad_apply_kernel` multiplies them by the upstream gradient ``g`` (a
+device scalar, never read on the host): ``dT_out = g * dT``; ``buf *= g * r`` where ``r`` is
+1, or the mean's ``1 / divisor`` when the forward deferred it (fp16). When the factor is
+exactly 1 (plain ``loss.backward()``) the grid exits after one scalar load: no memory traffic,
+no host synchronisation. The grid is persistent (a few programs per SM) and walks
+``[BLOCK_N, BLOCK_C]`` tiles with a stride of the grid size.
 """
 
 from __future__ import annotations
@@ -11,16 +14,44 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .common import WS_ROW_FACTOR, col_mask, row_offset
+
 
 @triton.jit
-def rescale_rows_kernel(buf_ptr, stride_buf, g_ptr, stride_g, n_rows, n_cols,
-                        BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Grid ``(cdiv(N, BLOCK_N), cdiv(C, BLOCK_C))``; ``g`` fp32 with row stride 0 or 1."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    row_mask = rows < n_rows
-    g = tl.load(g_ptr + rows * stride_g, mask=row_mask, other=1.0)
-    mask = (row_mask & (g != 1.0))[:, None] & (cols < n_cols)[None, :]
-    offs = rows[:, None] * stride_buf + cols[None, :]
-    x = tl.load(buf_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(buf_ptr + offs, (x * g[:, None]).to(buf_ptr.dtype.element_ty), mask=mask)
+def grad_apply_kernel(buf_ptr, stride_buf, g_ptr, ws_ptr, dt_off, dt_out_ptr, n_dt,
+                      n_rows, n_cols, n_col_tiles, n_tiles, tiles_per_program, dt_per_program,
+                      defer, VEC: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_C: tl.constexpr, BLOCK_DT: tl.constexpr):
+    """``dt_out[i] = g * ws[dt_off + i]`` for ``i < n_dt``; ``buf[N, C] *= g * r``, skipped
+    when that factor is 1. Tile ``t`` covers rows ``(t // n_col_tiles) * BLOCK_N`` and columns
+    ``(t % n_col_tiles) * BLOCK_C``; ``VEC``: the row stride and ``C`` are multiples of it
+    (16 bytes)."""
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    g = tl.load(g_ptr).to(tl.float32)
+    offs = tl.arange(0, BLOCK_DT)
+    for i in range(0, dt_per_program):
+        o = (i * n_programs + pid) * BLOCK_DT + offs
+        ok = o < n_dt
+        tl.store(dt_out_ptr + o, tl.load(ws_ptr + dt_off + o, mask=ok, other=0.0) * g, mask=ok)
+    factor = g
+    if defer != 0:
+        factor = g * tl.load(ws_ptr + WS_ROW_FACTOR)
+    if factor != 1.0:
+        for i in range(0, tiles_per_program):
+            tile = i * n_programs + pid
+            rows = (tile // n_col_tiles).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+            cols = (tile % n_col_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+            mask = (((rows < n_rows) & (tile < n_tiles))[:, None]
+                    & col_mask(cols, n_cols, VEC)[None, :])
+            offs2 = row_offset(rows, stride_buf, VEC)[:, None] + cols[None, :]
+            x = tl.load(buf_ptr + offs2, mask=mask, other=0.0).to(tl.float32)
+            tl.store(buf_ptr + offs2, (x * factor).to(buf_ptr.dtype.element_ty), mask=mask)
+
+
+TRAFFIC = {
+    "grad_apply_kernel": {
+        "passes": (("buf_ptr", "read", "moves"), ("buf_ptr", "write", "moves")),
+        "loops": "tiles",
+    },
+}

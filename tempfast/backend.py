@@ -35,8 +35,29 @@ def get_backend() -> str:
     name = _override.get()
     if name is not None:
         return name
-    return _validated(os.environ.get("TEMPFAST_BACKEND", "auto").strip().lower(),
-                      "TEMPFAST_BACKEND")
+    raw = _environment_value()
+    if raw is None:
+        return "auto"
+    return _validated(raw.strip().lower(), "TEMPFAST_BACKEND")
+
+
+# ``os.environ.get`` encodes the key and decodes the value on every call (about a
+# microsecond, a tenth of a small eager op): read the mapping's own dict when it has one. It is
+# the dict ``os.environ[...] = ...`` and ``monkeypatch.setenv`` update, so it is never stale.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEY = None
+if _ENV_DATA is not None and hasattr(os.environ, "encodekey"):
+    try:
+        _ENV_KEY = os.environ.encodekey("TEMPFAST_BACKEND")
+    except Exception:  # any oddity: use the public lookup
+        _ENV_KEY = None
+
+
+def _environment_value() -> str | None:
+    if _ENV_KEY is None or not isinstance(_ENV_DATA, dict):
+        return os.environ.get("TEMPFAST_BACKEND")
+    raw = _ENV_DATA.get(_ENV_KEY)
+    return None if raw is None else os.environ.decodevalue(raw)
 
 
 @contextlib.contextmanager

@@ -13,13 +13,17 @@ Layout: ``cross_entropy`` takes torch's (classes at dim 1 of ``(N, C, d1, ...)``
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from . import _checks
-from .ops.cross_entropy import CrossEntropyInplace, cross_entropy_2d
+from . import _checks, backend
+from .ops import torch_impl
+from .ops.autograd_utils import is_eager
+from .ops.cross_entropy import CrossEntropyInplace, FusedCrossEntropy, cross_entropy_2d
 from .ops.linear_cross_entropy import default_chunk_rows, linear_cross_entropy_2d
-from .ops.softmax import softmax_2d
+from .ops.softmax import Softmax, softmax_2d
 
 
 def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Tensor:
@@ -28,15 +32,25 @@ def _softmax(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> Ten
         x_1d = x.reshape(1)
         return _softmax(x_1d, temperature, 0, log).reshape(())
     dim = _checks.check_dim(dim, x.dim())
-    moved = x.movedim(dim, -1)
+    moved = x.movedim(dim, -1) if dim != x.dim() - 1 else x
     num_classes = moved.shape[-1]
-    t = _checks.temperature_rows(temperature, moved.shape[:-1], x.device,
-                                 _checks.accumulation_dtype(x.dtype))
+    t, t_value = _temperature(temperature, moved.shape[:-1], x)
     if x.numel() == 0:  # nothing to normalise (as torch: an empty result of x's shape)
+        if t is None:
+            return x.clone()
         _checks.check_temperature_values(t.detach())
         return x.clone() + t.sum().to(x.dtype) * 0 if t.requires_grad else x.clone()
-    y = softmax_2d(moved.reshape(-1, num_classes), t, log)
-    return y.reshape(moved.shape).movedim(-1, dim)
+    x_2d = moved if moved.dim() == 2 else moved.reshape(-1, num_classes)
+    learnable = t is not None and t.requires_grad and torch.is_grad_enabled()
+    if is_eager(x_2d) and _small_on_cpu(x_2d, learnable):
+        y = torch_impl.small_softmax(x_2d, t if t is not None else t_value, log)
+    elif is_eager(x_2d):
+        y = Softmax.apply(x_2d, t, t_value, log)
+    else:
+        y = softmax_2d(x_2d, _tensor_t(t, t_value, x), log)
+    if y.shape != moved.shape:
+        y = y.reshape(moved.shape)
+    return y.movedim(-1, dim) if moved is not x else y
 
 
 def softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
@@ -131,6 +145,11 @@ def cross_entropy(
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
+    if weight is None and class_dim is None and not inplace_backward:
+        loss = _small_cpu_call(logits, target, temperature, ignore_index, reduction,
+                               label_smoothing)
+        if loss is not None:
+            return loss
     _checks.check_floating("logits", logits)
     if logits.dim() == 0:
         raise ValueError("logits: expected shape (N, C), (C,) or (N, C, d1, ...), got a 0-dim "
@@ -156,38 +175,135 @@ def cross_entropy(
         if probs:
             target = target.movedim(cdim, -1)
     rows_shape = logits.shape[:-1]
-    t = _checks.temperature_rows(temperature, rows_shape, logits.device,
-                                 _checks.accumulation_dtype(logits.dtype))
+    t, t_value = _temperature(temperature, rows_shape, logits)
 
-    logits_2d = logits.reshape(-1, num_classes)
-    target_2d = target.reshape(-1, num_classes) if probs else target.reshape(-1).long()
+    logits_2d = logits if logits.dim() == 2 else logits.reshape(-1, num_classes)
+    if probs:
+        target_2d = target if target.dim() == 2 else target.reshape(-1, num_classes)
+    else:
+        target_2d = target if target.dim() == 1 else target.reshape(-1)
+        if target_2d.dtype != torch.int64:
+            target_2d = target_2d.long()
     grad_on = torch.is_grad_enabled()
     needs_grad = grad_on and logits.requires_grad
     target_grad = grad_on and probs and target.requires_grad
-    compute_dt = grad_on and t.requires_grad
+    compute_dt = grad_on and t is not None and t.requires_grad
+    eager = is_eager(logits_2d)
 
     if inplace_backward and needs_grad:
-        if leaf:
-            raise ValueError("inplace_backward: logits is a leaf tensor that requires grad; "
-                             "overwriting it would corrupt it and its .grad (torch refuses "
-                             "in-place changes to such leaves): pass a layer's output")
-        if target_grad:
-            raise ValueError("inplace_backward: a probability target that requires grad needs "
-                             "the logits, which the in-place mode overwrites")
-        try:
-            logits_view = logits.view(-1, num_classes)
-        except RuntimeError:
-            logits_view = None
-        if logits_view is None or logits_view.stride(-1) != 1:
-            raise ValueError("inplace_backward: logits must be viewable as (rows, C) with unit "
-                             "stride along the class dimension")
-        loss = CrossEntropyInplace.apply(logits_view, target_2d, t, weight, ignore_index, eps,
-                                         reduction, compute_dt)
+        logits_view = _inplace_view(logits, num_classes, leaf, target_grad)
+        if eager and reduction != "none" and logits_view.shape[0]:
+            loss = FusedCrossEntropy.apply(logits_view, target_2d, t, t_value, weight,
+                                           ignore_index, eps, reduction, compute_dt, True)
+        else:
+            loss = CrossEntropyInplace.apply(logits_view, target_2d, _tensor_t(t, t_value, logits),
+                                             weight, ignore_index, eps, reduction, compute_dt)
+    elif eager and _small_on_cpu(logits_2d, compute_dt):
+        loss = _small_cross_entropy(logits_2d, target_2d, t if t is not None else t_value,
+                                    weight, ignore_index, reduction, eps)
+    elif eager and reduction != "none" and not target_grad and logits_2d.shape[0]:
+        loss = FusedCrossEntropy.apply(logits_2d, target_2d, t, t_value, weight, ignore_index,
+                                       eps, reduction, compute_dt, False)
     else:
         fused = needs_grad and reduction != "none" and not target_grad
-        loss = cross_entropy_2d(logits_2d, target_2d, t, weight, ignore_index, eps, reduction,
-                                fused, compute_dt)[0]
+        loss = cross_entropy_2d(logits_2d, target_2d, _tensor_t(t, t_value, logits), weight,
+                                ignore_index, eps, reduction, fused, compute_dt)[0]
     return loss.reshape(rows_shape) if reduction == "none" else loss
+
+
+SMALL_CPU_ELEMENTS = 1 << 16  # CPU calls up to this size compose stock aten ops
+
+
+def _temperature(temperature: float | Tensor, rows_shape: torch.Size,
+                 logits: Tensor) -> tuple[Tensor | None, float]:
+    """``(None, T)`` for a Python number (checked here, passed to the kernels by value), else
+    ``(t, 0.0)`` with ``t`` the ``(1,)`` or ``(N,)`` accumulation-dtype tensor of
+    :func:`tempfast._checks.temperature_rows` (a one-value tensor of that dtype as given)."""
+    if isinstance(temperature, float | int) and not isinstance(temperature, bool):
+        value = float(temperature)
+        if not value > 0.0 or value == float("inf"):
+            raise ValueError(f"temperature: must be finite and > 0, got {value}")
+        return None, value
+    dtype = _checks.accumulation_dtype(logits.dtype)
+    if (isinstance(temperature, Tensor) and temperature.dtype == dtype
+            and temperature.device == logits.device and temperature.dim() <= 1
+            and temperature.numel() == 1):
+        return temperature, 0.0  # one value, as it is (0-dim or (1,)): no reshape, none back
+    return _checks.temperature_rows(temperature, rows_shape, logits.device, dtype), 0.0
+
+
+def _tensor_t(t: Tensor | None, t_value: float, logits: Tensor) -> Tensor:
+    """The temperature as the ops' ``(1,)`` tensor (a Python number materialised)."""
+    if t is not None:
+        return t
+    return torch.full((1,), t_value, dtype=_checks.accumulation_dtype(logits.dtype),
+                      device=logits.device)
+
+
+def _inplace_view(logits: Tensor, num_classes: int, leaf: bool, target_grad: bool) -> Tensor:
+    if leaf:
+        raise ValueError("inplace_backward: logits is a leaf tensor that requires grad; "
+                         "overwriting it would corrupt it and its .grad (torch refuses "
+                         "in-place changes to such leaves): pass a layer's output")
+    if target_grad:
+        raise ValueError("inplace_backward: a probability target that requires grad needs "
+                         "the logits, which the in-place mode overwrites")
+    try:
+        logits_view = logits.view(-1, num_classes)
+    except RuntimeError:
+        logits_view = None
+    if logits_view is None or logits_view.stride(-1) != 1:
+        raise ValueError("inplace_backward: logits must be viewable as (rows, C) with unit "
+                         "stride along the class dimension")
+    return logits_view
+
+
+def _small_on_cpu(logits: Tensor, compute_dt: bool) -> bool:
+    """Small CPU calls whose temperature needs no gradient take the stock-aten route
+    (:func:`tempfast.ops.torch_impl.small_cross_entropy`): at 10 to 1000 classes the host cost
+    of a call is the cost, and it is eager PyTorch's. Larger ones keep the chunked,
+    memory-bounded path."""
+    return (not compute_dt and logits.device.type == "cpu"
+            and logits.numel() <= SMALL_CPU_ELEMENTS
+            and backend.resolve(logits.device) == "torch")
+
+
+_SMALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_SCALARS = (float, int)
+
+
+def _small_cpu_call(logits, target, temperature, ignore_index, reduction,
+                    label_smoothing) -> Tensor | None:
+    """The common small call, checked in a few attribute reads and taken straight to the
+    stock-aten route: 2-D CPU logits, int64 class indices, a Python-number temperature, no
+    weight. ``None`` when the call is anything else (the full checks then run)."""
+    if not (type(logits) is Tensor and type(target) is Tensor
+            and type(temperature) in _SCALARS and type(ignore_index) is int
+            and type(label_smoothing) in _SCALARS and reduction in _checks.REDUCTIONS
+            and logits.is_cpu and target.is_cpu and logits.dim() == 2 and target.dim() == 1
+            and target.dtype is torch.int64 and logits.dtype in _SMALL_DTYPES):
+        return None
+    n_rows, n_cols = logits.shape
+    if not (target.shape[0] == n_rows and n_cols and logits.numel() <= SMALL_CPU_ELEMENTS
+            and 0.0 < temperature < math.inf and 0.0 <= label_smoothing <= 1.0
+            and backend.get_backend() != "triton" and is_eager(logits)):
+        return None
+    return _small_cross_entropy(logits, target, float(temperature), None, ignore_index,
+                                reduction, float(label_smoothing))
+
+
+def _small_cross_entropy(logits: Tensor, target: Tensor, temperature: float | Tensor,
+                         weight: Tensor | None, ignore_index: int, reduction: str,
+                         eps: float) -> Tensor:
+    if isinstance(temperature, Tensor):
+        _checks.check_temperature_values(temperature.detach())
+    try:
+        return torch_impl.small_cross_entropy(logits, target, temperature, weight,
+                                              ignore_index, reduction, eps)
+    except (IndexError, RuntimeError):
+        if target.dim() == 1:  # torch's "Target 60 is out of bounds": say it tempfast's way
+            _checks.check_class_indices(target, logits.shape[1], ignore_index)
+        raise
 
 
 def linear_cross_entropy(

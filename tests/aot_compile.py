@@ -10,13 +10,16 @@ specialisation the JIT computes for those arguments (Triton's own binder: 16-byt
 alignment, integers divisible by 16, integers equal to 1 as constexprs). The calls cover:
 
 * every launch configuration the heuristics can choose (path, block sizes, warps and, for the
-  split path, ``BLOCK_S``), in fp32 and bf16, each with rows whose width is a multiple of 16
-  (aligned: 128-bit accesses) and one that is not, and with a single row where it selects the
-  configuration (``n_rows == 1``);
-* every combination of the cross-entropy feature flags, fp32 probability targets with 16-bit
-  logits, log-softmax, dL/dT, fp16, and the ``stride == 1`` variants (a per-row temperature, a
-  per-row upstream gradient) on one configuration of each path;
-* the gradient rescale for every block shape, with a scalar and a per-row upstream gradient.
+  slices path, ``BLOCK_S``, both its cooperative launch and its two-phase fallback), in fp32
+  and bf16, each with rows whose width is a multiple of 16 (aligned: 128-bit accesses), a
+  multiple of 16 bytes only (the ``VEC`` hints) and neither, and with a single row where it
+  selects the configuration (``n_rows == 1``);
+* every combination of the cross-entropy feature flags (``REDUCE`` included: the prep kernel
+  and the last-program reduction), fp32 probability targets with 16-bit logits, log-softmax,
+  dL/dT, fp16, a temperature by value, and the ``stride == 1`` variants (a per-row
+  temperature, a per-row upstream gradient) on one configuration of each path;
+* the backward's gradient apply for every tile shape, every dtype and width variant, with and
+  without dL/dT and with the deferred mean.
 
 Prints one line per failure; exit status 0 when everything compiles. Works with Triton 3.6
 (``PYTHONPATH=<triton 3.6 dir>``, as ``.ci/run`` does) and 3.8.
@@ -37,25 +40,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.static, te
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# The heuristics depend on next_pow2(rows), next_pow2(columns) and the split count, so powers
-# of two (and one past them) reach every configuration they can choose.
+# The heuristics depend on next_pow2(rows), next_pow2(columns) and the slice count, so powers
+# of two (and one past them) reach every configuration they can choose; widths that are a
+# multiple of 8 but not 16 (C = 1000-like) select the 128-bit hints (VEC) on unaligned rows.
 ROW_COUNTS = tuple(1 << i for i in range(14))
-COL_COUNTS = tuple(sorted({c for i in range(21) for c in (1 << i, (1 << i) + 1)}))
-CE_FLAGS = ("PROB", "HAS_WEIGHT", "SMOOTH", "COMPUTE_GRAD", "COMPUTE_DT")
+COL_COUNTS = tuple(sorted({c for i in range(21) for c in (1 << i, (1 << i) + 1)}
+                          | {(1 << i) + 8 for i in range(4, 21)}))
+CE_FLAGS = ("PROB", "HAS_WEIGHT", "SMOOTH", "COMPUTE_GRAD", "COMPUTE_DT", "REDUCE")
 MAX_ELEMENTS = 1 << 31  # representative shapes stay below this (lazy, but address space)
 
 
 def config_key(cfg) -> tuple:
-    from tempfast.kernels.heuristics import next_pow2
+    return (cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps,
+            cfg.block_s if cfg.path == "slices" else 0)
 
-    block_s = next_pow2(cfg.splits) if cfg.path == "split" else 0
-    return (cfg.path, cfg.block_n, cfg.block_c, cfg.num_warps, block_s)
+
+def _variant(rows: int, cols: int, elem_size: int) -> tuple:
+    """What the JIT and the launcher specialise on: width a multiple of 16 elements, of 16
+    bytes (the VEC hint), a single row."""
+    from tempfast.kernels.heuristics import vector_width
+
+    return (cols % 16 == 0, vector_width(cols, elem_size, cols) > 1, rows == 1)
 
 
 def representatives(n_inputs: int, elem_size: int) -> dict[tuple, dict[tuple, tuple]]:
     """For every configuration the heuristics choose over the shape grid: one shape per
-    specialisation variant ``(width % 16 == 0, rows == 1)``, with a row count divisible by 16
-    where one selects it (else the smallest), and the fewest elements."""
+    specialisation variant, with a row count divisible by 16 where one selects it (else the
+    smallest), and the fewest elements."""
     from tempfast.kernels.heuristics import row_config
 
     reps: dict[tuple, dict[tuple, tuple]] = {}
@@ -64,7 +75,7 @@ def representatives(n_inputs: int, elem_size: int) -> dict[tuple, dict[tuple, tu
             continue
         cfg = row_config(rows, cols, elem_size, None, n_inputs)
         variants = reps.setdefault(config_key(cfg), {})
-        variant = (cols % 16 == 0, rows == 1)
+        variant = _variant(rows, cols, elem_size)
         rank = (rows % 16 != 0 and rows != 1, rows * cols)
         if variant not in variants or rank < variants[variant][0]:
             variants[variant] = (rank, (rows, cols))
@@ -74,10 +85,8 @@ def representatives(n_inputs: int, elem_size: int) -> dict[tuple, dict[tuple, tu
 
 def _preferred(variants: dict[tuple, tuple]) -> tuple[int, int]:
     """The natural shape of a configuration: aligned width, more than one row if possible."""
-    for variant in ((True, False), (False, False), (True, True), (False, True)):
-        if variant in variants:
-            return variants[variant]
-    raise ValueError("no shape")
+    order = sorted(variants, key=lambda v: (not v[0], not v[1], v[2]))
+    return variants[order[0]]
 
 
 def path_reps(n_inputs: int, elem_size: int) -> dict[str, dict[tuple, tuple]]:
@@ -94,7 +103,7 @@ def path_reps(n_inputs: int, elem_size: int) -> dict[str, dict[tuple, tuple]]:
 # Calls: (kind, dtype, rows, cols, options) -> the real launcher with recorded launches
 # --------------------------------------------------------------------------------------------
 BASE_CE = {"PROB": False, "HAS_WEIGHT": False, "SMOOTH": False, "COMPUTE_GRAD": True,
-           "COMPUTE_DT": False}
+           "COMPUTE_DT": False, "REDUCE": True}
 KINDS = ((1, "ce", BASE_CE), (1, "softmax", {"LOG": False}),
          (2, "softmax_bwd", {"LOG": False, "COMPUTE_DT": False}),
          (3, "softmax_bwd", {"LOG": False, "COMPUTE_DT": True}))
@@ -102,6 +111,13 @@ KINDS = ((1, "ce", BASE_CE), (1, "softmax", {"LOG": False}),
 
 def _size(dtype: str) -> int:
     return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+def _with_fallback(calls: list[tuple], path: str) -> list[tuple]:
+    """The slices path runs one cooperative launch on a GPU; its two-phase fallback too."""
+    if path != "slices":
+        return calls
+    return calls + [(k, d, r, c, {**o, "TWO_PHASE": True}) for k, d, r, c, o in calls]
 
 
 def all_calls() -> list[tuple]:
@@ -113,83 +129,118 @@ def all_calls() -> list[tuple]:
             for key, variants in sorted(representatives(n_inputs, _size(dtype)).items()):
                 if key not in seen:
                     seen.add(key)
-                    calls.append((kind, dtype, *_preferred(variants), opts))
-    # 2. per path: every dtype, rows not a multiple of 16 wide, a single row, stride == 1
+                    calls += _with_fallback([(kind, dtype, *_preferred(variants), opts)],
+                                            key[0])
+    # 2. per path: every dtype, every width variant, a single row, stride == 1
     for (n_inputs, kind, opts), dtype in itertools.product(KINDS, DTYPES):
-        for variants in path_reps(n_inputs, _size(dtype)).values():
+        for path, variants in path_reps(n_inputs, _size(dtype)).items():
             shapes = [_preferred(variants)]
             if dtype != "fp16":
-                shapes += [v for k, v in variants.items() if k != (True, False)]
-            calls += [(kind, dtype, rows, cols, opts) for rows, cols in shapes]
+                shapes += [v for v in variants.values() if v != shapes[0]]
+            mine = [(kind, dtype, rows, cols, opts) for rows, cols in shapes]
             rows, cols = shapes[0]
             per_row = {"PER_ROW_T": True, "PER_ROW_SCALE": True} if kind == "ce" \
                 else {"PER_ROW_T": True}
-            calls.append((kind, dtype, rows, cols, {**opts, **per_row}))
+            mine.append((kind, dtype, rows, cols, {**opts, **per_row}))
             if kind != "ce":
-                calls.append((kind, dtype, rows, cols, {**opts, "LOG": True}))
-            elif dtype != "fp32":  # fp32 probability targets with 16-bit logits
-                for grad, dt in itertools.product((False, True), repeat=2):
-                    calls.append(("ce", dtype, rows, cols, {**BASE_CE, "PROB": True,
-                                                            "COMPUTE_GRAD": grad,
-                                                            "COMPUTE_DT": dt, "Q_FP32": True}))
-            if kind == "ce":
-                calls.append(("ce", dtype, rows, cols, {**BASE_CE, "INPLACE": True}))
+                mine.append((kind, dtype, rows, cols, {**opts, "LOG": True}))
+                mine.append((kind, dtype, rows, cols, {**opts, "T_VALUE": True}))
+            else:
+                mine.append(("ce", dtype, rows, cols, {**BASE_CE, "REDUCE": False,
+                                                       "PER_ROW_SCALE": True}))
+                mine.append(("ce", dtype, rows, cols, {**BASE_CE, "INPLACE": True}))
+                mine.append(("ce", dtype, rows, cols, {**BASE_CE, "T_VALUE": True,
+                                                       "SUM": True}))
+                if dtype != "fp32":  # fp32 probability targets with 16-bit logits
+                    for grad, dt in itertools.product((False, True), repeat=2):
+                        mine.append(("ce", dtype, rows, cols, {
+                            **BASE_CE, "PROB": True, "COMPUTE_GRAD": grad, "COMPUTE_DT": dt,
+                            "Q_FP32": True}))
+            calls += _with_fallback(mine, path)
     # 3. every combination of the cross-entropy flags, on each path
-    for variants in path_reps(1, 2).values():
+    for path, variants in path_reps(1, 2).items():
         rows, cols = _preferred(variants)
-        for values in itertools.product((False, True), repeat=len(CE_FLAGS)):
-            calls.append(("ce", "bf16", rows, cols, dict(zip(CE_FLAGS, values, strict=True))))
-    # 4. the gradient rescale
-    from tempfast.kernels.heuristics import elementwise_config
+        combos = [("ce", "bf16", rows, cols, dict(zip(CE_FLAGS, values, strict=True)))
+                  for values in itertools.product((False, True), repeat=len(CE_FLAGS))]
+        calls += _with_fallback(combos, path)
+    # 4. the backward's gradient apply: every tile shape, every dtype and width variant,
+    # with and without dL/dT, deferred mean or not
+    from tempfast.kernels.heuristics import apply_config
 
     shapes: dict[tuple, tuple] = {}
     for rows, cols in itertools.product(ROW_COUNTS, COL_COUNTS):
         if rows * cols <= MAX_ELEMENTS and (rows % 16 == 0 or rows < 16):
-            variant = elementwise_config(rows, cols)
+            variant = apply_config(rows, cols)[:3]
             if variant not in shapes or rows * cols < shapes[variant][0] * shapes[variant][1]:
                 shapes[variant] = (rows, cols)
     for rows, cols in shapes.values():
-        calls.append(("rescale", "fp32", rows, cols, {"PER_ROW_SCALE": False}))
+        calls.append(("apply", "fp32", rows, cols, {}))
     rows, cols = max(shapes.values(), key=lambda s: s[0] * s[1])
-    for dtype, per_row, width in itertools.product(DTYPES, (False, True), (cols, cols + 1)):
-        calls.append(("rescale", dtype, rows, width, {"PER_ROW_SCALE": per_row}))
+    for dtype, n_dt, width in itertools.product(DTYPES, (0, 1, rows), (cols, cols + 1,
+                                                                      cols + 8)):
+        calls.append(("apply", dtype, rows, width, {"N_DT": n_dt, "DEFER": n_dt == 1}))
     return calls
 
 
 def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
+    from tempfast.kernels import common
     from tempfast.ops import triton_impl
 
     dt = DTYPES[dtype]
     x = torch.empty(rows, cols, dtype=dt)
     t = torch.full((rows,) if opts.get("PER_ROW_T") else (1,), 8.0)
-    if kind == "softmax":
-        triton_impl.softmax_forward(x, t, opts["LOG"])
-    elif kind == "softmax_bwd":
-        triton_impl.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
-                                     torch.empty_like(x) if opts["COMPUTE_DT"] else None)
-    elif kind == "rescale":
-        triton_impl.rescale_(x, torch.full((rows,) if opts["PER_ROW_SCALE"] else (1,), 2.0))
-    else:
-        if opts["PROB"]:
-            target = torch.empty(rows, cols, dtype=torch.float32 if opts.get("Q_FP32") else dt)
+    t_value = 8.0 if opts.get("T_VALUE") else 0.0
+    override = triton_impl.resident_override
+    if opts.get("TWO_PHASE"):  # as on a device where the slices of a row cannot all fit
+        triton_impl.resident_override = lambda kernel, args, kwargs: 1
+    try:
+        if kind == "softmax":
+            triton_impl.softmax_forward(x, t, opts["LOG"], t_value)
+        elif kind == "softmax_bwd":
+            triton_impl.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
+                                         torch.empty_like(x) if opts["COMPUTE_DT"] else None,
+                                         t_value)
+        elif kind == "apply":
+            ws = torch.zeros(common.WS_HEADER.value + 3 * rows)
+            n_dt = opts.get("N_DT", 0)
+            triton_impl._apply(x, torch.full((), 2.0), ws, common.WS_HEADER.value, n_dt,
+                               opts.get("DEFER", False))
         else:
-            target = torch.zeros(rows, dtype=torch.int64)
-        weight = torch.ones(cols) if opts["HAS_WEIGHT"] else None
-        scale = None
-        grad = None
-        if opts["COMPUTE_GRAD"]:
-            scale = torch.ones(rows if opts.get("PER_ROW_SCALE") else 1)
-            grad = x if opts.get("INPLACE") else torch.empty_like(x)
-        triton_impl.ce_rows(x, target, t, weight, -100, 0.1 if opts["SMOOTH"] else 0.0, scale,
-                            grad, opts["COMPUTE_DT"])
+            _call_ce(triton_impl, x, t, t_value, opts)
+    finally:
+        triton_impl.resident_override = override
+
+
+def _call_ce(triton_impl, x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> None:
+    rows, cols = x.shape
+    if opts["PROB"]:
+        target = torch.empty(rows, cols, dtype=torch.float32 if opts.get("Q_FP32") else x.dtype)
+    else:
+        target = torch.zeros(rows, dtype=torch.int64)
+    weight = torch.ones(cols) if opts["HAS_WEIGHT"] else None
+    eps = 0.1 if opts["SMOOTH"] else 0.0
+    grad = None
+    if opts["COMPUTE_GRAD"]:
+        grad = x if opts.get("INPLACE") else torch.empty_like(x)
+    if opts["REDUCE"]:
+        triton_impl.ce_reduced(x, target, t, t_value, weight, -100, eps,
+                               "sum" if opts.get("SUM") else "mean", grad, opts["COMPUTE_DT"],
+                               x.dtype == torch.float16)
+    else:
+        scale = torch.ones(rows if opts.get("PER_ROW_SCALE") else 1) if grad is not None \
+            else None
+        triton_impl.ce_rows(x, target, t, weight, -100, eps, scale, grad, opts["COMPUTE_DT"])
 
 
 def record_calls(calls: list[tuple]) -> list:
     """Run every call through the launchers; the distinct launches, in call order."""
     from bench.static.record import LaunchRecorder, triton_on_cpu
+    from tempfast.ops import triton_impl
 
     recorder = LaunchRecorder()
     with triton_on_cpu(), recorder.active():
+        # the binary does not depend on the grid: skip compiling for the residency here
+        triton_impl.resident_override = lambda kernel, args, kwargs: 4 * 132
         for call in calls:
             _call(*call)
     unique: dict[tuple, object] = {}

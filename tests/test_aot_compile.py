@@ -55,27 +55,26 @@ def _recorded_variants(tmp_path: Path) -> list[dict]:
 
 
 KERNELS = {  # (op, path) -> the kernel whose constexprs carry the configuration
-    ("ce", "single"): "ce_single_pass_kernel", ("ce", "stream"): "ce_stream_kernel",
-    ("ce", "split"): "ce_split_finish_kernel",
-    ("softmax", "single"): "softmax_single_pass_kernel",
-    ("softmax", "stream"): "softmax_stream_kernel",
-    ("softmax", "split"): "softmax_split_finish_kernel",
-    ("softmax_bwd", "single"): "softmax_bwd_single_pass_kernel",
-    ("softmax_bwd", "stream"): "softmax_bwd_stream_kernel",
-    ("softmax_bwd", "split"): "softmax_bwd_split_finish_kernel",
+    ("ce", "rows"): "ce_rows_kernel", ("ce", "slices"): "ce_slices_kernel",
+    ("softmax", "rows"): "softmax_rows_kernel", ("softmax", "slices"): "softmax_slices_kernel",
+    ("softmax_bwd", "rows"): "softmax_bwd_rows_kernel",
+    ("softmax_bwd", "slices"): "softmax_bwd_slices_kernel",
 }
 
 
 def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_path):
     """Over a dense grid of shapes (not only the script's powers of two), every launch
-    configuration the launchers can pick is among the launches the AOT script records, and
-    the run-time specialisations include aligned and unaligned rows, a single row and the
-    ``stride == 1`` per-row temperature and upstream gradient."""
-    from tempfast.kernels.heuristics import elementwise_config, next_pow2, row_config
+    configuration the launchers can pick is among the launches the AOT script records (the
+    slices path in its cooperative launch and both phases of its fallback), and the run-time
+    specialisations include aligned rows, rows aligned to 16 bytes only (the VEC hints) and
+    neither, a single row and the ``stride == 1`` per-row temperature and upstream
+    gradient."""
+    from tempfast.kernels.heuristics import apply_config, row_config, vector_width
 
     variants = _recorded_variants(tmp_path)
     have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
-             v["warps"], v["constants"].get("BLOCK_S")) for v in variants}
+             v["warps"], v["constants"].get("BLOCK_S"), v["constants"].get("PHASE"))
+            for v in variants}
     rows = sorted({1, 2, 3, 5, 7, 100, 127, 129, 600, 1000, 4095, 8192, 65537})
     cols = sorted({1, 2, 3, 10, 17, 100, 1000, 4097, 32000, 32769, 65536, 128256, 262144,
                    1 << 20})
@@ -85,17 +84,27 @@ def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_p
         for sms in (None, 108, 132):
             cfg = row_config(n, c, size, sms, n_inputs)
             name = KERNELS[(op, cfg.path)]
-            block_n = cfg.block_n if cfg.path == "single" else None
-            block_s = next_pow2(cfg.splits) if cfg.path == "split" else None
-            assert (name, block_n, cfg.block_c, cfg.num_warps, block_s) in have, (op, cfg)
-    rescale = {(v["constants"]["BLOCK_N"], v["constants"]["BLOCK_C"], v["warps"])
-               for v in variants if v["name"] == "rescale_rows_kernel"}
+            block_n = cfg.block_n if cfg.path == "rows" else None
+            block_s = cfg.block_s if cfg.path == "slices" else None
+            phases = (0, 1, 2) if cfg.path == "slices" else (None,)
+            for phase in phases:
+                assert (name, block_n, cfg.block_c, cfg.num_warps, block_s, phase) in have, \
+                    (op, cfg, phase)
+    applies = {(v["constants"]["BLOCK_N"], v["constants"]["BLOCK_C"], v["warps"])
+               for v in variants if v["name"] == "grad_apply_kernel"}
     for n, c in itertools.product(rows, cols):
-        assert elementwise_config(n, c) in rescale
+        assert apply_config(n, c)[:3] in applies
     consts = [v["constants"] for v in variants]
     assert any(k.get("stride_t") == 1 for k in consts)
     assert any(k.get("stride_scale") == 1 for k in consts)
     assert any(k.get("n_rows") == 1 for k in consts)
-    stream = [v for v in variants if v["name"] == "ce_stream_kernel"]
-    assert any("stride_x" in v["aligned"] for v in stream)  # rows a multiple of 16 wide
-    assert any("stride_x" not in v["aligned"] for v in stream)  # and not
+    for name in ("ce_rows_kernel", "ce_slices_kernel", "softmax_rows_kernel",
+                 "grad_apply_kernel"):
+        mine = [v for v in variants if v["name"] == name]
+        assert any(v["constants"].get("VEC", 1) > 1 and "stride_x" not in v["aligned"]
+                   for v in mine) or name == "grad_apply_kernel", name  # 16-byte rows only
+        assert any(v["constants"].get("VEC", 1) == 1 for v in mine), name
+    assert vector_width(1000, 2, 1000) == 8 and vector_width(1001, 2, 1001) == 1
+    ce = [v for v in variants if v["name"] == "ce_rows_kernel"]
+    assert any("stride_x" in v["aligned"] for v in ce)  # rows a multiple of 16 wide
+    assert any("stride_x" not in v["aligned"] for v in ce)  # and not

@@ -329,7 +329,7 @@ def test_inplace_backward_overwrites_logits_with_the_gradient(backend, num_class
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_backward_twice_through_a_retained_graph(backend, inplace, reduction):
+def test_backward_twice_through_a_retained_graph(backend, inplace, reduction, no_small_route):
     """Each backward call gets the gradient for its own upstream gradient; the first result is
     not modified by the later calls."""
     n, c = 3, 10
@@ -355,7 +355,8 @@ def test_backward_twice_through_a_retained_graph(backend, inplace, reduction):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("upstream", [1.0, 0.0, -2.5, 65536.0])
-def test_fused_gradient_is_rescaled_by_any_upstream_gradient(backend, upstream):
+def test_fused_gradient_is_rescaled_by_any_upstream_gradient(backend, upstream,
+                                                             no_small_route):
     n, c = 5, 77
     check_against_reference(backend, logits_like(n, c, torch.float16), _targets(n, c), 3.0,
                             upstream=torch.tensor(upstream), label_smoothing=0.05)
@@ -465,9 +466,16 @@ def test_fp16_gradient_survives_a_loss_scaler(backend):
     assert lost.sum() == 0, f"{int(lost.sum())} representable gradients flushed to zero"
 
 
+@pytest.fixture
+def no_small_route(monkeypatch):
+    """Small CPU calls compose stock aten ops (twice differentiable, retained graphs
+    recompute); this sends them through the fused kernels' path instead."""
+    monkeypatch.setattr(tempfast.functional, "SMALL_CPU_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_double_backward_is_refused_not_silently_wrong(backend, reduction):
+def test_double_backward_is_refused_not_silently_wrong(backend, reduction, no_small_route):
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
     loss = run_backend(backend, tempfast.cross_entropy, x, _targets(3, 10), 2.0,
                        reduction=reduction)
@@ -475,8 +483,23 @@ def test_double_backward_is_refused_not_silently_wrong(backend, reduction):
         torch.autograd.grad(loss.sum(), x, create_graph=True)
 
 
+def test_small_cpu_calls_differentiate_twice_like_torch():
+    """The small CPU route is stock aten ops: double backward is right, not refused."""
+    x = logits_like(3, 10, torch.float32).requires_grad_(True)
+    target = _targets(3, 10)
+    with tempfast.use_backend("torch"):
+        loss = tempfast.cross_entropy(x, target, 2.0, label_smoothing=0.1)
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x)
+    x64 = x.detach().double().requires_grad_(True)
+    expected = reference.cross_entropy(x64, target, 2.0, label_smoothing=0.1)
+    (g64,) = torch.autograd.grad(expected, x64, create_graph=True)
+    (gg64,) = torch.autograd.grad(g64.square().sum(), x64)
+    assert_close(gg, gg64, 1e-5, "second derivative", floor=1e-3)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_retained_graph_after_a_zero_upstream_gradient_raises(backend):
+def test_retained_graph_after_a_zero_upstream_gradient_raises(backend, no_small_route):
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
     loss = run_backend(backend, tempfast.cross_entropy, x * 1.0, _targets(3, 10), 2.0)
     (zero,) = torch.autograd.grad(loss, x, torch.tensor(0.0), retain_graph=True)

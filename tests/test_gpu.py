@@ -64,7 +64,7 @@ def test_cross_entropy_matches_reference_at_scale(dtype, n, c):
 def test_every_path_runs_compiled(path_shape):
     n, c = path_shape
     cfg = row_config(n, c, 2, torch.cuda.get_device_properties(0).multi_processor_count)
-    assert cfg.path in ("single", "stream", "split")
+    assert cfg.path in ("rows", "slices")
     logits, _ = _inputs(n, c, torch.bfloat16, seed=1)
     g = torch.Generator(device=DEVICE).manual_seed(2)
     probs = torch.softmax(torch.randn(n, c, generator=g, device=DEVICE), 1)
@@ -217,3 +217,47 @@ def test_linear_cross_entropy_matches_reference_at_scale(dtype):
     assert_close(loss, expected, tol, "loss")
     for name, ours, theirs in zip(("hidden", "weight", "bias"), leaves, ref, strict=True):
         assert_close(ours.grad, theirs.grad, tol, f"grad {name}", floor=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize(("n", "c"), [(2048, 32000), (64, 262144), (3, 1 << 20)])
+def test_the_cooperative_slices_launch_matches_the_two_phases(monkeypatch, dtype, n, c):
+    """On a device the slices path runs its one-read cooperative launch (every slice of a row
+    resident at once, waiting on a row counter); forced to the two-phase fallback (residency
+    1), the results agree to rounding, and both match the reference."""
+    from tempfast.ops import triton_impl
+
+    cfg = row_config(n, c, torch.empty((), dtype=dtype).element_size(),
+                     torch.cuda.get_device_properties(0).multi_processor_count)
+    assert cfg.path == "slices" and cfg.n_slices > 1
+    logits, target = _inputs(n, c, dtype, seed=3)
+    target[::5] = -100
+    x = logits.clone().requires_grad_(True)
+    loss = tempfast.cross_entropy(x, target, 2.0, label_smoothing=0.1)
+    loss.backward()
+    kernel = triton_impl.ce_kernels.ce_slices_kernel
+    assert any(k[0] == kernel.fn.__name__ for k in triton_impl._RESIDENT), "residency read"
+    assert min(triton_impl._RESIDENT.values()) >= cfg.n_slices
+    monkeypatch.setattr(triton_impl, "resident_override", lambda kernel, args, kw: 1)
+    x2 = logits.clone().requires_grad_(True)
+    loss2 = tempfast.cross_entropy(x2, target, 2.0, label_smoothing=0.1)
+    loss2.backward()
+    assert_close(loss, loss2, LOSS_TOL, "loss")
+    assert_close(x.grad, x2.grad, REL_TOL[dtype], "grad", floor=1e-3)
+    y = tempfast.softmax(logits, 2.0)
+    monkeypatch.setattr(triton_impl, "resident_override", None)
+    assert_close(tempfast.softmax(logits, 2.0), y, REL_TOL[dtype], "softmax")
+    if n <= 64:
+        _compare_ce(logits, target, 2.0, label_smoothing=0.1)
+
+
+def test_a_fused_backward_at_upstream_gradient_one_leaves_the_gradient_untouched():
+    """The apply kernel exits at once for g == 1 and rescales otherwise (fp16 mean: by
+    g / divisor)."""
+    logits, target = _inputs(512, 4097, torch.float16)
+    x = logits.clone().requires_grad_(True)
+    tempfast.cross_entropy(x, target, 4.0).backward(torch.tensor(3.0, device=DEVICE))
+    x1 = logits.clone().requires_grad_(True)
+    tempfast.cross_entropy(x1, target, 4.0).backward()
+    assert_close(x.grad.float(), 3.0 * x1.grad.float(), REL_TOL[torch.float16], "grad",
+                 floor=1e-3)

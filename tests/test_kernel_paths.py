@@ -1,7 +1,11 @@
-"""Every kernel path (single pass, streaming, split row) and the launch heuristics.
+"""Every kernel path (rows on chip, slices: cooperative and two-phase) and the launch heuristics.
 
 The heuristics pick a path from the shape; here each path is also forced on shapes that would
-normally take another one, so the interpreter runs all of them with every feature flag.
+normally take another one, so the interpreter runs all of them with every feature flag:
+``rows`` (whole rows on chip), ``slices`` (rows cut into several slices: under the interpreter,
+where one program runs at a time, the two-phase fallback) and ``one_slice`` (the cooperative
+one-read kernel, which the interpreter can run when a row is one slice: the ticket loop, the
+row counters and the combine of partials run; only the wait never has to).
 """
 
 from __future__ import annotations
@@ -10,30 +14,37 @@ import pytest
 import torch
 
 import tempfast
-from tempfast.kernels.heuristics import LaunchConfig, cdiv, row_config, single_pass_limit
+from tempfast.kernels import heuristics
+from tempfast.kernels.heuristics import (
+    LaunchConfig,
+    cdiv,
+    next_pow2,
+    resident_programs,
+    row_config,
+    row_limit,
+    slices_phases,
+)
 from tempfast.ops import triton_impl
 
 from ._util import LOSS_TOL, REL_TOL, assert_close, logits_like
 
 
-def forced(path: str, n_cols: int, block_c: int = 256, chunks_per_split: int = 2):
-    if path == "single":
-        block = max(16, 1 << (n_cols - 1).bit_length())
-        return LaunchConfig("single", 2, block, 1, 4)
-    if path == "stream":
-        return LaunchConfig("stream", 1, block_c, 1, 4)
-    splits = cdiv(cdiv(n_cols, block_c), chunks_per_split)
-    return LaunchConfig("split", 1, block_c, splits, 4, chunks_per_split)
+def forced(path: str, n_cols: int, block_c: int = 256) -> LaunchConfig:
+    if path == "rows":
+        return LaunchConfig("rows", 2, max(16, next_pow2(n_cols)), 1, 4)
+    if path == "one_slice":
+        return LaunchConfig("slices", 1, max(16, next_pow2(n_cols)), 1, 4)
+    return LaunchConfig("slices", 1, block_c, cdiv(n_cols, block_c), 4)
 
 
-PATHS = ("single", "stream", "split")
+PATHS = ("rows", "slices", "one_slice")
 
 
 @pytest.fixture
 def force_path(monkeypatch):
     def apply(path: str, n_cols: int) -> None:
         monkeypatch.setattr(triton_impl, "config_for",
-                            lambda x, n_inputs=1: forced(path, n_cols))
+                            lambda x, n_inputs=1, *others: forced(path, n_cols))
     return apply
 
 
@@ -107,33 +118,81 @@ def test_softmax_paths_agree_with_reference(force_path, path, log, t_grad):
         assert_close(tt.grad, t64.grad, 1e-4, "grad temperature", floor=1e-3)
 
 
-def test_heuristics_choose_single_stream_and_split():
-    assert row_config(8192, 1000, 2).path == "single"
-    assert row_config(8192, 32000, 2).path == "single"
-    assert row_config(8192, 32000, 4).path == "stream"
-    assert row_config(8192, 262144, 2).path == "stream"
+def test_heuristics_choose_rows_and_slices():
+    assert row_config(8192, 1000, 2).path == "rows"
+    assert row_config(8192, 1000, 2).block_n == 1, "a program per row of 1000 classes"
+    assert row_config(8192, 10, 4).block_n > 1, "short rows share a program"
+    assert row_config(8192, row_limit(), 2).path == "rows"
+    wide = row_config(8192, 32000, 2)
+    assert wide.path == "slices" and wide.n_slices == 4 and wide.block_c == row_limit()
     few = row_config(4, 262144, 2, num_sms=132)
-    assert few.path == "split" and few.splits > 1
-    assert few.splits * few.cols_per_split >= 262144
-    assert (few.splits - 1) * few.cols_per_split < 262144, "no empty split"
+    assert few.path == "slices" and few.block_c < row_limit(), "narrower slices fill the SMs"
+    assert 4 * few.n_slices >= 2 * 132
+    assert row_config(64, 32000, 2, n_inputs=2).block_c == row_limit(2)
 
 
 @pytest.mark.parametrize("n_rows", [1, 3, 100, 600, 8192])
 @pytest.mark.parametrize("n_cols", [1, 10, 1000, 4097, 32769, 131072, 262144, 1 << 20])
-@pytest.mark.parametrize("elem_size", [2, 4])
-def test_heuristics_are_consistent(n_rows, n_cols, elem_size):
-    cfg = row_config(n_rows, n_cols, elem_size, num_sms=132)
-    if cfg.path == "single":
-        assert cfg.block_c >= n_cols
-        assert cfg.block_c <= single_pass_limit(elem_size)
-        assert cfg.block_n * cfg.block_c <= max(4096, cfg.block_c)
-    elif cfg.path == "stream":
-        assert cfg.block_c & (cfg.block_c - 1) == 0 and cfg.splits == 1
+@pytest.mark.parametrize("n_inputs", [1, 2, 3])
+def test_heuristics_are_consistent(n_rows, n_cols, n_inputs):
+    cfg = row_config(n_rows, n_cols, 2, num_sms=132, n_inputs=n_inputs)
+    limit = row_limit(n_inputs)
+    if cfg.path == "rows":
+        assert cfg.block_c >= n_cols and cfg.n_slices == 1
+        assert cfg.block_n * cfg.block_c <= max(heuristics.TILE_ELEMENTS, cfg.block_c) <= limit
     else:
         assert cfg.block_c & (cfg.block_c - 1) == 0
-        assert cfg.splits * cfg.cols_per_split >= n_cols
-        assert 2 <= cfg.splits <= 64
-    assert cfg.num_warps in (4, 8, 16, 32)
+        assert heuristics.MIN_SLICE <= cfg.block_c <= limit
+        assert cfg.n_slices * cfg.block_c >= n_cols > (cfg.n_slices - 1) * cfg.block_c
+        assert cfg.block_s >= cfg.n_slices
+    per_thread = cfg.block_n * cfg.block_c * next_pow2(n_inputs) / (32 * cfg.num_warps)
+    assert per_thread <= heuristics.ELEMENTS_PER_THREAD or cfg.num_warps == heuristics.MAX_WARPS
+    assert cfg.num_warps in (1, 2, 4, 8)
+
+
+def test_residency_is_the_occupancy_limit_of_the_compiled_kernel():
+    """Registers are allocated per warp in units of 256, shared memory with 1 KiB reserved
+    per block; the tightest of registers, threads, shared memory and blocks wins."""
+    assert resident_programs(64, 1024, 8, sms=132) == 4 * 132  # 65536 / (8 * 32 * 64)
+    assert resident_programs(65, 1024, 8, sms=132) == 3 * 132  # 72 registers allocated
+    assert resident_programs(32, 100 * 1024, 4, sms=132) == 2 * 132  # shared memory
+    assert resident_programs(16, 0, 1, sms=2) == 32 * 2  # the block limit
+    assert slices_phases(16, 528) == 1 and slices_phases(16, 15) == 2
+    assert slices_phases(1, 1) == 1 and slices_phases(2, 1) == 2  # the interpreter: one
+
+
+class _FakeKernel:
+    """Stands in for a Triton kernel: records ``kernel[grid](...)`` calls."""
+
+    def __init__(self, name: str, calls: list) -> None:
+        self.fn = type("fn", (), {"__name__": name})
+        self.calls = calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.calls.append((grid, kwargs))
+
+
+@pytest.mark.parametrize(("resident", "phases"), [(1, (1, 2)), (3, (1, 2)), (4, (0,)),
+                                                  (1000, (0,))])
+def test_the_one_read_launch_runs_only_when_every_slice_of_a_row_fits(monkeypatch, resident,
+                                                                      phases):
+    """Four slices per row: the cooperative launch (PHASE 0, a grid of at most the resident
+    programs) needs four resident programs; otherwise the two phases run, each over every
+    work item."""
+    calls: list = []
+    monkeypatch.setattr(triton_impl.ce_kernels, "ce_slices_kernel",
+                        _FakeKernel("ce_slices_kernel", calls))
+    monkeypatch.setattr(triton_impl.ce_kernels, "ce_prep_kernel", _FakeKernel("prep", []))
+    monkeypatch.setattr(triton_impl, "resident_override", lambda kernel, args, kw: resident)
+    monkeypatch.setattr(triton_impl, "config_for",
+                        lambda x, n_inputs=1, *others: LaunchConfig("slices", 1, 256, 4, 4))
+    x = torch.zeros(10, 1000)
+    triton_impl.ce_reduced(x, torch.zeros(10, dtype=torch.int64), None, 2.0, None, -100, 0.0,
+                           "mean", torch.empty_like(x), False, False)
+    assert tuple(kw["PHASE"] for _, kw in calls) == phases
+    items = 10 * 4
+    expected_grid = min(resident, items) if phases == (0,) else items
+    assert all(grid == (expected_grid,) for grid, _ in calls)
 
 
 def test_out_of_range_target_gives_nan_row_on_the_kernel_path_without_reading_out_of_bounds():

@@ -196,8 +196,26 @@ def test_masked_classes_give_a_finite_temperature_gradient(backend, op_name):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op_name", list(OPS))
-def test_double_backward_is_refused(backend, op_name):
+def test_double_backward_is_refused(backend, op_name, monkeypatch):
+    monkeypatch.setattr(tempfast.functional, "SMALL_CPU_ELEMENTS", 0)  # the kernels' route
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
     y = run_backend(backend, OPS[op_name][0], x, 2.0)
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad((y * y).sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("op_name", list(OPS))
+def test_small_cpu_calls_differentiate_twice_like_torch(op_name):
+    """Small CPU calls with a fixed temperature compose stock aten ops: double backward is
+    right, not refused."""
+    x = logits_like(3, 10, torch.float32).requires_grad_(True)
+    w = torch.randn(3, 10, generator=torch.Generator().manual_seed(1))
+    with tempfast.use_backend("torch"):
+        y = OPS[op_name][0](x, 2.0)
+    (g,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), x)
+    x64 = x.detach().double().requires_grad_(True)
+    (g64,) = torch.autograd.grad((OPS[op_name][1](x64, 2.0) * w.double()).sum(), x64,
+                                 create_graph=True)
+    (gg64,) = torch.autograd.grad(g64.square().sum(), x64)
+    assert_close(gg, gg64, 1e-5, "second derivative", floor=1e-3)

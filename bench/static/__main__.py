@@ -1,9 +1,9 @@
 """``python -m bench.static``: the static cost model of the headline cases.
 
-    python -m bench.static [--out bench/results] [--date YYYY-MM-DD] [--jobs 2] [--json PATH]
-                           [--quick]
+    python -m bench.static [--out bench/results] [--date YYYY-MM-DD] [--name SUFFIX]
+                           [--jobs 2] [--json PATH] [--quick]
 
-Writes ``<out>/static-<date>.json`` and ``.md`` and prints the markdown. ``--json PATH``
+Writes ``<out>/static-<date>[-SUFFIX].json`` and ``.md`` and prints the markdown. ``--json PATH``
 writes only that JSON file (the GPU script's prediction column). ``--quick``: bf16, C = 32000
 and 262144 only. Must run without ``TRITON_INTERPRET`` (the real compiler); set
 ``TRITON_CACHE_DIR`` to keep compiled kernels between runs.
@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parents[1] / "results")
     parser.add_argument("--date", default=datetime.date.today().isoformat())
+    parser.add_argument("--name", default="", help="suffix of the report's file name")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true")
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.json}")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"static-{args.date}"
+    stem = args.out / (f"static-{args.date}" + (f"-{args.name}" if args.name else ""))
     stem.with_suffix(".json").write_text(text)
     md = report.render(data)
     stem.with_suffix(".md").write_text(md + "\n")

@@ -66,6 +66,15 @@ class SassReading:
     accesses: dict[str, list[int]]  # global load / store widths (bits) in the whole body
     local_accesses: int  # LDL / STL (spill traffic) instructions
     mufu: int  # MUFU (exp2, rcp, lg2) instructions in the body
+    all_loops: list[Loop] = field(default_factory=list)  # every loop, outer ones included
+    tail_exit: int | None = None  # the first predicated EXIT after the body's last atomic
+    before_tail: int = 0  # body instructions up to it (all of them if none)
+
+    def outermost(self) -> list[Loop]:
+        """Loops contained in no other loop."""
+        return [lp for lp in self.all_loops
+                if not any(o is not lp and o.start <= lp.start and lp.end <= o.end
+                           for o in self.all_loops)]
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,16 @@ def parse_sass(text: str) -> SassReading:
                  if not any(o is not lp and lp.start <= o.start and o.end <= lp.end
                             for o in loops)]
     ops = [op for _, op in body]
+    # a "last block" epilogue: an atomic counter, then the programs that were not last exit
+    atomics = [a for a, op in body if re.search(r"\b(ATOMG|ATOM|RED)\b", op)]
+    exits = [a for a, op in body if re.search(r"\bEXIT\b", op) and op.startswith("@")
+             and atomics and a > atomics[-1]]
+    tail_exit = exits[0] if exits else None
+    before = len(body) if tail_exit is None else sum(a <= tail_exit for a, _ in body)
     return SassReading(len(body), len(rest), innermost, _accesses(ops),
                        sum(bool(re.search(r"\b(LDL|STL)\b", op)) for op in ops),
-                       sum(bool(re.search(r"\bMUFU\b", op)) for op in ops))
+                       sum(bool(re.search(r"\bMUFU\b", op)) for op in ops), loops, tail_exit,
+                       before)
 
 
 def _is_self_branch(addr: int, op: str, labels: dict[str, int]) -> bool:

@@ -8,8 +8,9 @@ dispatch mode (``autograd_utils.is_eager``); the counter hides itself from that 
 eager route, the one a training step takes, is what gets counted.
 
 :func:`host_time` measures the wall time per call on tiny CPU tensors (64 x 10, one thread),
-median of many calls, for tempfast's CPU path and for eager ``F.cross_entropy(x / T, y)`` /
-``torch.softmax(x / T, -1)``: a GPU step pays the same Python and dispatch cost, and at small
+median of many calls (tempfast's and eager's alternating), for tempfast's CPU path and for
+eager ``F.cross_entropy(x / T, y)`` / ``torch.softmax(x / T, -1)``: a GPU step pays the same Python
+and dispatch cost, and at small
 class counts that cost is the op's time.
 """
 
@@ -101,17 +102,6 @@ class OpCounter(TorchDispatchMode):
             autograd_utils._get_current_dispatch_mode = original
 
 
-def _median_call_seconds(fn: Callable[[], object], calls: int, warmup: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _ce_steps(rows: int, classes: int) -> dict[str, Callable[[], object]]:
     gen = torch.Generator().manual_seed(0)
     x = (8.0 * torch.randn(rows, classes, generator=gen)).requires_grad_(True)
@@ -133,17 +123,42 @@ def _ce_steps(rows: int, classes: int) -> dict[str, Callable[[], object]]:
     }
 
 
+def _paired_medians(a: Callable[[], object], b: Callable[[], object], calls: int,
+                    warmup: int = 50) -> tuple[float, float]:
+    """Median seconds per call of ``a`` and of ``b``, their calls alternating, so that both see
+    the same load on a shared machine (timed one after the other, a busy neighbour moves the
+    ratio by 2x)."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(calls):
+        start = time.perf_counter()
+        a()
+        mid = time.perf_counter()
+        b()
+        ta.append(mid - start)
+        tb.append(time.perf_counter() - mid)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def host_time(rows: int = 64, classes: int = 10, calls: int = 2000) -> dict[str, float]:
     """Median seconds per call on ``rows x classes`` fp32 CPU tensors, one thread, for
-    tempfast's CPU path (``TEMPFAST_BACKEND=torch``) and eager PyTorch."""
+    tempfast's CPU path (``TEMPFAST_BACKEND=torch``) and eager PyTorch, the two calls of each
+    pair alternating."""
     from tempfast import backend
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with backend.use_backend("torch"):
-            return {name: _median_call_seconds(step, calls)
-                    for name, step in _ce_steps(rows, classes).items()}
+            steps = _ce_steps(rows, classes)
+            out: dict[str, float] = {}
+            for what in ("ce fwd", "ce fwd+bwd", "softmax fwd"):
+                ours, eager = _paired_medians(steps[f"tempfast {what}"], steps[f"eager {what}"],
+                                              calls)
+                out[f"tempfast {what}"], out[f"eager {what}"] = ours, eager
+            return out
     finally:
         torch.set_num_threads(threads)
 

@@ -95,35 +95,60 @@ def resident_programs(reading: KernelReading) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# What each kernel moves. Derived by reading the kernels (kernels/*.py) and Liger's; kept here
-# because the kernels do not describe themselves yet. A launch of a kernel not in this table
-# fails loudly: whoever adds or renames a kernel adds its entry.
+# What each kernel moves. tempfast's kernels describe themselves: each module of
+# tempfast.kernels holds a plain ``TRAFFIC`` table (passes over the N x C tensors, each with
+# the constexpr condition that enables it, and the kind of loop structure), read here; the
+# peers (Liger, the copy) are described below. A launch of a kernel in no table fails loudly:
+# whoever adds or renames a kernel adds its entry.
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pass:
     """One sweep over an ``N x C`` tensor: ``kind`` is ``read``, ``write``, ``reread`` (a later
     loop of the same program reads it again) or ``reread_launch`` (an earlier launch read it);
-    ``when``: the constexpr flag that enables it (``!FLAG``: disables)."""
+    ``when``: the condition that enables it, terms joined by ``&``: ``FLAG`` (a true
+    constexpr), ``!FLAG``, ``NAME==v`` / ``NAME!=v`` (an integer constexpr), ``moves`` (the
+    launch moves data: see ``KernelDesc.traffic_if``)."""
 
     tensor: str
     kind: str
     when: str | None = None
 
-    def active(self, constants: dict) -> bool:
+    def active(self, constants: dict, moves: bool = True) -> bool:
         if self.when is None:
             return True
-        if self.when.startswith("!"):
-            return not constants.get(self.when[1:], False)
-        return bool(constants.get(self.when, False))
+        return all(_term(term, constants, moves) for term in self.when.split("&"))
+
+
+def _term(term: str, constants: dict, moves: bool) -> bool:
+    if term == "moves":
+        return moves
+    for op in ("==", "!="):
+        if op in term:
+            name, value = term.split(op)
+            equal = int(constants.get(name, 0)) == int(value)
+            return equal if op == "==" else not equal
+    if term.startswith("!"):
+        return not constants.get(term[1:], False)
+    return bool(constants.get(term, False))
 
 
 @dataclass(frozen=True)
 class KernelDesc:
+    """``loops``: how many hot loops the SASS must show (from the constexprs); ``trips``: the
+    iterations of each (one int for all, or a list in SASS order); ``select``: ``inner`` (the
+    innermost loops) or ``outer`` (the work-item loop of a persistent grid, whose inner loops
+    are a spin-wait counted once per item); ``tail``: with ``REDUCE`` the code after the last
+    predicated EXIT runs in one program only (the last-block reduction)."""
+
     passes: tuple[Pass, ...]
-    loops: Callable[[dict], int] = lambda c: 0  # hot loops in the SASS, from the constexprs
-    trips: Callable[[Launch], int] = lambda launch: 1  # iterations of each hot loop
+    loops: Callable[[dict], int] = lambda c: 0
+    trips: Callable[[Launch], int | list[int]] = lambda launch: 1
     traffic_if: Callable[[Launch], bool] = lambda launch: True  # False: the launch moves no data
     hot: Callable[[Loop], bool] = lambda loop: True  # which SASS loops run (the others: never)
+    select: str = "inner"
+    tail: bool = False
+    row_loops: Callable[[list[Loop]], list[Loop]] = lambda loops: loops  # which touch rows
+    pick: Callable[[Launch, list[Loop]], list[Loop]] | None = None  # choose the hot loops
 
 
 def _arg(name: str) -> Callable[[Launch], int]:
@@ -134,55 +159,56 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _rescale_moves(launch: Launch) -> bool:
-    """The rescale masks every load and store of rows whose upstream gradient is exactly 1."""
+def _apply_moves(launch: Launch) -> bool:
+    """The gradient apply touches the buffer only when ``g`` (times the deferred mean's
+    factor) is not exactly 1; the recording keeps the values of tiny tensors."""
     g = launch.tensors["g_ptr"]
-    return g.values is None or any(v != 1.0 for v in g.values)
+    defer = int(launch.constants.get("defer", launch.scalars.get("defer", 0)))
+    return bool(defer) or g.values is None or any(v != 1.0 for v in g.values)
 
 
-_CE_PROB = (Pass("q_ptr", "read", "PROB"),)
+def _items_per_program(launch: Launch) -> int:
+    if int(launch.constants.get("PHASE", 0)) != 0:
+        return 1
+    items = int(launch.constants.get("n_items", launch.scalars.get("n_items", 1)))
+    return _cdiv(items, max(launch.programs, 1))
+
+
+def _apply_trips(launch: Launch) -> int:
+    return _arg("tiles_per_program")(launch) if _apply_moves(launch) else 0
+
+
+def _apply_loops(launch: Launch, loops: list[Loop]) -> list[Loop]:
+    """The tile loop comes last (after the dL/dT loop, which the compiler may split or drop);
+    there is none when the JIT made ``tiles_per_program == 1`` a constant."""
+    return [] if "tiles_per_program" in launch.constants else loops[-1:]
+
+
+_LOOPS = {  # the ``loops`` entry of a kernels/ TRAFFIC table -> how to read the SASS
+    "none": {},
+    "items": {"loops": lambda c: 1, "trips": _items_per_program, "select": "outer"},
+    "tiles": {"loops": lambda c: -2, "trips": _apply_trips, "traffic_if": _apply_moves,
+              "pick": _apply_loops},
+    "small": {"loops": lambda c: -1},  # one program: loops counted once, not checked
+}
+
+
+def _from_table(spec: dict) -> KernelDesc:
+    passes = tuple(Pass(*p) for p in spec["passes"])
+    return KernelDesc(passes, tail=True, **_LOOPS[spec["loops"]])
+
+
+def _tempfast_kernels() -> dict[str, KernelDesc]:
+    from tempfast.kernels import cross_entropy, rescale, softmax
+
+    return {name: _from_table(spec) for module in (cross_entropy, softmax, rescale)
+            for name, spec in module.TRAFFIC.items()}
+
+
 KERNELS: dict[str, KernelDesc] = {
-    "ce_single_pass_kernel": KernelDesc(
-        (Pass("x_ptr", "read"), *_CE_PROB, Pass("g_ptr", "write", "COMPUTE_GRAD"))),
-    "ce_stream_kernel": KernelDesc(
-        (Pass("x_ptr", "read"), *_CE_PROB, Pass("x_ptr", "reread", "COMPUTE_GRAD"),
-         Pass("q_ptr", "reread", "PROB"), Pass("g_ptr", "write", "COMPUTE_GRAD")),
-        loops=lambda c: 1 + bool(c.get("COMPUTE_GRAD")), trips=_arg("n_chunks")),
-    "ce_split_stats_kernel": KernelDesc(
-        (Pass("x_ptr", "read"), *_CE_PROB), loops=lambda c: 1, trips=_arg("chunks_per_split")),
-    "ce_split_finish_kernel": KernelDesc(
-        (Pass("x_ptr", "reread_launch", "COMPUTE_GRAD"),
-         Pass("q_ptr", "reread_launch", "PROB"), Pass("g_ptr", "write", "COMPUTE_GRAD")),
-        loops=lambda c: int(bool(c.get("COMPUTE_GRAD"))), trips=_arg("chunks_per_split")),
-    "softmax_single_pass_kernel": KernelDesc((Pass("x_ptr", "read"), Pass("y_ptr", "write"))),
-    "softmax_stream_kernel": KernelDesc(
-        (Pass("x_ptr", "read"), Pass("x_ptr", "reread"), Pass("y_ptr", "write")),
-        loops=lambda c: 2, trips=_arg("n_chunks")),
-    "softmax_split_stats_kernel": KernelDesc(
-        (Pass("x_ptr", "read"),), loops=lambda c: 1, trips=_arg("chunks_per_split")),
-    "softmax_split_finish_kernel": KernelDesc(
-        (Pass("x_ptr", "reread_launch"), Pass("y_ptr", "write")),
-        loops=lambda c: 1, trips=_arg("chunks_per_split")),
-    "softmax_bwd_single_pass_kernel": KernelDesc(
-        (Pass("y_ptr", "read"), Pass("dy_ptr", "read"), Pass("x_ptr", "read", "COMPUTE_DT"),
-         Pass("dx_ptr", "write"))),
-    "softmax_bwd_stream_kernel": KernelDesc(
-        (Pass("y_ptr", "read"), Pass("dy_ptr", "read"), Pass("y_ptr", "reread", "!LOG"),
-         Pass("dy_ptr", "reread"), Pass("x_ptr", "read", "COMPUTE_DT"),
-         Pass("dx_ptr", "write")),
-        loops=lambda c: 2, trips=_arg("n_chunks")),
-    "softmax_bwd_split_stats_kernel": KernelDesc(
-        (Pass("y_ptr", "read", "!LOG"), Pass("dy_ptr", "read")), loops=lambda c: 1,
-        trips=_arg("chunks_per_split")),
-    "softmax_bwd_split_finish_kernel": KernelDesc(
-        (Pass("y_ptr", "read", "LOG"), Pass("y_ptr", "reread_launch", "!LOG"),
-         Pass("dy_ptr", "reread_launch"),
-         Pass("x_ptr", "read", "COMPUTE_DT"), Pass("dx_ptr", "write")),
-        loops=lambda c: 1, trips=_arg("chunks_per_split")),
-    "rescale_rows_kernel": KernelDesc(
-        (Pass("buf_ptr", "read"), Pass("buf_ptr", "write")), traffic_if=_rescale_moves),
+    **_tempfast_kernels(),
     # Liger-Kernel's CE (forward with gradients: an online-softmax loop, then a loop writing the
-    # gradient over the logits in place) and a plain Triton copy (bench.static.calibrate).
+    # gradient over the logits in place) and a plain Triton copy (bench.static.peers).
     "liger_cross_entropy_kernel": KernelDesc(
         (Pass("X_ptr", "read"), Pass("X_ptr", "reread", "HAS_GRADIENTS"),
          Pass("X_ptr", "write", "HAS_GRADIENTS")),
@@ -229,23 +255,55 @@ class LaunchCost:
         return "issue" if self.t_issue > self.t_mem else "memory"
 
 
+def _tail_split(launch: Launch, reading: KernelReading) -> int | None:
+    """The address after which one program runs the rest (the last-block reduction), or
+    ``None`` when every program runs the whole body."""
+    desc = describe(launch)
+    if desc.tail and launch.constants.get("REDUCE") and reading.sass.tail_exit is not None:
+        return reading.sass.tail_exit
+    return None
+
+
 def hot_loops(launch: Launch, reading: KernelReading) -> list[Loop]:
-    """The innermost SASS loops that run, checked against the description's count."""
+    """The SASS loops every program runs (see :class:`KernelDesc`), checked against the
+    description's count."""
     desc = describe(launch)
     expected = desc.loops(launch.constants)
-    loops = [lp for lp in reading.sass.loops if desc.hot(lp)]
-    if len(loops) != expected:
+    split = _tail_split(launch, reading)
+    pool = reading.sass.outermost() if desc.select == "outer" else reading.sass.loops
+    loops = [lp for lp in pool if desc.hot(lp) and (split is None or lp.end <= split)]
+    if desc.pick is not None:
+        return desc.pick(launch, loops)
+    if expected >= 0 and len(loops) != expected:
         raise ValueError(f"{launch.name} ({reading.arch}): {len(loops)} hot loops in the SASS, "
-                         f"the model expects {expected}; update bench.static.model.KERNELS")
-    return loops
+                         f"the model expects {expected}; update the kernel's TRAFFIC table or "
+                         "bench.static.model")
+    return loops if expected >= 0 else []
+
+
+def row_loops(launch: Launch, reading: KernelReading) -> list[Loop]:
+    """The hot loops that run (at least one trip) and access the ``N x C`` rows."""
+    desc = describe(launch)
+    loops = hot_loops(launch, reading)
+    trips = desc.trips(launch)
+    per_loop = trips if isinstance(trips, list) else [trips] * len(loops)
+    running = [lp for lp, n in zip(loops, per_loop, strict=False) if n >= 1]
+    return [lp for lp in desc.row_loops(loops) if lp in running]
 
 
 def warp_instructions(launch: Launch, reading: KernelReading) -> int:
+    """Warp-instructions of the launch: every program runs the body once and each hot loop
+    ``trips - 1`` more times; a one-program tail runs once."""
     desc = describe(launch)
     loops = hot_loops(launch, reading)
-    trips = max(desc.trips(launch), 1)
-    per_thread = reading.sass.instructions + sum(lp.instructions for lp in loops) * (trips - 1)
-    return launch.programs * reading.num_warps * per_thread
+    trips = desc.trips(launch)
+    per_loop = trips if isinstance(trips, list) else [max(trips, 1)] * len(loops)
+    split = _tail_split(launch, reading)
+    body = reading.sass.instructions if split is None else reading.sass.before_tail
+    tail = reading.sass.instructions - body
+    per_thread = body + sum(lp.instructions * (n - 1) for lp, n in zip(loops, per_loop,
+                                                                        strict=False))
+    return (launch.programs * per_thread + tail) * reading.num_warps
 
 
 def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
@@ -253,12 +311,11 @@ def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
     consts = launch.constants
     concurrent = min(launch.programs, resident_programs(reading)["programs"] * gpu.sms)
     read = write = reread = reread_hbm = 0
-    named = set()
     moves = desc.traffic_if(launch)
+    named = {p.tensor for p in desc.passes}
     for p in desc.passes:
-        if not p.active(consts) or p.tensor not in launch.tensors:
+        if not p.active(consts, moves) or p.tensor not in launch.tensors:
             continue
-        named.add(p.tensor)
         nbytes = launch.tensors[p.tensor].nbytes if moves else 0
         if p.kind == "read":
             read += nbytes
@@ -272,12 +329,23 @@ def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
                 in_flight = nbytes
             if in_flight > L2_FRACTION * gpu.l2_bytes:
                 reread_hbm += nbytes
-    other = sum(t.nbytes for name, t in launch.tensors.items() if name not in named)
+    other = sum(t.nbytes for name, t in launch.tensors.items()
+                if name not in named and not _same_storage(launch, name, named))
     instr = warp_instructions(launch, reading)
     t_mem = (read + write + reread_hbm + other) / gpu.copy_bw
     t_issue = instr / gpu.issue_rate
     return LaunchCost(launch.name, launch.programs, concurrent, read, write, reread, reread_hbm,
                       other, instr, t_mem, t_issue, max(t_mem, t_issue) + LAUNCH_S)
+
+
+def _same_storage(launch: Launch, name: str, named: set[str]) -> bool:
+    """Whether tensor argument ``name`` is one of the described tensors passed again (a
+    stand-in for an unused pointer, e.g. the logits as the gradient of a loss-only call, or
+    the workspace as an absent weight): it moves no bytes of its own."""
+    t = launch.tensors[name]
+    return any(launch.tensors[n].storage_ptr == t.storage_ptr for n in named
+               if n in launch.tensors) or any(
+        o.storage_ptr == t.storage_ptr for k, o in launch.tensors.items() if k < name)
 
 
 # aten ops that launch no GPU kernel (views, allocations, metadata)

@@ -201,17 +201,51 @@ def triton_on_cpu() -> Iterator[None]:
     set; the tool answers its ``interpreter_enabled()`` question with yes (the launches are
     intercepted, so nothing is interpreted) and selects the backend with ``use_backend``."""
     from tempfast import backend
+    from tempfast.ops import triton_impl
 
     if backend.interpreter_enabled():
         raise RuntimeError("bench.static needs a process without TRITON_INTERPRET: the "
                            "interpreter's kernels are not the ones a GPU compiles")
     original = backend.interpreter_enabled
     backend.interpreter_enabled = lambda: True
+    override = triton_impl.resident_override
+    triton_impl.resident_override = resident_on_model_gpu
     try:
         with backend.use_backend("triton"):
             yield
     finally:
         backend.interpreter_enabled = original
+        triton_impl.resident_override = override
+
+
+_RESIDENT: dict[tuple, int] = {}
+
+
+def resident_on_model_gpu(fn: JITFunction, args: tuple, kwargs: dict) -> int:
+    """Programs of ``fn`` (the JIT's variant for these arguments, compiled for sm_90a) that an
+    H100 / H200 (132 SMs) holds at once: what the launchers compute from a real device, here
+    from the binary the model reads (:func:`bench.static.model.resident_programs`)."""
+    from .compile import read_launch
+    from .model import GPUS, resident_programs
+
+    launch = _launch_of(fn, args, kwargs)
+    key = launch.compile_key()
+    if key not in _RESIDENT:
+        reading = read_launch(launch, 90)
+        _RESIDENT[key] = resident_programs(reading)["programs"] * GPUS[0].sms
+    return _RESIDENT[key]
+
+
+_SPECIALISER: list = []
+
+
+def _launch_of(fn: JITFunction, args: tuple, kwargs: dict) -> Launch:
+    if not _SPECIALISER:
+        _SPECIALISER.append(Specialiser())
+    _bound, signature, constexprs, attrs, kw = _SPECIALISER[0](fn, args, kwargs)
+    options = {k: v for k, v in kw.items() if k not in signature}
+    return Launch(fn.fn.__module__, fn.fn.__name__, (1, 1, 1), {}, {}, signature, constexprs,
+                  attrs, options)
 
 
 def _shape_only_mm(a, b):

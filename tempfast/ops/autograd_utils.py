@@ -64,7 +64,7 @@ def fused_upstream(g: Tensor, denom: Tensor, reduction: str, dtype: torch.dtype)
 def temperature_grad(dt_rows: Tensor, scale: Tensor, temperature: Tensor) -> Tensor:
     """dL/dT in the temperature's shape: per-row ``dt_rows * scale``, summed for a scalar T."""
     dt = dt_rows * scale
-    return dt.sum().reshape(1) if temperature.numel() == 1 else dt
+    return dt.sum().reshape(temperature.shape) if temperature.numel() == 1 else dt
 
 
 def _mul_rows(buf: Tensor, g: Tensor) -> Tensor:

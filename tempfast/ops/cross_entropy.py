@@ -1,7 +1,9 @@
-"""``tempfast::cross_entropy`` and friends: torch.library custom ops and their autograd.
+"""``tempfast::cross_entropy`` and friends: torch.library custom ops, their autograd, and the eager
+route.
 
 All ops take 2-D logits ``(N, C)``; ``target`` is ``(N,)`` int64 class indices or ``(N, C)``
-probabilities; ``temperature`` fp32 ``(1,)`` or ``(N,)``; ``weight`` ``(C,)`` or ``None``.
+probabilities; ``temperature`` fp32 ``(1,)`` or ``(N,)`` (or, on the eager route, a Python
+number passed by value); ``weight`` ``(C,)`` or ``None``.
 
 Two ways to get the logits' gradient:
 
@@ -13,6 +15,11 @@ Two ways to get the logits' gradient:
   :func:`~tempfast.ops.autograd_utils.defers_mean`.)
 * **recompute** (``reduction="none"``, or a probability target that needs its own gradient):
   the forward pass stores only the per-row log-sum-exp; the backward pass re-reads the logits.
+
+Eager calls on plain tensors take :class:`FusedCrossEntropy` (one ``autograd.Function``
+around the implementation's ``ce_reduced`` / ``apply_upstream_``: on CUDA two launches forward,
+one backward, a few allocations on the host); traced calls (``torch.compile``, export, any
+dispatch mode) take the custom ops, which compose the same row kernels.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import torch
 from torch import Tensor
 
 from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from . import torch_impl
 from .autograd_utils import (
     apply_upstream,
+    defers_mean,
     fused_scale,
     fused_upstream,
     reduce_rows,
@@ -35,16 +44,8 @@ from .dispatch import impl_for
 
 def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
                  num_classes: int, dtype: torch.dtype) -> Tensor:
-    """The divisor of ``reduction="mean"``, as torch defines it, computed on the device:
-    class indices: ``sum of weight[y]`` over rows that are not ignored (their count if no
-    weight); probabilities: the number of rows."""
-    if target.dim() == 2:
-        return torch.full((), float(target.shape[0]), dtype=dtype, device=target.device)
-    valid = target != ignore_index
-    if weight is None:
-        return valid.sum().to(dtype)
-    safe = torch.where(valid, target, 0).clamp_(0, num_classes - 1)
-    return (weight.to(dtype)[safe] * valid).sum()
+    """The divisor of ``reduction="mean"`` (:func:`tempfast.ops.torch_impl.denominator`)."""
+    return torch_impl.denominator(target, weight, ignore_index, num_classes, dtype)
 
 
 def _check_values(logits: Tensor, target: Tensor, temperature: Tensor, ignore_index: int) -> None:
@@ -90,7 +91,9 @@ def cross_entropy_2d(
         logits, target, temperature, weight, ignore_index, label_smoothing,
         scale if fused_grad else None, grad if fused_grad else None, compute_dt,
     )
-    return reduce_rows(loss_rows, denom, reduction), lse, grad, dt_rows, denom
+    # the rows may be views of one workspace: outputs of a custom op must not alias
+    return (reduce_rows(loss_rows, denom, reduction), lse.clone(), grad, dt_rows.clone(),
+            denom)
 
 
 @cross_entropy_2d.register_fake
@@ -132,7 +135,7 @@ def _(logits, target, temperature, weight, ignore_index, label_smoothing, scale)
 def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse: Tensor,
                  label_smoothing: float, scale: Tensor, target: Tensor) -> Tensor:
     """d loss / d q for probability targets: ``-g (1 - eps) w (z / T - lse)``."""
-    logp = logits.to(lse.dtype) / temperature.unsqueeze(1) - lse.unsqueeze(1)
+    logp = logits.to(lse.dtype) / temperature.reshape(-1, 1) - lse.unsqueeze(1)
     scale = scale.unsqueeze(1) * (label_smoothing - 1.0)
     grad = logp * scale if weight is None else logp * scale * weight.to(lse.dtype)
     return grad.to(target.dtype)
@@ -211,7 +214,7 @@ def cross_entropy_inplace_2d(
         logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
         compute_dt,
     )
-    return reduce_rows(loss_rows, denom, reduction), dt_rows, denom
+    return reduce_rows(loss_rows.clone(), denom, reduction), dt_rows.clone(), denom
 
 
 @cross_entropy_inplace_2d.register_fake
@@ -249,3 +252,76 @@ class CrossEntropyInplace(torch.autograd.Function):
             grad_t = temperature_grad(dt_rows, row_scale(g_loss, denom, ctx.reduction),
                                       temperature)
         return grad, None, grad_t, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# The eager route of a fused (mean / sum) cross-entropy.
+# --------------------------------------------------------------------------------------------
+class FusedCrossEntropy(torch.autograd.Function):
+    """``reduction`` mean or sum, eager: the forward pass writes the gradient for an upstream
+    gradient of 1 (into ``logits`` itself with ``inplace``), the backward pass applies the
+    upstream gradient (:func:`~tempfast.ops.triton_impl.apply_upstream_`). Arguments as
+    :func:`cross_entropy_2d`, plus ``t_value``: the temperature by value (``temperature`` is
+    then ``None``; a one-value ``temperature`` may be 0-dim), and ``inplace``."""
+
+    @staticmethod
+    def forward(ctx, logits, target, temperature, t_value, weight, ignore_index,
+                label_smoothing, reduction, compute_dt, inplace):
+        if temperature is not None:
+            check_temperature_values(temperature)
+        if target.dim() == 1:
+            check_class_indices(target, logits.shape[1], ignore_index)
+        impl = impl_for(logits)
+        defer = defers_mean(logits.dtype, reduction)
+        needs_grad = ctx.needs_input_grad[0]
+        grad = None
+        if inplace:
+            grad = logits
+        elif needs_grad:
+            grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        res = impl.ce_reduced(logits, target, temperature, t_value, weight, ignore_index,
+                              label_smoothing, reduction, grad, compute_dt, defer)
+        if inplace:
+            torch.autograd.graph.increment_version(logits)
+        # saved, not held: after a backward that frees the graph, autograd can hand the buffer
+        # to ``.grad`` without a copy
+        ctx.save_for_backward(grad)
+        ctx.state = (impl, res, defer)
+        ctx.t_grad, ctx.t_shape = None, None
+        if compute_dt:
+            ctx.t_grad = "scalar" if temperature.numel() == 1 else "rows"
+            ctx.t_shape = temperature.shape
+        return res.loss
+
+    @staticmethod
+    def backward(ctx, g_loss):
+        refuse_double_backward("cross_entropy", g_loss)
+        impl, res, defer = ctx.state
+        (grad,) = ctx.saved_tensors
+        first = getattr(ctx, "first_upstream", None)
+        if first is None:
+            ctx.first_upstream = g_loss  # kept for a second pass through a retained graph
+            grad_t = impl.apply_upstream_(grad, g_loss, res, ctx.t_grad, defer, ctx.t_shape)
+            return grad, None, grad_t, None, None, None, None, None, None, None
+        return (_again(grad, g_loss, first), None,
+                _again_t(impl, res, ctx.t_grad, g_loss), None, None, None, None, None, None,
+                None)
+
+
+def _again(grad: Tensor | None, g: Tensor, first: Tensor) -> Tensor | None:
+    """A later backward through a retained graph: ``grad * g / g_first`` out of place (the
+    buffer holds the first call's gradient)."""
+    if grad is None:
+        return None
+    if bool((first == 0).any()):  # a rare path (retain_graph): a host check is affordable
+        raise RuntimeError("tempfast: the first backward through this graph had a zero upstream "
+                           "gradient, which erased the fused gradient; recompute the loss")
+    acc = accumulation_dtype(grad.dtype)
+    return (grad.to(acc) * (g.to(acc) / first.to(acc))).to(grad.dtype)
+
+
+def _again_t(impl, res, t_grad: str | None, g: Tensor) -> Tensor | None:
+    if t_grad is None:
+        return None
+    dt = res.dt_rows() if t_grad == "rows" else res.dt_total()
+    return dt * g.to(dt.dtype)

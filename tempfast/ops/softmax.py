@@ -63,8 +63,34 @@ def _backward(ctx, dy: Tensor):
     dx, dt_row = softmax_backward_2d(y, dy, temperature, ctx.log, x)
     dt = None
     if ctx.t_grad:
-        dt = dt_row.sum().reshape(1) if temperature.numel() == 1 else dt_row
+        dt = dt_row.sum().reshape(temperature.shape) if temperature.numel() == 1 else dt_row
     return dx, dt, None
 
 
 softmax_2d.register_autograd(_backward, setup_context=_setup_context)
+
+
+class Softmax(torch.autograd.Function):
+    """The eager route of :func:`softmax_2d` on plain tensors: the same implementation
+    functions, with a Python-number temperature passed by value (``temperature`` is then
+    ``None``): no tensor is made for it and no fill kernel runs."""
+
+    @staticmethod
+    def forward(ctx, x, temperature, t_value, log):
+        if temperature is not None:
+            check_temperature_values(temperature)
+        y = impl_for(x).softmax_forward(x, temperature, log, t_value)
+        ctx.log, ctx.t_value = log, t_value
+        ctx.t_grad = ctx.needs_input_grad[1]
+        ctx.save_for_backward(y, temperature, x if ctx.t_grad else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        refuse_double_backward("log_softmax" if ctx.log else "softmax", dy)
+        y, temperature, x = ctx.saved_tensors
+        dx, dt_row = impl_for(y).softmax_backward(y, dy, temperature, ctx.log, x, ctx.t_value)
+        dt = None
+        if ctx.t_grad:
+            dt = dt_row.sum().reshape(temperature.shape) if temperature.numel() == 1 else dt_row
+        return dx, dt, None, None

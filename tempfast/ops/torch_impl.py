@@ -8,8 +8,12 @@ never reach ``N x C``. Shapes: logits / x ``(N, C)``; ``t`` the temperature, fp3
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
+
+from .._checks import check_temperature_values
 
 CHUNK_ELEMENTS = 1 << 20
 MAX_CHUNK_ROWS = 1 << 15
@@ -52,10 +56,10 @@ def _inverse_temperature(t: Tensor) -> Tensor:
 def _rows(t: Tensor, start: int, stop: int, dtype: torch.dtype) -> Tensor:
     """Rows ``start:stop`` of a per-row ``(N,)`` or broadcast ``(1,)`` tensor, as a column."""
     part = t if t.numel() == 1 else t[start:stop]
-    return part.to(dtype).unsqueeze(1)
+    return part.to(dtype).reshape(-1, 1)
 
 
-def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
+def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0) -> Tensor:
     """``y = softmax(x / t)`` or ``log_softmax(x / t)`` along dim 1, in base 2:
     ``e = 2^(x k - m)`` with ``k = log2(e) / t``, ``y = e / sum(e)`` or
     ``(x k - m - log2 sum(e)) ln 2``."""
@@ -63,6 +67,8 @@ def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     starts, step = _row_chunks(n_rows, n_cols)
     cdt = _compute_dtype(x.dtype)
+    if t is None:
+        t = torch.full((1,), t_value, dtype=cdt, device=x.device)
     direct = y.dtype == cdt  # build the result in the output itself (no final copy)
     work = None if direct and not log else torch.empty(min(step, n_rows), n_cols, dtype=cdt,
                                                        device=x.device)
@@ -86,8 +92,8 @@ def softmax_forward(x: Tensor, t: Tensor, log: bool) -> Tensor:
     return y
 
 
-def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
-                     x: Tensor | None) -> tuple[Tensor, Tensor]:
+def softmax_backward(y: Tensor, dy: Tensor, t: Tensor | None, log: bool, x: Tensor | None,
+                     t_value: float = 0.0) -> tuple[Tensor, Tensor]:
     """Gradients of ``softmax(x / t)`` (or log_softmax) given its output ``y`` and ``dy``.
 
     softmax:      dx = y * (dy - sum(dy * y)) / t
@@ -97,6 +103,8 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor, log: bool,
     """
     n_rows, n_cols = y.shape
     cdt = _compute_dtype(y.dtype)
+    if t is None:
+        t = torch.full((1,), t_value, dtype=cdt, device=y.device)
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     dt_row = torch.empty(n_rows if x is not None else 0, dtype=cdt, device=y.device)
     starts, step = _row_chunks(n_rows, n_cols)
@@ -252,3 +260,116 @@ def rescale_(buf: Tensor, g: Tensor) -> None:
     for r0 in starts:
         r1 = min(r0 + step, n_rows)
         buf[r0:r1] = buf[r0:r1].to(cdt) * _rows(g, r0, r1, cdt)
+
+
+def denominator(target: Tensor, weight: Tensor | None, ignore_index: int, num_classes: int,
+                dtype: torch.dtype) -> Tensor:
+    """The divisor of ``reduction="mean"``, as torch defines it: class indices: ``sum of
+    weight[y]`` over rows that are not ignored (their count without weights); probabilities:
+    the number of rows."""
+    if target.dim() == 2:
+        return torch.full((), float(target.shape[0]), dtype=dtype, device=target.device)
+    valid = target != ignore_index
+    if weight is None:
+        return valid.sum().to(dtype)
+    safe = torch.where(valid, target, 0).clamp_(0, num_classes - 1)
+    return (weight.to(dtype)[safe] * valid).sum()
+
+
+@dataclass
+class Reduced:
+    """What a reduced (mean / sum) forward leaves for its backward pass: the loss, per-row lse,
+    per-row dL/dT for an upstream gradient of 1 (the mean's factor in) and the divisor."""
+
+    loss: Tensor
+    lse_rows: Tensor
+    dt: Tensor
+    divisor: Tensor
+    row_factor: Tensor
+
+    def lse(self) -> Tensor:
+        return self.lse_rows
+
+    def dt_rows(self) -> Tensor:
+        return self.dt
+
+    def dt_total(self) -> Tensor:
+        return self.dt.sum()
+
+    def denom(self) -> Tensor:
+        return self.divisor
+
+
+def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
+               weight: Tensor | None, ignore_index: int, label_smoothing: float,
+               reduction: str, grad_out: Tensor | None, compute_dt: bool,
+               defer: bool) -> Reduced:
+    """A mean or sum cross-entropy (see :func:`tempfast.ops.triton_impl.ce_reduced`): the
+    gradient for an upstream gradient of 1 goes to ``grad_out`` (without the mean's factor when
+    ``defer``)."""
+    cdt = _compute_dtype(logits.dtype)
+    if t is None:
+        t = torch.full((1,), t_value, dtype=cdt, device=logits.device)
+    n_cols = logits.shape[1]
+    if reduction == "mean":
+        divisor = denominator(target, weight, ignore_index, n_cols, cdt)
+        row_factor = torch.where(divisor == 0, 0.0, 1.0 / divisor)
+    else:
+        divisor = torch.ones((), dtype=cdt, device=logits.device)
+        row_factor = divisor
+    scale = None
+    if grad_out is not None:
+        scale = (divisor.new_ones(()) if defer else row_factor).reshape(1)
+    loss_rows, lse, dt_rows = ce_rows(logits, target, t, weight, ignore_index, label_smoothing,
+                                      scale, grad_out, compute_dt)
+    return Reduced(loss_rows.sum() / divisor, lse, dt_rows * row_factor, divisor, row_factor)
+
+
+def apply_upstream_(buf: Tensor | None, g: Tensor, res: Reduced, t_grad: str | None,
+                    defer: bool, t_shape: torch.Size | None = None) -> Tensor | None:
+    """The backward of :func:`ce_reduced`: ``buf *= g`` (times the mean's factor when it was
+    deferred; skipped when that is exactly 1, tested only for host tensors; through ``.data``,
+    so that the buffer's version counter does not move) and dL/dT for the upstream gradient
+    ``g`` (``t_grad``: ``"rows"``, ``"scalar"`` or ``None``), shaped ``t_shape``."""
+    if buf is not None and buf.numel():
+        factor = g.to(res.row_factor.dtype) * res.row_factor if defer else g
+        rescale_(buf.data, factor.reshape(1))
+    if t_grad is None:
+        return None
+    dt = res.dt if t_grad == "rows" else res.dt.sum()
+    dt = dt * g.to(dt.dtype)
+    return dt.reshape(t_shape) if t_shape is not None and dt.shape != t_shape else dt
+
+
+def small_cross_entropy(logits: Tensor, target: Tensor, temperature: float | Tensor,
+                        weight: Tensor | None, ignore_index: int, reduction: str,
+                        label_smoothing: float) -> Tensor:
+    """``F.cross_entropy(z / T, ...)`` composed of stock aten ops, for small CPU inputs whose
+    temperature needs no gradient: the cheapest correct route (torch's log-softmax takes
+    ``(z - max) - log s``, so the loss is never negative and confident rows keep their
+    precision). ``z`` is the logits in fp32 (fp64 stays fp64); the gradient comes back in the
+    logits' dtype."""
+    z = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    if target.dtype.is_floating_point and target.dtype != z.dtype:
+        target = target.to(z.dtype)
+    if isinstance(temperature, Tensor) and temperature.numel() > 1:
+        temperature = temperature.to(z.dtype).unsqueeze(1)
+    return torch._C._nn.cross_entropy_loss(
+        z / temperature, target, weight if weight is None else weight.to(z.dtype),
+        _REDUCTIONS[reduction], ignore_index, label_smoothing)
+
+
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+
+def small_softmax(x: Tensor, temperature: float | Tensor, log: bool) -> Tensor:
+    """``softmax(x / T)`` (or ``log_softmax``) over dim 1 of a small CPU ``x (N, C)`` with
+    stock aten ops, in fp32 (fp64 stays fp64), stored in ``x``'s dtype; ``T`` needs no
+    gradient (see :func:`small_cross_entropy`)."""
+    z = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if isinstance(temperature, Tensor):
+        check_temperature_values(temperature.detach())
+        if temperature.numel() > 1:
+            temperature = temperature.to(z.dtype).unsqueeze(1)
+    y = torch.log_softmax(z / temperature, 1) if log else torch.softmax(z / temperature, 1)
+    return y if y.dtype == x.dtype else y.to(x.dtype)

@@ -1,0 +1,128 @@
+"""Constants and helpers shared by every kernel (Triton only).
+
+Base 2 throughout: with ``k = log2(e) / T`` a logit ``z`` becomes ``u = k z`` and
+``exp(z / T) = 2^u``; natural logs come back through ``ln 2``.
+
+Partials: the paths that cut a row into slices (``slices``, see :mod:`.heuristics`) keep, per
+(row, slice), the statistics of that slice relative to its own max ``m_i`` and combine them
+with :func:`combine_max` / :func:`rescale_to`: ``M = max m_i``, ``s = sum s_i 2^(m_i - M)``,
+``D = sum (D_i + cs_i (M - m_i))``.
+
+``workspace layout``: every op allocates one fp32 workspace (see the ``WS_*`` offsets) whose
+header holds the mean's divisor, the reduction factors, the reduced outputs and the counters
+the kernels synchronise on (int32, through a pointer bitcast).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+# Per (row, slice) partials of the cross-entropy slices path: the slice's max of u (log2
+# units, -inf for an empty slice), sum 2^(u - m), sum 2^(u - m) z, sum c z, sum c,
+# D = sum c (m - u), and the target logit z_y (two-phase fallback only); padded to 8.
+CE_PARTIALS = tl.constexpr(8)
+P_M = tl.constexpr(0)
+P_S = tl.constexpr(1)
+P_EZ = tl.constexpr(2)
+P_CZ = tl.constexpr(3)
+P_CS = tl.constexpr(4)
+P_D = tl.constexpr(5)
+P_ZY = tl.constexpr(6)
+# Softmax forward partials: (m, s); softmax backward partials: (A, sum dx x).
+SOFTMAX_PARTIALS = tl.constexpr(2)
+
+# Workspace header (fp32 slots; the counters are int32 in the same bytes).
+WS_LOSS_DIV = tl.constexpr(0)  # the reduced loss is sum / this (mean: the divisor; sum: 1)
+WS_ROW_FACTOR = tl.constexpr(1)  # d loss / d loss_row: 1 / divisor (0 if it is 0), or 1
+WS_GRAD_SCALE = tl.constexpr(2)  # the factor folded into a fused gradient (1 when deferred)
+WS_LOSS = tl.constexpr(3)  # the reduced loss
+WS_DT = tl.constexpr(4)  # the reduced dL/dT (scalar temperature)
+WS_DONE = tl.constexpr(5)  # int32: programs that have stored their partial sums
+WS_TICKET = tl.constexpr(6)  # int32: next work item of a persistent cooperative grid
+WS_HEADER = tl.constexpr(8)  # first slot after the header
+
+
+@triton.jit
+def temperature_scale(t):
+    """``log2(e) / T``, NaN where ``T`` is not finite and positive."""
+    ok = (t > 0.0) & (t < float("inf"))
+    return tl.where(ok, LOG2E / t, float("nan"))
+
+
+@triton.jit
+def row_temperature(t_ptr, stride_t, t_value, rows, row_mask):
+    """The temperature of ``rows``: ``t_value`` when it is positive (a Python number, passed
+    by value), else loaded from ``t_ptr`` (``stride_t`` 0: one value for every row)."""
+    from_ptr = row_mask & (t_value <= 0.0)
+    return tl.load(t_ptr + rows * stride_t, mask=from_ptr, other=t_value).to(tl.float32)
+
+
+@triton.jit
+def safe_max(m):
+    """``m``, or 0 where it is ``-inf`` (a row or slice with no finite logit), so that
+    ``2^(u - m)`` stays 0 instead of NaN."""
+    return tl.where(m == -float("inf"), 0.0, m)
+
+
+@triton.jit
+def combine_max(m_i, valid):
+    """``(M, M_ref)`` of per-slice maxima ``m_i`` (``valid`` masks the padding):
+    ``M = max m_i`` and ``M_ref = safe_max(M)``."""
+    m = tl.max(tl.where(valid, m_i, -float("inf")), axis=0)
+    return m, safe_max(m)
+
+
+@triton.jit
+def rescale_to(m_i, m_ref, valid):
+    """``2^(m_i - M_ref)`` per slice: the factor that moves a slice's sums from its own max to
+    the row's (0 for the padding and for empty slices, whose sums are 0)."""
+    return tl.where(valid & (m_i > -float("inf")), tl.exp2(m_i - m_ref), 0.0)
+
+
+@triton.jit
+def finish_sum(ptr, n, BLOCK: tl.constexpr):
+    """``sum(ptr[0:n])`` in a fixed order (deterministic), read past L1 (``.cg``): the values
+    were written by other programs of the same launch."""
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for i in range(0, tl.cdiv(n, BLOCK)):
+        offs = i * BLOCK + tl.arange(0, BLOCK)
+        acc += tl.load(ptr + offs, mask=offs < n, other=0.0, cache_modifier=".cg")
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def arrive_last(ws_ptr, n_programs):
+    """Count this program as done (after a CTA barrier, so that every thread's stores come
+    first) and return whether it was the last of ``n_programs``. The last one to arrive may
+    read every other program's stores (acquire-release on the counter): the "last block"
+    reduction, which needs no program to wait for another."""
+    tl.debug_barrier()
+    done = ws_ptr.to(tl.pointer_type(tl.int32)) + WS_DONE
+    arrived = tl.atomic_add(done, 1, sem="acq_rel", scope="gpu")
+    tl.debug_barrier()
+    return arrived == n_programs - 1
+
+
+@triton.jit
+def row_offset(rows, stride, VEC: tl.constexpr):
+    """``rows * stride``, declared a multiple of ``VEC`` elements (16 bytes) when the launcher
+    proved that every row stride is: with :func:`col_mask` it lets rows that are not a
+    multiple of 16 elements long (C = 1000) load with 128-bit accesses."""
+    offset = rows * stride
+    if VEC > 1:
+        offset = tl.multiple_of(offset, VEC)
+    return offset
+
+
+@triton.jit
+def col_mask(cols, n_cols, VEC: tl.constexpr):
+    """``cols < n_cols``, declared constant over runs of ``VEC`` columns (``C`` is a multiple
+    of ``VEC``; the hint on ``C`` itself is not propagated to the mask)."""
+    mask = cols < n_cols
+    if VEC > 1:
+        mask = tl.max_constancy(mask, VEC)
+    return mask

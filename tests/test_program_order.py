@@ -1,0 +1,155 @@
+"""No kernel depends on the order its programs run in, except through a documented protocol.
+
+The Triton interpreter runs a grid's programs one after another, in order; a GPU runs them in
+any order and at once. Here the interpreter's grid iteration is permuted (reversed, shuffled)
+and every kernel -- every path of softmax and cross-entropy, forward and backward, the prep
+kernel, the last-program reduction, the slices' two phases and the cooperative launch's ticket
+loop, the gradient apply -- must give bit-identical results to the in-order run. (The
+protocols that make this hold, tickets and a last-arriving program that sums partials in a
+fixed order, are in ``kernels/README.md``.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sys
+
+import pytest
+import torch
+
+import tempfast
+from tempfast.kernels.heuristics import LaunchConfig, cdiv, next_pow2
+from tempfast.ops import triton_impl
+
+from ._util import logits_like
+
+ORDERS = ("reversed", "shuffled")
+
+
+@contextlib.contextmanager
+def program_order(order: str, seed: int = 0):
+    """Permute the interpreter's programs: ``GridExecutor.__call__`` iterates
+    ``range(grid[i])`` for each axis; inside that frame ``range`` is replaced by a permuted
+    list (the module global shadows the builtin)."""
+    from triton.runtime import interpreter
+
+    executor = interpreter.GridExecutor.__call__.__code__
+    rng = random.Random(seed)
+    builtin_range = range
+
+    def permuted(*args):
+        r = builtin_range(*args)
+        if sys._getframe(1).f_code is not executor:
+            return r
+        items = list(r)
+        if order == "reversed":
+            items.reverse()
+        else:
+            rng.shuffle(items)
+        return items
+
+    interpreter.range = permuted
+    try:
+        yield
+    finally:
+        del interpreter.range
+
+
+def test_the_permutation_reaches_the_grid():
+    """The hook really reorders programs (a kernel that records its program ids)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def order_kernel(out_ptr, count_ptr):
+        slot = tl.atomic_add(count_ptr, 1)
+        tl.store(out_ptr + slot, tl.program_id(0))
+
+    seen = {}
+    for order in ("in order", *ORDERS):
+        out = torch.zeros(16, dtype=torch.int32)
+        count = torch.zeros(1, dtype=torch.int32)
+        ctx = program_order(order) if order != "in order" else contextlib.nullcontext()
+        with ctx:
+            order_kernel[(16,)](out, count)
+        seen[order] = out.tolist()
+    assert seen["in order"] == list(range(16))
+    assert seen["reversed"] == list(range(15, -1, -1))
+    assert sorted(seen["shuffled"]) == list(range(16)) and seen["shuffled"] != list(range(16))
+
+
+def _paths(n_cols: int) -> dict[str, LaunchConfig]:
+    block = max(16, next_pow2(n_cols))
+    return {"rows": LaunchConfig("rows", 2, block, 1, 4),
+            "slices": LaunchConfig("slices", 1, 128, cdiv(n_cols, 128), 4),
+            "one_slice": LaunchConfig("slices", 1, block, 1, 4)}
+
+
+def _ce_outputs(cfg: LaunchConfig, reduction: str, probs: bool, upstream: float):
+    n, c = 9, 300
+    g = torch.Generator().manual_seed(3)
+    logits = logits_like(n, c, torch.bfloat16)
+    if probs:
+        target = torch.softmax(torch.randn(n, c, generator=g), 1)
+    else:
+        target = torch.randint(0, c, (n,), generator=g)
+        target[4] = -100
+    x = logits.clone().requires_grad_(True)
+    t = torch.linspace(0.5, 2.0, n).requires_grad_(True)
+    with tempfast.use_backend("triton"):
+        loss = tempfast.cross_entropy(x, target, t, reduction=reduction, label_smoothing=0.1,
+                                      weight=torch.rand(c, generator=g) + 0.5)
+        loss.backward(torch.full(loss.shape, upstream))
+    return loss.detach(), x.grad, t.grad
+
+
+@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize(("reduction", "probs", "upstream"),
+                         [("mean", False, 1.0), ("sum", True, 2.5), ("none", False, 1.5)])
+def test_cross_entropy_is_independent_of_program_order(monkeypatch, path, reduction, probs,
+                                                       upstream):
+    cfg = _paths(300)[path]
+    monkeypatch.setattr(triton_impl, "config_for", lambda x, n_inputs=1, *others: cfg)
+    expected = _ce_outputs(cfg, reduction, probs, upstream)
+    for order in ORDERS:
+        with program_order(order):
+            got = _ce_outputs(cfg, reduction, probs, upstream)
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b), (order, path)
+
+
+@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_is_independent_of_program_order(monkeypatch, path, log):
+    cfg = _paths(300)[path]
+    monkeypatch.setattr(triton_impl, "config_for", lambda x, n_inputs=1, *others: cfg)
+    op = tempfast.log_softmax if log else tempfast.softmax
+
+    def run():
+        x = logits_like(7, 300, torch.float32).requires_grad_(True)
+        t = torch.linspace(0.5, 2.0, 7).requires_grad_(True)
+        with tempfast.use_backend("triton"):
+            y = op(x, t)
+            y.backward(torch.randn(7, 300, generator=torch.Generator().manual_seed(1)))
+        return y.detach(), x.grad, t.grad
+
+    expected = run()
+    for order in ORDERS:
+        with program_order(order):
+            got = run()
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b), (order, path)
+
+
+def test_the_reduction_is_summed_by_the_last_program_in_a_fixed_order():
+    """Many programs, a mean over them: whichever program arrives last sums the same
+    per-program partials in the same order, so the loss is bit-identical."""
+    n, c = 1500, 16  # the rows path: 128 rows per program, 12 programs
+    logits = logits_like(n, c, torch.float32)
+    target = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(0))
+    with tempfast.use_backend("triton"):
+        expected = tempfast.cross_entropy(logits, target, 3.0)
+        for order in ORDERS:
+            with program_order(order):
+                assert torch.equal(tempfast.cross_entropy(logits, target, 3.0), expected)
