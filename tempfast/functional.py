@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from . import _checks, backend
+from . import _checks, backend, parallel
 from .ops import torch_impl
 from .ops.autograd_utils import is_eager
 from .ops.cross_entropy import CrossEntropyInplace, FusedCrossEntropy, cross_entropy_2d
@@ -112,6 +112,8 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     class_dim: int | None = None,
     inplace_backward: bool = False,
+    process_group=None,
+    start: int | None = None,
 ) -> Tensor:
     """``F.cross_entropy(logits / T, target, ...)``, fused: torch's arguments and layout.
 
@@ -137,6 +139,12 @@ def cross_entropy(
             read them after this call. Needs logits viewable as ``(rows, C)`` with unit stride
             along the classes (2-D, or class-last) that are not a leaf (a layer's output, not a
             parameter or input).
+        process_group: a ``torch.distributed`` group whose ranks share the classes: the logits
+            (and probability targets) are this rank's class range, ``target`` holds global class
+            indices, ``weight`` all ``C`` class weights (class-parallel: see
+            :mod:`tempfast.parallel`).
+        start: with ``process_group``, this rank's first class (optional: learned once from the
+            ranks' widths).
 
     Returns:
         fp32 loss: a scalar, or the target's shape (the logits' without the class dimension)
@@ -145,6 +153,15 @@ def cross_entropy(
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
+    if process_group is not None:
+        if inplace_backward:
+            raise ValueError("inplace_backward: not supported with process_group")
+        return parallel.cross_entropy(logits, target, temperature, process_group=process_group,
+                                      start=start, weight=weight, ignore_index=ignore_index,
+                                      reduction=reduction, label_smoothing=label_smoothing,
+                                      class_dim=class_dim)
+    if start is not None:
+        raise ValueError("start: only meaningful with process_group (class-parallel logits)")
     if weight is None and class_dim is None and not inplace_backward:
         loss = _small_cpu_call(logits, target, temperature, ignore_index, reduction,
                                label_smoothing)
@@ -317,6 +334,8 @@ def linear_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
+    process_group=None,
+    start: int | None = None,
 ) -> Tensor:
     """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)`` without the full logits.
 
@@ -331,12 +350,21 @@ def linear_cross_entropy(
         chunk_size: rows per chunk (default: about 2^26 logits per chunk). Peak extra memory is
             ``chunk_size * C`` logits + ``4 C H`` bytes (fp32 weight gradient) + ``N H``
             (hidden gradient) + ``4 C`` bytes, whatever ``N * C``.
+        process_group, start: class-parallel: ``weight`` and ``bias`` are this rank's rows of
+            the classifier (see :func:`tempfast.parallel.linear_cross_entropy`).
 
     Returns:
         fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``. Gradients flow to
         ``hidden``, ``weight``, ``bias`` and ``temperature``; the weight and bias gradients are
         accumulated in fp32 across chunks.
     """
+    if process_group is not None:
+        return parallel.linear_cross_entropy(
+            hidden, weight, target, bias, temperature, process_group=process_group, start=start,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+            chunk_size=chunk_size)
+    if start is not None:
+        raise ValueError("start: only meaningful with process_group (a class-sharded weight)")
     _checks.check_floating("hidden", hidden)
     _checks.check_floating("weight", weight)
     if hidden.dim() == 0:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import functional as F
+from .parallel import argmax as parallel_argmax
 
 STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported
 
@@ -150,6 +151,9 @@ class TemperatureCrossEntropyLoss(_Temperature):
 
     With ``learnable=True``, ``T`` is trained with the model (like CLIP's logit scale): its
     gradient comes from the fused kernel, ``dL/dT = (sum q z - sum p z) / T**2`` per row.
+
+    With ``process_group``, the logits are this rank's slice of the classes (class-parallel,
+    see :mod:`tempfast.parallel`; ``start``: this rank's first class, optional).
     """
 
     def __init__(
@@ -163,6 +167,8 @@ class TemperatureCrossEntropyLoss(_Temperature):
         label_smoothing: float = 0.0,
         class_dim: int | None = None,
         inplace_backward: bool = False,
+        process_group=None,
+        start: int | None = None,
     ) -> None:
         super().__init__(temperature, learnable)
         self.register_buffer("weight", weight)
@@ -171,8 +177,12 @@ class TemperatureCrossEntropyLoss(_Temperature):
         self.label_smoothing = label_smoothing
         self.class_dim = class_dim
         self.inplace_backward = inplace_backward
+        self.process_group = process_group
+        self.start = start
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        sharded = ({} if self.process_group is None else
+                   {"process_group": self.process_group, "start": self.start})
         return F.cross_entropy(
             logits,
             target,
@@ -183,6 +193,7 @@ class TemperatureCrossEntropyLoss(_Temperature):
             label_smoothing=self.label_smoothing,
             class_dim=self.class_dim,
             inplace_backward=self.inplace_backward,
+            **sharded,
         )
 
     def extra_repr(self) -> str:
@@ -198,18 +209,26 @@ class LinearTemperatureCrossEntropy(_Temperature):
     :func:`tempfast.functional.linear_cross_entropy` for the memory bound). Logits for a few
     rows are available on request (``logits_rows=``), and :meth:`predict` returns the argmax
     class chunk by chunk, for accuracy without the full logits.
+
+    With ``process_group`` the head is class-parallel: ``num_classes`` is this rank's share
+    (its rows of the weight; ranks in class order, see :mod:`tempfast.parallel`), the loss and
+    the features' gradient are those of the whole head, and :meth:`predict` returns global
+    class indices.
     """
 
     def __init__(self, in_features: int, num_classes: int, temperature: float = 1.0,
                  learnable: bool = False, bias: bool = True, *, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0,
-                 chunk_size: int | None = None, device=None, dtype=None) -> None:
+                 chunk_size: int | None = None, process_group=None, start: int | None = None,
+                 device=None, dtype=None) -> None:
         super().__init__(temperature, learnable)
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
+        self.process_group = process_group
+        self.start = start
 
     @property
     def weight(self) -> Tensor:
@@ -228,10 +247,12 @@ class LinearTemperatureCrossEntropy(_Temperature):
         if weight.dtype != hidden.dtype:
             weight = weight.to(hidden.dtype)
             bias = bias.to(hidden.dtype) if bias is not None else None
+        sharded = ({} if self.process_group is None else
+                   {"process_group": self.process_group, "start": self.start})
         loss = F.linear_cross_entropy(
             hidden, weight, target, bias, self._forward_temperature(),
             ignore_index=self.ignore_index, reduction=self.reduction,
-            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size)
+            label_smoothing=self.label_smoothing, chunk_size=self.chunk_size, **sharded)
         if logits_rows is None:
             return loss
         rows = hidden.reshape(-1, hidden.shape[-1])[logits_rows]
@@ -241,11 +262,21 @@ class LinearTemperatureCrossEntropy(_Temperature):
     def predict(self, hidden: Tensor) -> Tensor:
         """Argmax class of every row of ``hidden (*, H)``, shape ``(*)``, in row chunks."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        chunk = self.chunk_size or max(1, (1 << 26) // self.linear.out_features)
+        chunk = self.chunk_size or max(1, (1 << 26) // max(1, self.linear.out_features))
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        best = (torch.empty(flat.shape[0], dtype=self.linear.weight.dtype, device=flat.device)
+                if self.process_group is not None else None)
         for r0 in range(0, flat.shape[0], chunk):
-            rows = flat[r0:r0 + chunk]
-            out[r0:r0 + chunk] = self.linear(rows.to(self.linear.weight.dtype)).argmax(-1)
+            logits = self.linear(flat[r0:r0 + chunk].to(self.linear.weight.dtype))
+            if best is None:
+                out[r0:r0 + chunk] = logits.argmax(-1)
+            elif logits.shape[-1] == 0:  # a rank that holds no class
+                best[r0:r0 + chunk], out[r0:r0 + chunk] = float("-inf"), 0
+            else:
+                best[r0:r0 + chunk], out[r0:r0 + chunk] = logits.max(-1)
+        if best is not None:
+            out = parallel_argmax(best, out, self.process_group, self.linear.out_features,
+                                  self.start)
         return out.reshape(hidden.shape[:-1])
 
     def extra_repr(self) -> str:
