@@ -179,6 +179,7 @@ def _worker(rank, world, init_file, widths, backends, errors):
 BACKENDS = ["torch"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("widths", [(6, 6), (5, 0, 8), (1, 9, 3)],
                          ids=["2-even", "3-with-an-empty-rank", "3-uneven"])
 def test_sharded_op_equals_the_single_process_op(widths, tmp_path):
@@ -198,6 +199,7 @@ def test_process_group_needs_an_initialised_group():
         tempfast.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), process_group=object())
 
 
+@pytest.mark.slow
 def test_torchrun_example_matches_the_unsharded_head(tmp_path):
     """The documented example under torchrun (2 gloo ranks, uneven classes): its ``--check``
     line reports the sharded loss and hidden gradient equal to the unsharded head's."""
