@@ -9,6 +9,7 @@ from pathlib import Path
 
 from experiments.readme_output import OUTPUT_MARKER, fenced_block, headline_command
 from tempfast.cli import build_parser
+from tempfast.robust.attacks import DEFAULT_ATTACKS
 from tempfast.train.progress import RichReporter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +54,15 @@ def _printed(capsys) -> list[str]:
     reporter = RichReporter()
     reporter.start({"output": "out", "data": "digits", "n_train": 1437, "n_test": 360,
                     "model": "small_cnn", "temperature": 8.0, "learn_temp": False,
-                    "adv": "pgd", "device": "cpu", "world_size": 1, "epochs": 2})
+                    "temp_compensation": "loss", "adv": "pgd", "device": "cpu",
+                    "world_size": 1, "epochs": 2})
     reporter.epoch_start(0, 2, 10)
     row = {"epoch": 1, "train_loss": 2.0, "train_acc": 0.1, "test_acc": 0.5,
            "test_robust_acc": 0.3, "temperature": 8.0, "lr": 0.05, "epoch_time_s": 1.0,
            "images_per_s": 1000.0}
     reporter.epoch_end(row)
     reporter.summary({"output": "out", "clean_acc": 0.9, "worst_case_acc": 0.5,
-                      "robust_acc": {n: 0.5 for n in ("pgd-ce", "pgd-ce-t", "pgd-cw",
-                                                      "apgd-dlr", "square")},
+                      "robust_acc": {n: 0.5 for n in DEFAULT_ATTACKS},
                       "corruption_acc": 0.7, "masking": {"suspected": False, "reasons": []},
                       "temperature": 8.0, "final_temperature": 8.0,
                       "best": {"metric": "test_robust_acc", "epoch": 2, "value": 0.6},
