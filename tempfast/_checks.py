@@ -156,3 +156,47 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
             f"target: class index {value} is out of range [0, {num_classes}) "
             f"and is not ignore_index ({ignore_index})"
         )
+
+
+def check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
+                      reduction: str, label_smoothing: float, ignore_index: int,
+                      chunk_size: int | None, *, classes: str = "C",
+                      allow_no_classes: bool = False) -> tuple[float, int]:
+    """The arguments of a fused linear head ``(hidden (*, H), weight (C, H), bias (C,),
+    target (*,) class indices)``; returns ``(label smoothing, ignore_index)`` as used.
+    ``classes`` names the weight's rows in messages (``C_r`` for a rank's shard, which may be
+    empty with ``allow_no_classes``)."""
+    check_floating("hidden", hidden)
+    check_floating("weight", weight)
+    if hidden.dim() == 0:
+        raise ValueError("hidden: expected shape (*, H), got a 0-dim tensor")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"weight: expected shape ({classes}, {hidden.shape[-1]}) to match "
+                         f"hidden (*, H), got {tuple(weight.shape)}")
+    if weight.shape[0] == 0 and not allow_no_classes:
+        raise ValueError("weight: the class dimension (first) is empty")
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
+    if bias is not None:
+        check_floating("bias", bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got "
+                             f"{tuple(bias.shape)}")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}")
+    rows_shape = hidden.shape[:-1]
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    if target.shape != rows_shape:
+        raise ValueError(f"target: expected shape {tuple(rows_shape)} (class indices), got "
+                         f"{tuple(target.shape)}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
+    check_reduction(reduction)
+    eps = check_label_smoothing(label_smoothing)
+    ignore_index = check_ignore_index(ignore_index)
+    check_same_device(hidden=hidden, weight=weight, bias=bias, target=target)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
+    return eps, ignore_index

@@ -365,43 +365,12 @@ def linear_cross_entropy(
             chunk_size=chunk_size)
     if start is not None:
         raise ValueError("start: only meaningful with process_group (a class-sharded weight)")
-    _checks.check_floating("hidden", hidden)
-    _checks.check_floating("weight", weight)
-    if hidden.dim() == 0:
-        raise ValueError("hidden: expected shape (*, H), got a 0-dim tensor")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight: expected shape (C, {hidden.shape[-1]}) to match hidden "
-                         f"(*, H), got {tuple(weight.shape)}")
-    if weight.shape[0] == 0:
-        raise ValueError("weight: the class dimension (first) is empty")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
+    eps, ignore_index = _checks.check_linear_head(hidden, weight, bias, target, reduction,
+                                                  label_smoothing, ignore_index, chunk_size)
     num_classes = weight.shape[0]
-    if bias is not None:
-        _checks.check_floating("bias", bias)
-        if bias.shape != (num_classes,):
-            raise ValueError(f"bias: expected shape ({num_classes},), got {tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}")
     rows_shape = hidden.shape[:-1]
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.shape != rows_shape:
-        raise ValueError(f"target: expected shape {tuple(rows_shape)} (class indices), got "
-                         f"{tuple(target.shape)}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
-    _checks.check_reduction(reduction)
-    eps = _checks.check_label_smoothing(label_smoothing)
-    ignore_index = _checks.check_ignore_index(ignore_index)
-    _checks.check_same_device(hidden=hidden, weight=weight, bias=bias, target=target)
     n_rows = target.numel()
-    if chunk_size is None:
-        chunk = default_chunk_rows(n_rows, num_classes)
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
-    else:
-        chunk = chunk_size
+    chunk = default_chunk_rows(n_rows, num_classes) if chunk_size is None else chunk_size
     t = _checks.temperature_rows(temperature, rows_shape, hidden.device,
                                  _checks.accumulation_dtype(hidden.dtype))
     grad_on = torch.is_grad_enabled()

@@ -26,6 +26,7 @@ from .ops.class_parallel import (
     CopyToClassParallel,
     shard_layout,
 )
+from .ops.linear_cross_entropy import default_chunk_rows
 
 
 def _group(process_group) -> dist.ProcessGroup:
@@ -170,37 +171,10 @@ def linear_cross_entropy(
     """
     group = _group(process_group)
     start = _start(start)
-    _checks.check_floating("hidden", hidden)
-    _checks.check_floating("weight", weight)
-    if hidden.dim() == 0:
-        raise ValueError("hidden: expected shape (*, H), got a 0-dim tensor")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight: expected shape (C_r, {hidden.shape[-1]}) to match hidden "
-                         f"(*, H), got {tuple(weight.shape)}")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
-    if bias is not None:
-        _checks.check_floating("bias", bias)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got "
-                             f"{tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}")
+    eps, ignore_index = _checks.check_linear_head(
+        hidden, weight, bias, target, reduction, label_smoothing, ignore_index, chunk_size,
+        classes="C_r", allow_no_classes=True)
     rows_shape = hidden.shape[:-1]
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.shape != rows_shape:
-        raise ValueError(f"target: expected shape {tuple(rows_shape)} (class indices), got "
-                         f"{tuple(target.shape)}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
-    _checks.check_reduction(reduction)
-    eps = _checks.check_label_smoothing(label_smoothing)
-    ignore_index = _checks.check_ignore_index(ignore_index)
-    _checks.check_same_device(hidden=hidden, weight=weight, bias=bias, target=target)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
     layout = shard_layout(group, weight.shape[0], hidden.device, start)
     t = _checks.temperature_rows(temperature, rows_shape, hidden.device,
                                  _checks.accumulation_dtype(hidden.dtype))
@@ -215,7 +189,7 @@ def linear_cross_entropy(
                              reduction="none", label_smoothing=eps,
                              class_dim=-1).reshape(rows_shape)
     n_rows = target_1d.numel()
-    chunk = chunk_size or max(1, min(n_rows, (1 << 26) // max(weight.shape[0], 1)))
+    chunk = chunk_size or default_chunk_rows(n_rows, weight.shape[0])
     compute_dt = torch.is_grad_enabled() and t.requires_grad
     return ClassParallelLinearCrossEntropy.apply(hidden_2d, weight, bias, target_1d, t, layout,
                                                  group, ignore_index, eps, reduction, chunk,
