@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .base import eval_mode, loss_and_grad, project, seeded
+from .base import eval_mode, loss_and_grad, project, restart_on_survivors, seeded
 from .losses import LOSSES
 
 
@@ -103,11 +103,4 @@ class APGD:
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         x = x.detach()
         with seeded(self.seed, x.device), eval_mode(self.model), torch.enable_grad():
-            best = self._one_run(x, y)
-            for _ in range(self.restarts - 1):
-                with torch.no_grad():
-                    left = (self.model(best).argmax(1) == y).nonzero().squeeze(1)
-                if left.numel() == 0:
-                    break
-                best[left] = self._one_run(x[left], y[left])
-        return best
+            return restart_on_survivors(self.model, self._one_run, x, y, self.restarts)

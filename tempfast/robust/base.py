@@ -5,7 +5,7 @@ over transformation (EOT) and straight-through preprocessing (BPDA)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,20 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             with torch.cuda.device(index):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def restart_on_survivors(model: nn.Module, one_run: Callable[[Tensor, Tensor], Tensor],
+                         x: Tensor, y: Tensor, restarts: int) -> Tensor:
+    """``one_run(x, y)`` (adversarial images, ``x``'s shape), then up to ``restarts - 1`` more
+    runs on the examples the model still classifies correctly, each result replacing theirs."""
+    best = one_run(x, y)
+    for _ in range(restarts - 1):
+        with torch.no_grad():
+            left = (model(best).argmax(1) == y).nonzero().squeeze(1)
+        if left.numel() == 0:
+            break
+        best[left] = one_run(x[left], y[left])
+    return best
 
 
 def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import SettingError
 from . import checks
-from .base import eval_mode, seeded
+from .base import eval_mode, restart_on_survivors, seeded
 from .losses import margin_loss
 
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of 10,000 queries: p halves
@@ -104,11 +104,4 @@ class Square:
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         x = x.detach()
         with seeded(self.seed, x.device), eval_mode(self.model):
-            best = self._one_run(x, y)
-            for _ in range(self.restarts - 1):
-                with torch.no_grad():
-                    left = (self.model(best).argmax(1) == y).nonzero().squeeze(1)
-                if left.numel() == 0:
-                    break
-                best[left] = self._one_run(x[left], y[left])
-        return best
+            return restart_on_survivors(self.model, self._one_run, x, y, self.restarts)
