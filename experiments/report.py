@@ -166,8 +166,8 @@ def setup_section(rows: list[dict]) -> list[str]:
     return [
         "## Setup (read from the CSV)",
         "",
-        f"- data: {values('data')} (training images: {values('train_subset')} of the training "
-        f"set; empty: all); model: {values('model')}; epochs: {values('epochs')}",
+        f"- data: {values('data')}; model: {values('model')}; training per mode: "
+        + "; ".join(_training_budget(rows, m) for m in _modes(rows)),
         f"- arms: {'; '.join(arms)}",
         f"- environment: torch {values('torch_version')}, triton {values('triton_version')}, "
         f"{values('device_kind')}, {values('threads')} thread(s) per run",
@@ -192,6 +192,16 @@ def setup_section(rows: list[dict]) -> list[str]:
         "- each run's exact `tempfast train` command is in the CSV column `command`",
         "",
     ]
+
+
+def _training_budget(rows: list[dict], adv: str) -> str:
+    """``standard training: 6000 images x 3 epochs`` for one training mode (``all images``
+    where the runs used the whole training set)."""
+    mode = [r for r in rows if r["adv"] == adv]
+    subsets = sorted({r["train_subset"] for r in mode if r["train_subset"] is not None})
+    epochs = sorted({r["epochs"] for r in mode if r["epochs"] is not None})
+    images = ", ".join(f"{n}" for n in subsets) + " images" if subsets else "all images"
+    return f"{plots.MODE_LABELS[adv]}: {images} x {', '.join(map(str, epochs)) or '-'} epochs"
 
 
 def _elapsed(rows: list[dict]) -> str:

@@ -125,6 +125,9 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "after Holm's correction over 1 temperatures" in text
     assert "it comes from the attack failing (gradient masking)" in text
     assert "runs per reason: CE far above the scale-invariant attacks: 2." in text
+    assert "training per mode: standard training: all images x 20 epochs" in text
+    assert report._training_budget([{**rows[0], "train_subset": 6000, "epochs": 3}], "none") \
+        == "standard training: 6000 images x 3 epochs"
 
     assert "## Arm: loss x T" not in text
 
