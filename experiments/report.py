@@ -162,7 +162,7 @@ def setup_section(rows: list[dict]) -> list[str]:
     flagged = [r for r in rows if r["masking_kind"] not in (None, "none")]
     ce_only = sum(r["masking_kind"] == "ce" for r in flagged)
     commands = sorted({r["sweep_command"] for r in rows if r["sweep_command"]})
-    arms = [ARM_LABELS.get(a, a) for a in _arms(rows)]
+    arms = [ARM_LABELS.get(a, a) for a in compensation_arms(rows)]
     return [
         "## Setup (read from the CSV)",
         "",
@@ -220,7 +220,7 @@ def _elapsed(rows: list[dict]) -> str:
            "last run's end"
 
 
-def _arms(rows: list[dict]) -> list[str]:
+def compensation_arms(rows: list[dict]) -> list[str]:
     """The compensation arms of the sweep, the paper's (``none``) first."""
     found = {r["compensation"] or "none" for r in rows}
     return [a for a in ("none", "loss", "lr") if a in found]
@@ -514,7 +514,7 @@ def conclusions(rows: list[dict]) -> list[str]:
     """The claims' verdicts per arm in sentences, what contradicts the paper, and what the
     experiment cannot say."""
     out = ["## What we conclude", ""]
-    for arm in _arms(rows):
+    for arm in compensation_arms(rows):
         rs = arm_rows(rows, arm)
         said = []
         for adv, metric, what in (
@@ -610,7 +610,7 @@ def render(rows: list[dict], grad_rows: list[dict] | None, plot_files: dict[str,
     data = ", ".join(sorted({r["data"] for r in rows}))
     summary_rows: list[list[str]] = []
     arm_text: list[str] = []
-    for arm in _arms(rows):
+    for arm in compensation_arms(rows):
         rs = arm_rows(rows, arm)
         claim_text, summary = claim_sections(rs)
         summary_rows += [[ARM_LABELS.get(arm, arm).split(":")[0], *r] for r in summary]
@@ -695,7 +695,7 @@ def write_report(folder: str | Path, *, csv_path: str | Path | None = None,
     plot_files: dict[str, list[str]] = {}
     output.parent.mkdir(parents=True, exist_ok=True)
     if with_plots and plots.have_matplotlib():
-        arms = _arms(rows)
+        arms = compensation_arms(rows)
         for arm in arms:
             suffix = "" if len(arms) == 1 else f"-{COMPENSATION_TAGS[arm]}"
             plot_files[arm] = make_plots(arm_rows(rows, arm), output.parent, suffix)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from experiments import claims, report, sweep, table, tiny_imagenet
+from experiments import claims, report, summary, sweep, table, tiny_imagenet
 from experiments.measure import measure
 from experiments.rows import Run
 from tempfast.errors import UsageError
@@ -149,6 +149,30 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     text = (tmp_path / "REPORT.md").read_text()
     assert "| 8 | 73.5 ± 33.2 |" in text
     assert "| 1 | standard training | clean accuracy | clean | not supported |" in text
+
+
+def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
+    digits, fashion = tmp_path / "digits", tmp_path / "fashion"
+    digits.mkdir(), fashion.mkdir()
+    rows = [_row("none", 1.0, s, 0.90 + s / 100, 0.10, 0.10) for s in (0, 1)]
+    rows += [_row("none", 8.0, s, 0.96 + s / 100, 0.60, 0.30) for s in (0, 1)]
+    table.write_rows(digits / "results.csv", rows)
+    table.write_rows(fashion / "results.csv", [
+        {**r, "data": "fashion-mnist", "clean_acc": 1.8 - r["clean_acc"]} for r in rows])
+    assert summary.main([str(digits), str(fashion)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| data | arm | claim |")
+    claim_1 = [line for line in lines if "| clean accuracy |" in line]
+    assert claim_1 == [
+        "| digits | plain CE(z / T) | 1 | standard training | clean accuracy | clean | supported "
+        "| T = 8: 96.5 ± 0.7 vs 90.5 ± 0.7 |",
+        "| fashion-mnist | plain CE(z / T) | 1 | standard training | clean accuracy | clean | "
+        "contradicted | T = 8: 83.5 ± 0.7 vs 89.5 ± 0.7 |"]
+    out = tmp_path / "summary.md"
+    assert summary.main([str(digits), "--output", str(out)]) == 0
+    assert out.read_text().count("| digits |") == 4  # claims 1, 2 and 3 (raw and adaptive)
+    assert summary.main([str(tmp_path / "missing")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 def test_claim_1_judges_the_whole_test_set_when_every_run_has_it(tmp_path):
