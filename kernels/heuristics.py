@@ -134,3 +134,26 @@ def apply_config(n_rows: int, n_cols: int, num_sms: int | None = None) -> tuple[
     tiles = cdiv(n_rows, block_n) * cdiv(n_cols, block_c)
     programs = max(1, min(tiles, APPLY_PROGRAMS_PER_SM * (num_sms or DEFAULT_NUM_SMS)))
     return block_n, block_c, 8, programs
+
+
+# The distillation kernels hold two full-size inputs (student and teacher): ``row_limit(2)``
+# values of each per program. Few block sizes, so that few binaries cover every shape.
+DISTILL_BLOCKS = (32, 256, 1024, 4096)  # rows path: the smallest that holds a row
+DISTILL_SMALL_ROWS = 32  # rows per program at BLOCK_C = 32 (1024 values of each input)
+DISTILL_SLICE = 4096  # slices path: columns per slice
+DISTILL_BLOCK_S = 64  # slices path: partials combined this many at a time
+
+
+def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1) -> LaunchConfig:
+    """Path and block sizes of the distillation kernels: ``rows`` with ``BLOCK_C`` the
+    smallest of :data:`DISTILL_BLOCKS` that holds a row (one row per program from 256 columns
+    on, :data:`DISTILL_SMALL_ROWS` below), else ``slices`` of :data:`DISTILL_SLICE` columns
+    (two launches). ``elem_size`` only matters through ``vec``."""
+    del elem_size
+    for block_c in DISTILL_BLOCKS:
+        if n_cols <= block_c:
+            block_n = DISTILL_SMALL_ROWS if block_c < WIDE_ROW else 1
+            return LaunchConfig("rows", block_n, block_c, 1, warps_for(block_n * block_c, 2),
+                                vec)
+    return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
+                        warps_for(DISTILL_SLICE, 2), vec)

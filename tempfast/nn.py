@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import functional as F
+from .distillation import DistillationLoss  # noqa: F401
 from .parallel import argmax as parallel_argmax
 
 STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported

@@ -95,3 +95,50 @@ def linear_cross_entropy(
         label_smoothing=label_smoothing,
         class_dim=-1,
     )
+
+
+def distillation_loss_reference(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float | Tensor = 1.0,
+    *,
+    target: Tensor | None = None,
+    alpha: float = 0.5,
+    reduction: str = "batchmean",
+    ignore_index: int = -100,
+) -> Tensor:
+    """Hinton's distillation loss, classes last (``(*, C)``):
+    ``KD = F.kl_div(log_softmax(s / T), log_softmax(t / T), log_target=True) * T**2`` with
+    ``reduction`` ``"batchmean"`` (sum / rows), ``"mean"`` (sum / elements), ``"sum"`` or
+    ``"none"`` (per row, shape ``(*,)``); ``T`` a number or one value per row (``(*,)``),
+    its ``T**2`` applied per row. With ``target`` (class indices ``(*,)``):
+    ``alpha * KD + (1 - alpha) * CE(s, target)``, the cross-entropy at ``T = 1`` reduced as
+    ``F.cross_entropy`` does (``"batchmean"`` and ``"mean"``: over the rows not ignored)."""
+    num_classes = student_logits.shape[-1]
+    s = student_logits.reshape(-1, num_classes)
+    t = teacher_logits.reshape(-1, num_classes)
+    rows_shape = student_logits.shape[:-1]
+    temp = temperature
+    if isinstance(temp, Tensor) and temp.numel() != 1:
+        temp = temp.reshape(-1, 1)
+    elif isinstance(temp, Tensor):
+        temp = temp.reshape(())
+    log_ps = torch.log_softmax(s / temp, -1)
+    log_pt = torch.log_softmax(t / temp, -1)
+    pointwise = F.kl_div(log_ps, log_pt, log_target=True, reduction="none") * temp**2
+    rows = pointwise.sum(-1)
+    if reduction == "none":
+        kd = rows
+    elif reduction == "sum":
+        kd = rows.sum()
+    elif reduction == "batchmean":
+        kd = rows.sum() / s.shape[0]
+    else:
+        kd = rows.sum() / s.numel()
+    if target is None:
+        return kd.reshape(rows_shape) if reduction == "none" else kd
+    ce_reduction = "mean" if reduction in ("batchmean", "mean") else reduction
+    ce = F.cross_entropy(s, target.reshape(-1), ignore_index=ignore_index,
+                         reduction=ce_reduction)
+    loss = alpha * kd + (1.0 - alpha) * ce
+    return loss.reshape(rows_shape) if reduction == "none" else loss

@@ -1,0 +1,320 @@
+"""Fused knowledge distillation: KL(p_t || p_s) T^2, the hard-label cross-entropy, both gradients
+and dL/dT, reading the student's and the teacher's logits once.
+
+Math (one row: student logits ``s``, teacher logits ``t``, temperature ``T``; base 2 with
+``k = log2(e) / T``): ``u_s = k s``, ``u_t = k t``, ``m_* = max u_*``, ``e_* = 2^(u_* - m_*)``,
+``S_* = sum e_*``, ``p_* = e_* / S_*``; ``r = (u_t - m_t) - (u_s - m_s)`` (so that
+``log2 p_t - log2 p_s = r - log2 S_t + log2 S_s``):
+
+    KL     = ln2 (E_pt[r] - log2 S_t + log2 S_s)   (clamped at 0; exactly 0 for s == t)
+    kd_row = T^2 KL
+    grad_s = kd_scale T (p_s - p_t)            + ce_scale (p1 - onehot(y))
+    grad_t = kd_scale T p_t (ln2 (r - log2 S_t + log2 S_s) - KL)
+    dkd/dT = 2 T KL + T ln2 (E_pt[u_s - m_s] - E_ps[u_s - m_s] - ln2 Cov_pt(u_t - m_t, r))
+
+(the last line is ``2 T KL + T (-Cov_pt(a, a - b) + E_pt[b] - E_ps[b])`` with ``a = t / T``,
+``b = s / T``: the covariance and the difference of expectations do not depend on the shifts).
+The hard-label term is the student's cross-entropy at ``T = 1``: ``p1 = softmax(s)``,
+``ce_row = ln2 (log2 S1 + max(m1 - log2(e) s_y, 0))`` (0 for ``ignore_index`` rows, NaN for a
+class index outside ``[0, C)``); its gradient is one more exponential per element and a
+compare with ``y``.
+
+Two kernels carry a row: :func:`kd_rows_kernel` holds ``BLOCK_N`` whole rows of both inputs on
+chip; :func:`kd_slices_kernel` cuts a row into ``n_slices`` slices of ``BLOCK_C`` columns in two
+launches: ``PHASE = 1`` stores each slice's partials (``KD_PARTIALS`` per slice, relative to the
+slice's own maxima), ``PHASE = 2`` combines the row's partials in slice order, reads the slice
+again and writes it. A per-slice share of dL/dT goes to the workspace; the launcher sums the
+shares of a row (a fixed order). ``has_target``, ``teacher_grad`` and ``compute_dt`` are run-time
+flags (not specialised): only the block sizes, ``VEC`` and ``PHASE`` choose a binary.
+
+Outputs go to an fp32 workspace ``ws``: per-row KD loss, CE loss and dL/dT at
+``{0, N, 2N} + row``. fp32 arithmetic; gradients stored in their buffers' dtype; 64-bit row
+offsets. A temperature that is not finite and positive gives a NaN row.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import LN2, LOG2E, col_mask, rescale_to, row_offset, safe_max, temperature_scale
+
+# Partials of a slice: maxima (log2 units, -inf for none) and sums of the teacher (m_t, S_t),
+# the student (m_s, S_s), D = sum e_t (u_t - u_s), A = sum e_t (u_t - m_t), and the
+# hard-label cross-entropy's (m1, S1).
+KD_PARTIALS = tl.constexpr(8)
+Q_MT = tl.constexpr(0)
+Q_ST = tl.constexpr(1)
+Q_MS = tl.constexpr(2)
+Q_SS = tl.constexpr(3)
+Q_D = tl.constexpr(4)
+Q_A = tl.constexpr(5)
+Q_M1 = tl.constexpr(6)
+Q_S1 = tl.constexpr(7)
+_FLAGS = ["has_target", "teacher_grad", "compute_dt"]
+
+
+@triton.jit
+def _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
+               VEC: tl.constexpr):
+    """Student and teacher tiles ``[rows, cols]`` in fp32 (``-inf`` outside the mask)."""
+    mask = row_mask[:, None] & cmask[None, :]
+    s_rows = s_ptr + row_offset(rows, stride_s, VEC)
+    t_rows = t_ptr + row_offset(rows, stride_t, VEC)
+    xs = tl.load(s_rows[:, None] + cols[None, :], mask=mask, other=-float("inf"))
+    xt = tl.load(t_rows[:, None] + cols[None, :], mask=mask, other=-float("inf"))
+    return xs.to(tl.float32), xt.to(tl.float32), s_rows
+
+
+@triton.jit
+def _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index, n_cols, ce_scale_ptr):
+    """``(y, valid, z_y, cs)``: the class index (clamped into ``[0, C)``), whether it counts,
+    the student's logit at it, and the CE gradient's factor (0 for an ignored row, NaN for an
+    index out of range)."""
+    y = tl.load(y_ptr + rows, mask=row_mask, other=ignore_index)
+    valid = row_mask & (y != ignore_index)
+    in_range = (y >= 0) & (y < n_cols)
+    y = tl.minimum(tl.maximum(y, 0), n_cols - 1).to(tl.int32)
+    z_y = tl.load(s_rows + y, mask=valid, other=0.0).to(tl.float32)
+    cs = tl.load(ce_scale_ptr)
+    cs = tl.where(valid, tl.where(in_range, cs, float("nan")), 0.0)
+    return y, valid, z_y, cs
+
+
+@triton.jit
+def _hard_label_loss(m1, log2_s1, z_y, valid, cs):
+    ce = (log2_s1 + tl.maximum(m1 - z_y * LOG2E, 0.0)) * LN2
+    return tl.where(valid, tl.where(cs == cs, ce, float("nan")), 0.0)
+
+
+@triton.jit
+def _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y, cs, cols, kd_scale,
+                 has_target, teacher_grad, compute_dt):
+    """The gradients and this tile's share of dL/dT (without ``2 T KL``) from the row's
+    statistics: ``(kl, grad_s, grad_t, dt_share)``. ``e_r = E_pt[r]``, ``e_a = E_pt[u_t - m_t]``,
+    all relative to the row maxima ``m_s``, ``m_t`` (shapes ``[R]``; tiles ``[R, BLOCK_C]``)."""
+    us = xs * k[:, None] - m_s[:, None]
+    ut = xt * k[:, None] - m_t[:, None]
+    es = tl.exp2(us)
+    et = tl.exp2(ut)
+    log_ratio = tl.log2(s_s) - tl.log2(s_t)
+    kl = tl.maximum((e_r + log_ratio) * LN2, 0.0)
+    f = kd_scale * temp
+    g = es * (f / s_s)[:, None] - et * (f / s_t)[:, None]
+    if has_target:
+        e1 = tl.exp2(xs * LOG2E - m1[:, None])
+        g += e1 * (cs / s1)[:, None] - tl.where(cols[None, :] == y[:, None], cs[:, None], 0.0)
+    r = ut - us
+    live = et > 0.0
+    gt = g
+    if teacher_grad:
+        gt = tl.where(live, et * (f / s_t)[:, None]
+                      * ((r + log_ratio[:, None]) * LN2 - kl[:, None]), 0.0)
+    dt = tl.zeros_like(kl)
+    if compute_dt:
+        pt = et / s_t[:, None]
+        cov = tl.sum(tl.where(live, pt * (ut - e_a[:, None]) * (r - e_r[:, None]), 0.0), axis=1)
+        eb_t = tl.sum(tl.where(live, pt * us, 0.0), axis=1)
+        eb_s = tl.sum(tl.where(es > 0.0, es * us, 0.0), axis=1) / s_s
+        dt = temp * LN2 * (eb_t - eb_s - LN2 * cov)
+    return kl, g, gt, dt
+
+
+@triton.jit(do_not_specialize=_FLAGS)
+def kd_rows_kernel(
+    s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, y_ptr, ce_scale_ptr,
+    gs_ptr, stride_gs, gt_ptr, stride_gt, ws_ptr, n_rows, n_cols, ignore_index, kd_scale,
+    has_target, teacher_grad, compute_dt,
+    VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Grid ``cdiv(N, BLOCK_N)``: ``BLOCK_N`` whole rows of both inputs per program
+    (``C <= BLOCK_C``), each logit read once, each gradient element written once."""
+    pid = tl.program_id(0)
+    rows = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n_rows
+    cols = tl.arange(0, BLOCK_C)
+    cmask = col_mask(cols, n_cols, VEC)
+    temp = tl.load(temp_ptr + rows * stride_temp, mask=row_mask, other=1.0).to(tl.float32)
+    k = temperature_scale(temp)
+    xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
+                                VEC)
+    m_s = safe_max(tl.max(xs, axis=1) * k)
+    m_t = safe_max(tl.max(xt, axis=1) * k)
+    us = xs * k[:, None] - m_s[:, None]
+    ut = xt * k[:, None] - m_t[:, None]
+    es = tl.exp2(us)
+    et = tl.exp2(ut)
+    s_s = tl.sum(es, axis=1)
+    s_t = tl.sum(et, axis=1)
+    live = et > 0.0
+    e_r = tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1) / s_t
+    e_a = tl.sum(tl.where(live, et * ut, 0.0), axis=1) / s_t
+    y = tl.zeros_like(rows).to(tl.int32)
+    cs = tl.zeros_like(k)
+    m1 = tl.zeros_like(k)
+    s1 = tl.zeros_like(k) + 1.0
+    ce = tl.zeros_like(k)
+    if has_target:
+        y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index, n_cols,
+                                        ce_scale_ptr)
+        m1 = safe_max(tl.max(xs, axis=1) * LOG2E)
+        s1 = tl.sum(tl.exp2(xs * LOG2E - m1[:, None]), axis=1)
+        ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
+    kl, g, gt, dt = _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y, cs,
+                                 cols, kd_scale, has_target, teacher_grad, compute_dt)
+    out = ws_ptr + rows
+    tl.store(out, temp * temp * kl, mask=row_mask)
+    mask = row_mask[:, None] & cmask[None, :]
+    tl.store(gs_ptr + row_offset(rows, stride_gs, VEC)[:, None] + cols[None, :],
+             g.to(gs_ptr.dtype.element_ty), mask=mask)
+    if has_target:
+        tl.store(out + n_rows, ce, mask=row_mask)
+    if teacher_grad:
+        tl.store(gt_ptr + row_offset(rows, stride_gt, VEC)[:, None] + cols[None, :],
+                 gt.to(gt_ptr.dtype.element_ty), mask=mask)
+    if compute_dt:
+        tl.store(out + 2 * n_rows, dt + 2.0 * temp * kl, mask=row_mask)
+
+
+@triton.jit
+def _combine(part, n_slices, slot_m, slot_s, BLOCK_S: tl.constexpr):
+    """The row max ``M`` (0 if none) of slots ``slot_m`` of a row's partials and the per-slice
+    factors' chunks are recomputed by the caller: returns ``(M, sum_i s_i 2^(m_i - M))``."""
+    offs = tl.arange(0, BLOCK_S)
+    m_acc = tl.full((BLOCK_S,), -float("inf"), tl.float32)
+    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+        o = i * BLOCK_S + offs
+        m_acc = tl.maximum(m_acc, tl.load(part + o * KD_PARTIALS + slot_m, mask=o < n_slices,
+                                          other=-float("inf")))
+    m = safe_max(tl.max(m_acc, axis=0))
+    s_acc = tl.zeros((BLOCK_S,), tl.float32)
+    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+        o = i * BLOCK_S + offs
+        ok = o < n_slices
+        m_i = tl.load(part + o * KD_PARTIALS + slot_m, mask=ok, other=-float("inf"))
+        s_acc += tl.load(part + o * KD_PARTIALS + slot_s, mask=ok, other=0.0) \
+            * rescale_to(m_i, m, ok)
+    return m, tl.sum(s_acc, axis=0)
+
+
+@triton.jit
+def _combine_teacher(part, n_slices, m_t, BLOCK_S: tl.constexpr):
+    """``(D, A)`` of the whole row relative to the teacher's row max ``m_t``:
+    ``sum_i f_i D_i`` and ``sum_i f_i (A_i + S_i (m_i - m_t))``, ``f_i = 2^(m_i - m_t)``."""
+    offs = tl.arange(0, BLOCK_S)
+    d_acc = tl.zeros((BLOCK_S,), tl.float32)
+    a_acc = tl.zeros((BLOCK_S,), tl.float32)
+    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+        o = i * BLOCK_S + offs
+        ok = o < n_slices
+        p = part + o * KD_PARTIALS
+        m_i = tl.load(p + Q_MT, mask=ok, other=-float("inf"))
+        f_i = rescale_to(m_i, m_t, ok)
+        live = f_i > 0.0
+        d_acc += tl.where(live, tl.load(p + Q_D, mask=ok, other=0.0) * f_i, 0.0)
+        shift = tl.load(p + Q_ST, mask=ok, other=0.0) * (safe_max(m_i) - m_t)
+        a_acc += tl.where(live, (tl.load(p + Q_A, mask=ok, other=0.0) + shift) * f_i, 0.0)
+    return tl.sum(d_acc, axis=0), tl.sum(a_acc, axis=0)
+
+
+@triton.jit(do_not_specialize=_FLAGS)
+def kd_slices_kernel(
+    s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, y_ptr, ce_scale_ptr,
+    gs_ptr, stride_gs, gt_ptr, stride_gt, ws_ptr, part_off, share_off, n_rows, n_cols,
+    n_slices, ignore_index, kd_scale, has_target, teacher_grad, compute_dt,
+    PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Grid ``N * n_slices``: program ``i`` holds slice ``i % n_slices`` of row
+    ``i // n_slices``. ``PHASE == 1`` stores its partials at
+    ``ws[part_off + i * KD_PARTIALS]``; ``PHASE == 2`` combines the row's partials (in slice
+    order, ``BLOCK_S`` at a time), reads the slice again, writes its gradients and its share
+    of dL/dT at ``ws[share_off + i]``; slice 0 writes the row's losses."""
+    item = tl.program_id(0).to(tl.int64)
+    row = item // n_slices
+    sl = (item % n_slices).to(tl.int32)
+    rows = row + tl.arange(0, 1)
+    row_mask = rows < n_rows
+    cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = col_mask(cols, n_cols, VEC)
+    temp = tl.load(temp_ptr + rows * stride_temp).to(tl.float32)
+    k = temperature_scale(temp)
+    xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
+                                VEC)
+    row_part = ws_ptr + part_off + row * n_slices * KD_PARTIALS
+    if PHASE == 1:
+        m_s_raw = tl.max(xs, axis=1) * k
+        m_t_raw = tl.max(xt, axis=1) * k
+        m_s = safe_max(m_s_raw)
+        m_t = safe_max(m_t_raw)
+        us = xs * k[:, None]
+        ut = xt * k[:, None]
+        et = tl.exp2(ut - m_t[:, None])
+        live = et > 0.0
+        part = row_part + sl * KD_PARTIALS + tl.arange(0, 1)
+        tl.store(part + Q_MT, m_t_raw)
+        tl.store(part + Q_ST, tl.sum(et, axis=1))
+        tl.store(part + Q_MS, m_s_raw)
+        tl.store(part + Q_SS, tl.sum(tl.exp2(us - m_s[:, None]), axis=1))
+        tl.store(part + Q_D, tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1))
+        tl.store(part + Q_A, tl.sum(tl.where(live, et * (ut - m_t[:, None]), 0.0), axis=1))
+        if has_target:
+            m1_raw = tl.max(xs, axis=1) * LOG2E
+            tl.store(part + Q_M1, m1_raw)
+            tl.store(part + Q_S1, tl.sum(tl.exp2(xs * LOG2E - safe_max(m1_raw)[:, None]),
+                                         axis=1))
+    else:
+        m_t, s_t = _combine(row_part, n_slices, Q_MT, Q_ST, BLOCK_S)
+        m_s, s_s = _combine(row_part, n_slices, Q_MS, Q_SS, BLOCK_S)
+        d, a = _combine_teacher(row_part, n_slices, m_t, BLOCK_S)
+        one = tl.zeros((1,), tl.float32)
+        e_r = one + (d / s_t - (m_t - m_s))
+        e_a = one + a / s_t
+        y = tl.zeros((1,), tl.int32)
+        cs = one
+        m1 = one
+        s1 = one + 1.0
+        ce = one
+        if has_target:
+            y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index,
+                                            n_cols, ce_scale_ptr)
+            m1_row, s1_row = _combine(row_part, n_slices, Q_M1, Q_S1, BLOCK_S)
+            m1 = one + m1_row
+            s1 = one + s1_row
+            ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
+        kl, g, gt, dt = _row_outputs(xs, xt, k, temp, one + m_s, one + m_t, one + s_s,
+                                     one + s_t, e_r, e_a, m1, s1, y, cs, cols, kd_scale,
+                                     has_target, teacher_grad, compute_dt)
+        mask = row_mask[:, None] & cmask[None, :]
+        tl.store(gs_ptr + row_offset(row, stride_gs, VEC) + cols[None, :],
+                 g.to(gs_ptr.dtype.element_ty), mask=mask)
+        if teacher_grad:
+            tl.store(gt_ptr + row_offset(row, stride_gt, VEC) + cols[None, :],
+                     gt.to(gt_ptr.dtype.element_ty), mask=mask)
+        first = sl == 0
+        out = ws_ptr + rows
+        if first:
+            tl.store(out, temp * temp * kl)
+            if has_target:
+                tl.store(out + n_rows, ce)
+        if compute_dt:
+            share = tl.where(first, dt + 2.0 * temp * kl, dt)
+            tl.store(ws_ptr + share_off + item + tl.arange(0, 1), share)
+
+
+# What each kernel moves, for the static cost model (bench/static reads this table; see
+# kernels/README.md and the other kernel modules).
+TRAFFIC = {
+    "kd_rows_kernel": {
+        "passes": (("s_ptr", "read"), ("t_ptr", "read"), ("gs_ptr", "write"),
+                   ("gt_ptr", "write", "teacher_grad")),
+        "loops": "none",
+    },
+    "kd_slices_kernel": {
+        "passes": (("s_ptr", "read", "PHASE==1"), ("t_ptr", "read", "PHASE==1"),
+                   ("s_ptr", "reread_launch", "PHASE==2"),
+                   ("t_ptr", "reread_launch", "PHASE==2"),
+                   ("gs_ptr", "write", "PHASE==2"),
+                   ("gt_ptr", "write", "PHASE==2&teacher_grad")),
+        "loops": "none",
+    },
+}

@@ -1,0 +1,163 @@
+"""Knowledge distillation (Hinton et al. 2015): the fused temperature KL loss and its module.
+
+    loss = tempfast.distillation_loss(student_logits, teacher_logits, temperature=4.0)
+    loss = tempfast.distillation_loss(s, t, 4.0, target=y, alpha=0.9)
+
+Classes are the last dimension: logits ``(*, C)``, one row per leading index. The math and the
+kernels: :mod:`tempfast.ops.distillation` and ``kernels/README.md`` ("Distillation").
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks
+from .ops.distillation import REDUCTIONS, distillation_2d
+
+
+def _check_alpha(alpha: float) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, Real):
+        raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
+    value = float(alpha)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"alpha: must lie in [0, 1], got {value}")
+    return value
+
+
+def _check_target(target: Tensor, rows_shape: torch.Size) -> None:
+    if not isinstance(target, Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
+    if target.shape != rows_shape:
+        raise ValueError(f"target: expected shape {tuple(rows_shape)} (one class index per "
+                         f"row), got {tuple(target.shape)}")
+
+
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float | Tensor = 1.0,
+    *,
+    target: Tensor | None = None,
+    alpha: float = 0.5,
+    reduction: str = "batchmean",
+    ignore_index: int = -100,
+) -> Tensor:
+    """``F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
+    reduction) * T**2``, fused; with ``target``, ``alpha * that + (1 - alpha) * CE(s, target)``.
+
+    Args:
+        student_logits: ``(*, C)`` floating tensor (classes last).
+        teacher_logits: the same shape and dtype. It receives a gradient only if it requires
+            grad (``d/dt = T p_t (log p_t - log p_s - KL)`` per row).
+        temperature: ``T > 0``: a number, a 0-dim tensor, or one value per row (shape ``(*,)``);
+            ``T**2`` multiplies each row's KL. A tensor that requires grad receives
+            ``dL/dT = 2 T KL + T (-Cov_pt(a, a - b) + E_pt[b] - E_ps[b])`` per row
+            (``a = t / T``, ``b = s / T``).
+        target: optional class indices ``(*,)`` (integer): adds the hard-label cross-entropy of
+            the student at ``T = 1``; rows equal to ``ignore_index`` contribute no CE term.
+        alpha: the KD part's weight in ``[0, 1]``, used only with ``target`` (without it the
+            loss is the KD term alone, whatever ``alpha``).
+        reduction: ``"batchmean"`` (KD: sum / rows, as ``F.kl_div``), ``"mean"`` (KD: sum /
+            (rows * C), as ``F.kl_div``'s ``"mean"``), ``"sum"``, or ``"none"`` (per row, shape
+            ``(*,)``). The CE part is reduced like ``F.cross_entropy``: for ``"batchmean"`` and
+            ``"mean"``, its sum over the rows not ignored divided by their number (NaN when all
+            are ignored, as in torch); ``"sum"`` its sum; ``"none"`` per row (0 when ignored).
+        ignore_index: the class-index value whose rows have no CE term.
+
+    Returns:
+        the fp32 loss (fp64 for fp64 logits): a scalar, or ``(*,)`` for ``"none"``. No rows:
+        ``"batchmean"`` / ``"mean"`` give NaN (0 / 0, as ``F.kl_div``), ``"sum"`` 0.
+
+    Argument problems raise a one-line ``ValueError`` (``TypeError`` for a wrong type or dtype)
+    that names the argument; a temperature that is not finite and positive, or a class index
+    outside ``[0, C)`` that is not ``ignore_index``, raises for CPU tensors (on CUDA, with no
+    host synchronisation, the row is NaN instead).
+    """
+    _checks.check_floating("student_logits", student_logits)
+    _checks.check_floating("teacher_logits", teacher_logits)
+    if student_logits.dim() == 0:
+        raise ValueError("student_logits: expected shape (*, C), got a 0-dim tensor")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher_logits: expected the student's shape "
+                         f"{tuple(student_logits.shape)}, got {tuple(teacher_logits.shape)}")
+    if teacher_logits.dtype != student_logits.dtype:
+        raise TypeError(f"teacher_logits: dtype {teacher_logits.dtype} differs from "
+                        f"student_logits' {student_logits.dtype}")
+    num_classes = student_logits.shape[-1]
+    if num_classes == 0:
+        raise ValueError("student_logits: the class dimension (last) is empty")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    alpha = _check_alpha(alpha)
+    ignore_index = _checks.check_ignore_index(ignore_index)
+    rows_shape = student_logits.shape[:-1]
+    if target is not None:
+        _check_target(target, rows_shape)
+    _checks.check_same_device(student_logits=student_logits, teacher_logits=teacher_logits,
+                              target=target)
+    t = _checks.temperature_rows(temperature, rows_shape, student_logits.device,
+                                 _checks.accumulation_dtype(student_logits.dtype))
+    s2 = student_logits.reshape(-1, num_classes)
+    t2 = teacher_logits.reshape(-1, num_classes)
+    y = None if target is None else target.reshape(-1).long()
+    grad_on = torch.is_grad_enabled()
+    loss = distillation_2d(s2, t2, t, y, ignore_index, alpha if y is not None else 1.0,
+                           reduction, grad_on and teacher_logits.requires_grad,
+                           grad_on and t.requires_grad)[0]
+    return loss.reshape(rows_shape) if reduction == "none" else loss
+
+
+class DistillationLoss(nn.Module):
+    """:func:`distillation_loss` as a module: ``forward(student_logits, teacher_logits,
+    target=None)``.
+
+    With ``learnable=True`` the temperature is trained (stored as ``log T``, a parameter named
+    ``log_temperature``, like :class:`tempfast.nn.TemperatureCrossEntropyLoss`); its gradient
+    comes from the fused kernel. Build the optimiser from
+    :func:`tempfast.nn.parameter_groups` or add ``loss_fn.parameters()`` yourself.
+    """
+
+    def __init__(self, temperature: float = 1.0, alpha: float = 0.5, *,
+                 reduction: str = "batchmean", ignore_index: int = -100,
+                 learnable: bool = False) -> None:
+        super().__init__()
+        if isinstance(temperature, bool) or not isinstance(temperature, Real):
+            raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
+        value = float(temperature)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"temperature: must be finite and > 0, got {value}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+        self.alpha = _check_alpha(alpha)
+        self.reduction = reduction
+        self.ignore_index = _checks.check_ignore_index(ignore_index)
+        self.learnable = learnable
+        log_t = torch.tensor(math.log(value))
+        if learnable:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+
+    @property
+    def temperature(self) -> Tensor:
+        """``T = exp(log_temperature)`` (a 0-dim tensor)."""
+        return self.log_temperature.exp()
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
+                target: Tensor | None = None) -> Tensor:
+        t = self.temperature
+        if t.dtype != _checks.accumulation_dtype(student_logits.dtype):
+            t = t.to(_checks.accumulation_dtype(student_logits.dtype))
+        return distillation_loss(student_logits, teacher_logits, t, target=target,
+                                 alpha=self.alpha, reduction=self.reduction,
+                                 ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={float(self.temperature.detach()):.4g}, alpha={self.alpha}, "
+                f"reduction={self.reduction!r}, learnable={self.learnable}")

@@ -1,0 +1,72 @@
+"""The Triton path of the distillation loss: the launcher of :mod:`tempfast.kernels.distillation`.
+
+Same contract as :func:`tempfast.ops.distillation.distill_rows_torch`. No host reads of tensor
+values; the path and block sizes come from :func:`tempfast.kernels.heuristics.distill_config`.
+Inputs need unit stride along the classes (other layouts are copied once); the row stride is
+free. One fp32 workspace holds the per-row outputs (KD loss, CE loss, dL/dT at
+``{0, N, 2N} + row``), and on the slices path the slices' partials and dL/dT shares.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..kernels import distillation as kd_kernels
+from ..kernels.heuristics import DISTILL_BLOCK_S, LaunchConfig, cdiv, distill_config, vector_width
+
+
+def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor) -> LaunchConfig:
+    """The launch configuration for rows of ``x`` (and ``others`` read or written alike)."""
+    n_rows, n_cols = x.shape
+    strides = [t.stride(0) for t in (x, *others) if t.dim() == 2 and n_rows > 1]
+    vec = vector_width(n_cols, x.element_size(), *strides)
+    return distill_config(n_rows, n_cols, x.element_size(), vec)
+
+
+def _unit_col_stride(x: Tensor) -> Tensor:
+    return x if x.stride(1) == 1 or x.shape[1] == 1 else x.contiguous()
+
+
+def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: Tensor | None,
+                 ignore_index: int, kd_scale: float, ce_scale: Tensor | None,
+                 teacher_grad: bool, compute_dt: bool):
+    """See :func:`tempfast.ops.distillation.distill_rows_torch`."""
+    s = _unit_col_stride(student)
+    t = _unit_col_stride(teacher)
+    n_rows, n_cols = s.shape
+    grad_s = torch.empty((n_rows, n_cols), dtype=s.dtype, device=s.device)
+    grad_t = torch.empty((n_rows, n_cols) if teacher_grad else 0, dtype=t.dtype,
+                         device=t.device)
+    g_t = grad_t if teacher_grad else grad_s
+    cfg = config_for(s, 2, t, grad_s, g_t)
+    items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
+    part_off = 3 * n_rows
+    share_off = part_off + kd_kernels.KD_PARTIALS.value * items
+    ws = torch.empty(share_off + items, dtype=torch.float32, device=s.device)
+    temp = temperature.float().contiguous()
+    y = target if target is not None else ws
+    cs = ce_scale.float().contiguous() if ce_scale is not None else ws
+    head = (s, s.stride(0), t, t.stride(0), temp, 0 if temp.numel() == 1 else 1, y, cs,
+            grad_s, grad_s.stride(0), g_t, g_t.stride(0), ws)
+    flags = (int(target is not None), int(teacher_grad), int(compute_dt))
+    if cfg.path == "rows":
+        kd_kernels.kd_rows_kernel[(cdiv(n_rows, cfg.block_n),)](
+            *head, n_rows, n_cols, ignore_index, float(kd_scale), *flags, VEC=cfg.vec,
+            BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    else:
+        args = (*head, part_off, share_off, n_rows, n_cols, cfg.n_slices, ignore_index,
+                float(kd_scale), *flags)
+        kw = {"VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": DISTILL_BLOCK_S,
+              "num_warps": cfg.num_warps}
+        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=1)
+        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=2)
+    kd = ws[:n_rows]
+    ce = ws[n_rows:2 * n_rows] if target is not None else ws[:0]
+    if not compute_dt:
+        dt = ws[:0]
+    elif cfg.path == "rows":
+        dt = ws[2 * n_rows:3 * n_rows]
+    else:
+        dt = ws[share_off:share_off + items].view(n_rows, cfg.n_slices).sum(1)
+    return kd, ce, grad_s, grad_t, dt
