@@ -142,6 +142,14 @@ DISTILL_BLOCKS = (32, 256, 1024, 4096)  # rows path: the smallest that holds a r
 DISTILL_SMALL_ROWS = 32  # rows per program at BLOCK_C = 32 (1024 values of each input)
 DISTILL_SLICE = 4096  # slices path: columns per slice
 DISTILL_BLOCK_S = 64  # slices path: partials combined this many at a time
+DISTILL_PER_THREAD = 8  # values of each input per thread: a dozen tiles live at once
+DISTILL_MAX_WARPS = 16
+
+
+def distill_warps(elements: int) -> int:
+    """Warps for ``elements`` values of each input: :data:`DISTILL_PER_THREAD` per thread (the
+    kernels keep about a dozen tiles of that size live: no spills), at most 16 warps."""
+    return max(MIN_WARPS, min(DISTILL_MAX_WARPS, elements // (32 * DISTILL_PER_THREAD)))
 
 
 def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1) -> LaunchConfig:
@@ -153,7 +161,7 @@ def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1) -> La
     for block_c in DISTILL_BLOCKS:
         if n_cols <= block_c:
             block_n = DISTILL_SMALL_ROWS if block_c < WIDE_ROW else 1
-            return LaunchConfig("rows", block_n, block_c, 1, warps_for(block_n * block_c, 2),
+            return LaunchConfig("rows", block_n, block_c, 1, distill_warps(block_n * block_c),
                                 vec)
     return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
-                        warps_for(DISTILL_SLICE, 2), vec)
+                        distill_warps(DISTILL_SLICE), vec)

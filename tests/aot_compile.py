@@ -179,7 +179,7 @@ def all_calls() -> list[tuple]:
     for dtype, n_dt, width in itertools.product(DTYPES, (0, 1, rows), (cols, cols + 1,
                                                                       cols + 8)):
         calls.append(("apply", dtype, rows, width, {"N_DT": n_dt, "DEFER": n_dt == 1}))
-    return calls
+    return calls + distill_calls()
 
 
 def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
@@ -200,6 +200,8 @@ def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
             triton_impl.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
                                          torch.empty_like(x) if opts["COMPUTE_DT"] else None,
                                          t_value)
+        elif kind == "distill":
+            _call_distill(x, t, opts)
         elif kind == "apply":
             ws = torch.zeros(common.WS_HEADER.value + 3 * rows)
             n_dt = opts.get("N_DT", 0)
@@ -294,3 +296,43 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------------------------
+# The distillation kernels (kernels/distillation.py): every configuration distill_config can
+# choose (rows: each BLOCK_C of DISTILL_BLOCKS; slices: both phases), in fp32 and bf16; per
+# path fp16, rows a multiple of 16 bytes only (VEC) and of neither, one row and a per-row
+# temperature (stride 1). Their feature flags are run-time arguments: no more binaries.
+# --------------------------------------------------------------------------------------------
+def distill_shapes() -> dict[tuple, tuple[int, int]]:
+    """One aligned shape per configuration: ``config_key -> (rows, cols)``."""
+    from tempfast.kernels.heuristics import DISTILL_BLOCKS, DISTILL_SLICE, distill_config
+
+    shapes = {}
+    for cols in (*DISTILL_BLOCKS, 2 * DISTILL_SLICE):
+        rows = 32 if cols <= 32 else 16
+        shapes[config_key(distill_config(rows, cols, 4))] = (rows, cols)
+    return shapes
+
+
+def distill_calls() -> list[tuple]:
+    calls = []
+    by_path: dict[str, tuple[int, int]] = {}
+    for key, (rows, cols) in distill_shapes().items():
+        calls += [("distill", d, rows, cols, {}) for d in ("fp32", "bf16")]
+        by_path.setdefault(key[0], (rows, cols))
+    for rows, cols in by_path.values():
+        calls += [("distill", "fp16", rows, cols, {}),
+                  ("distill", "bf16", rows, cols - 8, {}),
+                  ("distill", "bf16", rows, cols - 1, {}),
+                  ("distill", "bf16", 1, cols, {}),
+                  ("distill", "fp32", rows, cols, {"PER_ROW_T": True})]
+    return calls
+
+
+def _call_distill(x: torch.Tensor, t: torch.Tensor, opts: dict) -> None:
+    from tempfast.ops.distillation_triton import distill_rows
+
+    rows = x.shape[0]
+    distill_rows(x, torch.empty_like(x), t, torch.zeros(rows, dtype=torch.int64), -100, 0.5,
+                 torch.ones(1), True, True)

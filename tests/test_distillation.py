@@ -339,3 +339,70 @@ def test_heuristics_choose_the_slices_path_for_long_rows():
     assert distill_config(8, 1000, 2).path == "rows"
     cfg = distill_config(8, 1 << 17, 2)
     assert cfg.path == "slices" and cfg.n_slices * cfg.block_c >= 1 << 17
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation of the distillation kernels (tests/aot_compile.py's calls).
+# --------------------------------------------------------------------------------------------
+def _aot(tmp_path, body: str) -> str:
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",
+                                                            "TEMPFAST_BACKEND")}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    code = f"import json, sys\nsys.path.insert(0, {str(tests)!r})\nimport aot_compile\n" \
+        + textwrap.dedent(body)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, cwd=tests.parent, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(tmp_path):
+    import itertools
+    import json
+
+    from tempfast.kernels.heuristics import DISTILL_BLOCK_S, distill_config
+
+    out = _aot(tmp_path, """
+        launches = aot_compile.record_calls(aot_compile.distill_calls())
+        print(json.dumps([{"name": l.name, "warps": l.num_warps, "constants": l.constants}
+                          for l in launches], default=str))
+    """)
+    variants = json.loads(out)
+    have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"]["BLOCK_C"], v["warps"],
+             v["constants"].get("PHASE")) for v in variants}
+    assert {v["constants"].get("BLOCK_S") for v in variants} <= {None, DISTILL_BLOCK_S}
+    for n, c in itertools.product((1, 2, 7, 100, 8192), (1, 10, 33, 256, 1000, 4096, 4097,
+                                                         32000, 262144)):
+        cfg = distill_config(n, c, 2)
+        if cfg.path == "rows":
+            assert ("kd_rows_kernel", cfg.block_n, cfg.block_c, cfg.num_warps, None) in have
+        else:
+            for phase in (1, 2):
+                assert ("kd_slices_kernel", None, cfg.block_c, cfg.num_warps, phase) in have
+    consts = [v["constants"] for v in variants]
+    assert any(k.get("VEC", 1) > 1 for k in consts) and any(k.get("VEC", 1) == 1 for k in consts)
+    assert any(k.get("stride_temp") == 1 for k in consts)
+    assert any(k.get("n_rows") == 1 for k in consts)
+    configs = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"]["BLOCK_C"],
+                v["constants"].get("PHASE")) for v in variants}
+    assert len(configs) <= 6  # a handful of constexpr configurations
+
+
+@pytest.mark.slow
+def test_aot_distill_kernels_compile_for_sm80_and_sm90(tmp_path):
+    out = _aot(tmp_path, """
+        launches = aot_compile.record_calls(aot_compile.distill_calls())
+        errors = [e for launch in launches for e in aot_compile.compile_one(launch, [80, 90])]
+        print("\\n".join(errors))
+        print(json.dumps({"launches": len(launches), "errors": len(errors)}))
+    """)
+    import json
+
+    assert json.loads(out) == {"launches": json.loads(out)["launches"], "errors": 0}, out

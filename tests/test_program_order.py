@@ -153,3 +153,29 @@ def test_the_reduction_is_summed_by_the_last_program_in_a_fixed_order():
         for order in ORDERS:
             with program_order(order):
                 assert torch.equal(tempfast.cross_entropy(logits, target, 3.0), expected)
+
+
+@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+def test_distillation_is_independent_of_program_order(monkeypatch, path):
+    from tempfast.ops import distillation_triton
+
+    cfg = _paths(300)[path]
+    monkeypatch.setattr(distillation_triton, "config_for", lambda x, n_inputs=2, *others: cfg)
+
+    def run():
+        s = logits_like(9, 300, torch.bfloat16).requires_grad_(True)
+        t = logits_like(9, 300, torch.bfloat16, seed=1).requires_grad_(True)
+        temp = torch.linspace(0.5, 2.0, 9).requires_grad_(True)
+        y = torch.randint(0, 300, (9,), generator=torch.Generator().manual_seed(2))
+        y[4] = -100
+        with tempfast.use_backend("triton"):
+            loss = tempfast.distillation_loss(s, t, temp, target=y, alpha=0.3)
+            loss.backward(torch.tensor(1.5))
+        return loss.detach(), s.grad, t.grad, temp.grad
+
+    expected = run()
+    for order in ORDERS:
+        with program_order(order):
+            got = run()
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b), (order, path)
