@@ -89,10 +89,11 @@ def _hard_label_loss(m1, log2_s1, z_y, valid, cs):
 
 @triton.jit
 def _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y, cs, cols, kd_scale,
-                 has_target, teacher_grad, compute_dt):
+                 has_target, teacher_grad, compute_dt, EXTRAS: tl.constexpr):
     """The gradients and this tile's share of dL/dT (without ``2 T KL``) from the row's
     statistics: ``(kl, grad_s, grad_t, dt_share)``. ``e_r = E_pt[r]``, ``e_a = E_pt[u_t - m_t]``,
-    all relative to the row maxima ``m_s``, ``m_t`` (shapes ``[R]``; tiles ``[R, BLOCK_C]``)."""
+    all relative to the row maxima ``m_s``, ``m_t`` (shapes ``[R]``; tiles ``[R, BLOCK_C]``).
+    Without ``EXTRAS`` the run-time flags are not read (plain KD)."""
     us = xs * k[:, None] - m_s[:, None]
     ut = xt * k[:, None] - m_t[:, None]
     es = tl.exp2(us)
@@ -100,24 +101,48 @@ def _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y, cs, c
     log_ratio = tl.log2(s_s) - tl.log2(s_t)
     kl = tl.maximum((e_r + log_ratio) * LN2, 0.0)
     f = kd_scale * temp
-    g = es * (f / s_s)[:, None] - et * (f / s_t)[:, None]
-    if has_target:
-        e1 = tl.exp2(xs * LOG2E - m1[:, None])
-        g += e1 * (cs / s1)[:, None] - tl.where(cols[None, :] == y[:, None], cs[:, None], 0.0)
-    r = ut - us
-    live = et > 0.0
+    f_t = f / s_t
+    g = es * (f / s_s)[:, None] - et * f_t[:, None]
     gt = g
-    if teacher_grad:
-        gt = tl.where(live, et * (f / s_t)[:, None]
-                      * ((r + log_ratio[:, None]) * LN2 - kl[:, None]), 0.0)
     dt = tl.zeros_like(kl)
-    if compute_dt:
-        pt = et / s_t[:, None]
-        cov = tl.sum(tl.where(live, pt * (ut - e_a[:, None]) * (r - e_r[:, None]), 0.0), axis=1)
-        eb_t = tl.sum(tl.where(live, pt * us, 0.0), axis=1)
-        eb_s = tl.sum(tl.where(es > 0.0, es * us, 0.0), axis=1) / s_s
-        dt = temp * LN2 * (eb_t - eb_s - LN2 * cov)
+    if EXTRAS:
+        if has_target:
+            e1 = tl.exp2(xs * LOG2E - m1[:, None])
+            g += e1 * (cs / s1)[:, None] - tl.where(cols[None, :] == y[:, None], cs[:, None], 0.0)
+        r = ut - us
+        live = et > 0.0
+        if teacher_grad:
+            gt = tl.where(live, et * f_t[:, None]
+                          * ((r + log_ratio[:, None]) * LN2 - kl[:, None]), 0.0)
+        if compute_dt:
+            pt = et * (1.0 / s_t)[:, None]
+            cov = tl.sum(tl.where(live, pt * (ut - e_a[:, None]) * (r - e_r[:, None]), 0.0),
+                         axis=1)
+            eb_t = tl.sum(tl.where(live, pt * us, 0.0), axis=1)
+            eb_s = tl.sum(tl.where(es > 0.0, es * us, 0.0), axis=1) / s_s
+            dt = temp * LN2 * (eb_t - eb_s - LN2 * cov)
     return kl, g, gt, dt
+
+
+@triton.jit
+def _store_outputs(ws_ptr, rows, row_mask, n_rows, cmask, cols, gs_ptr, stride_gs, gt_ptr,
+                   stride_gt, temp, kl, ce, g, gt, dt, write_row, has_target, teacher_grad,
+                   compute_dt, EXTRAS: tl.constexpr, VEC: tl.constexpr):
+    """Store the gradients of a tile and, where ``write_row``, the rows' KD loss (and CE loss,
+    dL/dT); ``dt`` is the tile's share of dL/dT, the ``2 T KL`` term added by the row's
+    writer."""
+    out = ws_ptr + rows
+    kd_row = temp * temp * kl
+    tl.store(out, kd_row, mask=row_mask & write_row)
+    mask = row_mask[:, None] & cmask[None, :]
+    tl.store(gs_ptr + row_offset(rows, stride_gs, VEC)[:, None] + cols[None, :],
+             g.to(gs_ptr.dtype.element_ty), mask=mask)
+    if EXTRAS:
+        if has_target:
+            tl.store(out + n_rows, ce, mask=row_mask & write_row)
+        if teacher_grad:
+            tl.store(gt_ptr + row_offset(rows, stride_gt, VEC)[:, None] + cols[None, :],
+                     gt.to(gt_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=_FLAGS)
@@ -125,7 +150,7 @@ def kd_rows_kernel(
     s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, y_ptr, ce_scale_ptr,
     gs_ptr, stride_gs, gt_ptr, stride_gt, ws_ptr, n_rows, n_cols, ignore_index, kd_scale,
     has_target, teacher_grad, compute_dt,
-    VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    EXTRAS: tl.constexpr, VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Grid ``cdiv(N, BLOCK_N)``: ``BLOCK_N`` whole rows of both inputs per program
     (``C <= BLOCK_C``), each logit read once, each gradient element written once."""
@@ -147,88 +172,46 @@ def kd_rows_kernel(
     s_s = tl.sum(es, axis=1)
     s_t = tl.sum(et, axis=1)
     live = et > 0.0
-    e_r = tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1) / s_t
-    e_a = tl.sum(tl.where(live, et * ut, 0.0), axis=1) / s_t
+    inv_st = 1.0 / s_t
+    e_r = tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1) * inv_st
+    e_a = tl.zeros_like(k)
     y = tl.zeros_like(rows).to(tl.int32)
     cs = tl.zeros_like(k)
     m1 = tl.zeros_like(k)
     s1 = tl.zeros_like(k) + 1.0
     ce = tl.zeros_like(k)
-    if has_target:
-        y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index, n_cols,
-                                        ce_scale_ptr)
-        m1 = safe_max(tl.max(xs, axis=1) * LOG2E)
-        s1 = tl.sum(tl.exp2(xs * LOG2E - m1[:, None]), axis=1)
-        ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
+    if EXTRAS:
+        if compute_dt:
+            e_a = tl.sum(tl.where(live, et * ut, 0.0), axis=1) * inv_st
+        if has_target:
+            y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index, n_cols,
+                                            ce_scale_ptr)
+            m1 = safe_max(tl.max(xs, axis=1) * LOG2E)
+            s1 = tl.sum(tl.exp2(xs * LOG2E - m1[:, None]), axis=1)
+            ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
     kl, g, gt, dt = _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y, cs,
-                                 cols, kd_scale, has_target, teacher_grad, compute_dt)
-    out = ws_ptr + rows
-    tl.store(out, temp * temp * kl, mask=row_mask)
-    mask = row_mask[:, None] & cmask[None, :]
-    tl.store(gs_ptr + row_offset(rows, stride_gs, VEC)[:, None] + cols[None, :],
-             g.to(gs_ptr.dtype.element_ty), mask=mask)
-    if has_target:
-        tl.store(out + n_rows, ce, mask=row_mask)
-    if teacher_grad:
-        tl.store(gt_ptr + row_offset(rows, stride_gt, VEC)[:, None] + cols[None, :],
-                 gt.to(gt_ptr.dtype.element_ty), mask=mask)
-    if compute_dt:
-        tl.store(out + 2 * n_rows, dt + 2.0 * temp * kl, mask=row_mask)
-
-
-@triton.jit
-def _combine(part, n_slices, slot_m, slot_s, BLOCK_S: tl.constexpr):
-    """The row max ``M`` (0 if none) of slots ``slot_m`` of a row's partials and the per-slice
-    factors' chunks are recomputed by the caller: returns ``(M, sum_i s_i 2^(m_i - M))``."""
-    offs = tl.arange(0, BLOCK_S)
-    m_acc = tl.full((BLOCK_S,), -float("inf"), tl.float32)
-    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
-        o = i * BLOCK_S + offs
-        m_acc = tl.maximum(m_acc, tl.load(part + o * KD_PARTIALS + slot_m, mask=o < n_slices,
-                                          other=-float("inf")))
-    m = safe_max(tl.max(m_acc, axis=0))
-    s_acc = tl.zeros((BLOCK_S,), tl.float32)
-    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
-        o = i * BLOCK_S + offs
-        ok = o < n_slices
-        m_i = tl.load(part + o * KD_PARTIALS + slot_m, mask=ok, other=-float("inf"))
-        s_acc += tl.load(part + o * KD_PARTIALS + slot_s, mask=ok, other=0.0) \
-            * rescale_to(m_i, m, ok)
-    return m, tl.sum(s_acc, axis=0)
-
-
-@triton.jit
-def _combine_teacher(part, n_slices, m_t, BLOCK_S: tl.constexpr):
-    """``(D, A)`` of the whole row relative to the teacher's row max ``m_t``:
-    ``sum_i f_i D_i`` and ``sum_i f_i (A_i + S_i (m_i - m_t))``, ``f_i = 2^(m_i - m_t)``."""
-    offs = tl.arange(0, BLOCK_S)
-    d_acc = tl.zeros((BLOCK_S,), tl.float32)
-    a_acc = tl.zeros((BLOCK_S,), tl.float32)
-    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
-        o = i * BLOCK_S + offs
-        ok = o < n_slices
-        p = part + o * KD_PARTIALS
-        m_i = tl.load(p + Q_MT, mask=ok, other=-float("inf"))
-        f_i = rescale_to(m_i, m_t, ok)
-        live = f_i > 0.0
-        d_acc += tl.where(live, tl.load(p + Q_D, mask=ok, other=0.0) * f_i, 0.0)
-        shift = tl.load(p + Q_ST, mask=ok, other=0.0) * (safe_max(m_i) - m_t)
-        a_acc += tl.where(live, (tl.load(p + Q_A, mask=ok, other=0.0) + shift) * f_i, 0.0)
-    return tl.sum(d_acc, axis=0), tl.sum(a_acc, axis=0)
+                                 cols, kd_scale, has_target, teacher_grad, compute_dt, EXTRAS)
+    _store_outputs(ws_ptr, rows, row_mask, n_rows, cmask, cols, gs_ptr, stride_gs, gt_ptr,
+                   stride_gt, temp, kl, ce, g, gt, dt, row_mask, has_target, teacher_grad,
+                   compute_dt, EXTRAS, VEC)
+    if EXTRAS:  # noqa: SIM102 (a constexpr guard)
+        if compute_dt:
+            tl.store(ws_ptr + rows + 2 * n_rows, dt + 2.0 * temp * kl, mask=row_mask)
 
 
 @triton.jit(do_not_specialize=_FLAGS)
 def kd_slices_kernel(
     s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, y_ptr, ce_scale_ptr,
-    gs_ptr, stride_gs, gt_ptr, stride_gt, ws_ptr, part_off, share_off, n_rows, n_cols,
-    n_slices, ignore_index, kd_scale, has_target, teacher_grad, compute_dt,
-    PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    gs_ptr, stride_gs, gt_ptr, stride_gt, ws_ptr, part_off, stats_off, share_off, n_rows,
+    n_cols, n_slices, ignore_index, kd_scale, has_target, teacher_grad, compute_dt,
+    PHASE: tl.constexpr, EXTRAS: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Grid ``N * n_slices``: program ``i`` holds slice ``i % n_slices`` of row
     ``i // n_slices``. ``PHASE == 1`` stores its partials at
-    ``ws[part_off + i * KD_PARTIALS]``; ``PHASE == 2`` combines the row's partials (in slice
-    order, ``BLOCK_S`` at a time), reads the slice again, writes its gradients and its share
-    of dL/dT at ``ws[share_off + i]``; slice 0 writes the row's losses."""
+    ``ws[part_off + i * KD_PARTIALS]`` (the hard-label ones when ``has_target``; ``EXTRAS``
+    is not used); after :func:`kd_combine_kernel` has written the row statistics,
+    ``PHASE == 2`` reads the slice again, writes its gradients and its share of dL/dT at
+    ``ws[share_off + i]``; slice 0 writes the row's losses."""
     item = tl.program_id(0).to(tl.int64)
     row = item // n_slices
     sl = (item % n_slices).to(tl.int32)
@@ -240,21 +223,19 @@ def kd_slices_kernel(
     k = temperature_scale(temp)
     xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
                                 VEC)
-    row_part = ws_ptr + part_off + row * n_slices * KD_PARTIALS
     if PHASE == 1:
         m_s_raw = tl.max(xs, axis=1) * k
         m_t_raw = tl.max(xt, axis=1) * k
-        m_s = safe_max(m_s_raw)
         m_t = safe_max(m_t_raw)
         us = xs * k[:, None]
         ut = xt * k[:, None]
         et = tl.exp2(ut - m_t[:, None])
         live = et > 0.0
-        part = row_part + sl * KD_PARTIALS + tl.arange(0, 1)
+        part = ws_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1)
         tl.store(part + Q_MT, m_t_raw)
         tl.store(part + Q_ST, tl.sum(et, axis=1))
         tl.store(part + Q_MS, m_s_raw)
-        tl.store(part + Q_SS, tl.sum(tl.exp2(us - m_s[:, None]), axis=1))
+        tl.store(part + Q_SS, tl.sum(tl.exp2(us - safe_max(m_s_raw)[:, None]), axis=1))
         tl.store(part + Q_D, tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1))
         tl.store(part + Q_A, tl.sum(tl.where(live, et * (ut - m_t[:, None]), 0.0), axis=1))
         if has_target:
@@ -263,50 +244,108 @@ def kd_slices_kernel(
             tl.store(part + Q_S1, tl.sum(tl.exp2(xs * LOG2E - safe_max(m1_raw)[:, None]),
                                          axis=1))
     else:
-        m_t, s_t = _combine(row_part, n_slices, Q_MT, Q_ST, BLOCK_S)
-        m_s, s_s = _combine(row_part, n_slices, Q_MS, Q_SS, BLOCK_S)
-        d, a = _combine_teacher(row_part, n_slices, m_t, BLOCK_S)
-        one = tl.zeros((1,), tl.float32)
-        e_r = one + (d / s_t - (m_t - m_s))
-        e_a = one + a / s_t
+        st = ws_ptr + stats_off + rows * KD_PARTIALS
+        m_t = tl.load(st + Q_MT)
+        s_t = tl.load(st + Q_ST)
+        m_s = tl.load(st + Q_MS)
+        s_s = tl.load(st + Q_SS)
+        e_r = tl.load(st + Q_D)
+        e_a = tl.load(st + Q_A)
+        m1 = tl.load(st + Q_M1)
+        s1 = tl.load(st + Q_S1)
         y = tl.zeros((1,), tl.int32)
-        cs = one
-        m1 = one
-        s1 = one + 1.0
-        ce = one
-        if has_target:
-            y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index,
-                                            n_cols, ce_scale_ptr)
-            m1_row, s1_row = _combine(row_part, n_slices, Q_M1, Q_S1, BLOCK_S)
-            m1 = one + m1_row
-            s1 = one + s1_row
-            ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
-        kl, g, gt, dt = _row_outputs(xs, xt, k, temp, one + m_s, one + m_t, one + s_s,
-                                     one + s_t, e_r, e_a, m1, s1, y, cs, cols, kd_scale,
-                                     has_target, teacher_grad, compute_dt)
-        mask = row_mask[:, None] & cmask[None, :]
-        tl.store(gs_ptr + row_offset(row, stride_gs, VEC) + cols[None, :],
-                 g.to(gs_ptr.dtype.element_ty), mask=mask)
-        if teacher_grad:
-            tl.store(gt_ptr + row_offset(row, stride_gt, VEC) + cols[None, :],
-                     gt.to(gt_ptr.dtype.element_ty), mask=mask)
-        first = sl == 0
-        out = ws_ptr + rows
-        if first:
-            tl.store(out, temp * temp * kl)
+        cs = tl.zeros((1,), tl.float32)
+        ce = cs
+        if EXTRAS:  # noqa: SIM102 (a constexpr guard)
             if has_target:
-                tl.store(out + n_rows, ce)
-        if compute_dt:
-            share = tl.where(first, dt + 2.0 * temp * kl, dt)
-            tl.store(ws_ptr + share_off + item + tl.arange(0, 1), share)
+                y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index,
+                                                n_cols, ce_scale_ptr)
+                ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
+        kl, g, gt, dt = _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y,
+                                     cs, cols, kd_scale, has_target, teacher_grad, compute_dt,
+                                     EXTRAS)
+        first = sl == 0
+        _store_outputs(ws_ptr, rows, row_mask, n_rows, cmask, cols, gs_ptr, stride_gs, gt_ptr,
+                       stride_gt, temp, kl, ce, g, gt, dt, first, has_target, teacher_grad,
+                       compute_dt, EXTRAS, VEC)
+        if EXTRAS:  # noqa: SIM102 (a constexpr guard)
+            if compute_dt:
+                share = tl.where(first, dt + 2.0 * temp * kl, dt)
+                tl.store(ws_ptr + share_off + item + tl.arange(0, 1), share)
+
+
+@triton.jit
+def _combine_max(part, rows, row_mask, n_slices, slot, BLOCK_R: tl.constexpr,
+                 BLOCK_S: tl.constexpr):
+    """Per row of ``rows``: the max over its slices of partial ``slot`` (``-inf`` if none)."""
+    offs = tl.arange(0, BLOCK_S)
+    acc = tl.full((BLOCK_R, BLOCK_S), -float("inf"), tl.float32)
+    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+        o = i * BLOCK_S + offs
+        ok = row_mask[:, None] & (o < n_slices)[None, :]
+        p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS
+        acc = tl.maximum(acc, tl.load(p + slot, mask=ok, other=-float("inf")))
+    return tl.max(acc, axis=1)
+
+
+@triton.jit(do_not_specialize=["has_target"])
+def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, has_target,
+                      BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Between the slices' two phases: combine each row's ``n_slices`` partials, ``BLOCK_S``
+    slices at a time in slice order, into its statistics at ``ws[stats_off + row *
+    KD_PARTIALS]``: ``(M_t, S_t, M_s, S_s, E_pt[r], E_pt[u_t - M_t], M1, S1)`` relative to the
+    row maxima (``M`` 0 when the row has no finite logit). Grid ``cdiv(N, BLOCK_R)``."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < n_rows
+    part = ws_ptr + part_off
+    m_t = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_MT, BLOCK_R, BLOCK_S))
+    m_s = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_MS, BLOCK_R, BLOCK_S))
+    m1 = tl.zeros_like(m_t)
+    if has_target:
+        m1 = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_M1, BLOCK_R, BLOCK_S))
+    offs = tl.arange(0, BLOCK_S)
+    acc_st = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
+    acc_ss = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
+    acc_d = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
+    acc_a = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
+    acc_s1 = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
+    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+        o = i * BLOCK_S + offs
+        ok = row_mask[:, None] & (o < n_slices)[None, :]
+        p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS
+        mt_i = tl.load(p + Q_MT, mask=ok, other=-float("inf"))
+        f_t = rescale_to(mt_i, m_t[:, None], ok)
+        live = f_t > 0.0
+        st_i = tl.load(p + Q_ST, mask=ok, other=0.0)
+        acc_st += st_i * f_t
+        acc_ss += tl.load(p + Q_SS, mask=ok, other=0.0) \
+            * rescale_to(tl.load(p + Q_MS, mask=ok, other=-float("inf")), m_s[:, None], ok)
+        acc_d += tl.where(live, tl.load(p + Q_D, mask=ok, other=0.0) * f_t, 0.0)
+        shift = st_i * (safe_max(mt_i) - m_t[:, None])
+        acc_a += tl.where(live, (tl.load(p + Q_A, mask=ok, other=0.0) + shift) * f_t, 0.0)
+        if has_target:
+            acc_s1 += tl.load(p + Q_S1, mask=ok, other=0.0) \
+                * rescale_to(tl.load(p + Q_M1, mask=ok, other=-float("inf")), m1[:, None], ok)
+    s_t = tl.sum(acc_st, axis=1)
+    out = ws_ptr + stats_off + rows * KD_PARTIALS
+    tl.store(out + Q_MT, m_t, mask=row_mask)
+    tl.store(out + Q_ST, s_t, mask=row_mask)
+    tl.store(out + Q_MS, m_s, mask=row_mask)
+    tl.store(out + Q_SS, tl.sum(acc_ss, axis=1), mask=row_mask)
+    # E_pt[r] with r relative to the row maxima: the raw sum D is of u_t - u_s
+    tl.store(out + Q_D, tl.sum(acc_d, axis=1) / s_t - (m_t - m_s), mask=row_mask)
+    tl.store(out + Q_A, tl.sum(acc_a, axis=1) / s_t, mask=row_mask)
+    tl.store(out + Q_M1, m1, mask=row_mask)
+    tl.store(out + Q_S1, tl.where(has_target != 0, tl.sum(acc_s1, axis=1), 1.0), mask=row_mask)
 
 
 # What each kernel moves, for the static cost model (bench/static reads this table; see
-# kernels/README.md and the other kernel modules).
+# kernels/README.md and the other kernel modules). ``teacher_grad`` is a run-time flag (the
+# model reads the launch's scalars too).
 TRAFFIC = {
     "kd_rows_kernel": {
         "passes": (("s_ptr", "read"), ("t_ptr", "read"), ("gs_ptr", "write"),
-                   ("gt_ptr", "write", "teacher_grad")),
+                   ("gt_ptr", "write", "EXTRAS&teacher_grad")),
         "loops": "none",
     },
     "kd_slices_kernel": {
@@ -314,7 +353,8 @@ TRAFFIC = {
                    ("s_ptr", "reread_launch", "PHASE==2"),
                    ("t_ptr", "reread_launch", "PHASE==2"),
                    ("gs_ptr", "write", "PHASE==2"),
-                   ("gt_ptr", "write", "PHASE==2&teacher_grad")),
+                   ("gt_ptr", "write", "PHASE==2&EXTRAS&teacher_grad")),
         "loops": "none",
     },
+    "kd_combine_kernel": {"passes": (), "loops": "combine"},
 }

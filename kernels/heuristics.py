@@ -141,27 +141,34 @@ def apply_config(n_rows: int, n_cols: int, num_sms: int | None = None) -> tuple[
 DISTILL_BLOCKS = (32, 256, 1024, 4096)  # rows path: the smallest that holds a row
 DISTILL_SMALL_ROWS = 32  # rows per program at BLOCK_C = 32 (1024 values of each input)
 DISTILL_SLICE = 4096  # slices path: columns per slice
-DISTILL_BLOCK_S = 64  # slices path: partials combined this many at a time
-DISTILL_PER_THREAD = 8  # values of each input per thread: a dozen tiles live at once
+DISTILL_BLOCK_S = 64  # slices path: partials combined this many slices at a time
+DISTILL_COMBINE_ROWS = 16  # slices path: rows per program of the combine between the phases
+# values of each input per thread: plain KD keeps a few tiles live, the EXTRAS variant (the
+# hard-label term, the teacher's gradient, dL/dT) about a dozen; fewer values per thread
+# would spend the issue slots on the row reductions, more would spill
+DISTILL_PER_THREAD = {False: 16, True: 8}
 DISTILL_MAX_WARPS = 16
 
 
-def distill_warps(elements: int) -> int:
-    """Warps for ``elements`` values of each input: :data:`DISTILL_PER_THREAD` per thread (the
-    kernels keep about a dozen tiles of that size live: no spills), at most 16 warps."""
-    return max(MIN_WARPS, min(DISTILL_MAX_WARPS, elements // (32 * DISTILL_PER_THREAD)))
+def distill_warps(elements: int, extras: bool = False) -> int:
+    """Warps for ``elements`` values of each input: :data:`DISTILL_PER_THREAD` per thread,
+    within ``[1, 16]``."""
+    per_warp = 32 * DISTILL_PER_THREAD[extras]
+    return max(MIN_WARPS, min(DISTILL_MAX_WARPS, elements // per_warp))
 
 
-def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1) -> LaunchConfig:
+def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1,
+                   extras: bool = False) -> LaunchConfig:
     """Path and block sizes of the distillation kernels: ``rows`` with ``BLOCK_C`` the
     smallest of :data:`DISTILL_BLOCKS` that holds a row (one row per program from 256 columns
     on, :data:`DISTILL_SMALL_ROWS` below), else ``slices`` of :data:`DISTILL_SLICE` columns
-    (two launches). ``elem_size`` only matters through ``vec``."""
+    (two launches and a combine between them; the first launch always takes the warps of plain
+    KD). ``elem_size`` only matters through ``vec``; ``extras``: the EXTRAS variant."""
     del elem_size
     for block_c in DISTILL_BLOCKS:
         if n_cols <= block_c:
             block_n = DISTILL_SMALL_ROWS if block_c < WIDE_ROW else 1
-            return LaunchConfig("rows", block_n, block_c, 1, distill_warps(block_n * block_c),
-                                vec)
+            return LaunchConfig("rows", block_n, block_c, 1,
+                                distill_warps(block_n * block_c, extras), vec)
     return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
-                        distill_warps(DISTILL_SLICE), vec)
+                        distill_warps(DISTILL_SLICE, extras), vec)

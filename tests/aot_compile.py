@@ -300,9 +300,10 @@ if __name__ == "__main__":
 
 # --------------------------------------------------------------------------------------------
 # The distillation kernels (kernels/distillation.py): every configuration distill_config can
-# choose (rows: each BLOCK_C of DISTILL_BLOCKS; slices: both phases), in fp32 and bf16; per
-# path fp16, rows a multiple of 16 bytes only (VEC) and of neither, one row and a per-row
-# temperature (stride 1). Their feature flags are run-time arguments: no more binaries.
+# choose (rows: each BLOCK_C of DISTILL_BLOCKS; slices: both phases and the combine between
+# them), plain KD in fp32 and bf16 and with EXTRAS (the hard-label term, the teacher's
+# gradient, dL/dT: run-time flags inside one binary) in bf16; per path fp16, rows a multiple
+# of 16 bytes only (VEC) and of neither, one row and a per-row temperature (stride 1).
 # --------------------------------------------------------------------------------------------
 def distill_shapes() -> dict[tuple, tuple[int, int]]:
     """One aligned shape per configuration: ``config_key -> (rows, cols)``."""
@@ -320,6 +321,7 @@ def distill_calls() -> list[tuple]:
     by_path: dict[str, tuple[int, int]] = {}
     for key, (rows, cols) in distill_shapes().items():
         calls += [("distill", d, rows, cols, {}) for d in ("fp32", "bf16")]
+        calls.append(("distill", "bf16", rows, cols, {"EXTRAS": True}))
         by_path.setdefault(key[0], (rows, cols))
     for rows, cols in by_path.values():
         calls += [("distill", "fp16", rows, cols, {}),
@@ -334,5 +336,6 @@ def _call_distill(x: torch.Tensor, t: torch.Tensor, opts: dict) -> None:
     from tempfast.ops.distillation_triton import distill_rows
 
     rows = x.shape[0]
-    distill_rows(x, torch.empty_like(x), t, torch.zeros(rows, dtype=torch.int64), -100, 0.5,
-                 torch.ones(1), True, True)
+    extras = opts.get("EXTRAS", False)
+    distill_rows(x, torch.empty_like(x), t, torch.zeros(rows, dtype=torch.int64) if extras
+                 else None, -100, 0.5, torch.ones(1) if extras else None, extras, extras)

@@ -326,11 +326,21 @@ def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, path, wit
                                                           dtype):
     n, c = 5, 1000  # slices: 8 slices of 128, the last one partly masked
     monkeypatch.setattr(distillation_triton, "config_for",
-                        lambda x, n_inputs=2, *others: _forced(path, c))
+                        lambda x, n_inputs=2, *others, extras=False: _forced(path, c))
     s, t = _inputs(n, c, dtype, seed=11)
     kwargs = {"target": _targets(n, c, ignored=(3,)), "alpha": 0.4} if with_target else {}
     check("triton", s, t, torch.linspace(0.5, 4.0, n), t_grad=True, **kwargs)
     check("triton", s, t, 2.0, reduction="none", teacher_grad=False, **kwargs)
+
+
+def test_slices_path_with_more_slices_than_one_combine_chunk(monkeypatch):
+    n, c = 3, 1100  # 69 slices of 16: the combine takes two chunks of DISTILL_BLOCK_S = 64
+    monkeypatch.setattr(distillation_triton, "config_for",
+                        lambda x, n_inputs=2, *others, extras=False: LaunchConfig(
+                            "slices", 1, 16, cdiv(c, 16), 4))
+    s, t = _inputs(n, c, torch.float32, seed=12)
+    check("triton", s, t, torch.tensor([0.5, 1.0, 3.0]), t_grad=True,
+          target=_targets(n, c), alpha=0.5)
 
 
 def test_heuristics_choose_the_slices_path_for_long_rows():
@@ -375,24 +385,31 @@ def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(tmp_p
                           for l in launches], default=str))
     """)
     variants = json.loads(out)
-    have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"]["BLOCK_C"], v["warps"],
-             v["constants"].get("PHASE")) for v in variants}
+    have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
+             v["warps"], v["constants"].get("PHASE"), v["constants"].get("EXTRAS"))
+            for v in variants}
     assert {v["constants"].get("BLOCK_S") for v in variants} <= {None, DISTILL_BLOCK_S}
+    assert any(v["name"] == "kd_combine_kernel" for v in variants)
     for n, c in itertools.product((1, 2, 7, 100, 8192), (1, 10, 33, 256, 1000, 4096, 4097,
                                                          32000, 262144)):
-        cfg = distill_config(n, c, 2)
-        if cfg.path == "rows":
-            assert ("kd_rows_kernel", cfg.block_n, cfg.block_c, cfg.num_warps, None) in have
-        else:
-            for phase in (1, 2):
-                assert ("kd_slices_kernel", None, cfg.block_c, cfg.num_warps, phase) in have
+        for extras in (False, True):
+            cfg = distill_config(n, c, 2, extras=extras)
+            if cfg.path == "rows":
+                key = ("kd_rows_kernel", cfg.block_n, cfg.block_c, cfg.num_warps, None, extras)
+                assert key in have, key
+            else:
+                for phase in (1, 2):
+                    warps = cfg.num_warps if phase == 2 else distill_config(n, c, 2).num_warps
+                    key = ("kd_slices_kernel", None, cfg.block_c, warps, phase,
+                           extras and phase == 2)
+                    assert key in have, key
     consts = [v["constants"] for v in variants]
     assert any(k.get("VEC", 1) > 1 for k in consts) and any(k.get("VEC", 1) == 1 for k in consts)
     assert any(k.get("stride_temp") == 1 for k in consts)
     assert any(k.get("n_rows") == 1 for k in consts)
-    configs = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"]["BLOCK_C"],
-                v["constants"].get("PHASE")) for v in variants}
-    assert len(configs) <= 6  # a handful of constexpr configurations
+    configs = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
+                v["constants"].get("PHASE"), v["constants"].get("EXTRAS")) for v in variants}
+    assert len(configs) <= 12  # rows: 4 blocks x 2; slices: phase 1, phase 2 x 2, combine
 
 
 @pytest.mark.slow

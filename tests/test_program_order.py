@@ -160,7 +160,8 @@ def test_distillation_is_independent_of_program_order(monkeypatch, path):
     from tempfast.ops import distillation_triton
 
     cfg = _paths(300)[path]
-    monkeypatch.setattr(distillation_triton, "config_for", lambda x, n_inputs=2, *others: cfg)
+    monkeypatch.setattr(distillation_triton, "config_for",
+                        lambda x, n_inputs=2, *others, extras=False: cfg)
 
     def run():
         s = logits_like(9, 300, torch.bfloat16).requires_grad_(True)

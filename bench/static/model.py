@@ -190,6 +190,9 @@ _LOOPS = {  # the ``loops`` entry of a kernels/ TRAFFIC table -> how to read the
     "tiles": {"loops": lambda c: -2, "trips": _apply_trips, "traffic_if": _apply_moves,
               "pick": _apply_loops},
     "small": {"loops": lambda c: -1},  # one program: loops counted once, not checked
+    # the partials' combine of a two-phase slices launch (distillation): short loops over
+    # n_slices / BLOCK_S chunks (one trip at the headline sizes), counted once, not checked
+    "combine": {"loops": lambda c: -1},
 }
 
 
@@ -199,9 +202,9 @@ def _from_table(spec: dict) -> KernelDesc:
 
 
 def _tempfast_kernels() -> dict[str, KernelDesc]:
-    from tempfast.kernels import cross_entropy, rescale, softmax
+    from tempfast.kernels import cross_entropy, distillation, rescale, softmax
 
-    return {name: _from_table(spec) for module in (cross_entropy, softmax, rescale)
+    return {name: _from_table(spec) for module in (cross_entropy, softmax, rescale, distillation)
             for name, spec in module.TRAFFIC.items()}
 
 
@@ -308,7 +311,7 @@ def warp_instructions(launch: Launch, reading: KernelReading) -> int:
 
 def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
     desc = describe(launch)
-    consts = launch.constants
+    consts = {**launch.scalars, **launch.constants}  # run-time flags (not specialised) too
     concurrent = min(launch.programs, resident_programs(reading)["programs"] * gpu.sms)
     read = write = reread = reread_hbm = 0
     moves = desc.traffic_if(launch)

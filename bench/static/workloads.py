@@ -24,7 +24,7 @@ from .record import Launch, LaunchRecorder, no_gemm, triton_on_cpu
 HEADLINE_ROWS = 8192
 HEADLINE_CLASSES = (1000, 4096, 32000, 128256, 262144)
 HEADLINE_OPS = ("ce_fwd_bwd", "ce_learnable_t_fwd_bwd", "linear_ce_fwd_bwd", "softmax_fwd",
-                "softmax_fwd_bwd")
+                "softmax_fwd_bwd", "kd_fwd_bwd")
 LINEAR_HIDDEN = 64  # the head's GEMMs are not run (no_gemm); H only sizes the hidden tensors
 
 
@@ -69,7 +69,8 @@ def headline_workloads(dtypes: tuple[str, ...] = ("bf16", "fp32"),
                        classes: tuple[int, ...] = HEADLINE_CLASSES,
                        ops: tuple[str, ...] = HEADLINE_OPS,
                        rows: int = HEADLINE_ROWS) -> list[Workload]:
-    """Cross-entropy first (the headline), then the fused head, then softmax."""
+    """Cross-entropy first (the headline), then the fused head, then softmax, then
+    distillation."""
     return [Workload(op, dtype, rows, c) for op in ops for dtype in dtypes for c in classes]
 
 
@@ -82,6 +83,8 @@ def _inputs(w: Workload):
         weight = torch.empty(w.classes, LINEAR_HIDDEN, dtype=dtype).requires_grad_(True)
         return (h, weight, y), None
     x = torch.empty(w.rows, w.classes, dtype=dtype).requires_grad_(w.op != "softmax_fwd")
+    if w.op == "kd_fwd_bwd":  # the teacher's logits need no gradient
+        return (x, torch.empty(w.rows, w.classes, dtype=dtype)), None
     if w.op.startswith("softmax"):
         dy = torch.empty(w.rows, w.classes, dtype=dtype) if w.op == "softmax_fwd_bwd" else None
         return (x,), dy
@@ -99,6 +102,8 @@ def _call(w: Workload, inputs):
     if w.op == "linear_ce_fwd_bwd":
         h, weight, y = inputs
         return tempfast.linear_cross_entropy(h, weight, y, temperature=t)
+    if w.op == "kd_fwd_bwd":
+        return tempfast.distillation_loss(*inputs, t)
     x, y = inputs
     return tempfast.cross_entropy(x, y, t)
 

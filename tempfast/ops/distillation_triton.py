@@ -13,15 +13,24 @@ import torch
 from torch import Tensor
 
 from ..kernels import distillation as kd_kernels
-from ..kernels.heuristics import DISTILL_BLOCK_S, LaunchConfig, cdiv, distill_config, vector_width
+from ..kernels.heuristics import (
+    DISTILL_BLOCK_S,
+    DISTILL_COMBINE_ROWS,
+    LaunchConfig,
+    cdiv,
+    distill_config,
+    distill_warps,
+    vector_width,
+)
 
 
-def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor) -> LaunchConfig:
+def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor,
+               extras: bool = False) -> LaunchConfig:
     """The launch configuration for rows of ``x`` (and ``others`` read or written alike)."""
     n_rows, n_cols = x.shape
     strides = [t.stride(0) for t in (x, *others) if t.dim() == 2 and n_rows > 1]
     vec = vector_width(n_cols, x.element_size(), *strides)
-    return distill_config(n_rows, n_cols, x.element_size(), vec)
+    return distill_config(n_rows, n_cols, x.element_size(), vec, extras)
 
 
 def _unit_col_stride(x: Tensor) -> Tensor:
@@ -39,28 +48,36 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
     grad_t = torch.empty((n_rows, n_cols) if teacher_grad else 0, dtype=t.dtype,
                          device=t.device)
     g_t = grad_t if teacher_grad else grad_s
-    cfg = config_for(s, 2, t, grad_s, g_t)
+    flags = (int(target is not None), int(teacher_grad), int(compute_dt))
+    extras = any(flags)  # plain KD compiles without the hard-label term, grad_t and dL/dT
+    cfg = config_for(s, 2, t, grad_s, g_t, extras=extras)
     items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
+    slots = kd_kernels.KD_PARTIALS.value
     part_off = 3 * n_rows
-    share_off = part_off + kd_kernels.KD_PARTIALS.value * items
+    stats_off = part_off + slots * items
+    share_off = stats_off + (slots * n_rows if items else 0)
     ws = torch.empty(share_off + items, dtype=torch.float32, device=s.device)
     temp = temperature.float().contiguous()
     y = target if target is not None else ws
     cs = ce_scale.float().contiguous() if ce_scale is not None else ws
     head = (s, s.stride(0), t, t.stride(0), temp, 0 if temp.numel() == 1 else 1, y, cs,
             grad_s, grad_s.stride(0), g_t, g_t.stride(0), ws)
-    flags = (int(target is not None), int(teacher_grad), int(compute_dt))
     if cfg.path == "rows":
         kd_kernels.kd_rows_kernel[(cdiv(n_rows, cfg.block_n),)](
-            *head, n_rows, n_cols, ignore_index, float(kd_scale), *flags, VEC=cfg.vec,
-            BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+            *head, n_rows, n_cols, ignore_index, float(kd_scale), *flags, EXTRAS=extras,
+            VEC=cfg.vec, BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
     else:
-        args = (*head, part_off, share_off, n_rows, n_cols, cfg.n_slices, ignore_index,
-                float(kd_scale), *flags)
-        kw = {"VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": DISTILL_BLOCK_S,
-              "num_warps": cfg.num_warps}
-        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=1)
-        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=2)
+        args = (*head, part_off, stats_off, share_off, n_rows, n_cols, cfg.n_slices,
+                ignore_index, float(kd_scale), *flags)
+        kw = {"VEC": cfg.vec, "BLOCK_C": cfg.block_c}
+        stats_warps = distill_warps(cfg.block_c) if extras else cfg.num_warps
+        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=1, EXTRAS=False,
+                                              num_warps=stats_warps)
+        kd_kernels.kd_combine_kernel[(cdiv(n_rows, DISTILL_COMBINE_ROWS),)](
+            ws, part_off, stats_off, n_rows, cfg.n_slices, flags[0],
+            BLOCK_R=DISTILL_COMBINE_ROWS, BLOCK_S=DISTILL_BLOCK_S, num_warps=4)
+        kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=2, EXTRAS=extras,
+                                              num_warps=cfg.num_warps)
     kd = ws[:n_rows]
     ce = ws[n_rows:2 * n_rows] if target is not None else ws[:0]
     if not compute_dt:
