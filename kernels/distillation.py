@@ -20,16 +20,20 @@ class index outside ``[0, C)``); its gradient is one more exponential per elemen
 compare with ``y``.
 
 Two kernels carry a row: :func:`kd_rows_kernel` holds ``BLOCK_N`` whole rows of both inputs on
-chip; :func:`kd_slices_kernel` cuts a row into ``n_slices`` slices of ``BLOCK_C`` columns in two
-launches: ``PHASE = 1`` stores each slice's partials (``KD_PARTIALS`` per slice, relative to the
-slice's own maxima), ``PHASE = 2`` combines the row's partials in slice order, reads the slice
-again and writes it. A per-slice share of dL/dT goes to the workspace; the launcher sums the
-shares of a row (a fixed order). ``has_target``, ``teacher_grad`` and ``compute_dt`` are run-time
-flags (not specialised): only the block sizes, ``VEC`` and ``PHASE`` choose a binary.
+chip; :func:`kd_slices_kernel` cuts a row into ``n_slices`` slices of ``BLOCK_C`` columns:
+``PHASE = 1`` stores each slice's partials (``KD_PARTIALS`` per slice, relative to the slice's
+own maxima), :func:`kd_combine_kernel` combines each row's partials in slice order into the
+row's statistics, ``PHASE = 2`` reads the slice again and writes it. A per-slice share of dL/dT
+goes to the workspace; the launcher sums the shares of a row (a fixed order).
+
+``EXTRAS`` (constexpr) compiles in the hard-label term, the teacher's gradient and dL/dT; inside
+that binary ``has_target``, ``teacher_grad`` and ``compute_dt`` are run-time flags (not
+specialised), so that plain KD and one "everything" variant are the only binaries per block size.
 
 Outputs go to an fp32 workspace ``ws``: per-row KD loss, CE loss and dL/dT at
-``{0, N, 2N} + row``. fp32 arithmetic; gradients stored in their buffers' dtype; 64-bit row
-offsets. A temperature that is not finite and positive gives a NaN row.
+``{0, N, 2N} + row``, then the slices' partials, the rows' statistics and the dL/dT shares.
+fp32 arithmetic; gradients stored in their buffers' dtype; 64-bit row offsets. A temperature
+that is not finite and positive gives a NaN row.
 """
 
 from __future__ import annotations
