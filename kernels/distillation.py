@@ -279,12 +279,12 @@ def kd_slices_kernel(
 
 
 @triton.jit
-def _combine_max(part, rows, row_mask, n_slices, slot, BLOCK_R: tl.constexpr,
+def _combine_max(part, rows, row_mask, n_slices, n_chunks, slot, BLOCK_R: tl.constexpr,
                  BLOCK_S: tl.constexpr):
     """Per row of ``rows``: the max over its slices of partial ``slot`` (``-inf`` if none)."""
     offs = tl.arange(0, BLOCK_S)
     acc = tl.full((BLOCK_R, BLOCK_S), -float("inf"), tl.float32)
-    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+    for i in range(0, n_chunks):
         o = i * BLOCK_S + offs
         ok = row_mask[:, None] & (o < n_slices)[None, :]
         p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS
@@ -292,28 +292,32 @@ def _combine_max(part, rows, row_mask, n_slices, slot, BLOCK_R: tl.constexpr,
     return tl.max(acc, axis=1)
 
 
-@triton.jit(do_not_specialize=["has_target"])
-def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, has_target,
+@triton.jit(do_not_specialize=["n_chunks", "has_target"])
+def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, n_chunks, has_target,
                       BLOCK_R: tl.constexpr, BLOCK_S: tl.constexpr):
     """Between the slices' two phases: combine each row's ``n_slices`` partials, ``BLOCK_S``
     slices at a time in slice order, into its statistics at ``ws[stats_off + row *
     KD_PARTIALS]``: ``(M_t, S_t, M_s, S_s, E_pt[r], E_pt[u_t - M_t], M1, S1)`` relative to the
-    row maxima (``M`` 0 when the row has no finite logit). Grid ``cdiv(N, BLOCK_R)``."""
+    row maxima (``M`` 0 when the row has no finite logit). Grid ``cdiv(N, BLOCK_R)``;
+    ``n_chunks = cdiv(n_slices, BLOCK_S)`` (computed by the launcher)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < n_rows
     part = ws_ptr + part_off
-    m_t = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_MT, BLOCK_R, BLOCK_S))
-    m_s = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_MS, BLOCK_R, BLOCK_S))
+    m_t = safe_max(_combine_max(part, rows, row_mask, n_slices, n_chunks, Q_MT, BLOCK_R,
+                                    BLOCK_S))
+    m_s = safe_max(_combine_max(part, rows, row_mask, n_slices, n_chunks, Q_MS, BLOCK_R,
+                                    BLOCK_S))
     m1 = tl.zeros_like(m_t)
     if has_target:
-        m1 = safe_max(_combine_max(part, rows, row_mask, n_slices, Q_M1, BLOCK_R, BLOCK_S))
+        m1 = safe_max(_combine_max(part, rows, row_mask, n_slices, n_chunks, Q_M1, BLOCK_R,
+                                    BLOCK_S))
     offs = tl.arange(0, BLOCK_S)
     acc_st = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
     acc_ss = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
     acc_d = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
     acc_a = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
     acc_s1 = tl.zeros((BLOCK_R, BLOCK_S), tl.float32)
-    for i in range(0, tl.cdiv(n_slices, BLOCK_S)):
+    for i in range(0, n_chunks):
         o = i * BLOCK_S + offs
         ok = row_mask[:, None] & (o < n_slices)[None, :]
         p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS

@@ -334,13 +334,13 @@ def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, path, wit
 
 
 def test_slices_path_with_more_slices_than_one_combine_chunk(monkeypatch):
-    n, c = 3, 1100  # 69 slices of 16: the combine takes two chunks of DISTILL_BLOCK_S = 64
+    n, c = 2, 1040  # 65 slices of 16: the combine takes two chunks of DISTILL_BLOCK_S = 64
     monkeypatch.setattr(distillation_triton, "config_for",
                         lambda x, n_inputs=2, *others, extras=False: LaunchConfig(
                             "slices", 1, 16, cdiv(c, 16), 4))
     s, t = _inputs(n, c, torch.float32, seed=12)
-    check("triton", s, t, torch.tensor([0.5, 1.0, 3.0]), t_grad=True,
-          target=_targets(n, c), alpha=0.5)
+    check("triton", s, t, torch.tensor([0.5, 3.0]), t_grad=True, target=_targets(n, c),
+          alpha=0.5)
 
 
 def test_heuristics_choose_the_slices_path_for_long_rows():

@@ -74,7 +74,8 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
         kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=1, EXTRAS=False,
                                               num_warps=stats_warps)
         kd_kernels.kd_combine_kernel[(cdiv(n_rows, DISTILL_COMBINE_ROWS),)](
-            ws, part_off, stats_off, n_rows, cfg.n_slices, flags[0],
+            ws, part_off, stats_off, n_rows, cfg.n_slices, cdiv(cfg.n_slices, DISTILL_BLOCK_S),
+            flags[0],
             BLOCK_R=DISTILL_COMBINE_ROWS, BLOCK_S=DISTILL_BLOCK_S, num_warps=4)
         kd_kernels.kd_slices_kernel[(items,)](*args, **kw, PHASE=2, EXTRAS=extras,
                                               num_warps=cfg.num_warps)
