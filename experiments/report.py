@@ -125,7 +125,7 @@ def _verdict_line(v: Verdict, rows: list[dict], adv: str, metric: str) -> str:
             f"{pct(v.base)}% at T = 1 (difference {100 * v.diff:+.2f} points{images}; p = "
             f"{v.p:.3g}, {v.p_holm:.3g} after Holm's correction over {v.comparisons} "
             f"temperatures); at T = {v.best.temp:g}: {_masking_at(rows, adv, v.best.temp)}"
-            f"{elsewhere}")
+            f"{elsewhere}{_well_trained_check(rows, metric, adv, v)}")
 
 
 def _n_images(rows: list[dict], metric: str = "clean_acc") -> int | None:
@@ -510,6 +510,22 @@ def curve_section(rows: list[dict]) -> list[str]:
     return [*out, "", "- claim 3 along the curve: " + "; ".join(verdicts), ""]
 
 
+def _well_trained_check(rows: list[dict], metric: str, adv: str, v: Verdict) -> str:
+    """When the deciding cell of ``v`` is under-trained: the same comparison over the
+    well-trained temperatures only (``; T = 16 is under-trained; over the well-trained T: ...``),
+    so a verdict never rests on a weak classifier unsaid. Empty otherwise."""
+    weak = {c.temp for c in claims.underfit(rows, adv)}
+    if v.best is None or v.best.temp not in weak:
+        return ""
+    kept = [c for c in cells(rows, metric, adv) if c.temp not in weak]
+    w = versus_t1(kept, _n_images(rows, metric))
+    if w.best is None:
+        return f"; T = {v.best.temp:g} is under-trained and no well-trained T > 1 is left"
+    return (f"; T = {v.best.temp:g} is under-trained; over the well-trained T only: "
+            f"**{w.label}**, T = {w.best.temp:g}, {100 * w.diff:+.1f} points, p "
+            f"{w.p_holm:.2g} after Holm")
+
+
 def conclusions(rows: list[dict]) -> list[str]:
     """The claims' verdicts per arm in sentences, what contradicts the paper, and what the
     experiment cannot say."""
@@ -530,7 +546,8 @@ def conclusions(rows: list[dict]) -> list[str]:
             if v.best is None:
                 continue
             said.append(f"{what}: **{v.label}** (best T > 1: T = {v.best.temp:g}, "
-                        f"{100 * v.diff:+.1f} points, p {v.p_holm:.2g} after Holm)")
+                        f"{100 * v.diff:+.1f} points, p {v.p_holm:.2g} after Holm"
+                        f"{_well_trained_check(rs, metric, adv, v)})")
         raw = _versus(rs, "robust_pgd_ce", "none") if "none" in _modes(rs) else None
         adaptive = _versus(rs, "worst_case_acc", "none") if "none" in _modes(rs) else None
         masked = [r for r in rs if r["masking_kind"] not in (None, "none")]

@@ -151,6 +151,23 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "| 1 | standard training | clean accuracy | clean | not supported |" in text
 
 
+def test_a_verdict_decided_by_an_under_trained_cell_is_rechecked_without_it():
+    rows = [_row("none", 1.0, s, 0.90, 0.10, 0.10 + s / 100) for s in (0, 1)]
+    rows += [_row("none", 2.0, s, 0.91, 0.20, 0.20 + s / 100) for s in (0, 1)]
+    rows += [_row("none", 16.0, s, 0.40, 0.30, 0.30 + s / 100) for s in (0, 1)]
+    v = report._versus(rows, "worst_case_acc", "none")
+    assert v.best.temp == 16.0
+    note = report._well_trained_check(rows, "worst_case_acc", "none", v)
+    assert note.startswith("; T = 16 is under-trained; over the well-trained T only: "
+                           "**supported**, T = 2, +10.0 points")
+    assert report._well_trained_check(rows[:4], "worst_case_acc", "none",
+                                      report._versus(rows[:4], "worst_case_acc", "none")) == ""
+    only_weak = rows[:2] + rows[4:]
+    v = report._versus(only_weak, "worst_case_acc", "none")
+    assert "no well-trained T > 1 is left" in report._well_trained_check(
+        only_weak, "worst_case_acc", "none", v)
+
+
 def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
     digits, fashion = tmp_path / "digits", tmp_path / "fashion"
     digits.mkdir(), fashion.mkdir()
