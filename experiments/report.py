@@ -431,23 +431,33 @@ def mechanism_section(rows: list[dict], grad_rows: list[dict] | None) -> list[st
             "learned. The slope is the log-log fit of the mean logit norm against T over the "
             "temperatures T >= 1 that are not under-trained (see the tables above); a model "
             "whose logits grew in proportion to T would have slope 1.", ""]
-    for adv in _modes(rows):
-        norm = cells(rows, "logit_norm", adv)
-        weak = {c.temp for c in claims.underfit(rows, adv)}
-        above = [c for c in norm if c.temp >= 1 and c.temp not in weak]
-        s = claims.slope([c.temp for c in above], [c.mean for c in above])
-        fit = ", ".join(f"{c.temp:g}" for c in above)
-        grad = cells(rows, "logit_grad_norm_at_T", adv)
-        ent = cells(rows, "neg_entropy_norm_at_T", adv)
-        out += [f"**{plots.MODE_LABELS[adv]}**: mean logit norm scales as T^"
-                f"{'-' if s is None else f'{s:.2f}'} (fit over T = {fit or '-'})", "",
-                "| T | logit norm | margin | \\|dL/dz\\| at T | entropy at T |",
-                "| --- | --- | --- | --- | --- |"]
-        out += [f"| {c.temp:g} | {num(c)} | {num(_cell_at(cells(rows, 'margin', adv), c.temp))}"
-                f" | {num(_cell_at(grad, c.temp))} | {num(_cell_at(ent, c.temp))} |"
-                for c in norm]
-        out.append("")
+    arms = compensation_arms(rows)
+    for arm in arms:
+        rs = arm_rows(rows, arm)  # one arm at a time: the arms' logits differ by far
+        for adv in _modes(rs):
+            out += _logit_growth(rs, adv, "" if len(arms) == 1 else
+                                 f"{ARM_LABELS.get(arm, arm).split(':')[0]}, ")
     return out
+
+
+def _logit_growth(rows: list[dict], adv: str, prefix: str) -> list[str]:
+    """Logit norm, margin and the gradient at the training T per temperature of one arm and
+    training mode, with the log-log slope of the logit norm over the well-trained T >= 1."""
+    norm = cells(rows, "logit_norm", adv)
+    weak = {c.temp for c in claims.underfit(rows, adv)}
+    above = [c for c in norm if c.temp >= 1 and c.temp not in weak]
+    s = claims.slope([c.temp for c in above], [c.mean for c in above])
+    fit = ", ".join(f"{c.temp:g}" for c in above)
+    grad = cells(rows, "logit_grad_norm_at_T", adv)
+    ent = cells(rows, "neg_entropy_norm_at_T", adv)
+    out = [f"**{prefix}{plots.MODE_LABELS[adv]}**: mean logit norm scales as T^"
+           f"{'-' if s is None else f'{s:.2f}'} (fit over T = {fit or '-'})", "",
+           "| T | logit norm | margin | \\|dL/dz\\| at T | entropy at T |",
+           "| --- | --- | --- | --- | --- |"]
+    out += [f"| {c.temp:g} | {num(c)} | {num(_cell_at(cells(rows, 'margin', adv), c.temp))}"
+            f" | {num(_cell_at(grad, c.temp))} | {num(_cell_at(ent, c.temp))} |"
+            for c in norm]
+    return [*out, ""]
 
 
 def calibration_section(rows: list[dict]) -> list[str]:

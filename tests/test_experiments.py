@@ -142,6 +142,16 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "## Arm: loss x T" in text and "## Arm: plain CE(z / T)" in text
     assert "| loss x T | 1 | standard training | clean accuracy | clean | contradicted | " \
            "T = 8: 80.0 ± 0.0 vs 91.0 ± 1.4 |" in text
+    # the logit growth is told per arm, never averaged over the arms
+    for r in arm:
+        r["logit_norm"] = 500.0
+    table.write_rows(tmp_path / "results.csv", rows + arm)
+    report.write_report(tmp_path, with_plots=False)
+    growth = (tmp_path / "REPORT.md").read_text().split("### In trained models")[1]
+    plain, loss = growth.split("**loss x T, standard training**")
+    assert "**plain CE(z / T) at one learning rate (the paper's setting), standard training**" \
+        in plain
+    assert "| 8 | 80 ± 0 |" in plain and "| 8 | 500 ± 0 |" in loss
 
     rows[2]["clean_acc"] = 0.50
     table.write_rows(tmp_path / "results.csv", rows)
