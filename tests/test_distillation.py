@@ -119,6 +119,7 @@ def test_hard_label_term_for_every_dtype(backend, dtype):
     check(backend, s, t, 3.0, target=_targets(7, 300, ignored=(2,)), alpha=0.7)
 
 
+@pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # torch's own
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_default_equals_the_kl_div_composition(backend):
     s, t = _inputs(6, 33, torch.float32, seed=1)
@@ -162,6 +163,7 @@ def test_leading_dimensions_and_noncontiguous_inputs(backend):
     assert_close(got, distillation_loss_reference(s.double(), t.double(), 2.0), LOSS_TOL, "loss")
 
 
+@pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # torch's own
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_empty_batch_follows_torch(backend, reduction):
