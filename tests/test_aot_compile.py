@@ -62,7 +62,13 @@ KERNELS = {  # (op, path) -> the kernel whose constexprs carry the configuration
 }
 
 
-def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_path):
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> list[dict]:
+    """The launches ``tests/aot_compile.py`` records, once per module."""
+    return _recorded_variants(tmp_path_factory.mktemp("aot-record"))
+
+
+def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(recorded):
     """Over a dense grid of shapes (not only the script's powers of two), every launch
     configuration the launchers can pick is among the launches the AOT script records (the
     slices path in its cooperative launch and both phases of its fallback), and the run-time
@@ -71,7 +77,7 @@ def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_p
     gradient."""
     from tempfast.kernels.heuristics import apply_config, row_config, vector_width
 
-    variants = _recorded_variants(tmp_path)
+    variants = recorded
     have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
              v["warps"], v["constants"].get("BLOCK_S"), v["constants"].get("PHASE"))
             for v in variants}
@@ -108,3 +114,40 @@ def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(tmp_p
     ce = [v for v in variants if v["name"] == "ce_rows_kernel"]
     assert any("stride_x" in v["aligned"] for v in ce)  # rows a multiple of 16 wide
     assert any("stride_x" not in v["aligned"] for v in ce)  # and not
+
+
+def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(recorded):
+    """The distillation kernels' launches in the compiled set: every configuration
+    ``distill_config`` picks (both phases of the slices path, with and without ``EXTRAS``), the
+    combine kernel, VEC and unaligned rows, a single row and a per-row temperature; at most 12
+    configurations (CI compiles each for two arches and two Triton versions)."""
+    import itertools
+
+    from tempfast.kernels.heuristics import DISTILL_BLOCK_S, distill_config
+
+    variants = [v for v in recorded if v["name"].startswith("kd_")]
+    have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
+             v["warps"], v["constants"].get("PHASE"), v["constants"].get("EXTRAS"))
+            for v in variants}
+    assert {v["constants"].get("BLOCK_S") for v in variants} <= {None, DISTILL_BLOCK_S}
+    assert any(v["name"] == "kd_combine_kernel" for v in variants)
+    for n, c in itertools.product((1, 2, 7, 100, 8192), (1, 10, 33, 256, 1000, 4096, 4097,
+                                                         32000, 262144)):
+        for extras in (False, True):
+            cfg = distill_config(n, c, 2, extras=extras)
+            if cfg.path == "rows":
+                key = ("kd_rows_kernel", cfg.block_n, cfg.block_c, cfg.num_warps, None, extras)
+                assert key in have, key
+            else:
+                for phase in (1, 2):
+                    warps = cfg.num_warps if phase == 2 else distill_config(n, c, 2).num_warps
+                    key = ("kd_slices_kernel", None, cfg.block_c, warps, phase,
+                           extras and phase == 2)
+                    assert key in have, key
+    consts = [v["constants"] for v in variants]
+    assert any(k.get("VEC", 1) > 1 for k in consts) and any(k.get("VEC", 1) == 1 for k in consts)
+    assert any(k.get("stride_temp") == 1 for k in consts)
+    assert any(k.get("n_rows") == 1 for k in consts)
+    configs = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
+                v["constants"].get("PHASE"), v["constants"].get("EXTRAS")) for v in variants}
+    assert len(configs) <= 12  # rows: 4 blocks x 2; slices: phase 1, phase 2 x 2, combine
