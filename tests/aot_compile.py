@@ -294,9 +294,6 @@ def main(argv=None) -> int:
     return 1 if errors else 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 # --------------------------------------------------------------------------------------------
 # The distillation kernels (kernels/distillation.py): every configuration distill_config can
@@ -339,3 +336,7 @@ def _call_distill(x: torch.Tensor, t: torch.Tensor, opts: dict) -> None:
     extras = opts.get("EXTRAS", False)
     distill_rows(x, torch.empty_like(x), t, torch.zeros(rows, dtype=torch.int64) if extras
                  else None, -100, 0.5, torch.ones(1) if extras else None, extras, extras)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
