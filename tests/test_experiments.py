@@ -178,6 +178,18 @@ def test_a_verdict_decided_by_an_under_trained_cell_is_rechecked_without_it():
         only_weak, "worst_case_acc", "none", v)
 
 
+def test_the_eps_curve_verdict_is_rechecked_without_under_trained_cells():
+    rows = [_row("none", 1.0, s, 0.90, 0.10, 0.10) for s in (0, 1)]
+    rows += [_row("none", 2.0, s, 0.91, 0.10, 0.10) for s in (0, 1)]
+    rows += [_row("none", 16.0, s, 0.40, 0.10, 0.10) for s in (0, 1)]
+    for r, acc in zip(rows, (0.20, 0.21, 0.22, 0.23, 0.50, 0.52), strict=True):
+        r["eps_curve"] = f"0.05:{acc}"
+    text = "\n".join(report.curve_section(rows))
+    assert "eps 0.05: **supported** (T = 16 51.0 ± 1.4% vs 20.5 ± 0.7%" in text
+    assert "T = 16 is under-trained; over the well-trained T only: **not supported** (T = 2 " \
+           "22.5 ± 0.7%" in text
+
+
 def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
     digits, fashion = tmp_path / "digits", tmp_path / "fashion"
     digits.mkdir(), fashion.mkdir()
