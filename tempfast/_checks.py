@@ -50,13 +50,18 @@ def check_reduction(reduction: str) -> None:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
 
 
-def check_label_smoothing(label_smoothing: float) -> float:
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, Real):
-        raise TypeError(f"label_smoothing: expected a float, got {type(label_smoothing).__name__}")
-    value = float(label_smoothing)
+def check_fraction(name: str, value: float) -> float:
+    """``value`` as a float in ``[0, 1]``; a one-line error naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name}: expected a float, got {type(value).__name__}")
+    value = float(value)
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"label_smoothing: must lie in [0, 1], got {value}")
+        raise ValueError(f"{name}: must lie in [0, 1], got {value}")
     return value
+
+
+def check_label_smoothing(label_smoothing: float) -> float:
+    return check_fraction("label_smoothing", label_smoothing)
 
 
 def check_ignore_index(ignore_index: int) -> int:

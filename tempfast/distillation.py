@@ -19,15 +19,6 @@ from . import _checks
 from .ops.distillation import REDUCTIONS, distillation_2d
 
 
-def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, Real):
-        raise TypeError(f"alpha: expected a float, got {type(alpha).__name__}")
-    value = float(alpha)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"alpha: must lie in [0, 1], got {value}")
-    return value
-
-
 def _check_target(target: Tensor, rows_shape: torch.Size) -> None:
     if not isinstance(target, Tensor):
         raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
@@ -94,7 +85,7 @@ def distillation_loss(
         raise ValueError("student_logits: the class dimension (last) is empty")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-    alpha = _check_alpha(alpha)
+    alpha = _checks.check_fraction("alpha", alpha)
     ignore_index = _checks.check_ignore_index(ignore_index)
     rows_shape = student_logits.shape[:-1]
     if target is not None:
@@ -134,7 +125,7 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"temperature: must be finite and > 0, got {value}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-        self.alpha = _check_alpha(alpha)
+        self.alpha = _checks.check_fraction("alpha", alpha)
         self.reduction = reduction
         self.ignore_index = _checks.check_ignore_index(ignore_index)
         self.learnable = learnable
