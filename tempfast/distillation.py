@@ -1,19 +1,17 @@
-"""Knowledge distillation (Hinton et al. 2015): the fused temperature KL loss and its module.
+"""Knowledge distillation (Hinton et al. 2015): the fused temperature KL loss.
 
     loss = tempfast.distillation_loss(student_logits, teacher_logits, temperature=4.0)
     loss = tempfast.distillation_loss(s, t, 4.0, target=y, alpha=0.9)
 
-Classes are the last dimension: logits ``(*, C)``, one row per leading index. The math and the
-kernels: :mod:`tempfast.ops.distillation` and ``kernels/README.md`` ("Distillation").
+Classes are the last dimension: logits ``(*, C)``, one row per leading index. The module form
+is :class:`tempfast.nn.DistillationLoss`. The math and the kernels:
+:mod:`tempfast.ops.distillation` and ``kernels/README.md`` ("Distillation").
 """
 
 from __future__ import annotations
 
-import math
-from numbers import Real
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import _checks
 from .ops.distillation import REDUCTIONS, distillation_2d
@@ -102,53 +100,3 @@ def distillation_loss(
                            reduction, grad_on and teacher_logits.requires_grad,
                            grad_on and t.requires_grad)[0]
     return loss.reshape(rows_shape) if reduction == "none" else loss
-
-
-class DistillationLoss(nn.Module):
-    """:func:`distillation_loss` as a module: ``forward(student_logits, teacher_logits,
-    target=None)``.
-
-    With ``learnable=True`` the temperature is trained (stored as ``log T``, a parameter named
-    ``log_temperature``, like :class:`tempfast.nn.TemperatureCrossEntropyLoss`); its gradient
-    comes from the fused kernel. Build the optimiser from
-    :func:`tempfast.nn.parameter_groups` or add ``loss_fn.parameters()`` yourself.
-    """
-
-    def __init__(self, temperature: float = 1.0, alpha: float = 0.5, *,
-                 reduction: str = "batchmean", ignore_index: int = -100,
-                 learnable: bool = False) -> None:
-        super().__init__()
-        if isinstance(temperature, bool) or not isinstance(temperature, Real):
-            raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
-        value = float(temperature)
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"temperature: must be finite and > 0, got {value}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
-        self.alpha = _checks.check_fraction("alpha", alpha)
-        self.reduction = reduction
-        self.ignore_index = _checks.check_ignore_index(ignore_index)
-        self.learnable = learnable
-        log_t = torch.tensor(math.log(value))
-        if learnable:
-            self.log_temperature = nn.Parameter(log_t)
-        else:
-            self.register_buffer("log_temperature", log_t)
-
-    @property
-    def temperature(self) -> Tensor:
-        """``T = exp(log_temperature)`` (a 0-dim tensor)."""
-        return self.log_temperature.exp()
-
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
-                target: Tensor | None = None) -> Tensor:
-        t = self.temperature
-        if t.dtype != _checks.accumulation_dtype(student_logits.dtype):
-            t = t.to(_checks.accumulation_dtype(student_logits.dtype))
-        return distillation_loss(student_logits, teacher_logits, t, target=target,
-                                 alpha=self.alpha, reduction=self.reduction,
-                                 ignore_index=self.ignore_index)
-
-    def extra_repr(self) -> str:
-        return (f"temperature={float(self.temperature.detach()):.4g}, alpha={self.alpha}, "
-                f"reduction={self.reduction!r}, learnable={self.learnable}")

@@ -20,8 +20,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from . import _checks
 from . import functional as F
-from .distillation import DistillationLoss  # noqa: F401
+from .distillation import distillation_loss
+from .ops.distillation import REDUCTIONS as DISTILLATION_REDUCTIONS
 from .parallel import argmax as parallel_argmax
 
 STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported
@@ -282,3 +284,36 @@ class LinearTemperatureCrossEntropy(_Temperature):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, reduction={self.reduction!r}"
+
+
+class DistillationLoss(_Temperature):
+    """:func:`tempfast.distillation_loss` as a module: ``forward(student_logits,
+    teacher_logits, target=None)``.
+
+    With ``learnable=True`` the temperature is trained (``log T``, the parameter
+    ``log_temperature``, as for the other modules here: :func:`parameter_groups` keeps it out
+    of weight decay and a T the optimiser never updates warns); its gradient comes from the
+    fused kernel.
+    """
+
+    def __init__(self, temperature: float = 1.0, alpha: float = 0.5, *,
+                 reduction: str = "batchmean", ignore_index: int = -100,
+                 learnable: bool = False) -> None:
+        super().__init__(temperature, learnable)
+        if reduction not in DISTILLATION_REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {DISTILLATION_REDUCTIONS}, got "
+                             f"{reduction!r}")
+        self.alpha = _checks.check_fraction("alpha", alpha)
+        self.reduction = reduction
+        self.ignore_index = _checks.check_ignore_index(ignore_index)
+
+    def forward(self, student_logits: Tensor, teacher_logits: Tensor,
+                target: Tensor | None = None) -> Tensor:
+        t = self._forward_temperature()
+        dtype = _checks.accumulation_dtype(student_logits.dtype)
+        return distillation_loss(student_logits, teacher_logits, t if t.dtype == dtype
+                                 else t.to(dtype), target=target, alpha=self.alpha,
+                                 reduction=self.reduction, ignore_index=self.ignore_index)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, alpha={self.alpha}, reduction={self.reduction!r}"

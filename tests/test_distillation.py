@@ -351,3 +351,12 @@ def test_heuristics_choose_the_slices_path_for_long_rows():
     assert distill_config(8, 1000, 2).path == "rows"
     cfg = distill_config(8, 1 << 17, 2)
     assert cfg.path == "slices" and cfg.n_slices * cfg.block_c >= 1 << 17
+
+
+def test_a_learnable_distillation_temperature_is_kept_out_of_weight_decay():
+    model = torch.nn.Linear(4, 3)
+    loss_fn = tempfast.nn.DistillationLoss(2.0, learnable=True)
+    groups = tempfast.nn.parameter_groups(model, loss_fn, weight_decay=0.1)
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    assert id(loss_fn.log_temperature) in no_decay
+    assert id(model.weight) not in no_decay
