@@ -319,6 +319,21 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return text, summary
 
 
+def _underfit_reason(rows: list[dict], weak: list[claims.Cell], best: claims.Cell) -> str:
+    """Why the under-trained cells are weak, where the arm says: in the plain arm the 1/T
+    gradient scale at one learning rate; a compensated arm holds the step size at T = 1's, so
+    that reason does not apply there and none is given."""
+    compensated = any((r["compensation"] or "none") != "none" for r in rows
+                      if r["temp"] != 1.0 or r["learn_temp"])
+    if compensated:
+        return (": the step size is held at T = 1's in this arm, so this is not the 1/T "
+                "slow-down of the plain arm")
+    if all(c.temp > best.temp for c in weak):
+        return (": with the same learning rate at every T, the 1/T gradient scale slows "
+                "training at large T and leaves these models unfinished")
+    return ""
+
+
 def mode_table(rows: list[dict], adv: str) -> list[str]:
     first = ("test_acc",) if clean_metric(rows) == "test_acc" else ()
     metrics = [(m, SHORT_LABELS[m]) for m in (*first, "clean_acc", "corruption_acc",
@@ -334,9 +349,7 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
         f"accuracy ({', '.join(pct(c) + '%' for c in weak)}) is more than "
         f"{100 * claims.UNDERFIT_GAP:g} points below the best cell (T = {best.temp:g}, "
         f"{pct(best)}%)"
-        + (": with the same learning rate at every T, the 1/T gradient scale slows training "
-           "at large T and leaves these models unfinished" if all(c.temp > best.temp for c in
-                                                                  weak) else "")
+        + _underfit_reason(rows, weak, best)
         + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
         ""]
     out = [f"### {plots.MODE_LABELS[adv]}", "", *note,
@@ -450,8 +463,10 @@ def _logit_growth(rows: list[dict], adv: str, prefix: str) -> list[str]:
     fit = ", ".join(f"{c.temp:g}" for c in above)
     grad = cells(rows, "logit_grad_norm_at_T", adv)
     ent = cells(rows, "neg_entropy_norm_at_T", adv)
-    out = [f"**{prefix}{plots.MODE_LABELS[adv]}**: mean logit norm scales as T^"
-           f"{'-' if s is None else f'{s:.2f}'} (fit over T = {fit or '-'})", "",
+    growth = (f"mean logit norm scales as T^{s:.2f} (fit over T = {fit})" if s is not None
+              else "no slope: fewer than two well-trained temperatures T >= 1"
+              + (f" (only T = {fit})" if fit else ""))
+    out = [f"**{prefix}{plots.MODE_LABELS[adv]}**: {growth}", "",
            "| T | logit norm | margin | \\|dL/dz\\| at T | entropy at T |",
            "| --- | --- | --- | --- | --- |"]
     out += [f"| {c.temp:g} | {num(c)} | {num(_cell_at(cells(rows, 'margin', adv), c.temp))}"

@@ -153,12 +153,33 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
         in plain
     assert "| 8 | 80 ± 0 |" in plain and "| 8 | 500 ± 0 |" in loss
 
+    # an under-trained cell of the compensated arm is not put down to the 1/T slow-down
+    weak = [{**r, "clean_acc": 0.50} for r in arm]
+    table.write_rows(tmp_path / "results.csv", rows + weak)
+    report.write_report(tmp_path, with_plots=False)
+    plain, loss = (tmp_path / "REPORT.md").read_text().split("## Arm: loss x T")
+    assert "**Under-trained:** at T = 8" in loss
+    assert "the step size is held at T = 1's in this arm" in loss
+    assert "1/T gradient scale slows" not in loss
+
     rows[2]["clean_acc"] = 0.50
     table.write_rows(tmp_path / "results.csv", rows)
     report.write_report(tmp_path, with_plots=False)
     text = (tmp_path / "REPORT.md").read_text()
     assert "| 8 | 73.5 ± 33.2 |" in text
+    assert "the 1/T gradient scale slows training at large T" in text
     assert "| 1 | standard training | clean accuracy | clean | not supported |" in text
+
+
+def test_logit_growth_says_when_no_slope_can_be_fitted():
+    rows = [_row("pgd", t, s, clean, 0.3, 0.3) for t, clean in ((1.0, 0.6), (4.0, 0.4))
+            for s in (0, 1)]
+    head = report._logit_growth(rows, "pgd", "")[0]
+    assert head.endswith(": no slope: fewer than two well-trained temperatures T >= 1 "
+                         "(only T = 1)")
+    rows += [_row("pgd", 2.0, s, 0.6, 0.3, 0.3) for s in (0, 1)]
+    assert report._logit_growth(rows, "pgd", "")[0].endswith(
+        ": mean logit norm scales as T^1.00 (fit over T = 1, 2)")
 
 
 def test_a_verdict_decided_by_an_under_trained_cell_is_rechecked_without_it():
