@@ -608,11 +608,12 @@ def conclusions(rows: list[dict]) -> list[str]:
             "experiment is small: a few seeds, small models, a few epochs on a subset, a short "
             "attack suite at one budget (plus the curve), so a *not supported* is weak evidence "
             "against a claim, not a refutation. At the paper's scale (CIFAR-10/100 with "
-            "ResNet-18 or a ViT, 100 epochs, eps 8/255: `experiments/configs/`) the optimiser "
-            "and the learning-rate schedule interact with T more strongly (the loss x T arm is "
-            "the control for that), longer training removes the under-training seen at large "
-            "T here, and masking matters more where logits can grow large; those configs exist "
-            "and have not been run here (no GPU).", ""]
+            "ResNet-18 or a ViT, 100 epochs, eps 8/255: `experiments/configs/`) the answers may "
+            "differ: the learning-rate schedule acts on T over many more steps (the loss x T "
+            "arm is the control for the step size), 100 epochs may finish the models that are "
+            "under-trained at large T here, and masking matters more where logits can grow "
+            "large. Those configs exist and have not been run (no GPU), so none of this is "
+            "measured.", ""]
     return out
 
 
