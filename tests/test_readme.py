@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ["README.md", "tempfast/train/README.md", "tempfast/robust/README.md"]
 # Flags of other programs that the documents name (pytest, pip, torchrun).
 EXTERNAL = {"--benchmark-disable", "--benchmark-only", "--benchmark-json", "--nproc_per_node",
-            "--standalone", "--no-deps", "--target"}
+            "--standalone", "--no-deps", "--target", "--dist"}
 
 
 def _subparser_flags() -> set[str]:
