@@ -99,7 +99,10 @@ def test_suite_json_renders_end_to_end(tmp_path: Path) -> None:
     """A real (tiny) benchmark run writes derived numbers and skip reasons into its JSON."""
     out = tmp_path / "run.json"
     selection = "ce_fwd_bwd-C262144 and fp32 and (copy or tempfast or eager or liger)"
-    env = {**os.environ, "TEMPFAST_BENCH_CASE_S": "0.02", "TEMPFAST_BENCH_DEVICE": "cpu"}
+    # A child pytest that inherits an xdist worker's variables believes it runs under xdist,
+    # and pytest-benchmark then refuses --benchmark-only.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env.update(TEMPFAST_BENCH_CASE_S="0.02", TEMPFAST_BENCH_DEVICE="cpu")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_bench_ops.py", "-q", "-p",
          "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out}", "-k", selection],
