@@ -474,13 +474,13 @@ def _reload_slice(x_row, q_row, w_ptr, cols, col_mask, k, m, valid, eps, n_cols,
 
 @triton.jit
 def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignore_index,
-                   n_denominator_chunks, mean, defer, HAS_WEIGHT: tl.constexpr,
+                   n_divisor_chunks, mean, defer, HAS_WEIGHT: tl.constexpr,
                    BLOCK: tl.constexpr):
     """One program, before a reduced or cooperative cross-entropy: zeroes the int32 counters
     (``ws[WS_DONE : WS_HEADER]`` and ``ws[zero_off : zero_off + n_zero]``) and writes the
     header: the mean's divisor as torch
     defines it (class indices: ``sum w[y]`` over rows not ignored, their count without
-    weights; ``n_denominator_chunks = 0``: the number of rows), ``ws[WS_LOSS_DIV]`` (the
+    weights; ``n_divisor_chunks = 0``: the number of rows), ``ws[WS_LOSS_DIV]`` (the
     divisor, or 1 for a sum), ``ws[WS_ROW_FACTOR]`` (1 / divisor, 0 if it is 0; 1 for a sum)
     and ``ws[WS_GRAD_SCALE]`` (the row factor, or 1 when ``defer``: fp16 gradients take it in
     the backward pass)."""
@@ -491,7 +491,7 @@ def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignor
         o = i * BLOCK + offs
         tl.store(sync + zero_off + o, tl.zeros((BLOCK,), tl.int32), mask=o < n_zero)
     acc = tl.zeros((BLOCK,), tl.float32)
-    for i in range(0, n_denominator_chunks):
+    for i in range(0, n_divisor_chunks):
         o = i * BLOCK + offs
         # (int64 class indices; ``y_ptr`` is a stand-in for probability targets, never read)
         y = tl.load(y_ptr + o, mask=o < n_rows, other=ignore_index).to(tl.int64)
@@ -501,36 +501,15 @@ def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignor
             acc += tl.where(ok, tl.load(w_ptr + safe, mask=ok, other=0.0).to(tl.float32), 0.0)
         else:
             acc += tl.where(ok, 1.0, 0.0)
-    denominator = tl.sum(acc, axis=0)
-    if n_denominator_chunks == 0:
-        denominator = tl.zeros((), tl.float32) + n_rows
+    divisor = tl.sum(acc, axis=0)
+    if n_divisor_chunks == 0:
+        divisor = tl.zeros((), tl.float32) + n_rows
     if mean:
-        loss_div = denominator
-        row_factor = tl.where(denominator == 0.0, 0.0, 1.0 / denominator)
+        loss_div = divisor
+        row_factor = tl.where(divisor == 0.0, 0.0, 1.0 / divisor)
     else:
         loss_div = 1.0
         row_factor = 1.0
     tl.store(ws_ptr + WS_LOSS_DIV, loss_div)
     tl.store(ws_ptr + WS_ROW_FACTOR, row_factor)
     tl.store(ws_ptr + WS_GRAD_SCALE, tl.where(defer != 0, 1.0, row_factor))
-
-
-# What each kernel moves, for the static cost model (bench/static reads this table; see
-# kernels/README.md): the N x C tensors it reads and writes once ("read", "write") or again
-# ("reread": a later loop of the same program; "reread_launch": an earlier launch read it),
-# each enabled by a constexpr flag ("!FLAG": disabled by it), and how its loops run.
-TRAFFIC = {
-    "ce_rows_kernel": {
-        "passes": (("x_ptr", "read"), ("q_ptr", "read", "PROB"),
-                   ("g_ptr", "write", "COMPUTE_GRAD")),
-        "loops": "none",
-    },
-    "ce_slices_kernel": {
-        "passes": (("x_ptr", "read", "PHASE!=2"), ("q_ptr", "read", "PROB&PHASE!=2"),
-                   ("x_ptr", "reread_launch", "PHASE==2&COMPUTE_GRAD"),
-                   ("q_ptr", "reread_launch", "PHASE==2&PROB&COMPUTE_GRAD"),
-                   ("g_ptr", "write", "COMPUTE_GRAD&PHASE!=1")),
-        "loops": "items",
-    },
-    "ce_prep_kernel": {"passes": (), "loops": "small"},
-}

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from .common import LN2, LOG2E, col_mask, rescale_to, row_offset, safe_max, temperature_scale
+from .heuristics import MIN_WARPS, WIDE_ROW, LaunchConfig, cdiv
 
 # Partials of a slice: maxima (log2 units, -inf for none) and sums of the teacher (m_t, S_t),
 # the student (m_s, S_s), D = sum e_t (u_t - u_s), A = sum e_t (u_t - m_t), and the
@@ -56,6 +57,43 @@ Q_A = tl.constexpr(5)
 Q_M1 = tl.constexpr(6)
 Q_S1 = tl.constexpr(7)
 _FLAGS = ["has_target", "teacher_grad", "compute_dt"]
+
+# The distillation kernels hold two full-size inputs (student and teacher): ``row_limit(2)``
+# values of each per program. Few block sizes, so that few binaries cover every shape.
+DISTILL_BLOCKS = (32, 256, 1024, 4096)  # rows path: the smallest that holds a row
+DISTILL_SMALL_ROWS = 32  # rows per program at BLOCK_C = 32 (1024 values of each input)
+DISTILL_SLICE = 4096  # slices path: columns per slice
+DISTILL_BLOCK_S = 64  # slices path: partials combined this many slices at a time
+DISTILL_COMBINE_ROWS = 16  # slices path: rows per program of the combine between the phases
+# values of each input per thread: plain KD keeps a few tiles live, the EXTRAS variant (the
+# hard-label term, the teacher's gradient, dL/dT) about a dozen; fewer values per thread
+# would spend the issue slots on the row reductions, more would spill
+DISTILL_PER_THREAD = {False: 16, True: 8}
+DISTILL_MAX_WARPS = 16
+
+
+def distill_warps(elements: int, extras: bool = False) -> int:
+    """Warps for ``elements`` values of each input: :data:`DISTILL_PER_THREAD` per thread,
+    within ``[1, 16]``."""
+    per_warp = 32 * DISTILL_PER_THREAD[extras]
+    return max(MIN_WARPS, min(DISTILL_MAX_WARPS, elements // per_warp))
+
+
+def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1,
+                   extras: bool = False) -> LaunchConfig:
+    """Path and block sizes of the distillation kernels: ``rows`` with ``BLOCK_C`` the
+    smallest of :data:`DISTILL_BLOCKS` that holds a row (one row per program from 256 columns
+    on, :data:`DISTILL_SMALL_ROWS` below), else ``slices`` of :data:`DISTILL_SLICE` columns
+    (two launches and a combine between them; the first launch always takes the warps of plain
+    KD). ``elem_size`` only matters through ``vec``; ``extras``: the EXTRAS variant."""
+    del elem_size
+    for block_c in DISTILL_BLOCKS:
+        if n_cols <= block_c:
+            block_n = DISTILL_SMALL_ROWS if block_c < WIDE_ROW else 1
+            return LaunchConfig("rows", block_n, block_c, 1,
+                                distill_warps(block_n * block_c, extras), vec)
+    return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
+                        distill_warps(DISTILL_SLICE, extras), vec)
 
 
 @triton.jit
@@ -346,23 +384,3 @@ def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, n_chunks, h
     tl.store(out + Q_M1, m1, mask=row_mask)
     tl.store(out + Q_S1, tl.where(has_target != 0, tl.sum(acc_s1, axis=1), 1.0), mask=row_mask)
 
-
-# What each kernel moves, for the static cost model (bench/static reads this table; see
-# kernels/README.md and the other kernel modules). ``teacher_grad`` is a run-time flag (the
-# model reads the launch's scalars too).
-TRAFFIC = {
-    "kd_rows_kernel": {
-        "passes": (("s_ptr", "read"), ("t_ptr", "read"), ("gs_ptr", "write"),
-                   ("gt_ptr", "write", "EXTRAS&teacher_grad")),
-        "loops": "none",
-    },
-    "kd_slices_kernel": {
-        "passes": (("s_ptr", "read", "PHASE==1"), ("t_ptr", "read", "PHASE==1"),
-                   ("s_ptr", "reread_launch", "PHASE==2"),
-                   ("t_ptr", "reread_launch", "PHASE==2"),
-                   ("gs_ptr", "write", "PHASE==2"),
-                   ("gt_ptr", "write", "PHASE==2&EXTRAS&teacher_grad")),
-        "loops": "none",
-    },
-    "kd_combine_kernel": {"passes": (), "loops": "combine"},
-}

@@ -1,4 +1,6 @@
-"""Launch heuristics of the row-wise kernels: pure functions of the problem size and the device.
+"""Launch heuristics shared by the row-wise kernels (softmax and cross-entropy): pure functions of
+the problem size and the device. A kernel file with heuristics of its own keeps them beside its
+kernels (``rescale.apply_config``, ``distillation.distill_config``).
 
 Every row-wise op has two paths (``kernels/README.md`` has the whole story):
 
@@ -30,7 +32,6 @@ MIN_SLICE = 2048  # the slices path narrows slices down to this to fill the SMs
 MIN_BLOCK_C = 16
 DEFAULT_NUM_SMS = 132  # H100 SXM and H200; used when no CUDA device is present
 BLOCKS_PER_SM = 32  # the hardware limit on resident programs per SM (sm_80, sm_90)
-APPLY_PROGRAMS_PER_SM = 4  # persistent grid of the backward's gradient apply
 
 
 @dataclass(frozen=True)
@@ -124,51 +125,3 @@ def slices_phases(n_slices: int, resident: int) -> int:
     """1: the cooperative one-read launch is deadlock-free (at least ``n_slices`` programs
     fit at once); 2: two launches (statistics, then finish)."""
     return 1 if resident >= n_slices else 2
-
-
-def apply_config(n_rows: int, n_cols: int, num_sms: int | None = None) -> tuple[int, int, int, int]:
-    """``(BLOCK_N, BLOCK_C, num_warps, programs)`` of the backward's gradient apply: 4096-value
-    tiles, a persistent grid of ``APPLY_PROGRAMS_PER_SM`` programs per SM (or fewer tiles)."""
-    block_c = max(MIN_BLOCK_C, min(next_pow2(n_cols), 4096))
-    block_n = max(1, min(TILE_ELEMENTS // block_c, next_pow2(n_rows)))
-    tiles = cdiv(n_rows, block_n) * cdiv(n_cols, block_c)
-    programs = max(1, min(tiles, APPLY_PROGRAMS_PER_SM * (num_sms or DEFAULT_NUM_SMS)))
-    return block_n, block_c, 8, programs
-
-
-# The distillation kernels hold two full-size inputs (student and teacher): ``row_limit(2)``
-# values of each per program. Few block sizes, so that few binaries cover every shape.
-DISTILL_BLOCKS = (32, 256, 1024, 4096)  # rows path: the smallest that holds a row
-DISTILL_SMALL_ROWS = 32  # rows per program at BLOCK_C = 32 (1024 values of each input)
-DISTILL_SLICE = 4096  # slices path: columns per slice
-DISTILL_BLOCK_S = 64  # slices path: partials combined this many slices at a time
-DISTILL_COMBINE_ROWS = 16  # slices path: rows per program of the combine between the phases
-# values of each input per thread: plain KD keeps a few tiles live, the EXTRAS variant (the
-# hard-label term, the teacher's gradient, dL/dT) about a dozen; fewer values per thread
-# would spend the issue slots on the row reductions, more would spill
-DISTILL_PER_THREAD = {False: 16, True: 8}
-DISTILL_MAX_WARPS = 16
-
-
-def distill_warps(elements: int, extras: bool = False) -> int:
-    """Warps for ``elements`` values of each input: :data:`DISTILL_PER_THREAD` per thread,
-    within ``[1, 16]``."""
-    per_warp = 32 * DISTILL_PER_THREAD[extras]
-    return max(MIN_WARPS, min(DISTILL_MAX_WARPS, elements // per_warp))
-
-
-def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1,
-                   extras: bool = False) -> LaunchConfig:
-    """Path and block sizes of the distillation kernels: ``rows`` with ``BLOCK_C`` the
-    smallest of :data:`DISTILL_BLOCKS` that holds a row (one row per program from 256 columns
-    on, :data:`DISTILL_SMALL_ROWS` below), else ``slices`` of :data:`DISTILL_SLICE` columns
-    (two launches and a combine between them; the first launch always takes the warps of plain
-    KD). ``elem_size`` only matters through ``vec``; ``extras``: the EXTRAS variant."""
-    del elem_size
-    for block_c in DISTILL_BLOCKS:
-        if n_cols <= block_c:
-            block_n = DISTILL_SMALL_ROWS if block_c < WIDE_ROW else 1
-            return LaunchConfig("rows", block_n, block_c, 1,
-                                distill_warps(block_n * block_c, extras), vec)
-    return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
-                        distill_warps(DISTILL_SLICE, extras), vec)

@@ -15,6 +15,19 @@ import triton
 import triton.language as tl
 
 from .common import WS_ROW_FACTOR, col_mask, row_offset
+from .heuristics import DEFAULT_NUM_SMS, MIN_BLOCK_C, TILE_ELEMENTS, cdiv, next_pow2
+
+APPLY_PROGRAMS_PER_SM = 4  # persistent grid of the gradient apply
+
+
+def apply_config(n_rows: int, n_cols: int, num_sms: int | None = None) -> tuple[int, int, int, int]:
+    """``(BLOCK_N, BLOCK_C, num_warps, programs)`` of the backward's gradient apply: 4096-value
+    tiles, a persistent grid of ``APPLY_PROGRAMS_PER_SM`` programs per SM (or fewer tiles)."""
+    block_c = max(MIN_BLOCK_C, min(next_pow2(n_cols), 4096))
+    block_n = max(1, min(TILE_ELEMENTS // block_c, next_pow2(n_rows)))
+    tiles = cdiv(n_rows, block_n) * cdiv(n_cols, block_c)
+    programs = max(1, min(tiles, APPLY_PROGRAMS_PER_SM * (num_sms or DEFAULT_NUM_SMS)))
+    return block_n, block_c, 8, programs
 
 
 @triton.jit
@@ -48,10 +61,3 @@ def grad_apply_kernel(buf_ptr, stride_buf, g_ptr, ws_ptr, dt_off, dt_out_ptr, n_
             x = tl.load(buf_ptr + offs2, mask=mask, other=0.0).to(tl.float32)
             tl.store(buf_ptr + offs2, (x * factor).to(buf_ptr.dtype.element_ty), mask=mask)
 
-
-TRAFFIC = {
-    "grad_apply_kernel": {
-        "passes": (("buf_ptr", "read", "moves"), ("buf_ptr", "write", "moves")),
-        "loops": "tiles",
-    },
-}

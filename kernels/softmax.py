@@ -233,21 +233,3 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
                 dx_x = tl.sum(tl.where(dx != 0.0, dx * x.to(tl.float32), 0.0), axis=1)
                 tl.store(ws_ptr + dt_off + item + tl.arange(0, 1), -dx_x * inv_t)
         item = _next_item(sync, item, n_items, PHASE)
-
-
-TRAFFIC = {
-    "softmax_rows_kernel": {"passes": (("x_ptr", "read"), ("y_ptr", "write")), "loops": "none"},
-    "softmax_slices_kernel": {
-        "passes": (("x_ptr", "read", "PHASE!=2"), ("x_ptr", "reread_launch", "PHASE==2"),
-                   ("y_ptr", "write", "PHASE!=1")),
-        "loops": "items"},
-    "softmax_bwd_rows_kernel": {
-        "passes": (("y_ptr", "read"), ("dy_ptr", "read"), ("x_ptr", "read", "COMPUTE_DT"),
-                   ("dx_ptr", "write")),
-        "loops": "none"},
-    "softmax_bwd_slices_kernel": {
-        "passes": (("y_ptr", "read", "PHASE!=2"), ("dy_ptr", "read", "PHASE!=2"),
-                   ("y_ptr", "reread_launch", "PHASE==2"), ("dy_ptr", "reread_launch", "PHASE==2"),
-                   ("x_ptr", "read", "COMPUTE_DT&PHASE!=1"), ("dx_ptr", "write", "PHASE!=1")),
-        "loops": "items"},
-}

@@ -8,8 +8,13 @@
 from . import backend, nn, reference
 from ._version import __version__
 from .backend import use_backend
-from .distillation import distillation_loss
-from .functional import cross_entropy, linear_cross_entropy, log_softmax, softmax
+from .functional import (
+    cross_entropy,
+    distillation_loss,
+    linear_cross_entropy,
+    log_softmax,
+    softmax,
+)
 
 __all__ = [
     "__version__",

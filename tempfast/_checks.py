@@ -1,9 +1,9 @@
-"""Argument checks shared by the public ops.
+"""Argument checks shared by the ops (each op's ``normalise`` composes them, once per call).
 
 Every check runs before any kernel launch and raises a one-line error that names the
-argument. Checks of *shapes, dtypes and Python scalars* run here, in the Python wrapper (they
-are static, so ``torch.compile`` folds them away). Checks of tensor *values* (temperature
-values, class indices) need the data; they run inside the op implementation, and only for
+argument. Checks of *shapes, dtypes and Python scalars* run in ``normalise`` (they are static,
+so ``torch.compile`` folds them away). Checks of tensor *values* (temperature values, class
+indices) need the data; they run once inside the op, where the values are read, and only for
 tensors in host memory, so that no op ever waits on the GPU (see
 :func:`check_temperature_values` and :func:`check_class_indices`).
 """
@@ -23,6 +23,8 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype of losses, log-sum-exps, temperatures and dL/dT: fp64 for fp64 inputs, else
     fp32 (fp16 / bf16 / fp32 inputs all accumulate in fp32)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -140,6 +142,35 @@ def temperature_rows(temperature: float | Tensor, rows_shape: torch.Size,
     )
 
 
+def temperature_of_rows(temperature: float | Tensor, rows_shape: torch.Size,
+                        like: Tensor) -> tuple[Tensor | None, float]:
+    """The temperature of an op whose rows have ``rows_shape``, checked once: ``(None, T)`` for
+    a Python number (passed to the kernels by value), else ``(t, 0.0)`` with ``t`` a tensor in
+    ``like``'s accumulation dtype: a one-value tensor of that dtype on ``like``'s device as it
+    is (0-dim or ``(1,)``: no reshape, no op), otherwise :func:`temperature_rows`' ``(1,)`` or
+    ``(N,)`` view. Its values are checked where they are read (:func:`check_temperature_values`,
+    in the op)."""
+    if isinstance(temperature, float | int) and not isinstance(temperature, bool):
+        value = float(temperature)
+        if not value > 0.0 or value == float("inf"):
+            raise ValueError(f"temperature: must be finite and > 0, got {value}")
+        return None, value
+    dtype = accumulation_dtype(like.dtype)
+    if (isinstance(temperature, Tensor) and temperature.dtype == dtype
+            and temperature.device == like.device and temperature.dim() <= 1
+            and temperature.numel() == 1):
+        return temperature, 0.0
+    return temperature_rows(temperature, rows_shape, like.device, dtype), 0.0
+
+
+def temperature_tensor(t: Tensor | None, t_value: float, like: Tensor) -> Tensor:
+    """The temperature of :func:`temperature_of_rows` as a tensor (a number becomes ``(1,)`` in
+    ``like``'s accumulation dtype): what the custom ops take."""
+    if t is not None:
+        return t
+    return torch.full((1,), t_value, dtype=accumulation_dtype(like.dtype), device=like.device)
+
+
 def check_temperature_values(t: Tensor) -> None:
     """Raise if a host-memory temperature tensor holds a value <= 0, NaN or inf."""
     if t.device.type != "cpu" or t.numel() == 0:
@@ -161,47 +192,3 @@ def check_class_indices(target: Tensor, num_classes: int, ignore_index: int) -> 
             f"target: class index {value} is out of range [0, {num_classes}) "
             f"and is not ignore_index ({ignore_index})"
         )
-
-
-def check_linear_head(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
-                      reduction: str, label_smoothing: float, ignore_index: int,
-                      chunk_size: int | None, *, classes: str = "C",
-                      allow_no_classes: bool = False) -> tuple[float, int]:
-    """The arguments of a fused linear head ``(hidden (*, H), weight (C, H), bias (C,),
-    target (*,) class indices)``; returns ``(label smoothing, ignore_index)`` as used.
-    ``classes`` names the weight's rows in messages (``C_r`` for a rank's shard, which may be
-    empty with ``allow_no_classes``)."""
-    check_floating("hidden", hidden)
-    check_floating("weight", weight)
-    if hidden.dim() == 0:
-        raise ValueError("hidden: expected shape (*, H), got a 0-dim tensor")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight: expected shape ({classes}, {hidden.shape[-1]}) to match "
-                         f"hidden (*, H), got {tuple(weight.shape)}")
-    if weight.shape[0] == 0 and not allow_no_classes:
-        raise ValueError("weight: the class dimension (first) is empty")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"weight: dtype {weight.dtype} differs from hidden's {hidden.dtype}")
-    if bias is not None:
-        check_floating("bias", bias)
-        if bias.shape != (weight.shape[0],):
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got "
-                             f"{tuple(bias.shape)}")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"bias: dtype {bias.dtype} differs from hidden's {hidden.dtype}")
-    rows_shape = hidden.shape[:-1]
-    if not isinstance(target, Tensor):
-        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
-    if target.shape != rows_shape:
-        raise ValueError(f"target: expected shape {tuple(rows_shape)} (class indices), got "
-                         f"{tuple(target.shape)}")
-    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
-        raise TypeError(f"target: class indices must be an integer tensor, got {target.dtype}")
-    check_reduction(reduction)
-    eps = check_label_smoothing(label_smoothing)
-    ignore_index = check_ignore_index(ignore_index)
-    check_same_device(hidden=hidden, weight=weight, bias=bias, target=target)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
-                                   or chunk_size < 1):
-        raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
-    return eps, ignore_index

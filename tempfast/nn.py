@@ -22,9 +22,9 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import _checks
 from . import functional as F
-from .distillation import distillation_loss
-from .ops.distillation import REDUCTIONS as DISTILLATION_REDUCTIONS
-from .parallel import argmax as parallel_argmax
+from .ops.class_parallel import argmax as parallel_argmax
+from .ops.distillation.call import check_reduction as check_distillation_reduction
+from .ops.linear_cross_entropy import default_chunk_rows
 
 STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported
 
@@ -156,7 +156,7 @@ class TemperatureCrossEntropyLoss(_Temperature):
     gradient comes from the fused kernel, ``dL/dT = (sum q z - sum p z) / T**2`` per row.
 
     With ``process_group``, the logits are this rank's slice of the classes (class-parallel,
-    see :mod:`tempfast.parallel`; ``start``: this rank's first class, optional).
+    see :mod:`tempfast.ops.class_parallel`; ``start``: this rank's first class, optional).
     """
 
     def __init__(
@@ -214,9 +214,9 @@ class LinearTemperatureCrossEntropy(_Temperature):
     class chunk by chunk, for accuracy without the full logits.
 
     With ``process_group`` the head is class-parallel: ``num_classes`` is this rank's share
-    (its rows of the weight; ranks in class order, see :mod:`tempfast.parallel`), the loss and
-    the features' gradient are those of the whole head, and :meth:`predict` returns global
-    class indices.
+    (its rows of the weight; ranks in class order, see :mod:`tempfast.ops.class_parallel`),
+    the loss and the features' gradient are those of the whole head, and :meth:`predict`
+    returns global class indices.
     """
 
     def __init__(self, in_features: int, num_classes: int, temperature: float = 1.0,
@@ -265,7 +265,7 @@ class LinearTemperatureCrossEntropy(_Temperature):
     def predict(self, hidden: Tensor) -> Tensor:
         """Argmax class of every row of ``hidden (*, H)``, shape ``(*)``, in row chunks."""
         flat = hidden.reshape(-1, hidden.shape[-1])
-        chunk = self.chunk_size or max(1, (1 << 26) // max(1, self.linear.out_features))
+        chunk = self.chunk_size or default_chunk_rows(flat.shape[0], self.linear.out_features)
         out = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
         best = (torch.empty(flat.shape[0], dtype=self.linear.weight.dtype, device=flat.device)
                 if self.process_group is not None else None)
@@ -300,9 +300,7 @@ class DistillationLoss(_Temperature):
                  reduction: str = "batchmean", ignore_index: int = -100,
                  learnable: bool = False) -> None:
         super().__init__(temperature, learnable)
-        if reduction not in DISTILLATION_REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {DISTILLATION_REDUCTIONS}, got "
-                             f"{reduction!r}")
+        check_distillation_reduction(reduction)
         self.alpha = _checks.check_fraction("alpha", alpha)
         self.reduction = reduction
         self.ignore_index = _checks.check_ignore_index(ignore_index)
@@ -311,9 +309,9 @@ class DistillationLoss(_Temperature):
                 target: Tensor | None = None) -> Tensor:
         t = self._forward_temperature()
         dtype = _checks.accumulation_dtype(student_logits.dtype)
-        return distillation_loss(student_logits, teacher_logits, t if t.dtype == dtype
-                                 else t.to(dtype), target=target, alpha=self.alpha,
-                                 reduction=self.reduction, ignore_index=self.ignore_index)
+        return F.distillation_loss(student_logits, teacher_logits, t if t.dtype == dtype
+                                   else t.to(dtype), target=target, alpha=self.alpha,
+                                   reduction=self.reduction, ignore_index=self.ignore_index)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha}, reduction={self.reduction!r}"

@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: inputs, dtype-aware comparisons, and small stand-ins for a data
-bundle and a masked model."""
+"""Helpers of the trainer, data and robustness tests: small stand-ins for a data bundle and a
+masked model, and IDX files. (The op tests' harness is :mod:`tests.harness`.)"""
 
 from __future__ import annotations
 
@@ -9,59 +9,6 @@ import struct
 import numpy as np
 import torch
 from torch import nn
-
-import tempfast
-
-DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-# Absolute tolerances relative to the largest magnitude of the expected tensor. fp32: the
-# kernels and the oracle differ only by fp32 rounding; fp16 / bf16: outputs are rounded to the
-# dtype's 11 / 8 significant bits, the oracle is float64 on the same (rounded) inputs.
-REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2,
-           torch.float64: 1e-10}
-# The fp32 loss / lse / dT are compared with this tolerance whatever the input dtype.
-LOSS_TOL = 2e-5
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float, what: str,
-                 floor: float = 1.0) -> None:
-    """``|actual - expected| <= rel * max(floor, max|expected|)`` elementwise; NaN and
-    infinities must match exactly.
-
-    ``floor=1`` suits losses; gradients, which can be tiny, use a tiny floor so that the
-    tolerance follows their own scale.
-    """
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    a, e = actual.double(), expected.double()
-    nan_a, nan_e = torch.isnan(a), torch.isnan(e)
-    assert torch.equal(nan_a, nan_e), f"{what}: NaN pattern differs"
-    infinite = torch.isinf(e)
-    assert torch.equal(a[infinite], e[infinite]), f"{what}: infinities differ"
-    keep = ~nan_e & ~infinite
-    a, e = a[keep], e[keep]
-    if e.numel() == 0:
-        return
-    scale = max(floor, e.abs().max().item())
-    err = (a - e).abs().max().item()
-    assert err <= rel * scale, f"{what}: max abs error {err:.3g} > {rel * scale:.3g}"
-
-
-def run_backend(name: str, fn, *args, **kwargs):
-    with tempfast.use_backend(name):
-        return fn(*args, **kwargs)
-
-
-def logits_like(n: int, c: int, dtype: torch.dtype, seed: int = 0, scale: float = 3.0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, c, generator=g) * scale).to(dtype)
-
-
-def temperature_for(kind, n_rows: int, seed: int = 0):
-    """A float, or for ``"rows"`` one temperature per row in [0.25, 4]."""
-    if kind == "rows":
-        g = torch.Generator().manual_seed(seed + 1)
-        return torch.rand(n_rows, generator=g) * 3.75 + 0.25
-    return kind
 
 
 class TensorBundle:

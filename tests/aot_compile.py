@@ -3,8 +3,8 @@
 Run as a script in a process *without* ``TRITON_INTERPRET`` (the interpreter forgives what the
 compiler rejects): ``python tests/aot_compile.py [--arch 80 90] [--jobs 2]``.
 
-What is compiled is what really runs: the script calls the real launchers of
-``tempfast.ops.triton_impl`` on lazily allocated CPU tensors with every Triton launch
+What is compiled is what really runs: the script calls the real launchers (the ops'
+``triton_path`` modules) on lazily allocated CPU tensors with every Triton launch
 intercepted (``bench.static.record``), and compiles each distinct launch with the
 specialisation the JIT computes for those arguments (Triton's own binder: 16-byte pointer
 alignment, integers divisible by 16, integers equal to 1 as constexprs). The calls cover:
@@ -165,7 +165,7 @@ def all_calls() -> list[tuple]:
         calls += _with_fallback(combos, path)
     # 4. the backward's gradient apply: every tile shape, every dtype and width variant,
     # with and without dL/dT, deferred mean or not
-    from tempfast.kernels.heuristics import apply_config
+    from tempfast.kernels.rescale import apply_config
 
     shapes: dict[tuple, tuple] = {}
     for rows, cols in itertools.product(ROW_COUNTS, COL_COUNTS):
@@ -184,65 +184,67 @@ def all_calls() -> list[tuple]:
 
 def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
     from tempfast.kernels import common
-    from tempfast.ops import triton_impl
+    from tempfast.ops import launch, rescale
+    from tempfast.ops.softmax import triton_path as softmax
 
     dt = DTYPES[dtype]
     x = torch.empty(rows, cols, dtype=dt)
     t = torch.full((rows,) if opts.get("PER_ROW_T") else (1,), 8.0)
     t_value = 8.0 if opts.get("T_VALUE") else 0.0
-    override = triton_impl.resident_override
+    override = launch.resident_override
     if opts.get("TWO_PHASE"):  # as on a device where the slices of a row cannot all fit
-        triton_impl.resident_override = lambda kernel, args, kwargs: 1
+        launch.resident_override = lambda kernel, args, kwargs: 1
     try:
         if kind == "softmax":
-            triton_impl.softmax_forward(x, t, opts["LOG"], t_value)
+            softmax.softmax_forward(x, t, opts["LOG"], t_value)
         elif kind == "softmax_bwd":
-            triton_impl.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
-                                         torch.empty_like(x) if opts["COMPUTE_DT"] else None,
-                                         t_value)
+            softmax.softmax_backward(x, torch.empty_like(x), t, opts["LOG"],
+                                     torch.empty_like(x) if opts["COMPUTE_DT"] else None,
+                                     t_value)
         elif kind == "distill":
             _call_distill(x, t, opts)
         elif kind == "apply":
             ws = torch.zeros(common.WS_HEADER.value + 3 * rows)
             n_dt = opts.get("N_DT", 0)
-            triton_impl._apply(x, torch.full((), 2.0), ws, common.WS_HEADER.value, n_dt,
-                               opts.get("DEFER", False))
+            rescale.apply_kernel(x, torch.full((), 2.0), ws, common.WS_HEADER.value, n_dt,
+                                 opts.get("DEFER", False))
         else:
-            _call_ce(triton_impl, x, t, t_value, opts)
+            _call_ce(x, t, t_value, opts)
     finally:
-        triton_impl.resident_override = override
+        launch.resident_override = override
 
 
-def _call_ce(triton_impl, x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> None:
+def _call_ce(x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> None:
+    from tempfast.ops.cross_entropy import triton_path as ce
+
     rows, cols = x.shape
     if opts["PROB"]:
         target = torch.empty(rows, cols, dtype=torch.float32 if opts.get("Q_FP32") else x.dtype)
     else:
         target = torch.zeros(rows, dtype=torch.int64)
     weight = torch.ones(cols) if opts["HAS_WEIGHT"] else None
-    eps = 0.1 if opts["SMOOTH"] else 0.0
+    label_smoothing = 0.1 if opts["SMOOTH"] else 0.0
     grad = None
     if opts["COMPUTE_GRAD"]:
         grad = x if opts.get("INPLACE") else torch.empty_like(x)
     if opts["REDUCE"]:
-        triton_impl.ce_reduced(x, target, t, t_value, weight, -100, eps,
-                               "sum" if opts.get("SUM") else "mean", grad, opts["COMPUTE_DT"],
-                               x.dtype == torch.float16)
+        ce.ce_reduced(x, target, t, t_value, weight, -100, label_smoothing,
+                      "sum" if opts.get("SUM") else "mean", grad, opts["COMPUTE_DT"],
+                      x.dtype == torch.float16)
     else:
         scale = torch.ones(rows if opts.get("PER_ROW_SCALE") else 1) if grad is not None \
             else None
-        triton_impl.ce_rows(x, target, t, weight, -100, eps, scale, grad, opts["COMPUTE_DT"])
+        ce.ce_rows(x, target, t, weight, -100, label_smoothing, scale, grad, opts["COMPUTE_DT"])
 
 
 def record_calls(calls: list[tuple]) -> list:
     """Run every call through the launchers; the distinct launches, in call order."""
-    from bench.static.record import LaunchRecorder, triton_on_cpu
-    from tempfast.ops import triton_impl
+    from bench.static.record import LaunchRecorder
+    from bench.static.residency import triton_on_cpu
 
     recorder = LaunchRecorder()
-    with triton_on_cpu(), recorder.active():
-        # the binary does not depend on the grid: skip compiling for the residency here
-        triton_impl.resident_override = lambda kernel, args, kwargs: 4 * 132
+    # the binary does not depend on the grid: no compile for the residency here
+    with triton_on_cpu(resident=lambda kernel, args, kwargs: 4 * 132), recorder.active():
         for call in calls:
             _call(*call)
     unique: dict[tuple, object] = {}
@@ -304,7 +306,7 @@ def main(argv=None) -> int:
 # --------------------------------------------------------------------------------------------
 def distill_shapes() -> dict[tuple, tuple[int, int]]:
     """One aligned shape per configuration: ``config_key -> (rows, cols)``."""
-    from tempfast.kernels.heuristics import DISTILL_BLOCKS, DISTILL_SLICE, distill_config
+    from tempfast.kernels.distillation import DISTILL_BLOCKS, DISTILL_SLICE, distill_config
 
     shapes = {}
     for cols in (*DISTILL_BLOCKS, 2 * DISTILL_SLICE):
@@ -330,7 +332,7 @@ def distill_calls() -> list[tuple]:
 
 
 def _call_distill(x: torch.Tensor, t: torch.Tensor, opts: dict) -> None:
-    from tempfast.ops.distillation_triton import distill_rows
+    from tempfast.ops.distillation.triton_path import distill_rows
 
     rows = x.shape[0]
     extras = opts.get("EXTRAS", False)

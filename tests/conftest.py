@@ -1,7 +1,8 @@
 """Test configuration and fixtures shared by every test module.
 
 Without a GPU the Triton kernels run under the Triton interpreter, which must be switched on
-before ``tempfast.kernels`` is first imported; this file runs before any test module.
+before ``tempfast.kernels`` is first imported; this file runs before any test module. Under
+pytest-xdist each worker runs torch on one thread.
 
 Fixtures:
 
@@ -21,6 +22,11 @@ from torch import nn
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Under pytest-xdist each worker owns one core: torch's intra-op threads (one per core by
+# default) would otherwise make the workers' ops wait on each other's descheduled threads.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(1)
 
 from ._util import TensorBundle
 

@@ -75,7 +75,8 @@ def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(recor
     specialisations include aligned rows, rows aligned to 16 bytes only (the VEC hints) and
     neither, a single row and the ``stride == 1`` per-row temperature and upstream
     gradient."""
-    from tempfast.kernels.heuristics import apply_config, row_config, vector_width
+    from tempfast.kernels.heuristics import row_config, vector_width
+    from tempfast.kernels.rescale import apply_config
 
     variants = recorded
     have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
@@ -123,7 +124,7 @@ def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(recor
     configurations (CI compiles each for two arches and two Triton versions)."""
     import itertools
 
-    from tempfast.kernels.heuristics import DISTILL_BLOCK_S, distill_config
+    from tempfast.kernels.distillation import DISTILL_BLOCK_S, distill_config
 
     variants = [v for v in recorded if v["name"].startswith("kd_")]
     have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),

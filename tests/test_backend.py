@@ -49,21 +49,22 @@ def test_forcing_triton_on_cpu_without_the_interpreter_fails_with_one_line():
 
 def test_environment_variable_selects_the_triton_kernels_under_the_interpreter():
     result = _run("import torch, tempfast\n"
-                  "from tempfast.ops import dispatch\n"
+                  "from tempfast.ops.softmax import op\n"
                   "x = torch.randn(3, 5)\n"
-                  "print(dispatch.impl_for(x).__name__)\n"
+                  "print(op.impl_for(x).__name__)\n"
                   "print(float((tempfast.softmax(x, 2.0) - torch.softmax(x / 2, -1)).abs().max()))",
                   TEMPFAST_BACKEND="triton", TRITON_INTERPRET="1")
     assert result.returncode == 0, result.stderr
     name, err = result.stdout.split()
-    assert name == "tempfast.ops.triton_impl" and float(err) < 1e-6
+    assert name == "tempfast.ops.softmax.triton_path" and float(err) < 1e-6
 
 
 def test_float64_always_takes_the_torch_path():
-    from tempfast.ops import dispatch, torch_impl
+    from tempfast.ops import dispatch
 
     with tempfast.use_backend("triton"):
-        assert dispatch.impl_for(torch.zeros(1, dtype=torch.float64)) is torch_impl
+        assert not dispatch.runs_triton(torch.zeros(1, dtype=torch.float64))
+        assert dispatch.runs_triton(torch.zeros(1, dtype=torch.float32))
 
 
 @pytest.mark.parametrize("flag", [[], ["--json"]])
@@ -91,3 +92,12 @@ def test_info_reports_an_unusable_backend_request_instead_of_failing(capsys, mon
     assert main(["info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info[field].startswith("unavailable (") and message in info[field]
+
+
+def test_unknown_backend_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match=r"^use_backend: unknown backend"), \
+            tempfast.use_backend("cuda"):
+        pass
+    monkeypatch.setenv("TEMPFAST_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"^TEMPFAST_BACKEND: unknown backend"):
+        tempfast.softmax(torch.randn(4, 10))

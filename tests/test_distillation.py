@@ -1,6 +1,7 @@
-"""tempfast.distillation_loss against the float64 oracle and the plain F.kl_div composition, on
-both backends (the PyTorch path; the Triton kernels under the interpreter), every kernel path
-(rows, slices: the two-phase fallback and a one-slice cooperative launch)."""
+"""tempfast.distillation_loss against the float64 oracle (``tempfast.reference``) and the plain
+F.kl_div composition, on both paths (the PyTorch path; the Triton kernels under the
+interpreter), every kernel path (rows, slices: the two-phase fallback and a one-slice
+cooperative launch), bad inputs and the custom op's registration."""
 
 from __future__ import annotations
 
@@ -9,14 +10,26 @@ import torch
 import torch.nn.functional as F
 
 import tempfast
-from tempfast.kernels.heuristics import LaunchConfig, cdiv, next_pow2
-from tempfast.ops import distillation_triton
-from tempfast.ops.distillation import distillation_2d
-from tempfast.reference import distillation_loss_reference
+from tempfast.kernels.heuristics import LaunchConfig, cdiv
+from tempfast.ops import distillation as kd
+from tempfast.ops.distillation import triton_path
+from tempfast.ops.distillation.op import distillation_2d
+from tempfast.reference import distillation_loss as distillation_loss_reference
 
-from ._util import DTYPES, LOSS_TOL, REL_TOL, assert_close, logits_like, run_backend
+from .harness import (
+    DTYPES,
+    KERNEL_PATHS,
+    LOSS_TOL,
+    PATHS,
+    REL_TOL,
+    assert_close,
+    force_config,
+    forced,
+    logits_like,
+    on_path,
+    run_path,
+)
 
-BACKENDS = ("torch", "triton")
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 T_GRAD_TOL = 2e-4
 
@@ -35,14 +48,14 @@ def _targets(n: int, c: int, seed: int = 0, ignored: tuple[int, ...] = ()) -> to
     return y
 
 
-def _bf16_rel(dtype: torch.dtype, backend: str) -> float:
+def _bf16_rel(dtype: torch.dtype, path: str) -> float:
     """The interpreter rounds fp32 -> bf16 toward zero (a GPU rounds to nearest): one more
     unit of the last place."""
     rel = REL_TOL[dtype]
-    return rel * 2 if dtype == torch.bfloat16 and backend == "triton" else rel
+    return rel * 2 if dtype == torch.bfloat16 and path == "triton" else rel
 
 
-def check(backend, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, upstream=None,
+def check(path, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, upstream=None,
           **kwargs):
     """tempfast and the float64 oracle: loss and every gradient."""
     dtype = s.dtype
@@ -50,7 +63,7 @@ def check(backend, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, up
     xt = t.clone().requires_grad_(teacher_grad)
     temp = temperature.clone().requires_grad_(t_grad) if isinstance(temperature, torch.Tensor) \
         else temperature
-    loss = run_backend(backend, tempfast.distillation_loss, xs, xt, temp, **kwargs)
+    loss = run_path(path, tempfast.distillation_loss, xs, xt, temp, **kwargs)
     assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     if upstream is None:
         upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(7)) + 0.5
@@ -63,7 +76,7 @@ def check(backend, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, up
     expected = distillation_loss_reference(s64, t64, temp64, **kwargs)
     expected.backward(upstream.double())
 
-    rel = _bf16_rel(dtype, backend)
+    rel = _bf16_rel(dtype, path)
     assert_close(loss, expected, max(LOSS_TOL, REL_TOL[dtype] if dtype == torch.float64 else 0),
                  "loss")
     assert xs.grad.dtype == dtype
@@ -78,50 +91,50 @@ def check(backend, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, up
     return loss
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n_cols", [1, 10, 1000])
-def test_matches_reference_for_every_dtype_and_class_count(backend, dtype, n_cols):
+def test_matches_reference_for_every_dtype_and_class_count(path, dtype, n_cols):
     s, t = _inputs(7, n_cols, dtype)
-    check(backend, s, t, 4.0)
-    check(backend, s, t, torch.linspace(0.5, 4.0, 7), t_grad=True, teacher_grad=False)
+    check(path, s, t, 4.0)
+    check(path, s, t, torch.linspace(0.5, 4.0, 7), t_grad=True, teacher_grad=False)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0, "tensor", "rows"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_every_temperature_and_reduction(backend, temperature, reduction):
+def test_every_temperature_and_reduction(path, temperature, reduction):
     s, t = _inputs(7, 37, torch.float32, seed=3)
     t_grad = not isinstance(temperature, float)
     if temperature == "tensor":
         temperature = torch.tensor(2.5)
     elif temperature == "rows":
         temperature = torch.linspace(0.5, 4.0, 7)
-    check(backend, s, t, temperature, t_grad=t_grad, reduction=reduction)
+    check(path, s, t, temperature, t_grad=t_grad, reduction=reduction)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
-def test_hard_label_term_with_alpha_and_ignore_index(backend, reduction, alpha):
+def test_hard_label_term_with_alpha_and_ignore_index(path, reduction, alpha):
     s, t = _inputs(7, 50, torch.float32, seed=5)
     y = _targets(7, 50, ignored=(1, 4))
-    check(backend, s, t, torch.linspace(1.0, 3.0, 7), t_grad=True, target=y, alpha=alpha,
+    check(path, s, t, torch.linspace(1.0, 3.0, 7), t_grad=True, target=y, alpha=alpha,
           reduction=reduction)
     y7 = _targets(7, 50, seed=2).masked_fill(torch.arange(7) == 3, 9)
-    check(backend, s, t, 2.0, target=y7, alpha=alpha, reduction=reduction, ignore_index=9)
+    check(path, s, t, 2.0, target=y7, alpha=alpha, reduction=reduction, ignore_index=9)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_hard_label_term_for_every_dtype(backend, dtype):
+def test_hard_label_term_for_every_dtype(path, dtype):
     s, t = _inputs(7, 300, dtype, seed=8)
-    check(backend, s, t, 3.0, target=_targets(7, 300, ignored=(2,)), alpha=0.7)
+    check(path, s, t, 3.0, target=_targets(7, 300, ignored=(2,)), alpha=0.7)
 
 
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # torch's own
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_default_equals_the_kl_div_composition(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_default_equals_the_kl_div_composition(path):
     s, t = _inputs(6, 33, torch.float32, seed=1)
     temp = 4.0
     for reduction in REDUCTIONS:
@@ -130,46 +143,46 @@ def test_default_equals_the_kl_div_composition(backend):
                             reduction="none" if reduction == "none" else reduction) * temp ** 2
         if reduction == "none":
             expected = expected.sum(-1)
-        got = run_backend(backend, tempfast.distillation_loss, s, t, temp, reduction=reduction)
+        got = run_path(path, tempfast.distillation_loss, s, t, temp, reduction=reduction)
         assert_close(got, expected, LOSS_TOL, reduction)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_with_target_equals_the_plain_composition(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_with_target_equals_the_plain_composition(path):
     s, t = _inputs(8, 20, torch.float32, seed=2)
     y = _targets(8, 20, ignored=(0, 5))
     temp, alpha = 2.0, 0.25
     kd = F.kl_div(F.log_softmax(s / temp, -1), F.log_softmax(t / temp, -1), log_target=True,
                   reduction="batchmean") * temp ** 2
     expected = alpha * kd + (1 - alpha) * F.cross_entropy(s, y)  # CE mean: over 6 rows
-    got = run_backend(backend, tempfast.distillation_loss, s, t, temp, target=y, alpha=alpha)
+    got = run_path(path, tempfast.distillation_loss, s, t, temp, target=y, alpha=alpha)
     assert_close(got, expected, LOSS_TOL, "loss")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_leading_dimensions_and_noncontiguous_inputs(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_leading_dimensions_and_noncontiguous_inputs(path):
     s, t = _inputs(12, 16, torch.float32, seed=4)
     s3, t3 = s.reshape(3, 4, 16), t.reshape(3, 4, 16)
     y = _targets(12, 16).reshape(3, 4)
     temp = torch.linspace(0.5, 2.0, 12).reshape(3, 4)
-    got = run_backend(backend, tempfast.distillation_loss, s3, t3, temp, target=y,
+    got = run_path(path, tempfast.distillation_loss, s3, t3, temp, target=y,
                       reduction="none")
     assert got.shape == (3, 4)
     expected = distillation_loss_reference(s.double(), t.double(), temp.reshape(-1).double(),
                                            target=y.reshape(-1), reduction="none")
     assert_close(got.reshape(-1), expected, LOSS_TOL, "loss")
     wide_s = torch.stack([s, s], -1).reshape(12, 32)[:, ::2]  # column stride 2
-    got = run_backend(backend, tempfast.distillation_loss, wide_s, t.t().contiguous().t(), 2.0)
+    got = run_path(path, tempfast.distillation_loss, wide_s, t.t().contiguous().t(), 2.0)
     assert_close(got, distillation_loss_reference(s.double(), t.double(), 2.0), LOSS_TOL, "loss")
 
 
 @pytest.mark.filterwarnings("ignore:reduction. .mean. divides:UserWarning")  # torch's own
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_empty_batch_follows_torch(backend, reduction):
+def test_empty_batch_follows_torch(path, reduction):
     s = torch.zeros(0, 10, requires_grad=True)
     t = torch.zeros(0, 10)
-    loss = run_backend(backend, tempfast.distillation_loss, s, t, 2.0, reduction=reduction)
+    loss = run_path(path, tempfast.distillation_loss, s, t, 2.0, reduction=reduction)
     expected = F.kl_div(s, t, log_target=True, reduction=reduction)
     if reduction == "none":
         assert loss.shape == (0,)
@@ -179,15 +192,15 @@ def test_empty_batch_follows_torch(backend, reduction):
         assert s.grad.shape == (0, 10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_identical_logits_give_zero_loss(backend, dtype):
+def test_identical_logits_give_zero_loss(path, dtype):
     s = logits_like(5, 1000, dtype, scale=30.0)
-    loss = run_backend(backend, tempfast.distillation_loss, s, s.clone(), 0.5, reduction="none")
+    loss = run_path(path, tempfast.distillation_loss, s, s.clone(), 0.5, reduction="none")
     assert torch.equal(loss, torch.zeros(5))
     big = logits_like(5, 1000, dtype, scale=1e4)
     near = (big.float() + torch.randn(5, 1000) * 1e-3).to(dtype)
-    loss = run_backend(backend, tempfast.distillation_loss, big, near, 1.0, reduction="none")
+    loss = run_path(path, tempfast.distillation_loss, big, near, 1.0, reduction="none")
     assert bool((loss >= 0).all())
 
 
@@ -221,13 +234,13 @@ def test_temperature_gradient_formula_matches_autograd_of_the_reference():
     assert_close(temp.grad, formula, 1e-10, "dL/dT")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_learnable_temperature_module(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_learnable_temperature_module(path):
     s, t = _inputs(6, 40, torch.float32, seed=9)
     y = _targets(6, 40)
     module = tempfast.nn.DistillationLoss(3.0, alpha=0.6, learnable=True)
     xs = s.clone().requires_grad_(True)
-    loss = run_backend(backend, module, xs, t, y)
+    loss = run_path(path, module, xs, t, y)
     loss.backward()
     log_t = torch.tensor(3.0).log().double().requires_grad_(True)
     s64 = s.double().requires_grad_(True)
@@ -251,8 +264,8 @@ def test_upstream_gradient_through_a_retained_graph():
     assert_close(xs.grad, first * 1.5, 1e-6, "second backward", floor=1e-3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_compiles_with_fullgraph(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_compiles_with_fullgraph(path):
     s, t = _inputs(6, 24, torch.float32, seed=10)
     y = _targets(6, 24, ignored=(3,))
 
@@ -261,7 +274,7 @@ def test_compiles_with_fullgraph(backend):
 
     xs = s.clone().requires_grad_(True)
     temp = torch.tensor(2.0, requires_grad=True)
-    with tempfast.use_backend(backend):
+    with on_path(path):
         out = torch.compile(step, fullgraph=True, backend="aot_eager")(xs, t, temp)
         out.backward()
         grads = (xs.grad.clone(), temp.grad.clone())
@@ -300,12 +313,12 @@ def test_op_registration_passes_opcheck():
     ({"target": torch.tensor([0, 1, 5, 2])}, "target", ValueError),
     ({"target": torch.tensor([0, -1, 2, 2])}, "target", ValueError),
 ])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_inputs_raise_one_line_errors_naming_the_argument(backend, kwargs, name, error):
+@pytest.mark.parametrize("path", PATHS)
+def test_bad_inputs_raise_one_line_errors_naming_the_argument(path, kwargs, name, error):
     args = {"student_logits": torch.zeros(4, 5), "teacher_logits": torch.zeros(4, 5),
             "temperature": 1.0, **kwargs}
     with pytest.raises(error, match=name) as info:
-        run_backend(backend, tempfast.distillation_loss, args.pop("student_logits"),
+        run_path(path, tempfast.distillation_loss, args.pop("student_logits"),
                     args.pop("teacher_logits"), args.pop("temperature"), **args)
     assert "\n" not in str(info.value)
 
@@ -313,22 +326,13 @@ def test_bad_inputs_raise_one_line_errors_naming_the_argument(backend, kwargs, n
 # --------------------------------------------------------------------------------------------
 # The Triton paths, each forced at a small size.
 # --------------------------------------------------------------------------------------------
-def _forced(path: str, n_cols: int) -> LaunchConfig:
-    if path == "rows":
-        return LaunchConfig("rows", 2, max(16, next_pow2(n_cols)), 1, 4)
-    if path == "one_slice":
-        return LaunchConfig("slices", 1, max(16, next_pow2(n_cols)), 1, 4)
-    return LaunchConfig("slices", 1, 128, cdiv(n_cols, 128), 4)
-
-
-@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize("kernel_path", KERNEL_PATHS)
 @pytest.mark.parametrize("with_target", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, path, with_target,
+def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, kernel_path, with_target,
                                                           dtype):
     n, c = 5, 1000  # slices: 8 slices of 128, the last one partly masked
-    monkeypatch.setattr(distillation_triton, "config_for",
-                        lambda x, n_inputs=2, *others, extras=False: _forced(path, c))
+    force_config(monkeypatch, triton_path, forced(kernel_path, c, block_c=128))
     s, t = _inputs(n, c, dtype, seed=11)
     kwargs = {"target": _targets(n, c, ignored=(3,)), "alpha": 0.4} if with_target else {}
     check("triton", s, t, torch.linspace(0.5, 4.0, n), t_grad=True, **kwargs)
@@ -337,16 +341,14 @@ def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, path, wit
 
 def test_slices_path_with_more_slices_than_one_combine_chunk(monkeypatch):
     n, c = 2, 1040  # 65 slices of 16: the combine takes two chunks of DISTILL_BLOCK_S = 64
-    monkeypatch.setattr(distillation_triton, "config_for",
-                        lambda x, n_inputs=2, *others, extras=False: LaunchConfig(
-                            "slices", 1, 16, cdiv(c, 16), 4))
+    force_config(monkeypatch, triton_path, LaunchConfig("slices", 1, 16, cdiv(c, 16), 4))
     s, t = _inputs(n, c, torch.float32, seed=12)
     check("triton", s, t, torch.tensor([0.5, 3.0]), t_grad=True, target=_targets(n, c),
           alpha=0.5)
 
 
 def test_heuristics_choose_the_slices_path_for_long_rows():
-    from tempfast.kernels.heuristics import distill_config
+    from tempfast.kernels.distillation import distill_config
 
     assert distill_config(8, 1000, 2).path == "rows"
     cfg = distill_config(8, 1 << 17, 2)
@@ -360,3 +362,9 @@ def test_a_learnable_distillation_temperature_is_kept_out_of_weight_decay():
     no_decay = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
     assert id(loss_fn.log_temperature) in no_decay
     assert id(model.weight) not in no_decay
+
+
+def test_every_call_takes_the_custom_op_route():
+    call = kd.normalise(torch.zeros(2, 3), torch.zeros(2, 3), 2.0, target=None, alpha=0.5,
+                        reduction="batchmean", ignore_index=-100)
+    assert kd.route(call) == "custom_op"

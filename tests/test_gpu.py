@@ -15,7 +15,7 @@ import tempfast
 from tempfast import reference
 from tempfast.kernels.heuristics import row_config
 
-from ._util import LOSS_TOL, REL_TOL, assert_close
+from .harness import LOSS_TOL, REL_TOL, assert_close
 
 pytestmark = [
     pytest.mark.gpu,
@@ -225,7 +225,8 @@ def test_the_cooperative_slices_launch_matches_the_two_phases(monkeypatch, dtype
     """On a device the slices path runs its one-read cooperative launch (every slice of a row
     resident at once, waiting on a row counter); forced to the two-phase fallback (residency
     1), the results agree to rounding, and both match the reference."""
-    from tempfast.ops import triton_impl
+    from tempfast.kernels import cross_entropy as ce_kernels
+    from tempfast.ops import launch
 
     cfg = row_config(n, c, torch.empty((), dtype=dtype).element_size(),
                      torch.cuda.get_device_properties(0).multi_processor_count)
@@ -235,17 +236,17 @@ def test_the_cooperative_slices_launch_matches_the_two_phases(monkeypatch, dtype
     x = logits.clone().requires_grad_(True)
     loss = tempfast.cross_entropy(x, target, 2.0, label_smoothing=0.1)
     loss.backward()
-    kernel = triton_impl.ce_kernels.ce_slices_kernel
-    assert any(k[0] == kernel.fn.__name__ for k in triton_impl._RESIDENT), "residency read"
-    assert min(triton_impl._RESIDENT.values()) >= cfg.n_slices
-    monkeypatch.setattr(triton_impl, "resident_override", lambda kernel, args, kw: 1)
+    kernel = ce_kernels.ce_slices_kernel
+    assert any(k[0] == kernel.fn.__name__ for k in launch._RESIDENT), "residency read"
+    assert min(launch._RESIDENT.values()) >= cfg.n_slices
+    monkeypatch.setattr(launch, "resident_override", lambda kernel, args, kw: 1)
     x2 = logits.clone().requires_grad_(True)
     loss2 = tempfast.cross_entropy(x2, target, 2.0, label_smoothing=0.1)
     loss2.backward()
     assert_close(loss, loss2, LOSS_TOL, "loss")
     assert_close(x.grad, x2.grad, REL_TOL[dtype], "grad", floor=1e-3)
     y = tempfast.softmax(logits, 2.0)
-    monkeypatch.setattr(triton_impl, "resident_override", None)
+    monkeypatch.setattr(launch, "resident_override", None)
     assert_close(tempfast.softmax(logits, 2.0), y, REL_TOL[dtype], "softmax")
     if n <= 64:
         _compare_ce(logits, target, 2.0, label_smoothing=0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +111,79 @@ def test_importing_the_library_loads_no_trainer_robustness_or_cli_code(statement
     upper = [m for m in loaded if _part(m) in ("robust", "train", "cli")]
     assert not upper, upper
     assert "tempfast.functional" in loaded
+
+
+OP_TABLE = ROOT / "tempfast" / "ops" / "README.md"
+SHARED_KERNELS = {"__init__.py", "common.py", "heuristics.py"}
+
+
+def _op_table() -> list[list[str]]:
+    """The rows of the op table in ``tempfast/ops/README.md``: ``[op, kernels, folder,
+    reference, tests]`` cells."""
+    lines = OP_TABLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| op (public name)"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def _ticked(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+def test_the_op_table_matches_the_tree():
+    """Every op folder, kernel file, reference and test file the table names exists; every op
+    folder and every kernel file of the tree is in the table; each op folder has the same
+    files: call.py (normalise, route, run), op.py, and both paths exactly when it has a
+    kernel of its own."""
+    import importlib
+
+    import tempfast.reference
+
+    rows = _op_table()
+    assert len(rows) >= 5
+    folders, kernel_files = set(), set()
+    for op, kernels, folder, reference, tests in rows:
+        (name,) = _ticked(folder)
+        folders.add(name.rstrip("/"))
+        path = ROOT / "tempfast" / "ops" / name
+        assert (path / "call.py").is_file() and (path / "op.py").is_file(), op
+        call = importlib.import_module(f"tempfast.ops.{name.rstrip('/')}.call")
+        # the class-parallel calls are normalised by the cross-entropy's and the head's own
+        entry = ("route", "run") if "process_group" in op else ("normalise", "route", "run")
+        assert all(callable(getattr(call, f, None)) for f in entry), op
+        own_kernel = not kernels.startswith("none")
+        for side in ("torch_path.py", "triton_path.py"):
+            assert (path / side).is_file() == own_kernel, (op, side)
+        for file in _ticked(kernels):
+            if file.startswith("kernels/"):
+                assert (ROOT / file).is_file(), file
+                kernel_files.add(Path(file).name)
+        for ref in _ticked(reference):
+            attr = ref.removeprefix("tempfast.reference.")
+            if "." not in attr and attr.isidentifier():
+                assert callable(getattr(tempfast.reference, attr, None)), ref
+        (test_file,) = _ticked(tests)
+        assert (ROOT / test_file).is_file(), test_file
+    tree = {p.parent.name for p in (ROOT / "tempfast" / "ops").glob("*/__init__.py")}
+    assert tree == folders, f"op folders not in the table: {tree - folders}"
+    on_disk = {p.name for p in (ROOT / "kernels").glob("*.py")} - SHARED_KERNELS
+    assert on_disk == kernel_files, f"kernel files not in the table: {on_disk - kernel_files}"
+
+
+def test_every_public_op_is_a_short_call_of_its_op_folder():
+    """``tempfast.functional``'s public functions only normalise and run: no route choice or
+    check of their own (those are in the op folder)."""
+    tree = ast.parse((ROOT / "tempfast" / "functional.py").read_text())
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)
+                 and not n.name.startswith("_")]
+    assert {f.name for f in functions} >= {"softmax", "log_softmax", "cross_entropy",
+                                           "linear_cross_entropy", "distillation_loss"}
+    for f in functions:
+        body = [s for s in f.body if not (isinstance(s, ast.Expr)
+                                          and isinstance(s.value, ast.Constant))]
+        assert len(body) <= 2, f"{f.name}: {len(body)} statements"
+        assert not any(isinstance(n, ast.If | ast.Raise) for s in body for n in ast.walk(s))

@@ -1,4 +1,6 @@
-"""tempfast.linear_cross_entropy and LinearTemperatureCrossEntropy against the eager reference."""
+"""tempfast.linear_cross_entropy and LinearTemperatureCrossEntropy against the eager reference
+(``tempfast.reference.linear_cross_entropy``), on both paths (each chunk's rows on the chunked
+PyTorch path or the Triton kernels), bad inputs and the memory bound."""
 
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ import torch
 import tempfast
 from tempfast import reference
 from tempfast.nn import LinearTemperatureCrossEntropy
+from tempfast.ops import linear_cross_entropy as linear
 
-from ._util import LOSS_TOL, assert_close
-
-BACKENDS = ("torch", "triton")
+from .harness import LOSS_TOL, PATHS, assert_close, on_path
 
 
 def _inputs(n, h, c, dtype, seed=0, shape=None):
@@ -30,7 +31,7 @@ def _inputs(n, h, c, dtype, seed=0, shape=None):
     return hidden, weight, bias, target
 
 
-def check(backend, hidden, weight, bias, target, temperature=1.0, *, t_grad=False,
+def check(path, hidden, weight, bias, target, temperature=1.0, *, t_grad=False,
           oracle_dtype=torch.float64, tol=None, **kwargs):
     """Compare loss and every gradient with autograd through the eager reference.
 
@@ -43,7 +44,7 @@ def check(backend, hidden, weight, bias, target, temperature=1.0, *, t_grad=Fals
               None if bias is None else bias.clone().requires_grad_(True)]
     t = temperature.clone().requires_grad_(t_grad) if isinstance(temperature, torch.Tensor) \
         else temperature
-    with tempfast.use_backend(backend):
+    with on_path(path):
         loss = tempfast.linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], t,
                                              **kwargs)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(3)) + 0.5
@@ -71,44 +72,44 @@ def check(backend, hidden, weight, bias, target, temperature=1.0, *, t_grad=Fals
     return loss
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_matches_eager_reference(backend, dtype, reduction, with_bias):
+def test_matches_eager_reference(path, dtype, reduction, with_bias):
     hidden, weight, bias, target = _inputs(13, 32, 300, dtype)
-    check(backend, hidden, weight, bias if with_bias else None, target, 2.0,
+    check(path, hidden, weight, bias if with_bias else None, target, 2.0,
           reduction=reduction, chunk_size=5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("chunk_size", [1, 4, 7, 13, 100, None])
-def test_chunk_sizes_that_do_and_do_not_divide_the_rows(backend, chunk_size):
+def test_chunk_sizes_that_do_and_do_not_divide_the_rows(path, chunk_size):
     hidden, weight, bias, target = _inputs(13, 16, 50, torch.float32)
-    check(backend, hidden, weight, bias, target, 1.5, chunk_size=chunk_size,
+    check(path, hidden, weight, bias, target, 1.5, chunk_size=chunk_size,
           label_smoothing=0.1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_learnable_temperature_scalar_and_per_row(backend, dtype, reduction):
+def test_learnable_temperature_scalar_and_per_row(path, dtype, reduction):
     hidden, weight, bias, target = _inputs(9, 16, 70, dtype)
-    check(backend, hidden, weight, bias, target, torch.tensor(3.0), t_grad=True,
+    check(path, hidden, weight, bias, target, torch.tensor(3.0), t_grad=True,
           reduction=reduction, chunk_size=4, label_smoothing=0.2)
-    check(backend, hidden, weight, bias, target, torch.linspace(0.5, 4.0, 9), t_grad=True,
+    check(path, hidden, weight, bias, target, torch.linspace(0.5, 4.0, 9), t_grad=True,
           reduction=reduction, chunk_size=4)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-def test_all_rows_ignored_gives_zero_gradients(backend, dtype):
+def test_all_rows_ignored_gives_zero_gradients(path, dtype):
     """As torch: the mean is NaN (0 / 0), every gradient exactly 0 (a learnable T included)."""
     hidden, weight, bias, target = _inputs(5, 16, 40, dtype)
     target = torch.full_like(target, -100)
     leaves = [a.clone().requires_grad_(True) for a in (hidden, weight, bias)]
     t = torch.tensor(2.0, requires_grad=True)
-    with tempfast.use_backend(backend):
+    with on_path(path):
         loss = tempfast.linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], t,
                                              chunk_size=2)
     assert torch.isnan(loss)
@@ -117,22 +118,22 @@ def test_all_rows_ignored_gives_zero_gradients(backend, dtype):
         assert torch.equal(leaf.grad, torch.zeros_like(leaf)), leaf.shape
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_language_model_shaped_hidden_with_padding(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_language_model_shaped_hidden_with_padding(path):
     hidden, weight, bias, target = _inputs(12, 24, 90, torch.float32, shape=(3, 4))
     target[target == -100] = -7
     target[2, 1:] = -7
-    loss = check(backend, hidden, weight, None, target, 0.7, ignore_index=-7,
+    loss = check(path, hidden, weight, None, target, 0.7, ignore_index=-7,
                  reduction="none", chunk_size=5)
     assert loss.shape == (3, 4) and torch.all(loss[2, 1:] == 0)
-    check(backend, hidden, weight, bias, target, 0.7, ignore_index=-7, chunk_size=5)
+    check(path, hidden, weight, bias, target, 0.7, ignore_index=-7, chunk_size=5)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_frozen_head_and_no_grad(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_frozen_head_and_no_grad(path):
     hidden, weight, bias, target = _inputs(8, 16, 40, torch.float32)
     h = hidden.clone().requires_grad_(True)
-    with tempfast.use_backend(backend):
+    with on_path(path):
         loss = tempfast.linear_cross_entropy(h, weight, target, bias, 2.0, chunk_size=3)
         loss.backward()
         with torch.no_grad():
@@ -184,6 +185,7 @@ def test_module_loss_logits_slice_and_predict():
     ({"reduction": "avg"}, ValueError, "^reduction"),
     ({"label_smoothing": 2.0}, ValueError, "^label_smoothing"),
     ({"hidden": torch.zeros(4, 8, dtype=torch.long)}, TypeError, "^hidden"),
+    ({"start": 2}, ValueError, "^start: only meaningful with process_group"),
 ])
 def test_bad_inputs_raise_one_line_errors(kwargs, exc, match):
     args = {"hidden": torch.randn(4, 8), "weight": torch.randn(5, 8),
@@ -225,12 +227,12 @@ def test_double_backward_is_refused():
         torch.autograd.grad(loss, h, create_graph=True)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fp16_gradients_survive_a_loss_scaler(backend):
+@pytest.mark.parametrize("path", PATHS)
+def test_fp16_gradients_survive_a_loss_scaler(path):
     """The mean's 1/N is applied after the chunks' fp16 gradients are formed."""
     hidden, weight, bias, target = _inputs(512, 32, 300, torch.float16)
     leaves = [a.clone().requires_grad_(True) for a in (hidden, weight, bias)]
-    with tempfast.use_backend(backend):
+    with on_path(path):
         loss = tempfast.linear_cross_entropy(leaves[0], leaves[1], target, leaves[2], 8.0,
                                              chunk_size=100)
     (loss * 65536.0).backward()
@@ -240,3 +242,11 @@ def test_fp16_gradients_survive_a_loss_scaler(backend):
         representable = theirs.grad.abs() > 6e-5
         assert ((ours.grad == 0) & representable).sum() == 0, f"{name}: flushed to zero"
         assert_close(ours.grad, theirs.grad, 2e-2, f"grad {name}", floor=1e-3)
+
+
+def test_a_call_without_a_process_group_takes_the_custom_op_route():
+    hidden, weight, bias, target = _inputs(6, 8, 20, torch.float32)
+    call = linear.normalise(hidden, weight, target, bias, 2.0, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, chunk_size=None)
+    assert linear.route(call) == "custom_op"
+    assert call.chunk == 6 and call.temperature.shape == (1,)

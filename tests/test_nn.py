@@ -16,7 +16,7 @@ from tempfast.nn import (
     TemperatureSoftmax,
 )
 
-from ._util import LOSS_TOL, assert_close
+from .harness import LOSS_TOL, assert_close
 
 
 def test_fixed_temperature_is_a_buffer_and_matches_the_functional_op():
@@ -142,3 +142,18 @@ def test_loss_module_takes_torch_layout_or_class_dim():
     assert_close(TemperatureCrossEntropyLoss(2.0, class_dim=-1)(last, target),
                  torch.nn.functional.cross_entropy(last.reshape(8, 5) / 2.0, target.reshape(8)),
                  LOSS_TOL, "loss")
+
+
+def test_module_rejects_bad_temperature():
+    with pytest.raises(ValueError, match=r"^temperature"):
+        tempfast.nn.TemperatureCrossEntropyLoss(temperature=0.0)
+    with pytest.raises(ValueError, match=r"^temperature"):
+        tempfast.nn.TemperatureSoftmax(temperature=-1.0, learnable=True)
+    with pytest.raises(TypeError, match=r"^temperature: expected a number, got str"):
+        tempfast.nn.TemperatureCrossEntropyLoss("2")
+    with pytest.raises(TypeError, match=r"^temperature: expected a number, got bool"):
+        tempfast.nn.TemperatureCrossEntropyLoss(True)
+    with pytest.raises(ValueError, match=r"^temperature: expected one value"):
+        tempfast.nn.LinearTemperatureCrossEntropy(4, 3, temperature=torch.ones(2))
+    module = tempfast.nn.TemperatureSoftmax(torch.tensor(2.0))
+    assert float(module.temperature) == pytest.approx(2.0)

@@ -19,10 +19,12 @@ import pytest
 import torch
 
 import tempfast
-from tempfast.kernels.heuristics import LaunchConfig, cdiv, next_pow2
-from tempfast.ops import triton_impl
+from tempfast.kernels.heuristics import LaunchConfig
+from tempfast.ops.cross_entropy import triton_path as ce_path
+from tempfast.ops.distillation import triton_path as distillation_path
+from tempfast.ops.softmax import triton_path as softmax_path
 
-from ._util import logits_like
+from .harness import KERNEL_PATHS, force_config, forced, logits_like
 
 ORDERS = ("reversed", "shuffled")
 
@@ -79,14 +81,13 @@ def test_the_permutation_reaches_the_grid():
     assert sorted(seen["shuffled"]) == list(range(16)) and seen["shuffled"] != list(range(16))
 
 
-def _paths(n_cols: int) -> dict[str, LaunchConfig]:
-    block = max(16, next_pow2(n_cols))
-    return {"rows": LaunchConfig("rows", 2, block, 1, 4),
-            "slices": LaunchConfig("slices", 1, 128, cdiv(n_cols, 128), 4),
-            "one_slice": LaunchConfig("slices", 1, block, 1, 4)}
+def _config(path: str) -> LaunchConfig:
+    """The forced configuration of ``path`` for the rows of 300 classes used here (slices of
+    128 columns: three per row)."""
+    return forced(path, 300, block_c=128)
 
 
-def _ce_outputs(cfg: LaunchConfig, reduction: str, probs: bool, upstream: float):
+def _ce_outputs(reduction: str, probs: bool, upstream: float):
     n, c = 9, 300
     g = torch.Generator().manual_seed(3)
     logits = logits_like(n, c, torch.bfloat16)
@@ -104,26 +105,24 @@ def _ce_outputs(cfg: LaunchConfig, reduction: str, probs: bool, upstream: float)
     return loss.detach(), x.grad, t.grad
 
 
-@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize("path", KERNEL_PATHS)
 @pytest.mark.parametrize(("reduction", "probs", "upstream"),
                          [("mean", False, 1.0), ("sum", True, 2.5), ("none", False, 1.5)])
 def test_cross_entropy_is_independent_of_program_order(monkeypatch, path, reduction, probs,
                                                        upstream):
-    cfg = _paths(300)[path]
-    monkeypatch.setattr(triton_impl, "config_for", lambda x, n_inputs=1, *others: cfg)
-    expected = _ce_outputs(cfg, reduction, probs, upstream)
+    force_config(monkeypatch, ce_path, _config(path))
+    expected = _ce_outputs(reduction, probs, upstream)
     for order in ORDERS:
         with program_order(order):
-            got = _ce_outputs(cfg, reduction, probs, upstream)
+            got = _ce_outputs(reduction, probs, upstream)
         for a, b in zip(got, expected, strict=True):
             assert torch.equal(a, b), (order, path)
 
 
-@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize("path", KERNEL_PATHS)
 @pytest.mark.parametrize("log", [False, True])
 def test_softmax_is_independent_of_program_order(monkeypatch, path, log):
-    cfg = _paths(300)[path]
-    monkeypatch.setattr(triton_impl, "config_for", lambda x, n_inputs=1, *others: cfg)
+    force_config(monkeypatch, softmax_path, _config(path))
     op = tempfast.log_softmax if log else tempfast.softmax
 
     def run():
@@ -155,13 +154,9 @@ def test_the_reduction_is_summed_by_the_last_program_in_a_fixed_order():
                 assert torch.equal(tempfast.cross_entropy(logits, target, 3.0), expected)
 
 
-@pytest.mark.parametrize("path", ["rows", "slices", "one_slice"])
+@pytest.mark.parametrize("path", KERNEL_PATHS)
 def test_distillation_is_independent_of_program_order(monkeypatch, path):
-    from tempfast.ops import distillation_triton
-
-    cfg = _paths(300)[path]
-    monkeypatch.setattr(distillation_triton, "config_for",
-                        lambda x, n_inputs=2, *others, extras=False: cfg)
+    force_config(monkeypatch, distillation_path, _config(path))
 
     def run():
         s = logits_like(9, 300, torch.bfloat16).requires_grad_(True)

@@ -51,14 +51,13 @@ def test_the_checkers_catch_spills_narrow_rows_extra_launches_and_ops(tmp_path):
     result = _run("""
         import json
         import torch
-        from bench.static import budgets, compile as C, record
-        from tempfast.ops import triton_impl
+        from bench.static import budgets, compile as C, record, residency
+        from tempfast.ops.cross_entropy import triton_path
 
         def launches(x, y):
             rec = record.LaunchRecorder()
-            with record.triton_on_cpu(), rec.active():
-                n = x.shape[0]
-                triton_impl.ce_rows(x, y, torch.full((1,), 8.0), None, -100, 0.0,
+            with residency.triton_on_cpu(), rec.active():
+                triton_path.ce_rows(x, y, torch.full((1,), 8.0), None, -100, 0.0,
                                     torch.ones(1), torch.empty_like(x), False)
             return rec.launches
 

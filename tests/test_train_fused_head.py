@@ -13,7 +13,7 @@ from tempfast.nn import LinearTemperatureCrossEntropy, TemperatureCrossEntropyLo
 from tempfast.train import train_step
 from tempfast.train.models import FeatureNet, build_model
 
-from ._util import assert_close
+from .harness import assert_close
 
 
 @pytest.mark.parametrize("learnable", [False, True])

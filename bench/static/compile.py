@@ -222,10 +222,10 @@ def compile_binary(launch: Launch, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .record import _make_backend
+    from .record import make_backend
 
     target = GPUTarget("cuda", arch, 32)
-    options = _make_backend(target).parse_options(dict(launch.kwargs))
+    options = make_backend(target).parse_options(dict(launch.kwargs))
     src = ASTSource(launch.kernel(), dict(launch.signature), dict(launch.constexprs),
                     dict(launch.attrs))
     return triton.compile(src, target=target, options=options.__dict__)

@@ -4,7 +4,7 @@
 autograd, including those inside tempfast's ``torch.library`` custom ops (a custom op is
 counted once under its own name and its implementation is re-dispatched with the counter still
 active, so the ops it runs are counted too). The op layer takes a traced route under any
-dispatch mode (``autograd_utils.is_eager``); the counter hides itself from that test so that the
+dispatch mode (``autograd.is_eager``); the counter hides itself from that test so that the
 eager route, the one a training step takes, is what gets counted.
 
 :func:`host_time` measures the wall time per call on tiny CPU tensors (64 x 10, one thread),
@@ -86,20 +86,20 @@ class OpCounter(TorchDispatchMode):
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[OpCounter]:
-        from tempfast.ops import autograd_utils
+        from tempfast.ops import autograd
 
-        original = autograd_utils._get_current_dispatch_mode
+        original = autograd._get_current_dispatch_mode
 
         def hidden():
             mode = original()
             return None if mode is self else mode
 
-        autograd_utils._get_current_dispatch_mode = hidden
+        autograd._get_current_dispatch_mode = hidden
         try:
             with self:
                 yield self
         finally:
-            autograd_utils._get_current_dispatch_mode = original
+            autograd._get_current_dispatch_mode = original
 
 
 def _ce_steps(rows: int, classes: int) -> dict[str, Callable[[], object]]:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from .compile import KernelReading, Loop
 from .record import Launch
+from .traffic import TRAFFIC
 
 ISSUE_PER_CLOCK = 4  # warp-instructions per clock per SM (4 schedulers, 1 issue each)
 LAUNCH_S = 3e-6  # GPU-side cost of one kernel launch in a full stream (assumed)
@@ -95,11 +96,10 @@ def resident_programs(reading: KernelReading) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# What each kernel moves. tempfast's kernels describe themselves: each module of
-# tempfast.kernels holds a plain ``TRAFFIC`` table (passes over the N x C tensors, each with
-# the constexpr condition that enables it, and the kind of loop structure), read here; the
-# peers (Liger, the copy) are described below. A launch of a kernel in no table fails loudly:
-# whoever adds or renames a kernel adds its entry.
+# What each kernel moves: tempfast's kernels from the tables of bench/static/traffic.py
+# (passes over the N x C tensors, each with the condition that enables it, and the kind of
+# loop structure); the peers (Liger, the copy) are described below. A launch of a kernel in
+# no table fails loudly: whoever adds or renames a kernel adds its entry.
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pass:
@@ -184,7 +184,7 @@ def _apply_loops(launch: Launch, loops: list[Loop]) -> list[Loop]:
     return [] if "tiles_per_program" in launch.constants else loops[-1:]
 
 
-_LOOPS = {  # the ``loops`` entry of a kernels/ TRAFFIC table -> how to read the SASS
+_LOOPS = {  # the ``loops`` entry of a TRAFFIC table (traffic.py) -> how to read the SASS
     "none": {},
     "items": {"loops": lambda c: 1, "trips": _items_per_program, "select": "outer"},
     "tiles": {"loops": lambda c: -2, "trips": _apply_trips, "traffic_if": _apply_moves,
@@ -202,10 +202,7 @@ def _from_table(spec: dict) -> KernelDesc:
 
 
 def _tempfast_kernels() -> dict[str, KernelDesc]:
-    from tempfast.kernels import cross_entropy, distillation, rescale, softmax
-
-    return {name: _from_table(spec) for module in (cross_entropy, softmax, rescale, distillation)
-            for name, spec in module.TRAFFIC.items()}
+    return {name: _from_table(spec) for name, spec in TRAFFIC.items()}
 
 
 KERNELS: dict[str, KernelDesc] = {
@@ -279,8 +276,8 @@ def hot_loops(launch: Launch, reading: KernelReading) -> list[Loop]:
         return desc.pick(launch, loops)
     if expected >= 0 and len(loops) != expected:
         raise ValueError(f"{launch.name} ({reading.arch}): {len(loops)} hot loops in the SASS, "
-                         f"the model expects {expected}; update the kernel's TRAFFIC table or "
-                         "bench.static.model")
+                         f"the model expects {expected}; update its entry in "
+                         "bench/static/traffic.py or bench.static.model")
     return loops if expected >= 0 else []
 
 

@@ -35,7 +35,7 @@ SMALL_VALUES = 64  # tensors up to this many elements keep their values (e.g. th
 RECORD_TARGET = GPUTarget("cuda", 90, 32)  # the binder's backend; its keys are arch-independent
 
 
-def _make_backend(target: GPUTarget):
+def make_backend(target: GPUTarget):
     from triton.compiler.compiler import make_backend
 
     return make_backend(target)
@@ -141,7 +141,7 @@ class Specialiser:
     """Triton's own binder and argument packing for a CUDA target, cached per kernel."""
 
     def __init__(self, target: GPUTarget = RECORD_TARGET) -> None:
-        self.backend = _make_backend(target)
+        self.backend = make_backend(target)
         self._binders: dict[int, Any] = {}
 
     def __call__(self, fn: JITFunction, args: tuple, kwargs: dict):
@@ -193,53 +193,12 @@ class LaunchRecorder:
             JITFunction.run = original
 
 
-@contextlib.contextmanager
-def triton_on_cpu() -> Iterator[None]:
-    """Force tempfast's Triton backend on CPU tensors without the interpreter.
-
-    ``tempfast.backend.resolve`` refuses Triton on CPU tensors unless ``TRITON_INTERPRET`` is
-    set; the tool answers its ``interpreter_enabled()`` question with yes (the launches are
-    intercepted, so nothing is interpreted) and selects the backend with ``use_backend``."""
-    from tempfast import backend
-    from tempfast.ops import triton_impl
-
-    if backend.interpreter_enabled():
-        raise RuntimeError("bench.static needs a process without TRITON_INTERPRET: the "
-                           "interpreter's kernels are not the ones a GPU compiles")
-    original = backend.interpreter_enabled
-    backend.interpreter_enabled = lambda: True
-    override = triton_impl.resident_override
-    triton_impl.resident_override = resident_on_model_gpu
-    try:
-        with backend.use_backend("triton"):
-            yield
-    finally:
-        backend.interpreter_enabled = original
-        triton_impl.resident_override = override
-
-
-_RESIDENT: dict[tuple, int] = {}
-
-
-def resident_on_model_gpu(fn: JITFunction, args: tuple, kwargs: dict) -> int:
-    """Programs of ``fn`` (the JIT's variant for these arguments, compiled for sm_90a) that an
-    H100 / H200 (132 SMs) holds at once: what the launchers compute from a real device, here
-    from the binary the model reads (:func:`bench.static.model.resident_programs`)."""
-    from .compile import read_launch
-    from .model import GPUS, resident_programs
-
-    launch = _launch_of(fn, args, kwargs)
-    key = launch.compile_key()
-    if key not in _RESIDENT:
-        reading = read_launch(launch, 90)
-        _RESIDENT[key] = resident_programs(reading)["programs"] * GPUS[0].sms
-    return _RESIDENT[key]
-
-
 _SPECIALISER: list = []
 
 
-def _launch_of(fn: JITFunction, args: tuple, kwargs: dict) -> Launch:
+def launch_of(fn: JITFunction, args: tuple, kwargs: dict) -> Launch:
+    """The :class:`Launch` (grid ``(1, 1, 1)``, no tensor records) of a call the JIT would
+    compile for these arguments: what decides its binary."""
     if not _SPECIALISER:
         _SPECIALISER.append(Specialiser())
     _bound, signature, constexprs, attrs, kw = _SPECIALISER[0](fn, args, kwargs)

@@ -19,7 +19,8 @@ import torch
 
 from ..cases import DTYPES, FLOOR_UNITS, TEMPERATURE
 from .host import OpCounter
-from .record import Launch, LaunchRecorder, no_gemm, triton_on_cpu
+from .record import Launch, LaunchRecorder, no_gemm
+from .residency import triton_on_cpu
 
 HEADLINE_ROWS = 8192
 HEADLINE_CLASSES = (1000, 4096, 32000, 128256, 262144)

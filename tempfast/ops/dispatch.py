@@ -1,24 +1,31 @@
-"""Pick the implementation module for a tensor: the Triton launchers or the PyTorch path.
+"""Which implementation computes an op's rows: its Triton launcher or its PyTorch path.
 
-Both modules expose the same functions (``softmax_forward``, ``softmax_backward``, ``ce_rows``,
-``rescale_``) with the same shapes and semantics. float64 always takes the PyTorch path (the
-kernels compute in fp32).
+Every op with kernels has both, as ``torch_path.py`` and ``triton_path.py`` in its folder,
+with the same functions, shapes and semantics. float64 always takes the PyTorch path (the
+kernels compute in fp32); otherwise :func:`tempfast.backend.resolve` decides (Triton on CUDA
+tensors, or forced on CPU tensors under the interpreter).
 """
 
 from __future__ import annotations
-
-from types import ModuleType
 
 import torch
 from torch import Tensor
 
 from .. import backend
-from . import torch_impl
 
 
-def impl_for(x: Tensor) -> ModuleType:
-    if x.dtype == torch.float64 or backend.resolve(x.device) == "torch":
-        return torch_impl
-    from . import triton_impl
+def runs_triton(x: Tensor) -> bool:
+    """Whether the rows of ``x`` go to the Triton kernels (else to the PyTorch path)."""
+    return x.dtype != torch.float64 and backend.resolve(x.device) == "triton"
 
-    return triton_impl
+
+SMALL_CPU_ELEMENTS = 1 << 16  # CPU calls up to this size compose stock aten ops
+
+
+def small_on_cpu(x: Tensor, needs_t_grad: bool) -> bool:
+    """Whether an eager call on ``x (N, C)`` takes the ``aten`` route: a small CPU call whose
+    temperature needs no gradient composes stock aten ops, because at 10 to 1000 classes the
+    host cost of a call is the cost, and that route's is eager PyTorch's. Larger calls keep the
+    chunked, memory-bounded path."""
+    return (not needs_t_grad and x.device.type == "cpu" and x.numel() <= SMALL_CPU_ELEMENTS
+            and backend.resolve(x.device) == "torch")

@@ -1,4 +1,7 @@
-"""``tempfast::linear_cross_entropy``: classifier head + temperature cross-entropy, in row chunks.
+"""The linear head's autograd: the custom ops ``tempfast::linear_cross_entropy`` and
+``tempfast::linear_cross_entropy_backward``: classifier head + temperature cross-entropy, in row
+chunks. It has no kernel of its own: each chunk runs the cross-entropy's rows
+(:mod:`tempfast.ops.cross_entropy`, either path) over logits from a matrix product.
 
 For ``hidden (N, H)``, ``weight (C, H)``, ``bias (C,)`` the logits ``z = hidden @ weight.T +
 bias`` are never materialised whole. Rows are processed ``chunk`` at a time:
@@ -28,8 +31,8 @@ import functools
 import torch
 from torch import Tensor
 
-from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
-from .autograd_utils import (
+from ..._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from ..autograd import (
     apply_upstream,
     fused_scale,
     fused_upstream,
@@ -38,8 +41,8 @@ from .autograd_utils import (
     row_scale,
     temperature_grad,
 )
-from .cross_entropy import _denominator
-from .dispatch import impl_for
+from ..cross_entropy.op import impl_for
+from ..cross_entropy.torch_path import mean_divisor
 
 CHUNK_ELEMENTS = 1 << 26  # default chunk: about 64M logits (128 MiB in bf16)
 
@@ -137,21 +140,21 @@ def linear_cross_entropy_2d(
     fused_grads: list[bool],
     compute_dt: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(loss, dt_rows, dhidden, dweight, dbias, denom)``; the gradients are those for
+    """Returns ``(loss, dt_rows, dhidden, dweight, dbias, divisor)``; the gradients are those for
     an upstream gradient of 1, computed for the inputs flagged in ``fused_grads`` (hidden,
     weight, bias), else empty; ``dweight`` / ``dbias`` are fp32 (fp64 for fp64 inputs)."""
     check_temperature_values(temperature)
     check_class_indices(target, weight.shape[0], ignore_index)
-    denom = _denominator(target, None, ignore_index, weight.shape[0],
-                         accumulation_dtype(hidden.dtype))
+    divisor = mean_divisor(target, None, ignore_index, weight.shape[0],
+                           accumulation_dtype(hidden.dtype))
     any_grad = any(fused_grads)
     scale = None
     if any_grad:
-        scale = fused_scale(denom, reduction, hidden.dtype)
+        scale = fused_scale(divisor, reduction, hidden.dtype)
     loss_rows, dt_rows, dh, dw, db = _chunked_pass(
         hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk, scale,
         *fused_grads, True, compute_dt)
-    return reduce_rows(loss_rows, denom, reduction), dt_rows, dh, dw, db, denom
+    return reduce_rows(loss_rows, divisor, reduction), dt_rows, dh, dw, db, divisor
 
 
 @linear_cross_entropy_2d.register_fake
@@ -205,8 +208,8 @@ def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, 
 def _setup_context(ctx, inputs, output) -> None:
     (hidden, weight, bias, target, temperature, ignore_index, label_smoothing, reduction, chunk,
      fused_grads, _compute_dt) = inputs
-    _loss, dt_rows, dh, dw, db, denom = output
-    ctx.mark_non_differentiable(dt_rows, dh, dw, db, denom)
+    _loss, dt_rows, dh, dw, db, divisor = output
+    ctx.mark_non_differentiable(dt_rows, dh, dw, db, divisor)
     # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
     # gradient for every other output (an N x C buffer for ``grad``) on each backward.
     ctx.set_materialize_grads(False)
@@ -214,9 +217,9 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.options = (ignore_index, label_smoothing, reduction, chunk)
     ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
     if ctx.fused:
-        ctx.save_for_backward(dh, dw, db, dt_rows, denom, temperature)
+        ctx.save_for_backward(dh, dw, db, dt_rows, divisor, temperature)
     else:
-        ctx.save_for_backward(hidden, weight, bias, target, temperature, dt_rows, denom)
+        ctx.save_for_backward(hidden, weight, bias, target, temperature, dt_rows, divisor)
 
 
 def _backward(ctx, g_loss, *_unused):
@@ -227,17 +230,17 @@ def _backward(ctx, g_loss, *_unused):
     need_h, need_w, need_b, _, need_t = ctx.needs_input_grad[:5]
     w_dtype, b_dtype = ctx.dtypes
     if ctx.fused:
-        dh, dw, db, dt_rows, denom, temperature = ctx.saved_tensors
-        scale = row_scale(g_loss, denom, reduction)
-        upstream = fused_upstream(g_loss, denom, reduction, dh.dtype if need_h else w_dtype)
+        dh, dw, db, dt_rows, divisor, temperature = ctx.saved_tensors
+        scale = row_scale(g_loss, divisor, reduction)
+        upstream = fused_upstream(g_loss, divisor, reduction, dh.dtype if need_h else w_dtype)
         grad_h = apply_upstream(ctx, dh, upstream, "hidden") if need_h else None
         grad_w = apply_upstream(ctx, dw, upstream, "weight").to(w_dtype) if need_w else None
         grad_b = None
         if need_b:
             grad_b = apply_upstream(ctx, db.view(1, -1), upstream, "bias").view(-1).to(b_dtype)
     else:
-        hidden, weight, bias, target, temperature, dt_rows, denom = ctx.saved_tensors
-        scale = row_scale(g_loss, denom, reduction)
+        hidden, weight, bias, target, temperature, dt_rows, divisor = ctx.saved_tensors
+        scale = row_scale(g_loss, divisor, reduction)
         dh, dw, db = linear_cross_entropy_backward_2d(
             hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
             scale, [need_h, need_w, need_b])

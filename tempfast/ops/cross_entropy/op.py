@@ -1,35 +1,39 @@
-"""``tempfast::cross_entropy`` and friends: torch.library custom ops, their autograd, and the eager
-route.
+"""The cross-entropy's autograd: the custom ops ``tempfast::cross_entropy``,
+``tempfast::cross_entropy_backward`` and ``tempfast::cross_entropy_inplace_`` (traced calls and
+the calls no eager route takes) and :class:`FusedCrossEntropy` (eager mean and sum).
 
-All ops take 2-D logits ``(N, C)``; ``target`` is ``(N,)`` int64 class indices or ``(N, C)``
-probabilities; ``temperature`` fp32 ``(1,)`` or ``(N,)`` (or, on the eager route, a Python
-number passed by value); ``weight`` ``(C,)`` or ``None``.
+All take 2-D logits ``(N, C)``; ``target`` is ``(N,)`` int64 class indices or ``(N, C)``
+probabilities; ``temperature`` fp32 ``(1,)`` or ``(N,)`` (fp64 for fp64 logits; on the eager
+route also a one-value tensor as given, or None with the number by value); ``weight`` ``(C,)``
+or ``None``. The custom ops take primitives; the autograd Functions take the normalised call
+(:class:`.call.CrossEntropyCall`).
 
 Two ways to get the logits' gradient:
 
 * **fused** (``reduction`` mean or sum): the forward pass writes
-  ``(s * p - c) / (T * denom)`` while it has the row on chip, so the backward pass only
+  ``(s * p - c) / (T * divisor)`` while it has the row on chip, so the backward pass only
   multiplies by the incoming scalar gradient ``g`` -- and skips even that, on the device, when
   ``g == 1`` (the usual ``loss.backward()``). The logits are read once and the gradient written
-  once. (fp16 keeps ``1 / denom`` for the backward pass: see
-  :func:`~tempfast.ops.autograd_utils.defers_mean`.)
+  once. (fp16 keeps ``1 / divisor`` for the backward pass: see
+  :func:`~tempfast.ops.autograd.defers_mean`.)
 * **recompute** (``reduction="none"``, or a probability target that needs its own gradient):
   the forward pass stores only the per-row log-sum-exp; the backward pass re-reads the logits.
 
-Eager calls on plain tensors take :class:`FusedCrossEntropy` (one ``autograd.Function``
-around the implementation's ``ce_reduced`` / ``apply_upstream_``: on CUDA two launches forward,
-one backward, a few allocations on the host); traced calls (``torch.compile``, export, any
-dispatch mode) take the custom ops, which compose the same row kernels.
+Eager reduced calls take :class:`FusedCrossEntropy` (one ``autograd.Function`` around the
+path's ``ce_reduced`` / ``apply_upstream_``: on CUDA two launches forward, one backward, a few
+allocations on the host); traced calls (``torch.compile``, export, any dispatch mode) take the
+custom ops, which compose the same row kernels.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
-from . import torch_impl
-from .autograd_utils import (
+from ..._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from ..autograd import (
     apply_upstream,
     defers_mean,
     fused_scale,
@@ -39,13 +43,21 @@ from .autograd_utils import (
     row_scale,
     temperature_grad,
 )
-from .dispatch import impl_for
+from ..dispatch import runs_triton
+from . import torch_path
+from .torch_path import mean_divisor
+
+if TYPE_CHECKING:
+    from .call import CrossEntropyCall
 
 
-def _denominator(target: Tensor, weight: Tensor | None, ignore_index: int,
-                 num_classes: int, dtype: torch.dtype) -> Tensor:
-    """The divisor of ``reduction="mean"`` (:func:`tempfast.ops.torch_impl.denominator`)."""
-    return torch_impl.denominator(target, weight, ignore_index, num_classes, dtype)
+def impl_for(x: Tensor):
+    """The module that computes the rows of ``x``: ``triton_path`` or ``torch_path``."""
+    if runs_triton(x):
+        from . import triton_path
+
+        return triton_path
+    return torch_path
 
 
 def _check_values(logits: Tensor, target: Tensor, temperature: Tensor, ignore_index: int) -> None:
@@ -69,31 +81,31 @@ def cross_entropy_2d(
     fused_grad: bool,
     compute_dt: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns ``(loss, lse, grad, dt_rows, denom)``.
+    """Returns ``(loss, lse, grad, dt_rows, divisor)``.
 
     ``loss``: scalar, or ``(N,)`` for ``"none"``. ``lse``: ``(N,)``. ``grad``: the logits'
     gradient for an incoming gradient of 1, ``(N, C)`` in the logits' dtype, when
     ``fused_grad`` (else empty). ``dt_rows``: ``(N,)`` d(loss_row)/dT when ``compute_dt`` (else
-    empty). ``denom``: the mean's divisor (scalar). Everything but ``grad`` is fp32 (fp64 for
+    empty). ``divisor``: the mean's divisor (scalar). Everything but ``grad`` is fp32 (fp64 for
     fp64 logits).
     """
     _check_values(logits, target, temperature, ignore_index)
     n_rows, n_cols = logits.shape
-    denom = _denominator(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
+    divisor = mean_divisor(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if fused_grad \
         else logits.new_empty(0)
     if n_rows == 0:
-        loss_rows = logits.new_zeros(0, dtype=denom.dtype)
-        return (reduce_rows(loss_rows, denom, reduction), loss_rows.clone(), grad,
-                loss_rows.clone(), denom)
-    scale = fused_scale(denom, reduction, logits.dtype)
+        loss_rows = logits.new_zeros(0, dtype=divisor.dtype)
+        return (reduce_rows(loss_rows, divisor, reduction), loss_rows.clone(), grad,
+                loss_rows.clone(), divisor)
+    scale = fused_scale(divisor, reduction, logits.dtype)
     loss_rows, lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing,
         scale if fused_grad else None, grad if fused_grad else None, compute_dt,
     )
     # the rows may be views of one workspace: outputs of a custom op must not alias
-    return (reduce_rows(loss_rows, denom, reduction), lse.clone(), grad, dt_rows.clone(),
-            denom)
+    return (reduce_rows(loss_rows, divisor, reduction), lse.clone(), grad, dt_rows.clone(),
+            divisor)
 
 
 @cross_entropy_2d.register_fake
@@ -144,20 +156,20 @@ def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse
 def _setup_context(ctx, inputs, output) -> None:
     (logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
      fused_grad, _compute_dt) = inputs
-    _loss, lse, grad, dt_rows, denom = output
-    ctx.mark_non_differentiable(lse, grad, dt_rows, denom)
+    _loss, lse, grad, dt_rows, divisor = output
+    ctx.mark_non_differentiable(lse, grad, dt_rows, divisor)
     # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
     # gradient for every other output (an N x C buffer for ``grad``) on each backward.
     ctx.set_materialize_grads(False)
     ctx.fused = fused_grad
     ctx.options = (ignore_index, label_smoothing, reduction)
     if fused_grad:
-        ctx.save_for_backward(grad, dt_rows, denom, temperature)
+        ctx.save_for_backward(grad, dt_rows, divisor, temperature)
     else:
-        ctx.save_for_backward(logits, target, temperature, weight, lse, dt_rows, denom)
+        ctx.save_for_backward(logits, target, temperature, weight, lse, dt_rows, divisor)
 
 
-def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
+def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_divisor):
     if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
         return (None,) * 9
     refuse_double_backward("cross_entropy", g_loss)
@@ -165,14 +177,14 @@ def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_denom):
     need_logits, need_target, need_t = ctx.needs_input_grad[:3]
     grad_logits = grad_target = grad_t = None
     if ctx.fused:
-        grad, dt_rows, denom, temperature = ctx.saved_tensors
-        scale = row_scale(g_loss, denom, reduction)
+        grad, dt_rows, divisor, temperature = ctx.saved_tensors
+        scale = row_scale(g_loss, divisor, reduction)
         if need_logits:
-            upstream = fused_upstream(g_loss, denom, reduction, grad.dtype)
+            upstream = fused_upstream(g_loss, divisor, reduction, grad.dtype)
             grad_logits = apply_upstream(ctx, grad, upstream)
     else:
-        logits, target, temperature, weight, lse, dt_rows, denom = ctx.saved_tensors
-        scale = row_scale(g_loss, denom, reduction)
+        logits, target, temperature, weight, lse, dt_rows, divisor = ctx.saved_tensors
+        scale = row_scale(g_loss, divisor, reduction)
         if need_logits:
             grad_logits = cross_entropy_backward_2d(logits, target, temperature, weight,
                                                     ignore_index, label_smoothing, scale)
@@ -202,19 +214,19 @@ def cross_entropy_inplace_2d(
     compute_dt: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Like ``cross_entropy`` with ``fused_grad``, but the gradient overwrites ``logits``.
-    Returns ``(loss, dt_rows, denom)``."""
+    Returns ``(loss, dt_rows, divisor)``."""
     _check_values(logits, target, temperature, ignore_index)
     n_cols = logits.shape[1]
-    denom = _denominator(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
-    scale = fused_scale(denom, reduction, logits.dtype)
+    divisor = mean_divisor(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
+    scale = fused_scale(divisor, reduction, logits.dtype)
     if logits.shape[0] == 0:
-        loss_rows = logits.new_zeros(0, dtype=denom.dtype)
-        return reduce_rows(loss_rows, denom, reduction), loss_rows.clone(), denom
+        loss_rows = logits.new_zeros(0, dtype=divisor.dtype)
+        return reduce_rows(loss_rows, divisor, reduction), loss_rows.clone(), divisor
     loss_rows, _lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
         compute_dt,
     )
-    return reduce_rows(loss_rows.clone(), denom, reduction), dt_rows.clone(), denom
+    return reduce_rows(loss_rows.clone(), divisor, reduction), dt_rows.clone(), divisor
 
 
 @cross_entropy_inplace_2d.register_fake
@@ -227,60 +239,62 @@ def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduct
 
 
 class CrossEntropyInplace(torch.autograd.Function):
-    """Autograd for :func:`cross_entropy_inplace_2d`: backward returns the logits buffer,
-    which the forward pass filled with the gradient, rescaled by the incoming gradient
-    (:func:`apply_upstream`)."""
+    """Autograd for :func:`cross_entropy_inplace_2d` (the ``inplace_op`` route): the backward
+    pass returns the logits buffer, which the forward pass filled with the gradient, rescaled
+    by the incoming gradient (:func:`apply_upstream`). ``temperature``: a ``(1,)`` or ``(N,)``
+    tensor; the other arguments come from ``call``."""
 
     @staticmethod
-    def forward(ctx, logits, target, temperature, weight, ignore_index, label_smoothing,
-                reduction, compute_dt):
-        loss, dt_rows, denom = cross_entropy_inplace_2d(
-            logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
-            compute_dt,
+    def forward(ctx, logits: Tensor, temperature: Tensor, call: CrossEntropyCall) -> Tensor:
+        loss, dt_rows, divisor = cross_entropy_inplace_2d(
+            logits, call.target, temperature, call.weight, call.ignore_index,
+            call.label_smoothing, call.reduction, ctx.needs_input_grad[1],
         )
-        ctx.reduction = reduction
-        ctx.save_for_backward(logits, dt_rows, denom, temperature)
+        ctx.reduction = call.reduction
+        ctx.save_for_backward(logits, dt_rows, divisor, temperature)
         return loss
 
     @staticmethod
     def backward(ctx, g_loss):
         refuse_double_backward("cross_entropy", g_loss)
-        buf, dt_rows, denom, temperature = ctx.saved_tensors
-        grad = apply_upstream(ctx, buf, fused_upstream(g_loss, denom, ctx.reduction, buf.dtype))
+        buf, dt_rows, divisor, temperature = ctx.saved_tensors
+        grad = apply_upstream(ctx, buf, fused_upstream(g_loss, divisor, ctx.reduction, buf.dtype))
         grad_t = None
-        if ctx.needs_input_grad[2]:
-            grad_t = temperature_grad(dt_rows, row_scale(g_loss, denom, ctx.reduction),
+        if ctx.needs_input_grad[1]:
+            grad_t = temperature_grad(dt_rows, row_scale(g_loss, divisor, ctx.reduction),
                                       temperature)
-        return grad, None, grad_t, None, None, None, None, None
+        return grad, grad_t, None
 
 
 # --------------------------------------------------------------------------------------------
 # The eager route of a fused (mean / sum) cross-entropy.
 # --------------------------------------------------------------------------------------------
 class FusedCrossEntropy(torch.autograd.Function):
-    """``reduction`` mean or sum, eager: the forward pass writes the gradient for an upstream
-    gradient of 1 (into ``logits`` itself with ``inplace``), the backward pass applies the
-    upstream gradient (:func:`~tempfast.ops.triton_impl.apply_upstream_`). Arguments as
-    :func:`cross_entropy_2d`, plus ``t_value``: the temperature by value (``temperature`` is
-    then ``None``; a one-value ``temperature`` may be 0-dim), and ``inplace``."""
+    """``reduction`` mean or sum, eager (the ``fused`` and ``fused_inplace`` routes): the
+    forward pass writes the gradient for an upstream gradient of 1 (into ``logits`` itself
+    with ``inplace``), the backward pass applies the upstream gradient (the path's
+    ``apply_upstream_``). ``temperature``: a tensor (one value, possibly 0-dim, or one per
+    row) or None, the number ``call.t_value`` then passed by value; the other arguments come
+    from ``call``."""
 
     @staticmethod
-    def forward(ctx, logits, target, temperature, t_value, weight, ignore_index,
-                label_smoothing, reduction, compute_dt, inplace):
+    def forward(ctx, logits: Tensor, temperature: Tensor | None, call: CrossEntropyCall,
+                inplace: bool) -> Tensor:
         if temperature is not None:
             check_temperature_values(temperature)
-        if target.dim() == 1:
-            check_class_indices(target, logits.shape[1], ignore_index)
+        if not call.probs:
+            check_class_indices(call.target, logits.shape[1], call.ignore_index)
         impl = impl_for(logits)
-        defer = defers_mean(logits.dtype, reduction)
-        needs_grad = ctx.needs_input_grad[0]
+        defer = defers_mean(logits.dtype, call.reduction)
+        compute_dt = ctx.needs_input_grad[1]
         grad = None
         if inplace:
             grad = logits
-        elif needs_grad:
+        elif ctx.needs_input_grad[0]:
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        res = impl.ce_reduced(logits, target, temperature, t_value, weight, ignore_index,
-                              label_smoothing, reduction, grad, compute_dt, defer)
+        res = impl.ce_reduced(logits, call.target, temperature, call.t_value, call.weight,
+                              call.ignore_index, call.label_smoothing, call.reduction, grad,
+                              compute_dt, defer)
         if inplace:
             torch.autograd.graph.increment_version(logits)
         # saved, not held: after a backward that frees the graph, autograd can hand the buffer
@@ -302,10 +316,8 @@ class FusedCrossEntropy(torch.autograd.Function):
         if first is None:
             ctx.first_upstream = g_loss  # kept for a second pass through a retained graph
             grad_t = impl.apply_upstream_(grad, g_loss, res, ctx.t_grad, defer, ctx.t_shape)
-            return grad, None, grad_t, None, None, None, None, None, None, None
-        return (_again(grad, g_loss, first), None,
-                _again_t(impl, res, ctx.t_grad, g_loss), None, None, None, None, None, None,
-                None)
+            return grad, grad_t, None, None
+        return _again(grad, g_loss, first), _again_t(res, ctx.t_grad, g_loss), None, None
 
 
 def _again(grad: Tensor | None, g: Tensor, first: Tensor) -> Tensor | None:
@@ -320,7 +332,7 @@ def _again(grad: Tensor | None, g: Tensor, first: Tensor) -> Tensor | None:
     return (grad.to(acc) * (g.to(acc) / first.to(acc))).to(grad.dtype)
 
 
-def _again_t(impl, res, t_grad: str | None, g: Tensor) -> Tensor | None:
+def _again_t(res, t_grad: str | None, g: Tensor) -> Tensor | None:
     if t_grad is None:
         return None
     dt = res.dt_rows() if t_grad == "rows" else res.dt_total()

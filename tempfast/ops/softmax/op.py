@@ -1,8 +1,8 @@
-"""``tempfast::softmax`` and ``tempfast::softmax_backward``: torch.library custom ops.
+"""The softmax's autograd: the custom ops ``tempfast::softmax`` and ``tempfast::softmax_backward``
+(traced calls) and :class:`Softmax` (eager calls).
 
-Both work on 2-D ``(N, C)`` tensors along dim 1; the public wrappers in
-:mod:`tempfast.functional` move any ``dim`` last and flatten the rest. ``temperature`` is fp32,
-``(1,)`` or ``(N,)``.
+Both work on 2-D ``(N, C)`` tensors along dim 1 (:mod:`.call` moves any ``dim`` last and
+flattens the rest). ``temperature`` is fp32 (fp64 for fp64 inputs), ``(1,)`` or ``(N,)``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import accumulation_dtype, check_temperature_values
-from .autograd_utils import refuse_double_backward
-from .dispatch import impl_for
+from ..._checks import accumulation_dtype, check_temperature_values
+from ..autograd import refuse_double_backward
+from ..dispatch import runs_triton
+from . import torch_path
+
+
+def impl_for(x: Tensor):
+    """The module that computes the rows of ``x``: ``triton_path`` or ``torch_path``."""
+    if runs_triton(x):
+        from . import triton_path
+
+        return triton_path
+    return torch_path
 
 
 @torch.library.custom_op("tempfast::softmax", mutates_args=())

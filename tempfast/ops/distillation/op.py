@@ -1,5 +1,4 @@
-"""``tempfast::distillation``: the fused knowledge-distillation loss as a torch.library custom op,
-its autograd, and the PyTorch (CPU) path.
+"""The distillation loss's autograd: the custom op ``tempfast::distillation``.
 
 Math, per row (logits ``s`` of the student, ``t`` of the teacher, temperature ``T``;
 ``a = t / T``, ``b = s / T``, ``p_t = softmax(a)``, ``p_s = softmax(b)``):
@@ -19,7 +18,7 @@ The forward pass writes the student's gradient (and the teacher's when it is dif
 for an upstream gradient of 1 while it has both rows on chip, and the per-row dL/dT; the
 backward pass only multiplies them by the upstream gradient (skipped on the device when it is
 1). fp16 gradients keep the mean's ``1 / divisor`` for the backward pass, as the cross-entropy
-does (:func:`~tempfast.ops.autograd_utils.defers_mean`).
+does (:func:`~tempfast.ops.autograd.defers_mean`).
 """
 
 from __future__ import annotations
@@ -27,12 +26,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import accumulation_dtype, check_class_indices, check_temperature_values
-from . import torch_impl
-from .autograd_utils import apply_upstream, mean_factor, refuse_double_backward, temperature_grad
-from .dispatch import impl_for
+from ..._checks import accumulation_dtype, check_class_indices, check_temperature_values
+from ..autograd import apply_upstream, mean_factor, refuse_double_backward, temperature_grad
+from ..dispatch import runs_triton
+from . import torch_path
 
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
+
+
+def impl_for(x: Tensor):
+    """The module that computes the rows of ``x``: ``triton_path`` or ``torch_path``."""
+    if runs_triton(x):
+        from . import triton_path
+
+        return triton_path
+    return torch_path
 
 
 def kd_divisor(reduction: str, n_rows: int, n_cols: int) -> int:
@@ -42,79 +50,8 @@ def kd_divisor(reduction: str, n_rows: int, n_cols: int) -> int:
 
 def defers(dtype: torch.dtype, reduction: str) -> bool:
     """fp16 gradients receive the mean's ``1 / divisor`` in the backward pass (see
-    :func:`~tempfast.ops.autograd_utils.defers_mean`)."""
+    :func:`~tempfast.ops.autograd.defers_mean`)."""
     return dtype == torch.float16 and reduction in ("batchmean", "mean")
-
-
-# --------------------------------------------------------------------------------------------
-# The PyTorch path (chunked; fp32, fp64 for fp64 inputs).
-# --------------------------------------------------------------------------------------------
-def _wsum(p: Tensor, x: Tensor) -> Tensor:
-    """``sum_j p_j x_j`` per row, terms with ``p_j = 0`` dropped (``x`` may be infinite)."""
-    return torch.where(p > 0, p * x, 0.0).sum(1, keepdim=True)
-
-
-def distill_rows_torch(student: Tensor, teacher: Tensor, temperature: Tensor,
-                       target: Tensor | None, ignore_index: int, kd_scale: float,
-                       ce_scale: Tensor | None, teacher_grad: bool,
-                       compute_dt: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per row: ``(kd_rows, ce_rows, grad_s, grad_t, dt_rows)``.
-
-    ``kd_rows = T^2 KL`` and ``dt_rows = d kd_row / dT`` (unscaled, fp32 or fp64);
-    ``ce_rows`` the hard-label cross-entropy (0 for ignored rows; empty without target);
-    ``grad_s = kd_scale T (p_s - p_t) + ce_scale (softmax(s) - onehot(y))`` and, with
-    ``teacher_grad``, ``grad_t = kd_scale T p_t (log p_t - log p_s - KL)``, in the inputs'
-    dtype (empty when not asked for). ``temperature``: ``(1,)`` or ``(N,)``.
-    """
-    n_rows, n_cols = student.shape
-    cdt = accumulation_dtype(student.dtype)
-    dev = student.device
-    kd = torch.empty(n_rows, dtype=cdt, device=dev)
-    ce = torch.empty(n_rows if target is not None else 0, dtype=cdt, device=dev)
-    grad_s = torch.empty((n_rows, n_cols), dtype=student.dtype, device=dev)
-    grad_t = torch.empty((n_rows, n_cols) if teacher_grad else 0, dtype=teacher.dtype,
-                         device=dev)
-    dt = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=dev)
-    ce_scale = ce_scale.to(cdt) if ce_scale is not None else None
-    starts, step = torch_impl._row_chunks(n_rows, n_cols)
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
-        temp = torch_impl._rows(temperature, r0, r1, cdt)
-        inv = torch_impl._inverse_temperature(temp)
-        s = student[r0:r1].to(cdt)
-        a = teacher[r0:r1].to(cdt) * inv
-        b = s * inv
-        log_pt = torch.log_softmax(a, 1)
-        log_ps = torch.log_softmax(b, 1)
-        pt, ps = log_pt.exp(), log_ps.exp()
-        delta = log_pt - log_ps
-        kl = _wsum(pt, delta).clamp_min(0.0)
-        kd[r0:r1] = (temp * temp * kl).reshape(-1)
-        gs = (temp * kd_scale) * (ps - pt)
-        if target is not None:
-            y = target[r0:r1]
-            valid = (y != ignore_index).unsqueeze(1)
-            safe = torch.where(valid, y.unsqueeze(1), 0)
-            log_p1 = torch.log_softmax(s, 1)
-            ce[r0:r1] = torch.where(valid, -log_p1.gather(1, safe), 0.0).reshape(-1)
-            g1 = log_p1.exp().scatter_add_(1, safe, torch.full_like(log_p1[:, :1], -1.0))
-            gs += g1 * torch.where(valid, ce_scale, 0.0)
-        grad_s[r0:r1] = gs
-        if teacher_grad:
-            grad_t[r0:r1] = (temp * kd_scale) * torch.where(pt > 0, pt * (delta - kl), 0.0)
-        if compute_dt:
-            r = a - b
-            cov = _wsum(pt, (a - _wsum(pt, a)) * (r - _wsum(pt, r)))
-            dt[r0:r1] = (2.0 * temp * kl + temp * (_wsum(pt, b) - _wsum(ps, b) - cov)).reshape(-1)
-    return kd, ce, grad_s, grad_t, dt
-
-
-def _distill_rows(student: Tensor, *args):
-    if impl_for(student) is torch_impl:
-        return distill_rows_torch(student, *args)
-    from .distillation_triton import distill_rows
-
-    return distill_rows(student, *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,16 +82,16 @@ def distillation_2d(
         check_class_indices(target, student.shape[1], ignore_index)
     n_rows, n_cols = student.shape
     cdt = accumulation_dtype(student.dtype)
-    div = kd_divisor(reduction, n_rows, n_cols)
+    divisor = kd_divisor(reduction, n_rows, n_cols)
     defer = defers(student.dtype, reduction)
-    kd_scale = alpha if defer else alpha / max(div, 1)
+    kd_scale = alpha if defer else alpha / max(divisor, 1)
     ce_scale = n_valid = None
     if target is not None:
         n_valid = (target != ignore_index).sum().to(cdt).reshape(1)
         if reduction in ("batchmean", "mean"):
             ce_scale = (1.0 - alpha) * mean_factor(torch.ones_like(n_valid), n_valid)
             if defer:
-                ce_scale = ce_scale * div
+                ce_scale = ce_scale * divisor
         else:
             ce_scale = torch.full_like(n_valid, 1.0 - alpha)
     if n_rows == 0:
@@ -162,13 +99,13 @@ def distillation_2d(
         grad_s = torch.empty_like(student, memory_format=torch.contiguous_format)
         grad_t = grad_s.clone() if teacher_grad else student.new_empty(0)
     else:
-        kd, ce, grad_s, grad_t, dt = _distill_rows(student, teacher, temperature, target,
-                                                   ignore_index, kd_scale, ce_scale,
-                                                   teacher_grad, compute_dt)
+        kd, ce, grad_s, grad_t, dt = impl_for(student).distill_rows(
+            student, teacher, temperature, target, ignore_index, kd_scale, ce_scale,
+            teacher_grad, compute_dt)
     if reduction == "none":
         loss = kd.clone() if target is None else alpha * kd + (1.0 - alpha) * ce
     else:
-        loss = kd.sum() / div if reduction != "sum" else kd.sum()
+        loss = kd.sum() / divisor if reduction != "sum" else kd.sum()
         if target is not None:
             ce_total = ce.sum()
             if reduction != "sum":
@@ -195,15 +132,15 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(grad_s, grad_t, dt_rows)
     ctx.set_materialize_grads(False)
     n_rows, n_cols = student.shape
-    div = kd_divisor(reduction, n_rows, n_cols)
-    ctx.post = 1.0 / max(div, 1) if defers(student.dtype, reduction) else 1.0
-    ctx.t_factor = alpha / max(div, 1)
+    divisor = kd_divisor(reduction, n_rows, n_cols)
+    ctx.post = 1.0 / max(divisor, 1) if defers(student.dtype, reduction) else 1.0
+    ctx.t_factor = alpha / max(divisor, 1)
     ctx.save_for_backward(grad_s, grad_t, dt_rows, temperature)
 
 
 def _scaled(ctx, buf: Tensor, g: Tensor, key: str) -> Tensor:
     """The gradient for the upstream ``g``: a scalar ``g`` rescales the buffer in place
-    (:func:`~tempfast.ops.autograd_utils.apply_upstream`: nothing moves when it is 1); a
+    (:func:`~tempfast.ops.autograd.apply_upstream`: nothing moves when it is 1); a
     per-row ``g`` (``reduction="none"``) is applied out of place, so any number of backward
     passes, with any upstream rows zero, see the forward's gradient."""
     if g.numel() == 1:

@@ -1,7 +1,7 @@
-"""Autograd helpers shared by the cross-entropy ops: reductions, the upstream gradient applied
-to a gradient computed in the forward pass, and the refusal of double backward.
+"""Autograd helpers shared by the ops: reductions, the upstream gradient applied to a gradient
+computed in the forward pass, and the refusal of double backward.
 
-Shapes: ``loss_rows``, ``dt_rows`` ``(N,)``; ``denom`` the mean's divisor (0-dim); an upstream
+Shapes: ``loss_rows``, ``dt_rows`` ``(N,)``; ``divisor`` the mean's divisor (0-dim); an upstream
 gradient ``g`` is 0-dim (mean / sum) or ``(N,)`` (``"none"``).
 """
 
@@ -12,53 +12,53 @@ from torch import Tensor
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from .._checks import accumulation_dtype
-from .dispatch import impl_for
+from .rescale import rescale_
 
 
-def reduce_rows(loss_rows: Tensor, denom: Tensor, reduction: str) -> Tensor:
-    """``"none"``: the rows; ``"sum"``: their sum; ``"mean"``: their sum over ``denom``."""
+def reduce_rows(loss_rows: Tensor, divisor: Tensor, reduction: str) -> Tensor:
+    """``"none"``: the rows; ``"sum"``: their sum; ``"mean"``: their sum over ``divisor``."""
     if reduction == "none":
         return loss_rows
     total = loss_rows.sum()
-    return total / denom if reduction == "mean" else total
+    return total / divisor if reduction == "mean" else total
 
 
-def mean_factor(numerator: Tensor, denom: Tensor) -> Tensor:
-    """``numerator / denom`` for the gradient of a mean, 0 where ``denom`` is 0.
+def mean_factor(numerator: Tensor, divisor: Tensor) -> Tensor:
+    """``numerator / divisor`` for the gradient of a mean, 0 where ``divisor`` is 0.
 
-    ``denom`` is 0 only when no row counts (all ignored, or every counted row has weight 0):
+    ``divisor`` is 0 only when no row counts (all ignored, or every counted row has weight 0):
     then every row's gradient is 0, as torch gives for all rows ignored, instead of ``0 * inf``
     = NaN. (The mean itself stays ``0 / 0`` = NaN, as in torch.) No host synchronisation."""
-    return torch.where(denom == 0, torch.zeros_like(numerator), numerator / denom)
+    return torch.where(divisor == 0, torch.zeros_like(numerator), numerator / divisor)
 
 
-def row_scale(g: Tensor, denom: Tensor, reduction: str) -> Tensor:
+def row_scale(g: Tensor, divisor: Tensor, reduction: str) -> Tensor:
     """d(loss)/d(loss_row) times the upstream gradient: ``(1,)`` for mean/sum, ``(N,)`` else."""
-    g = g.to(denom.dtype)
+    g = g.to(divisor.dtype)
     if reduction == "mean":
-        return mean_factor(g, denom).reshape(1)
+        return mean_factor(g, divisor).reshape(1)
     return g.reshape(1) if reduction == "sum" else g
 
 
 def defers_mean(dtype: torch.dtype, reduction: str) -> bool:
-    """fp16 gradients keep the mean's ``1 / denom`` out of the forward pass: divided by ``N``
+    """fp16 gradients keep the mean's ``1 / divisor`` out of the forward pass: divided by ``N``
     (thousands of rows) before a loss scaler's factor arrives, most of them would underflow
-    fp16. They receive ``g / denom`` in the backward pass instead (one more pass)."""
+    fp16. They receive ``g / divisor`` in the backward pass instead (one more pass)."""
     return reduction == "mean" and dtype == torch.float16
 
 
-def fused_scale(denom: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    """The factor a forward pass folds into a gradient it writes: ``1 / denom`` for the mean
+def fused_scale(divisor: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    """The factor a forward pass folds into a gradient it writes: ``1 / divisor`` for the mean
     (unless deferred, see :func:`defers_mean`), else 1. Shape ``(1,)``."""
     if reduction == "mean" and not defers_mean(dtype, reduction):
-        return mean_factor(torch.ones_like(denom), denom).reshape(1)
-    return denom.new_ones(1)
+        return mean_factor(torch.ones_like(divisor), divisor).reshape(1)
+    return divisor.new_ones(1)
 
 
-def fused_upstream(g: Tensor, denom: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
-    """What the backward pass multiplies such a gradient by: ``g`` (``g / denom`` if the
+def fused_upstream(g: Tensor, divisor: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    """What the backward pass multiplies such a gradient by: ``g`` (``g / divisor`` if the
     forward pass deferred the mean)."""
-    return row_scale(g, denom, reduction) if defers_mean(dtype, reduction) else g
+    return row_scale(g, divisor, reduction) if defers_mean(dtype, reduction) else g
 
 
 def temperature_grad(dt_rows: Tensor, scale: Tensor, temperature: Tensor) -> Tensor:
@@ -108,7 +108,7 @@ def apply_upstream(ctx, buf: Tensor, g: Tensor, key: str = "logits") -> Tensor:
         if buf.numel():
             # ``.data``: this rescale must not bump the saved buffer's version counter, or a
             # retained graph could not be traversed again.
-            impl_for(buf).rescale_(buf.data, g)
+            rescale_(buf.data, g)
         return buf
     if bool((first == 0).any()):  # a rare path (retain_graph): a host check is affordable
         raise RuntimeError("tempfast: the first backward through this graph had a zero upstream "

@@ -1,0 +1,218 @@
+"""The Triton path of the cross-entropy: the launchers of ``kernels/cross_entropy.py``, with the
+contract of ``torch_path.py`` (see there for the shapes).
+
+Every launch writes into one fp32 workspace (layout: :mod:`tempfast.kernels.common` and
+:class:`Layout`): the per-row loss / lse / dL/dT, the per-program partial sums of a reduced
+loss, the slices' partial statistics and the int32 counters. A reduced call
+(:func:`ce_reduced`) is two launches forward -- a one-program prep (divisor, counters) and the
+cross-entropy kernel, whose last program sums the loss -- and one backward
+(:func:`apply_upstream_`), which exits at once when the upstream gradient is 1.
+
+The slices path runs its one-read cooperative launch only when at least ``n_slices``
+programs of the compiled kernel can be resident at once
+(:func:`tempfast.ops.launch.resident_programs`: the compiled registers and shared memory
+against the device); under the interpreter (one program at a time) or when that cannot be
+shown, it runs the two-phase fallback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ...kernels import common
+from ...kernels import cross_entropy as kernels
+from ...kernels.heuristics import LaunchConfig, cdiv, slices_phases
+from ..launch import config_for, resident_programs, stride_of, unit_col_stride
+from ..rescale import apply_kernel
+
+PREP_BLOCK = 1024
+
+
+def _prob_target(target: Tensor, logits_dtype: torch.dtype) -> Tensor:
+    """Probability targets in the logits' dtype or fp32 (fp32 soft labels with 16-bit logits,
+    as mixed precision gives, stay fp32): the two pointer types the kernels are compiled for
+    ahead of time. Other dtypes (fp64, 16-bit targets for fp32 logits) become fp32."""
+    return target if target.dtype in (logits_dtype, torch.float32) else target.float()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Offsets (fp32 elements) into a cross-entropy workspace: header, per-row outputs (loss,
+    lse, dL/dT at ``rows + {0, N, 2N}``), per-program partial sums (``2 * programs``), the
+    slices' partial statistics (``CE_PARTIALS`` per work item) and one int32 counter per row."""
+
+    n_rows: int
+    programs: int
+    items: int
+
+    @property
+    def rows(self) -> int:
+        return common.WS_HEADER.value
+
+    @property
+    def part(self) -> int:
+        return self.rows + 3 * self.n_rows
+
+    @property
+    def slices(self) -> int:
+        return self.part + 2 * self.programs
+
+    @property
+    def sync(self) -> int:
+        return self.slices + common.CE_PARTIALS.value * self.items
+
+    @property
+    def size(self) -> int:
+        return self.sync + (self.n_rows if self.items else 0)
+
+
+@dataclass
+class CEResult:
+    """A launch's workspace and where its outputs are (views, made on demand: each is a torch
+    op on the host)."""
+
+    ws: Tensor
+    layout: Layout
+
+    def row(self, which: int) -> Tensor:
+        """Per-row loss (0), lse (1) or dL/dT (2): ``(N,)`` views of the workspace."""
+        start = self.layout.rows + which * self.layout.n_rows
+        return self.ws[start:start + self.layout.n_rows]
+
+    @property
+    def loss(self) -> Tensor:
+        """The reduced loss (0-dim)."""
+        return self.ws[common.WS_LOSS.value]
+
+    def dt_rows(self) -> Tensor:
+        """Per-row d loss / d T_row for an upstream gradient of 1 (the mean's factor in)."""
+        return self.row(2)
+
+    def dt_total(self) -> Tensor:
+        """Their sum (0-dim): dL/dT of a scalar temperature."""
+        return self.ws[common.WS_DT.value]
+
+    def dt_slot(self, per_row: bool) -> tuple[int, int]:
+        """``(offset, count)`` of dL/dT in the workspace: per row, or the sum."""
+        if per_row:
+            return self.layout.rows + 2 * self.layout.n_rows, self.layout.n_rows
+        return common.WS_DT.value, 1
+
+
+def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
+               weight: Tensor | None, ignore_index: int, label_smoothing: float, *,
+               grad_out: Tensor | None,
+               grad_scale: Tensor | None, compute_dt: bool, reduce: str | None,
+               defer: bool = False, cfg: LaunchConfig | None = None) -> CEResult:
+    """Launch the cross-entropy kernels over ``x (N, C)``; ``reduce``: ``None`` (per-row
+    outputs only), ``"sum"`` or ``"mean"`` (with the gradient scaled by the prep kernel's
+    factor; ``grad_scale`` is then ignored)."""
+    n_rows, n_cols = x.shape
+    probs = target.dim() == 2
+    q = unit_col_stride(_prob_target(target, x.dtype)) if probs else None
+    grad = grad_out is not None
+    cfg = cfg or config_for(x, 1, *(a for a in (q, grad_out) if a is not None))
+    flags = {"PROB": probs, "HAS_WEIGHT": weight is not None, "SMOOTH": label_smoothing > 0,
+             "COMPUTE_GRAD": grad, "COMPUTE_DT": compute_dt, "REDUCE": reduce is not None}
+    slices = cfg.path == "slices"
+    items = n_rows * cfg.n_slices if slices else 0
+    # The workspace is allocated before the programs are known (the cooperative grid depends
+    # on the compiled kernel): size the partials for the largest grid of either path.
+    programs = items if slices else cdiv(n_rows, cfg.block_n)
+    layout = Layout(n_rows, programs if reduce is not None else 0, items)
+    ws = torch.empty(layout.size, dtype=torch.float32, device=x.device)
+    w = weight.float().contiguous() if weight is not None else ws
+    y = ws if probs else target.contiguous()
+    t_arg, stride_t = (ws, 0) if t_value > 0 else (t.contiguous(), stride_of(t))
+    if reduce is not None:
+        scale, scale_off, stride_scale = ws, common.WS_GRAD_SCALE.value, 0
+    elif grad:
+        scale = grad_scale.float().contiguous()
+        scale_off, stride_scale = 0, stride_of(scale)
+    else:
+        scale, scale_off, stride_scale = ws, 0, 0
+    g = grad_out if grad else x
+    q_arg = q if probs else ws
+    head = (x, x.stride(0), t_arg, stride_t, float(t_value), y, q_arg,
+            q.stride(0) if probs else 0, w, g, g.stride(0), scale, scale_off, stride_scale, ws,
+            layout.part)
+    tail = (ignore_index, float(label_smoothing))
+    phases = 0
+    kernel_kw = {}
+    if slices:
+        kernel = kernels.ce_slices_kernel
+        args = (*head, layout.slices, layout.sync, n_rows, n_cols, cfg.n_slices, items, *tail)
+        kernel_kw = {**flags, "VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": cfg.block_s,
+                     "num_warps": cfg.num_warps}
+        resident = resident_programs(kernel, args, {**kernel_kw, "PHASE": 0}, x.device)
+        phases = slices_phases(cfg.n_slices, resident)
+    if reduce is not None or phases == 1:
+        mean = reduce == "mean"
+        chunks = cdiv(n_rows, PREP_BLOCK) if mean and not probs else 0
+        kernels.ce_prep_kernel[(1,)](
+            y, w, ws, layout.sync, n_rows if phases == 1 else 0, n_rows, n_cols, ignore_index,
+            chunks, int(mean), int(defer), HAS_WEIGHT=weight is not None, BLOCK=PREP_BLOCK,
+            num_warps=4)
+    if not slices:
+        kernels.ce_rows_kernel[(programs,)](
+            *head, n_rows, n_cols, *tail, **flags, VEC=cfg.vec, BLOCK_N=cfg.block_n,
+            BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    elif phases == 1:
+        kernel[(min(resident, items),)](*args, **kernel_kw, PHASE=0)
+    else:  # the statistics phase neither writes the gradient nor reduces
+        stats_kw = {**kernel_kw, "COMPUTE_GRAD": False, "REDUCE": False}
+        kernel[(items,)](*args, **stats_kw, PHASE=1)
+        kernel[(items,)](*args, **kernel_kw, PHASE=2)
+    return CEResult(ws, layout)
+
+
+def ce_rows(
+    logits: Tensor,
+    target: Tensor,
+    t: Tensor,
+    weight: Tensor | None,
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Tensor | None,
+    grad_out: Tensor | None,
+    compute_dt: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """See :func:`.torch_path.ce_rows`."""
+    aliased = grad_out is not None and grad_out.data_ptr() == logits.data_ptr()
+    x = logits if aliased else unit_col_stride(logits)
+    res = _ce_launch(x, target, t, 0.0, weight, ignore_index, label_smoothing,
+                     grad_out=grad_out, grad_scale=grad_scale, compute_dt=compute_dt,
+                     reduce=None)
+    return res.row(0), res.row(1), res.row(2) if compute_dt else res.ws[:0]
+
+
+def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
+               weight: Tensor | None, ignore_index: int, label_smoothing: float,
+               reduction: str, grad_out: Tensor | None, compute_dt: bool,
+               defer: bool) -> CEResult:
+    """A mean or sum cross-entropy in two launches, nothing else on the device: the loss at
+    ``ws[WS_LOSS]``, with ``compute_dt`` dL/dT at ``ws[WS_DT]`` (summed) and per row (scaled
+    by ``ws[WS_ROW_FACTOR]``), and, with ``grad_out``, the gradient for an upstream gradient of
+    1 (without the mean's factor when ``defer``). ``t_value > 0``: the temperature by value."""
+    aliased = grad_out is not None and grad_out.data_ptr() == logits.data_ptr()
+    x = logits if aliased else unit_col_stride(logits)
+    return _ce_launch(x, target, t, t_value, weight, ignore_index, label_smoothing,
+                      grad_out=grad_out, grad_scale=None, compute_dt=compute_dt,
+                      reduce=reduction, defer=defer)
+
+
+def apply_upstream_(buf: Tensor | None, g: Tensor, res: CEResult, t_grad: str | None,
+                    defer: bool, t_shape: torch.Size | None = None) -> Tensor | None:
+    """The backward of :func:`ce_reduced`, one launch: ``buf *= g`` (``g`` times the mean's
+    factor when it was deferred), skipped on the device when that is 1; returns dL/dT for the
+    upstream gradient ``g`` (``t_grad``: ``"rows"`` per row, ``"scalar"``, or ``None``), shaped
+    ``t_shape``. The buffer is written through its pointer: its version counter does not move
+    (a retained graph is traversed again)."""
+    dt_off, n_dt = res.dt_slot(t_grad == "rows") if t_grad else (0, 0)
+    dt = torch.empty(t_shape if t_shape is not None else (n_dt,), dtype=torch.float32,
+                     device=res.ws.device) if t_grad else res.ws
+    apply_kernel(buf, g, res.ws, dt_off, n_dt, defer, dt)
+    return dt if t_grad else None
