@@ -159,6 +159,22 @@ def test_bad_settings_raise_a_value_error_naming_the_argument(digits, kw, match)
     assert isinstance(info.value, ValueError)
 
 
+def test_a_settings_object_and_keyword_overrides_give_the_same_evaluation(digits):
+    """``evaluate(model, bundle, settings, **overrides)``: the settings object with some fields
+    replaced is the same evaluation as every setting passed as a keyword; its ``check()``
+    raises before any work, as ``evaluate`` would."""
+    settings = ev.EvalSettings(eps=0.05, steps=3, train_temperature=2.0, attacks="pgd-ce",
+                               n_examples=50, corruptions=False, calibration=False)
+    by_object = ev.evaluate(digits.model(), digits.test(), settings, eps=0.1)
+    by_keywords = ev.evaluate(digits.model(), digits.test(), eps=0.1, steps=3,
+                              train_temperature=2.0, attacks="pgd-ce", n_examples=50,
+                              corruptions=False, calibration=False)
+    assert _without_timings(by_object) == _without_timings(by_keywords)
+    assert by_object["settings"]["eps"] == 0.1 and settings.eps == 0.05
+    with pytest.raises(SettingError, match="^eot must be >= 1"):
+        ev.EvalSettings(eps=0.1, steps=1, train_temperature=1.0, eot=0).check()
+
+
 def test_parse_attacks():
     assert parse_attacks(None) == ["pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw",
                                    "apgd-dlr", "square"]

@@ -131,10 +131,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         checks.positive(args.temperature, "temperature")
     if args.threads is not None:
         checks.at_least(args.threads, "threads", 1)
-    ev.check_settings(eps=0.0 if args.eps is None else args.eps, alpha=args.alpha,
-                      steps=args.steps, restarts=args.restarts, n_examples=n_examples,
-                      square_queries=args.square_queries, severities=severities,
-                      check_steps=args.check_steps, batch_size=args.batch_size)
+    # every setting but the checkpoint's (eps when not given, T) checked before it is loaded
+    settings = ev.EvalSettings(
+        eps=0.0 if args.eps is None else args.eps, steps=args.steps, train_temperature=1.0,
+        attacks=attacks, alpha=args.alpha, restarts=args.restarts, n_examples=n_examples,
+        corruptions=args.corruptions, seed=args.seed, square_queries=args.square_queries,
+        severities=severities, corruptions_dir=args.corruptions_dir,
+        batch_size=args.batch_size, check_steps=args.check_steps, calibration=args.calibration)
+    settings.check()
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, RESTORE_KEYS)
     out = _output_path(args)
@@ -157,13 +161,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads or cfg.get("threads") or threads)
     try:
-        result = ev.evaluate(model, bundle, train_temperature=temperature, attacks=attacks,
-                             eps=float(eps), alpha=args.alpha, steps=args.steps,
-                             restarts=args.restarts, n_examples=n_examples,
-                             corruptions=args.corruptions, seed=args.seed, progress=status,
-                             square_queries=args.square_queries, severities=severities,
-                             corruptions_dir=args.corruptions_dir, batch_size=args.batch_size,
-                             check_steps=args.check_steps, calibration=args.calibration,
+        result = ev.evaluate(model, bundle, settings, progress=status, eps=float(eps),
+                             train_temperature=temperature,
                              calibration_temperature=(ckpt.get("calibration") or {}).get(
                                  "temperature"))
     finally:

@@ -24,9 +24,11 @@ left untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +45,90 @@ Progress = Callable[[str], None]
 EOT_SAMPLES = 8
 VOTES = 32  # forward passes whose majority classifies an input of a stochastic model
 
+def derive_seed(seed: int, *keys: str | int) -> int:
+    """A 31-bit seed from ``seed`` and ``keys`` (CRC-32, stable across runs and platforms)."""
+    return zlib.crc32("/".join(map(str, (seed, *keys))).encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything that shapes an evaluation's numbers (see :func:`evaluate`).
+
+    Attributes:
+        eps: L-infinity budget on [0, 1] pixels.
+        steps: iterations of PGD and APGD.
+        train_temperature: the training T (``pgd-ce-t`` attacks CE at this T).
+        attacks: names from :data:`tempfast.robust.attacks.ATTACKS`; None: the default suite
+            (``pgd-ce, pgd-ce-t, pgd-ce-adaptive, pgd-cw, apgd-dlr, square``); empty: none.
+        alpha: PGD step (None: ``2.5 * eps / steps``).
+        restarts: random restarts of PGD and APGD.
+        n_examples: the first test images evaluated (None: all).
+        corruptions: run the corruption suite (regenerated, or the files in
+            ``corruptions_dir``) at ``severities``.
+        seed: base seed of every random choice.
+        square_queries: Square's query budget per example.
+        severities: corruption severities to run (1..5).
+        corruptions_dir: published CIFAR-10-C / CIFAR-100-C files to use instead of the
+            regenerated corruptions.
+        batch_size: examples per attack batch.
+        check_steps: PGD steps of the more-steps diagnostic (None: ``2 * steps``).
+        eot: forward passes whose gradients the escalation averages on a stochastic model.
+        bpda: pass gradients straight through the model's declared non-differentiable
+            preprocessing (:class:`tempfast.robust.bpda.NonDifferentiable`) in every gradient
+            attack; None: only in the escalation, when masking is suspected.
+        calibration: measure calibration on the whole test set (:func:`calibration_report`):
+            the model's probabilities ``softmax(z / train_temperature)`` before and after
+            temperature scaling fitted on one half and reported on the other.
+        calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
+            same fit half) to report instead of fitting one.
+    """
+
+    eps: float
+    steps: int
+    train_temperature: float
+    attacks: Sequence[str] | str | None = None
+    alpha: float | None = None
+    restarts: int = 1
+    n_examples: int | None = None
+    corruptions: bool = True
+    seed: int = 0
+    square_queries: int = 1000
+    severities: Sequence[int] = corr.SEVERITIES
+    corruptions_dir: str | None = None
+    batch_size: int = 512
+    check_steps: int | None = None
+    eot: int = EOT_SAMPLES
+    bpda: bool | None = None
+    calibration: bool = True
+    calibration_temperature: float | None = None
+
+    def check(self) -> None:
+        """Raise :class:`~tempfast.errors.SettingError` naming the first setting the suite
+        cannot run (the checks of :mod:`tempfast.robust.checks`), or an unknown attack."""
+        parse_attacks(self.attacks)
+        checks.eps(self.eps)
+        if self.alpha is not None:
+            checks.positive(self.alpha, "alpha")
+        checks.at_least(self.steps, "steps", 1)
+        checks.at_least(self.restarts, "restarts", 1)
+        if self.n_examples is not None:
+            checks.at_least(self.n_examples, "n_examples", 1)
+        checks.at_least(self.square_queries, "square_queries", 1)
+        if self.check_steps is not None:
+            checks.at_least(self.check_steps, "check_steps", 1)
+        checks.severities(self.severities)
+        checks.at_least(self.batch_size, "batch_size", 1)
+        checks.at_least(self.eot, "eot", 1)
+
+    def resolved(self) -> EvalSettings:
+        """These settings with ``attacks``, ``alpha`` and ``check_steps`` resolved (the suite's
+        names, ``2.5 * eps / steps``, ``2 * steps``)."""
+        return dataclasses.replace(
+            self, attacks=parse_attacks(self.attacks),
+            alpha=2.5 * self.eps / self.steps if self.alpha is None else float(self.alpha),
+            check_steps=2 * self.steps if self.check_steps is None else self.check_steps)
+
+
 SHORT_SETTINGS = {
     "steps": 10,
     "restarts": 1,
@@ -51,31 +137,8 @@ SHORT_SETTINGS = {
     "severities": (1, 3, 5),
 }
 """Settings of the short evaluation ``tempfast train`` runs at its end (7-9 s for the 360 digits
-test images and the small CNN on one CPU thread)."""
-
-
-def derive_seed(seed: int, *keys: str | int) -> int:
-    """A 31-bit seed from ``seed`` and ``keys`` (CRC-32, stable across runs and platforms)."""
-    return zlib.crc32("/".join(map(str, (seed, *keys))).encode()) & 0x7FFFFFFF
-
-
-def check_settings(*, eps: float, alpha: float | None, steps: int, restarts: int,
-                   n_examples: int | None, square_queries: int, severities: Sequence[int],
-                   check_steps: int | None = None, batch_size: int = 512) -> None:
-    """Raise :class:`~tempfast.errors.SettingError` naming the argument of the first setting
-    the suite cannot run (the checks of :mod:`tempfast.robust.checks`)."""
-    checks.eps(eps)
-    if alpha is not None:
-        checks.positive(alpha, "alpha")
-    checks.at_least(steps, "steps", 1)
-    checks.at_least(restarts, "restarts", 1)
-    if n_examples is not None:
-        checks.at_least(n_examples, "n_examples", 1)
-    checks.at_least(square_queries, "square_queries", 1)
-    if check_steps is not None:
-        checks.at_least(check_steps, "check_steps", 1)
-    checks.severities(severities)
-    checks.at_least(batch_size, "batch_size", 1)
+test images and the small CNN on one CPU thread); the trainer's flags set the rest (and may
+override ``steps``, ``restarts`` and ``n_examples``)."""
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -130,42 +193,16 @@ def is_stochastic(model: nn.Module, x: Tensor) -> bool:
         return not torch.equal(model(x), model(x))
 
 
-def evaluate(model: nn.Module, bundle, *, train_temperature: float,
-             attacks: Sequence[str] | None = None, eps: float, alpha: float | None = None,
-             steps: int, restarts: int = 1, n_examples: int | None = None,
-             corruptions: bool = True, seed: int = 0, progress: Progress | None = None,
-             square_queries: int = 1000, severities: Sequence[int] = corr.SEVERITIES,
-             corruptions_dir: str | None = None, batch_size: int = 512,
-             check_steps: int | None = None, eot: int = EOT_SAMPLES,
-             bpda: bool | None = None, calibration: bool = True,
-             calibration_temperature: float | None = None) -> dict:
-    """Evaluate ``model`` on ``bundle``'s first ``n_examples`` test images (all if None).
+def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
+             progress: Progress | None = None, **overrides) -> dict:
+    """Evaluate ``model`` on ``bundle``'s first ``settings.n_examples`` test images (all if
+    None).
 
     Args:
-        train_temperature: the training T (``pgd-ce-t`` attacks CE at this T).
-        attacks: names from :data:`tempfast.robust.attacks.ATTACKS`; None: the default suite
-            (``pgd-ce, pgd-ce-t, pgd-ce-adaptive, pgd-cw, apgd-dlr, square``); empty: none.
-        eps: L-infinity budget on [0, 1] pixels. alpha: PGD step (None: ``2.5 * eps / steps``).
-        steps, restarts: iterations and random restarts of PGD and APGD.
-        corruptions: run the corruption suite (regenerated, or the files in
-            ``corruptions_dir``) at ``severities``.
-        seed: base seed of every random choice.
+        settings: what shapes the numbers (:class:`EvalSettings`); ``overrides`` (its field
+            names as keywords) replace some of its fields, or, without ``settings``, are all
+            of them: ``evaluate(model, bundle, eps=0.1, steps=20, train_temperature=8.0)``.
         progress: None, or a callable receiving one-line status messages as work proceeds.
-        square_queries: Square's query budget per example.
-        severities: corruption severities to run (1..5).
-        corruptions_dir: published CIFAR-10-C / CIFAR-100-C files to use instead of the
-            regenerated corruptions.
-        batch_size: examples per attack batch.
-        check_steps: PGD steps of the more-steps diagnostic (None: ``2 * steps``).
-        eot: forward passes whose gradients the escalation averages on a stochastic model.
-        bpda: pass gradients straight through the model's declared non-differentiable
-            preprocessing (:class:`tempfast.robust.bpda.NonDifferentiable`) in every gradient
-            attack; None: only in the escalation, when masking is suspected.
-        calibration: measure calibration on the whole test set (:func:`calibration_report`):
-            the model's probabilities ``softmax(z / train_temperature)`` before and after
-            temperature scaling fitted on one half and reported on the other.
-        calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
-            same fit half) to report instead of fitting one.
 
     When the diagnostics suspect masking, the evaluation escalates, says so and records it
     under ``escalation``: Square with four times the queries and two restarts; on a
@@ -182,7 +219,7 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         diagnostics, see :mod:`tempfast.robust.masking`), ``escalation`` (None, or why, what
         ran and its accuracies), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
-        ``n_examples``, ``settings`` (every setting above that shapes a number, the resolved
+        ``n_examples``, ``settings`` (every setting that shapes a number, the resolved
         ``alpha`` and ``check_steps``; ``severities`` and ``corruptions_dir`` None without
         corruptions), ``seconds``.
 
@@ -192,13 +229,10 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         UsageError: an empty test set, or corruption files that do not fit.
     """
     start = time.perf_counter()
-    names = parse_attacks(attacks)
-    check_settings(eps=eps, alpha=alpha, steps=steps, restarts=restarts, n_examples=n_examples,
-                   square_queries=square_queries, severities=severities,
-                   check_steps=check_steps, batch_size=batch_size)
-    checks.at_least(eot, "eot", 1)
-    alpha = 2.5 * eps / steps if alpha is None else float(alpha)
-    check_steps = 2 * steps if check_steps is None else check_steps
+    settings = EvalSettings(**overrides) if settings is None \
+        else dataclasses.replace(settings, **overrides)
+    settings.check()
+    cfg = settings.resolved()
     device = _model_device(model)
 
     def say(message: str) -> None:
@@ -206,64 +240,62 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
             progress(message)
 
     with eval_mode(model), torch.autocast(device.type, enabled=False):
-        batches = [(x.float(), y) for x, y in bundle.test_batches(batch_size, device,
-                                                                   limit=n_examples)]
+        batches = [(x.float(), y) for x, y in bundle.test_batches(cfg.batch_size, device,
+                                                                   limit=cfg.n_examples)]
         if not batches:
             raise UsageError("the test set is empty")
         files = None
-        if corruptions and corruptions_dir is not None:
-            files = corr.CorruptionFiles(corruptions_dir)
+        if cfg.corruptions and cfg.corruptions_dir is not None:
+            files = corr.CorruptionFiles(cfg.corruptions_dir)
             shape = tuple(batches[0][0].shape[1:])
             if files.image_shape != shape:
                 raise UsageError(f"--corruptions-dir: images are {files.image_shape} (C, H, W) "
                                  f"but the model's test images are {shape}")
-        with seeded(derive_seed(seed, "clean"), device):
+        with seeded(derive_seed(cfg.seed, "clean"), device):
             stochastic = is_stochastic(model, batches[0][0])
-            judge = Judge(model, VOTES if stochastic else 1, derive_seed(seed, "judge"))
+            judge = Judge(model, VOTES if stochastic else 1, derive_seed(cfg.seed, "judge"))
             correct = [judge(x, y) for x, y in batches]
         n = sum(int(c.numel()) for c in correct)
 
         def run(name: str, *, eps: float, alpha: float, steps: int, restarts: int,
-                key: str = "suite", queries: int = square_queries, eot: int = 1,
-                bpda: bool = bool(bpda)) -> Tensor:
-            attack_seed = derive_seed(seed, name, key)
+                key: str = "suite", queries: int = cfg.square_queries, eot: int = 1,
+                bpda: bool = bool(cfg.bpda)) -> Tensor:
+            attack_seed = derive_seed(cfg.seed, name, key)
             attack = build_attack(name, model, eps=eps, alpha=alpha, steps=steps,
-                                  restarts=restarts, temperature=float(train_temperature),
+                                  restarts=restarts, temperature=float(cfg.train_temperature),
                                   seed=attack_seed, square_queries=queries, eot=eot,
                                   bpda=bpda)
             with seeded(attack_seed, device):
                 return _robust_mask(judge, attack, batches, correct)
 
         robust, seconds = {}, {}
-        for name in names:
+        for name in cfg.attacks:
             say(f"attack {name} on {n} examples")
             t0 = time.perf_counter()
-            robust[name] = run(name, eps=eps, alpha=alpha, steps=steps, restarts=restarts)
+            robust[name] = run(name, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                               restarts=cfg.restarts)
             seconds[name] = round(time.perf_counter() - t0, 3)
         say("diagnostics: input gradients")
-        with seeded(derive_seed(seed, "zero-grad"), device):
+        with seeded(derive_seed(cfg.seed, "zero-grad"), device):
             zero_grad = masking.zero_gradient_fractions(
                 model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
-                float(train_temperature))
+                float(cfg.train_temperature))
         report, extra = masking.run_diagnostics(
-            run, robust, zero_grad, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-            more_steps=check_steps, status=say)
+            run, robust, zero_grad, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+            restarts=cfg.restarts, more_steps=cfg.check_steps, status=say)
         escalation = None
-        if report["suspected"] and eps > 0:
-            escalation = _escalate(run, model, eps=eps, alpha=alpha, steps=steps,
-                                   restarts=restarts, square_queries=square_queries,
-                                   stochastic=stochastic, eot=eot, bpda=bpda, say=say)
+        if report["suspected"] and cfg.eps > 0:
+            escalation = _escalate(run, model, cfg, stochastic, say)
             extra |= escalation.pop("masks")
         corruption = None
-        if corruptions:
-            corruption = _corruptions(judge, batches, severities, files, batch_size,
-                                      n_examples, device, seed, say)
+        if cfg.corruptions:
+            corruption = _corruptions(judge, batches, cfg, files, device, say)
         calibrated = None
-        if calibration:
+        if cfg.calibration:
             say("calibration")
-            calibrated = calibration_report(model, bundle, float(train_temperature), seed=seed,
-                                            batch_size=batch_size,
-                                            temperature=calibration_temperature)
+            calibrated = calibration_report(model, bundle, float(cfg.train_temperature),
+                                            seed=cfg.seed, batch_size=cfg.batch_size,
+                                            temperature=cfg.calibration_temperature)
 
     every = list(robust.values()) + list(extra.values())
     worst = torch.stack(every).all(0) if robust else None
@@ -280,13 +312,15 @@ def evaluate(model: nn.Module, bundle, *, train_temperature: float,
         "corruption_acc": None if corruption is None else corruption["mean"],
         "corruptions": corruption,
         "calibration": calibrated,
-        "settings": {"attacks": names, "eps": eps, "alpha": alpha, "steps": steps,
-                     "restarts": restarts, "square_queries": square_queries,
-                     "check_steps": check_steps, "eot": eot, "bpda": bpda,
-                     "severities": list(severities) if corruptions else None,
-                     "corruptions_dir": corruptions_dir if corruptions else None,
-                     "batch_size": batch_size, "train_temperature": float(train_temperature),
-                     "seed": seed, "device": str(device)},
+        "settings": {"attacks": cfg.attacks, "eps": cfg.eps, "alpha": cfg.alpha,
+                     "steps": cfg.steps, "restarts": cfg.restarts,
+                     "square_queries": cfg.square_queries, "check_steps": cfg.check_steps,
+                     "eot": cfg.eot, "bpda": cfg.bpda,
+                     "severities": list(cfg.severities) if cfg.corruptions else None,
+                     "corruptions_dir": cfg.corruptions_dir if cfg.corruptions else None,
+                     "batch_size": cfg.batch_size,
+                     "train_temperature": float(cfg.train_temperature), "seed": cfg.seed,
+                     "device": str(device)},
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -341,27 +375,27 @@ def calibration_report(model: nn.Module, bundle, train_temperature: float, *, se
 ESCALATED = ("pgd-ce-adaptive", "pgd-cw", "apgd-dlr")  # gradient attacks rerun with EOT / BPDA
 
 
-def _escalate(run, model: nn.Module, *, eps: float, alpha: float, steps: int, restarts: int,
-              square_queries: int, stochastic: bool, eot: int, bpda: bool | None,
+def _escalate(run, model: nn.Module, cfg: EvalSettings, stochastic: bool,
               say: Progress) -> dict:
     """The stronger attacks run when masking is suspected; their masks (under ``masks``) join
     the worst case. See :func:`evaluate`."""
-    use_bpda = bpda is not False and declares_preprocessing(model)
+    use_bpda = cfg.bpda is not False and declares_preprocessing(model)
     masks, ran = {}, []
-    queries = 4 * square_queries
+    queries = 4 * cfg.square_queries
     name = f"square ({queries} queries, 2 restarts)"
     say(f"escalation: {name}")
-    masks[name] = run("square", eps=eps, alpha=alpha, steps=steps, restarts=2, key="escalate",
-                      queries=queries)
+    masks[name] = run("square", eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, restarts=2,
+                      key="escalate", queries=queries)
     ran.append(name)
     if stochastic or use_bpda:
-        how = " + ".join(filter(None, (f"EOT x{eot}" if stochastic else "",
+        how = " + ".join(filter(None, (f"EOT x{cfg.eot}" if stochastic else "",
                                        "BPDA" if use_bpda else "")))
         for attack in ESCALATED:
             label = f"{attack} ({how})"
             say(f"escalation: {label}")
-            masks[label] = run(attack, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
-                               key="escalate", eot=eot if stochastic else 1, bpda=use_bpda)
+            masks[label] = run(attack, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                               restarts=cfg.restarts, key="escalate",
+                               eot=cfg.eot if stochastic else 1, bpda=use_bpda)
             ran.append(label)
     reasons = ["masking suspected"]
     if stochastic:
@@ -372,12 +406,12 @@ def _escalate(run, model: nn.Module, *, eps: float, alpha: float, steps: int, re
             "attacks": ran, "masks": masks}
 
 
-def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]],
-                 severities: Sequence[int], files: corr.CorruptionFiles | None,
-                 batch_size: int, n_examples: int | None, device: torch.device, seed: int,
+def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSettings,
+                 files: corr.CorruptionFiles | None, device: torch.device,
                  say: Progress) -> dict:
     """Accuracy per corruption and severity, and the mean over both: on the regenerated
     corruptions of ``batches``, or on the published ``files``."""
+    severities, seed = cfg.severities, cfg.seed
     table: dict[str, dict[str, float]] = {}
     if files is None:
         source = corr.LABEL
@@ -395,7 +429,7 @@ def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]],
             table[name] = {}
             for s in severities:
                 hits = [judge(x, y) for x, y in
-                        files.batches(name, s, batch_size, device, limit=n_examples)]
+                        files.batches(name, s, cfg.batch_size, device, limit=cfg.n_examples)]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
     for row in table.values():
         row["mean"] = float(np.mean(list(row.values())))

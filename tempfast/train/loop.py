@@ -162,19 +162,19 @@ class Trainer:
         """The short robustness evaluation of the trained classifier (None if not asked)."""
         if not self.cfg.final_eval:
             return None
-        from ..robust.evaluation import SHORT_SETTINGS, evaluate
+        from ..robust.evaluation import SHORT_SETTINGS, EvalSettings, evaluate
 
         cfg, classifier = self.cfg, self.parts.classifier
         self.reporter.status("final robustness evaluation ...")
         classifier.eval()
-        return evaluate(classifier, self.bundle,
-                        train_temperature=float(self.parts.loss_fn.temperature.detach()),
-                        attacks=cfg.eval_attacks, eps=cfg.eps, alpha=None,
-                        steps=cfg.eval_steps, restarts=cfg.eval_restarts,
-                        n_examples=cfg.eval_examples, corruptions=cfg.eval_corruptions,
-                        seed=cfg.seed, progress=self.reporter.status,
-                        square_queries=SHORT_SETTINGS["square_queries"],
-                        severities=SHORT_SETTINGS["severities"])
+        settings = EvalSettings(
+            eps=cfg.eps, steps=cfg.eval_steps,
+            train_temperature=float(self.parts.loss_fn.temperature.detach()),
+            attacks=cfg.eval_attacks, restarts=cfg.eval_restarts, n_examples=cfg.eval_examples,
+            corruptions=cfg.eval_corruptions, seed=cfg.seed,
+            square_queries=SHORT_SETTINGS["square_queries"],
+            severities=SHORT_SETTINGS["severities"])
+        return evaluate(classifier, self.bundle, settings, progress=self.reporter.status)
 
     def summary(self, result: dict | None, eval_time: float) -> dict:
         """What summary.json holds: the run's settings, last epoch, best epoch, final
