@@ -10,7 +10,7 @@ data, models       data sets as device-resident batches; the classifiers
 builder            the parts of a run by role: classifier, loss (holds T), optimiser, ...
 optim              optimiser and learning-rate schedule
 step               one training step and the attack that crafts its batch
-checkpointer       a run's state in and out of checkpoints; how far it has come
+run_state          a run's state in and out of checkpoints; how far it has come
 checkpoint         checkpoint files: atomic writes, safe loads, model restore, RNG state
 run_folder         the output folder (config.yaml, metrics, checkpoints, summary)
 loop               the epoch loop and :func:`run`

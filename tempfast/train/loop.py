@@ -1,6 +1,6 @@
 """The epoch loop of a run and :func:`run`, the whole ``tempfast train`` command: data, the
 parts (:mod:`tempfast.train.builder`), the loop with per-epoch test evaluation, checkpoints
-(:mod:`tempfast.train.checkpointer`), ``--resume``, Ctrl-C recovery, DDP, and the final
+(:mod:`tempfast.train.run_state`), ``--resume``, Ctrl-C recovery, DDP, and the final
 robustness evaluation of :func:`tempfast.robust.evaluation.evaluate`."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..functional import cross_entropy
 from . import distributed as D
 from .builder import Parts, build
 from .checkpoint import RESUME_KEYS, load_checkpoint
-from .checkpointer import Checkpointer, Progress
+from .run_state import Checkpointer, Progress
 from .config import TrainConfig
 from .data import DataBundle, load_data
 from .interrupt import CtrlC, RunInterruptedError
