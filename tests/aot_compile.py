@@ -238,7 +238,7 @@ def _call_ce(x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> No
 
 
 def record_calls(calls: list[tuple]) -> list:
-    """Run every call through the launchers; the distinct launches, in call order."""
+    """Run every call through the launchers; the distinct binaries' launches, in call order."""
     from bench.static.record import LaunchRecorder
     from bench.static.residency import triton_on_cpu
 
@@ -251,6 +251,53 @@ def record_calls(calls: list[tuple]) -> list:
     for launch in recorder.launches:
         unique.setdefault(launch.compile_key(), launch)
     return list(unique.values())
+
+
+def configuration(launch) -> tuple:
+    """What makes a different program of a kernel: its warps, its declared constexprs (the
+    launch configuration and feature flags) and the dtypes of its pointers."""
+    return (launch.name, launch.num_warps,
+            tuple(sorted((k, repr(v)) for k, v in launch.constants.items() if k.isupper())),
+            tuple(t for t in launch.signature.values() if t.startswith("*")))
+
+
+def specialisation(launch) -> tuple:
+    """What the JIT specialises a kernel on besides: integers equal to 1 (compiled as
+    constants), 16-byte alignment of pointers and divisibility by 16 of integers, 32- or
+    64-bit integers."""
+    names = list(launch.signature)
+    return (launch.name,
+            tuple(sorted(k for k in launch.constants if not k.isupper())),
+            tuple(sorted(names[path[0]] for path, value in launch.attrs.items() if value)),
+            tuple(t for t in launch.signature.values() if t[0] in "iu"))
+
+
+def covering(launches: list, required: list = ()) -> list:
+    """The launches to compile: every ``required`` launch, then each configuration and each
+    specialisation pattern of each kernel that they leave uncovered, once (its first launch:
+    the calls put the natural, aligned shape first). A configuration is a different program; a
+    specialisation changes the same program's constants and memory-access widths, which can
+    break a compile only through the kernel's own code, so one configuration per pattern
+    covers it (the product would compile each configuration again per pattern: 961 binaries
+    instead of about 800)."""
+    chosen = {launch.compile_key(): launch for launch in required}
+    seen = {key for launch in required for key in (configuration(launch),
+                                                   specialisation(launch))}
+    for launch in launches:
+        keys = {configuration(launch), specialisation(launch)}
+        if not keys <= seen:
+            seen |= keys
+            chosen.setdefault(launch.compile_key(), launch)
+    return list(chosen.values())
+
+
+def headline_launches() -> list:
+    """The launches of the static model's headline workloads (``bench.static.workloads``),
+    with their own specialisations: compiled here into the same Triton cache, the budget check
+    (``bench.static.budgets``) that follows finds every binary it reads already built."""
+    from bench.static.workloads import headline_workloads, record
+
+    return [launch for w in headline_workloads() for launch in record(w).launches]
 
 
 def compile_one(launch, arches) -> list[str]:
@@ -273,12 +320,15 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--list", action="store_true", help="print the launches, compile none")
+    parser.add_argument("--headline", action="store_true",
+                        help="also compile the static model's headline launches (for the "
+                             "budget check that reuses the Triton cache)")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: AOT compilation needs the real compiler", file=sys.stderr)
         return 2
     start = time.time()
-    launches = record_calls(all_calls())
+    launches = covering(record_calls(all_calls()), headline_launches() if args.headline else ())
     if args.list:
         for launch in launches:
             print(launch.name, launch.num_warps, launch.constants, launch.signature)

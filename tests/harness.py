@@ -117,6 +117,19 @@ def raises_one_line(exc_type, match: str, fn, *args, **kwargs) -> str:
     return message
 
 
+def assert_refuses_double_backward(loss: torch.Tensor, inputs) -> None:
+    """``create_graph=True`` through ``loss`` raises, naming an oracle that exists
+    (``tempfast.reference.<name>``, twice differentiable)."""
+    import re
+
+    import pytest
+
+    with pytest.raises(RuntimeError, match="double backward") as info:
+        torch.autograd.grad(loss.sum(), inputs, create_graph=True)
+    (name,) = re.findall(r"tempfast\.reference\.(\w+)", str(info.value))
+    assert callable(getattr(tempfast.reference, name, None)), str(info.value)
+
+
 def logits_like(n: int, c: int, dtype: torch.dtype, seed: int = 0, scale: float = 3.0):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(n, c, generator=g) * scale).to(dtype)

@@ -1,9 +1,15 @@
-"""Ahead-of-time compilation of every kernel variant for sm_80 and sm_90 (no GPU needed).
+"""The compiled kernels: ahead-of-time compilation of every kernel configuration for sm_80 and
+sm_90 (no GPU needed), and the CI budgets the static cost model reads from the binaries
+(``bench.static.budgets``: spills, 128-bit row accesses, Triton launches and torch ops per
+cross-entropy call, at the headline shapes N = 8192, C in {1000, 4096, 32000, 128256, 262144},
+bf16 and fp32).
 
-Runs ``tests/aot_compile.py`` in a subprocess WITHOUT ``TRITON_INTERPRET`` (the interpreter
-accepts programs the compiler rejects) and with an empty Triton cache, so every launch the
-launchers make over the script's calls is really compiled to PTX and a cubin, with the JIT's
-run-time specialisation.
+``tests/aot_compile.py`` runs in a subprocess WITHOUT ``TRITON_INTERPRET`` (the interpreter
+accepts programs the compiler rejects) and with an empty Triton cache, so every launch it
+selects (:func:`aot_compile.covering`) is really compiled to PTX and a cubin, with the JIT's
+run-time specialisation; it also compiles the headline launches, so the budget check that
+follows in the same cache reads binaries already built. The checkers are also run on
+deliberately worse kernels (registers capped, misaligned rows) to show that a budget can fail.
 """
 
 from __future__ import annotations
@@ -22,34 +28,122 @@ SCRIPT = Path(__file__).with_name("aot_compile.py")
 ROOT = SCRIPT.parents[1]
 
 
-def _env(tmp_path: Path) -> dict:
+def _env(cache: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET",
                                                             "TEMPFAST_BACKEND")}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    env["TRITON_CACHE_DIR"] = str(cache)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
+@pytest.fixture(scope="module")
+def triton_cache(tmp_path_factory) -> Path:
+    """One Triton cache for this module: the binaries compiled once, read by the budgets."""
+    return tmp_path_factory.mktemp("triton-cache")
+
+
+@pytest.fixture(scope="module")
+def compiled(triton_cache) -> subprocess.CompletedProcess:
+    """The AOT script's run for sm_80 and sm_90, the headline launches included."""
+    return subprocess.run([sys.executable, str(SCRIPT), "--arch", "80", "90", "--jobs", "2",
+                           "--headline"], capture_output=True, text=True,
+                          env=_env(triton_cache), timeout=1800)
+
+
 @pytest.mark.slow
-def test_every_kernel_variant_compiles_for_sm80_and_sm90(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--arch", "80", "90", "--jobs", "2"],
-                            capture_output=True, text=True, env=_env(tmp_path), timeout=1800)
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    assert " 0 failures" in result.stdout
+def test_every_kernel_variant_compiles_for_sm80_and_sm90(compiled):
+    assert compiled.returncode == 0, compiled.stdout[-5000:] + compiled.stderr[-5000:]
+    assert " 0 failures" in compiled.stdout
 
 
-def _recorded_variants(tmp_path: Path) -> list[dict]:
-    code = textwrap.dedent(f"""
+def _run(code: str, cache: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=_env(cache), cwd=ROOT, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_the_headline_kernels_stay_within_the_budgets(compiled, triton_cache):
+    result = _run("""
+        import json
+        from bench.static import budgets
+        print(json.dumps(budgets.check(jobs=2), default=str))
+    """, triton_cache)
+    assert result.returncode == 0, result.stderr[-5000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["violations"] == [], "\n".join(report["violations"])
+    # no kernel accesses its rows narrower than 128 bits where 16-byte rows allow it
+    assert report["measured"]["narrow_rows"] == []
+
+
+def test_the_checkers_catch_spills_narrow_rows_extra_launches_and_ops(triton_cache):
+    """A CE kernel capped at 32 registers spills; rows that start 2 bytes off a 16-byte
+    boundary get narrow loads; a case with an extra launch or extra ops breaks its budget."""
+    result = _run("""
+        import json
+        import torch
+        from bench.static import budgets, compile as C, record, residency
+        from tempfast.ops.cross_entropy import triton_path
+
+        def launches(x, y):
+            rec = record.LaunchRecorder()
+            with residency.triton_on_cpu(), rec.active():
+                triton_path.ce_rows(x, y, torch.full((1,), 8.0), None, -100, 0.0,
+                                    torch.ones(1), torch.empty_like(x), False)
+            return rec.launches
+
+        y = torch.zeros(64, dtype=torch.int64)
+        good = launches(torch.empty(64, 4096, dtype=torch.bfloat16), y)[0]
+        capped = record.Launch(**{**good.__dict__, "kwargs": {**good.kwargs, "maxnreg": 32}})
+        buf = torch.empty(64, 4097, dtype=torch.bfloat16)
+        misaligned = launches(buf[:, 1:], y)[0]
+        out = {
+            "good_spills": budgets.spill_violations(good, C.read_launch(good, 90), 0),
+            "good_narrow": budgets.narrow_access_violations(good, C.read_launch(good, 90)),
+            "capped": budgets.spill_violations(capped, C.read_launch(capped, 90), 0),
+            "misaligned": budgets.narrow_access_violations(misaligned,
+                                                           C.read_launch(misaligned, 90)),
+        }
+        print(json.dumps(out))
+    """, triton_cache)
+    assert result.returncode == 0, result.stderr[-5000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["good_spills"] == [] and out["good_narrow"] == []
+    assert out["capped"] and "bytes of spills" in out["capped"][0]
+    assert out["misaligned"] and "128-bit" in out["misaligned"][0]
+
+    from bench.static import budgets
+
+    big = {"count": 1, "gpus": {"H100": {"hbm_bytes": 10**9}}}
+    case = {"id": "ce_fwd_bwd-test", "op": "ce_fwd_bwd", "floor_bytes": 10**9,
+            "triton_launches": {"forward": 1, "backward": budgets.MAX_CE_LAUNCHES},
+            "launches": [big, big],
+            "host": {"gpu_call_ops": {"forward": budgets.MAX_CE_TORCH_OPS_GPU, "backward": 1}}}
+    found = budgets.case_violations(case)
+    assert any("Triton launches" in v for v in found)
+    assert any("move the N x C data" in v for v in found)
+    assert any("torch ops" in v for v in found)
+    cpu = {"tempfast": {"forward": budgets.MAX_CE_TORCH_OPS_CPU, "backward": 1}}
+    assert budgets.cpu_path_violations(cpu)
+
+
+def _recorded_variants(cache: Path) -> dict:
+    """The compiled set (``covering`` of every recorded launch), and whether it keeps every
+    configuration and specialisation pattern of the whole recording."""
+    result = _run(f"""
         import json, sys
         sys.path.insert(0, {str(SCRIPT.parent)!r})
-        import aot_compile
+        import aot_compile as A
+        every = A.record_calls(A.all_calls())
+        chosen = A.covering(every)
         out = [{{"name": l.name, "warps": l.num_warps, "constants": l.constants,
                  "signature": l.signature,
                  "aligned": sorted(list(l.signature)[k[0]] for k, v in l.attrs.items() if v)}}
-               for l in aot_compile.record_calls(aot_compile.all_calls())]
-        print(json.dumps(out, default=str))
-    """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_env(tmp_path), cwd=ROOT, timeout=600)
+               for l in chosen]
+        kept = all({{f(l) for l in every}} == {{f(l) for l in chosen}}
+                   for f in (A.configuration, A.specialisation))
+        print(json.dumps({{"launches": out, "recorded": len(every), "kept": kept}},
+                         default=str))
+    """, cache, timeout=600)
     assert result.returncode == 0, result.stderr[-5000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -63,9 +157,23 @@ KERNELS = {  # (op, path) -> the kernel whose constexprs carry the configuration
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory) -> list[dict]:
-    """The launches ``tests/aot_compile.py`` records, once per module."""
+def recording(tmp_path_factory) -> dict:
+    """What ``tests/aot_compile.py`` records and compiles, once per module."""
     return _recorded_variants(tmp_path_factory.mktemp("aot-record"))
+
+
+@pytest.fixture(scope="module")
+def recorded(recording) -> list[dict]:
+    """The launches ``tests/aot_compile.py`` compiles."""
+    return recording["launches"]
+
+
+def test_the_compiled_set_keeps_every_configuration_and_specialisation(recording):
+    """Every distinct program (kernel, warps, constexprs, pointer dtypes) and every distinct
+    specialisation of each kernel that the calls record is compiled, each once: fewer binaries
+    than the recorded launches, nothing left out."""
+    assert recording["kept"]
+    assert len(recording["launches"]) < recording["recorded"]
 
 
 def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(recorded):

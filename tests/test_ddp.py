@@ -1,5 +1,6 @@
 """``torchrun --nproc_per_node=2 -m tempfast train``: DDP with gloo on 2 CPU processes, each on
-its own shard, rank-0 logging and checkpointing."""
+its own shard, rank-0 logging and checkpointing. The runs train on a 512-image subset of
+digits: what they check depends on the processes agreeing, not on the amount of data."""
 
 from __future__ import annotations
 
@@ -23,15 +24,15 @@ def test_torchrun_two_cpu_processes_train_on_shards_and_rank0_writes(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "tempfast", "train", "--device", "cpu", "--epochs", "2", "--adv", "pgd",
            "--steps", "1", "--eval-adv-examples", "32", "--no-final-eval", "--batch-size", "64",
-           "--output", str(out), "--json"]
+           "--train-subset", "512", "--output", str(out), "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert [e["event"] for e in events] == ["start", "epoch", "epoch", "summary"], \
         "only rank 0 prints"
     assert events[0]["world_size"] == 2
-    # 1437 images, 2 ranks x 718, 11 batches of 64 each: 1408 images per epoch in all.
-    assert all(e["train_images"] == 1408 for e in events[1:3])
+    # 512 images, 2 ranks x 256, 4 batches of 64 each: 512 images per epoch in all.
+    assert all(e["train_images"] == 512 for e in events[1:3])
     assert {f.name for f in out.iterdir()} == {"config.yaml", "metrics.jsonl", "summary.csv",
                                                "last.pt", "best.pt", "summary.json"}
     ckpt = load_checkpoint(out / "last.pt")
@@ -49,7 +50,7 @@ from tempfast.train import TrainConfig, run
 out, head = sys.argv[1:]
 summary = run(TrainConfig(device="cpu", epochs=1, temp=4.0, learn_temp=True,
                           fused_head=head == "fused", batch_size=64, final_eval=False, threads=1,
-                          output=os.path.join(out, "run")))
+                          train_subset=512, output=os.path.join(out, "run")))
 with open(os.path.join(out, f"rank{os.environ['RANK']}.json"), "w") as f:
     json.dump(summary["final_temperature"], f)
 """
@@ -87,7 +88,7 @@ def test_ddp_pgd_run_resumed_from_epoch_two_matches_four_straight(tmp_path):
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
             "-m", "tempfast", "train", "--device", "cpu", "--sched", "none", "--adv", "pgd",
             "--steps", "1", "--eval-adv-examples", "32", "--no-final-eval", "--batch-size",
-            "128", "--quiet"]
+            "128", "--train-subset", "512", "--quiet"]
     a, b = tmp_path / "a", tmp_path / "b"
     for extra in (["--epochs", "4", "--output", str(a)], ["--epochs", "2", "--output", str(b)],
                   ["--epochs", "4", "--output", str(b), "--resume"]):

@@ -23,6 +23,7 @@ from .harness import (
     PATHS,
     REL_TOL,
     assert_close,
+    assert_refuses_double_backward,
     force_config,
     forced,
     logits_like,
@@ -368,3 +369,11 @@ def test_every_call_takes_the_custom_op_route():
     call = kd.normalise(torch.zeros(2, 3), torch.zeros(2, 3), 2.0, target=None, alpha=0.5,
                         reduction="batchmean", ignore_index=-100)
     assert kd.route(call) == "custom_op"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_double_backward_is_refused_and_names_the_oracle(path):
+    s, t = _inputs(3, 12, torch.float32)
+    xs = s.clone().requires_grad_(True)
+    loss = run_path(path, tempfast.distillation_loss, xs, t, 2.0)
+    assert_refuses_double_backward(loss, xs)

@@ -171,7 +171,7 @@ def test_a_settings_object_and_keyword_overrides_give_the_same_evaluation(digits
                               corruptions=False, calibration=False)
     assert _without_timings(by_object) == _without_timings(by_keywords)
     assert by_object["settings"]["eps"] == 0.1 and settings.eps == 0.05
-    with pytest.raises(SettingError, match="^eot must be >= 1"):
+    with pytest.raises(SettingError, match=r"^eot must be >= 1"):
         ev.EvalSettings(eps=0.1, steps=1, train_temperature=1.0, eot=0).check()
 
 

@@ -15,12 +15,12 @@ from ..functional import cross_entropy
 from . import distributed as D
 from .builder import Parts, build
 from .checkpoint import RESUME_KEYS, load_checkpoint
-from .run_state import Checkpointer, Progress
 from .config import TrainConfig
 from .data import DataBundle, load_data
 from .interrupt import CtrlC, RunInterruptedError
 from .progress import Reporter
 from .run_folder import RunFolder
+from .run_state import Checkpointer, Progress
 from .step import TrainingAttack, train_step
 
 
