@@ -5,9 +5,12 @@ compiler rejects): ``python tests/aot_compile.py [--arch 80 90] [--jobs 2]``.
 
 What is compiled is what really runs: the script calls the real launchers (the ops'
 ``triton_path`` modules) on lazily allocated CPU tensors with every Triton launch
-intercepted (``bench.static.record``), and compiles each distinct launch with the
-specialisation the JIT computes for those arguments (Triton's own binder: 16-byte pointer
-alignment, integers divisible by 16, integers equal to 1 as constexprs). The calls cover:
+intercepted (``bench.static.record``), and compiles launches with the specialisation the JIT
+computes for their arguments (Triton's own binder: 16-byte pointer alignment, integers
+divisible by 16, integers equal to 1 as constexprs): every distinct program (kernel, warps,
+constexprs, pointer dtypes) once, and every distinct specialisation of each kernel once
+(:func:`covering`; ``--headline`` adds the static model's headline launches). The calls
+cover:
 
 * every launch configuration the heuristics can choose (path, block sizes, warps and, for the
   slices path, ``BLOCK_S``, both its cooperative launch and its two-phase fallback), in fp32

@@ -614,6 +614,42 @@ def test_every_route_is_taken_and_matches_the_reference(route, path):
     assert_close(leaf.grad, x64.grad, REL_TOL[torch.float32], "grad", floor=1e-3)
 
 
+@pytest.mark.parametrize(("route", "path"), ROUTE_CASES)
+@pytest.mark.parametrize("per_row", [False, True])
+def test_the_temperature_is_checked_once_per_call(monkeypatch, route, path, per_row):
+    """Its shape and type once, where the call is normalised (the plain small call checks a
+    number inline there); its values once, where they are read: a tensor's in the op, a
+    number's with its type, forward and backward together. (The custom ops take the
+    temperature as a tensor, so a number becomes one and the op checks it as it checks any
+    tensor: a traced or direct call reaches the op without ``normalise``.)"""
+    from tempfast import _checks
+    from tempfast.ops.cross_entropy import op as ce_op
+
+    calls = {"normalise": 0, "values": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(_checks, "temperature_of_rows",
+                        counted("normalise", _checks.temperature_of_rows))
+    values = counted("values", _checks.check_temperature_values)
+    monkeypatch.setattr(_checks, "check_temperature_values", values)
+    monkeypatch.setattr(ce_op, "check_temperature_values", values)
+    logits, target, t, kwargs = _route_case(route)
+    if per_row:
+        t = torch.linspace(0.5, 2.0, logits.shape[0])
+    with on_path(path):
+        loss = tempfast.cross_entropy(logits.clone().requires_grad_(True) * 1.0, target, t,
+                                      **kwargs)
+    loss.sum().backward()
+    number = not isinstance(t, torch.Tensor)
+    assert calls["normalise"] == (0 if number and route == "aten" else 1)
+    assert calls["values"] == (0 if number and route in ("aten", "fused_inplace") else 1)
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_traced_calls_take_the_custom_op(path):
     logits, target = logits_like(4, 30, torch.float32), targets(4, 30)

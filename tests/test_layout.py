@@ -187,3 +187,31 @@ def test_every_public_op_is_a_short_call_of_its_op_folder():
                                           and isinstance(s.value, ast.Constant))]
         assert len(body) <= 2, f"{f.name}: {len(body)} statements"
         assert not any(isinstance(n, ast.If | ast.Raise) for s in body for n in ast.walk(s))
+
+
+def test_the_static_model_modules_import_one_another_without_a_cycle():
+    """``bench/static``: every import between its modules, function-level ones included,
+    flows one way (``record`` at the bottom, ``residency`` / ``analysis`` / ``budgets`` above
+    ``compile`` and ``model``)."""
+    folder = ROOT / "bench" / "static"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= ({node.module.split(".")[0]} if node.module
+                         else {a.name for a in node.names})
+        graph[path.stem] = deps & names - {path.stem}
+
+    def cycle_from(node: str, trail: tuple[str, ...]) -> tuple[str, ...] | None:
+        if node in trail:
+            return (*trail[trail.index(node):], node)
+        for dep in sorted(graph[node]):
+            found = cycle_from(dep, (*trail, node))
+            if found:
+                return found
+        return None
+
+    cycles = [c for c in (cycle_from(n, ()) for n in sorted(graph)) if c]
+    assert not cycles, " -> ".join(cycles[0])

@@ -16,16 +16,18 @@ from tempfast.nn import (
     TemperatureSoftmax,
 )
 
-from .harness import LOSS_TOL, assert_close
+from .harness import LOSS_TOL, PATHS, assert_close, run_path
 
 
-def test_fixed_temperature_is_a_buffer_and_matches_the_functional_op():
+@pytest.mark.parametrize("path", ["aten", *PATHS])
+def test_fixed_temperature_is_a_buffer_and_matches_the_functional_op(path):
     loss_fn = TemperatureCrossEntropyLoss(8.0, label_smoothing=0.1)
     assert [n for n, _ in loss_fn.named_parameters()] == []
     assert "log_temperature" in loss_fn.state_dict()
     logits, target = torch.randn(6, 11), torch.randint(0, 11, (6,))
-    expected = tempfast.reference.cross_entropy(logits, target, 8.0, label_smoothing=0.1)
-    assert_close(loss_fn(logits, target), expected, LOSS_TOL, "loss")
+    expected = tempfast.reference.cross_entropy(logits.double(), target, 8.0,
+                                                label_smoothing=0.1)
+    assert_close(run_path(path, loss_fn, logits, target), expected, LOSS_TOL, "loss")
     assert math.isclose(float(loss_fn.temperature), 8.0, rel_tol=1e-6)
 
 
@@ -61,13 +63,14 @@ def test_temperature_calibration_converges_to_the_optimum():
     assert abs(float(loss_fn.temperature.detach()) - best) < 0.05
 
 
-def test_softmax_module_any_dim_and_log():
+@pytest.mark.parametrize("path", ["aten", *PATHS])
+def test_softmax_module_any_dim_and_log(path):
     x = torch.randn(3, 4, 5)
     module = TemperatureSoftmax(0.5, dim=1)
-    assert_close(module(x), torch.softmax(x / 0.5, 1), 1e-6, "softmax")
+    assert_close(run_path(path, module, x), torch.softmax(x.double() / 0.5, 1), 1e-6, "softmax")
     log_module = TemperatureSoftmax(3.0, dim=0, log=True, learnable=True)
-    out = log_module(x)
-    assert_close(out, torch.log_softmax(x / 3.0, 0), 1e-6, "log_softmax")
+    out = run_path(path, log_module, x)
+    assert_close(out, torch.log_softmax(x.double() / 3.0, 0), 1e-6, "log_softmax")
     out.sum().backward()
     assert log_module.log_temperature.grad is not None
     assert "temperature=3" in repr(log_module)
