@@ -100,10 +100,9 @@ def cross_entropy(
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
-    call = _cross_entropy.normalise(
-        logits, target, temperature, weight=weight, ignore_index=ignore_index,
-        reduction=reduction, label_smoothing=label_smoothing, class_dim=class_dim,
-        inplace_backward=inplace_backward, process_group=process_group, start=start)
+    call = _cross_entropy.normalise(logits, target, temperature, weight, ignore_index, reduction,
+                                    label_smoothing, class_dim, inplace_backward,
+                                    process_group, start)
     return _cross_entropy.run(call)
 
 

@@ -24,22 +24,8 @@ from tempfast.ops import cross_entropy as ce
 from tempfast.ops.cross_entropy import triton_path
 from tempfast.ops.cross_entropy.op import cross_entropy_2d
 
-from .harness import (
-    DTYPES,
-    KERNEL_PATHS,
-    LOSS_TOL,
-    PATHS,
-    REL_TOL,
-    assert_close,
-    assert_refuses_double_backward,
-    force_config,
-    forced,
-    logits_like,
-    on_path,
-    raises_one_line,
-    run_path,
-    targets,
-)
+from . import harness
+from .harness import LOSS_TOL, PATHS, REL_TOL, assert_close, logits_like, raises_one_line, run_path
 
 SIZES = (1, 2, 10, 1000, 4097, 32769, 131072)
 TEMPERATURES = (0.05, 0.5, 1.0, 8.0, 64.0)
@@ -89,7 +75,7 @@ def check_against_reference(path, logits, target, temperature=1.0, *, t_grad=Fal
 
 # The longest row (64 slices) runs once on the kernels, in bf16: the other dtypes take the
 # same slices path at 32769 classes.
-CLASS_COUNT_CASES = [(path, dtype, c) for path in PATHS for dtype in DTYPES for c in SIZES
+CLASS_COUNT_CASES = [(path, dtype, c) for path in PATHS for dtype in harness.DTYPES for c in SIZES
                      if not (path == "triton" and c == SIZES[-1] and dtype != torch.bfloat16)]
 
 
@@ -98,7 +84,7 @@ def test_matches_reference_for_every_class_count_and_dtype(path, dtype, num_clas
     n = 2 if num_classes > 4096 else 6
     temperature = TEMPERATURES[SIZES.index(num_classes) % len(TEMPERATURES)]
     logits = logits_like(n, num_classes, dtype)
-    target = targets(n, num_classes)
+    target = harness.targets(n, num_classes)
     check_against_reference(path, logits, target, temperature)
     per_row = torch.linspace(0.3, 5.0, n)
     check_against_reference(path, logits, target, per_row, t_grad=True,
@@ -115,7 +101,7 @@ def test_matches_reference_across_temperatures_with_learnable_t(path, temperatur
         temperature = torch.tensor(2.5)
     else:
         temperature = torch.tensor(temperature)
-    check_against_reference(path, logits_like(n, c, torch.float32), targets(n, c),
+    check_against_reference(path, logits_like(n, c, torch.float32), harness.targets(n, c),
                             temperature, t_grad=True)
 
 
@@ -125,7 +111,7 @@ def test_matches_reference_across_temperatures_with_learnable_t(path, temperatur
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_handles_zero_one_and_several_rows(path, n_rows, num_classes, reduction):
     logits = logits_like(n_rows, num_classes, torch.float32)
-    target = targets(n_rows, num_classes)
+    target = harness.targets(n_rows, num_classes)
     loss = check_against_reference(path, logits, target, 2.0, reduction=reduction)
     if n_rows == 0 and reduction == "mean":
         assert torch.isnan(loss)
@@ -145,7 +131,7 @@ def _option_cases(reductions, smoothing):
 def test_options_match_torch_semantics(path, num_classes, reduction, label_smoothing,
                                        weighted):
     n = 4
-    target = targets(n, num_classes)
+    target = harness.targets(n, num_classes)
     target[1] = -1  # a custom ignore_index
     weight = torch.rand(num_classes, generator=torch.Generator().manual_seed(3)) + 0.1 \
         if weighted else None
@@ -160,7 +146,7 @@ def test_options_match_torch_semantics(path, num_classes, reduction, label_smoot
 def test_options_in_16_bit(path, dtype, reduction):
     """Weights, label smoothing, an ignored row and a learnable T together, in fp16 / bf16."""
     n, c = 5, 1000
-    target = targets(n, c)
+    target = harness.targets(n, c)
     target[2] = -100
     weight = torch.rand(c, generator=torch.Generator().manual_seed(4)) + 0.1
     check_against_reference(path, logits_like(n, c, dtype), target, torch.tensor(1.7),
@@ -169,7 +155,7 @@ def test_options_in_16_bit(path, dtype, reduction):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", harness.DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_all_rows_ignored_gives_what_torch_gives(path, dtype, reduction, weighted):
@@ -229,11 +215,11 @@ def test_probability_targets_in_another_dtype(path, logits_dtype, target_dtype):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=str)
 def test_language_model_shaped_logits_with_class_dim_last(path, dtype):
     b, s, c = 2, 5, 257
     logits = logits_like(b * s, c, dtype).reshape(b, s, c)
-    target = targets(b * s, c).reshape(b, s)
+    target = harness.targets(b * s, c).reshape(b, s)
     target[1, 3:] = -100  # padding
     per_position = torch.rand(b, s, generator=torch.Generator().manual_seed(2)) + 0.5
     check_against_reference(path, logits, target, per_position, t_grad=True, class_dim=-1)
@@ -316,7 +302,7 @@ def test_non_contiguous_inputs(path, layout):
         logits = base[:n, :c]
     assert not logits.is_contiguous() or layout == "expanded_t"
     temperature = torch.tensor(1.5).expand(n) if layout == "expanded_t" else 1.5
-    target = targets(n, c)
+    target = harness.targets(n, c)
     check_against_reference(path, logits, target, temperature)
     probs = torch.softmax(base[:c, n:2 * n], 0).t()
     assert not probs.is_contiguous()
@@ -330,7 +316,7 @@ def test_non_contiguous_inputs(path, layout):
 def test_inplace_backward_overwrites_logits_with_the_gradient(path, num_classes, reduction):
     n = 4
     logits = logits_like(n, num_classes, torch.bfloat16)
-    target = targets(n, num_classes)
+    target = harness.targets(n, num_classes)
     target[0] = -100
     t = torch.tensor(2.0)
     x_ref = logits.clone().requires_grad_(True)
@@ -363,7 +349,7 @@ def test_backward_twice_through_a_retained_graph(path, inplace, reduction):
     not modified by the later calls."""
     n, c = 3, 10
     logits = logits_like(n, c, torch.float32)
-    target = targets(n, c)
+    target = harness.targets(n, c)
     leaf = logits.clone().requires_grad_(True)
     x = leaf * 1.0
     loss = run_path(path, tempfast.cross_entropy, x, target, 2.0, reduction=reduction,
@@ -386,14 +372,14 @@ def test_backward_twice_through_a_retained_graph(path, inplace, reduction):
 @pytest.mark.parametrize("upstream", [1.0, 0.0, -2.5, 65536.0])
 def test_fused_gradient_is_rescaled_by_any_upstream_gradient(path, upstream):
     n, c = 5, 77
-    check_against_reference(path, logits_like(n, c, torch.float16), targets(n, c), 3.0,
+    check_against_reference(path, logits_like(n, c, torch.float16), harness.targets(n, c), 3.0,
                             upstream=torch.tensor(upstream), label_smoothing=0.05)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_no_grad_and_frozen_logits_compute_only_what_is_needed(path):
     logits = logits_like(4, 50, torch.float32)
-    target = targets(4, 50)
+    target = harness.targets(4, 50)
     with torch.no_grad():
         loss = run_path(path, tempfast.cross_entropy, logits, target, 2.0)
     assert_close(loss, reference.cross_entropy(logits.double(), target, 2.0), LOSS_TOL, "loss")
@@ -411,7 +397,7 @@ def test_torch_path_gradcheck_in_float64():
     probs = torch.softmax(torch.randn(4, 7, dtype=torch.float64, generator=g), 1)
     probs.requires_grad_(True)
     weight = torch.rand(7, dtype=torch.float64, generator=g) + 0.5
-    with on_path("torch"):
+    with harness.on_path("torch"):
         for reduction in ("mean", "sum", "none"):
             assert torch.autograd.gradcheck(
                 lambda x, tt, r=reduction: tempfast.cross_entropy(
@@ -428,7 +414,7 @@ def test_matches_torch_in_the_input_dtype(path):
     """Against torch's own bf16 / fp16 computation (which rounds x / T to the dtype first)."""
     for dtype in (torch.bfloat16, torch.float16):
         logits = logits_like(8, 1000, dtype)
-        target = targets(8, 1000)
+        target = harness.targets(8, 1000)
         ours = run_path(path, tempfast.cross_entropy, logits, target, 2.0)
         theirs = F.cross_entropy(logits / 2.0, target)
         assert_close(ours, theirs.float(), 2 * REL_TOL[dtype], f"loss {dtype}")
@@ -442,7 +428,7 @@ def test_fused_backward_allocates_no_logits_sized_buffer(path):
 
     n, c = 64, 4097
     x = logits_like(n, c, torch.float32).requires_grad_(True)
-    loss = run_path(path, tempfast.cross_entropy, x, targets(n, c), 2.0)
+    loss = run_path(path, tempfast.cross_entropy, x, harness.targets(n, c), 2.0)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         loss.backward()
     allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.key_averages())
@@ -483,7 +469,7 @@ def test_fp16_gradient_survives_a_loss_scaler(path):
     fused path must not round them to zero first."""
     n, c, t, scale = 256, 1000, 64.0, 65536.0
     logits = logits_like(n, c, torch.float16, scale=t)
-    target = targets(n, c)
+    target = harness.targets(n, c)
     x = logits.clone().requires_grad_(True)
     (run_path(path, tempfast.cross_entropy, x, target, t) * scale).backward()
     x64 = logits.double().requires_grad_(True)
@@ -499,16 +485,16 @@ def test_fp16_gradient_survives_a_loss_scaler(path):
 @pytest.mark.parametrize("reduction", ["mean", "none"])
 def test_double_backward_is_refused_not_silently_wrong(path, reduction):
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
-    loss = run_path(path, tempfast.cross_entropy, x, targets(3, 10), 2.0,
+    loss = run_path(path, tempfast.cross_entropy, x, harness.targets(3, 10), 2.0,
                     reduction=reduction)
-    assert_refuses_double_backward(loss, x)
+    harness.assert_refuses_double_backward(loss, x)
 
 
 def test_small_cpu_calls_differentiate_twice_like_torch():
     """The small CPU route is stock aten ops: double backward is right, not refused."""
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
-    target = targets(3, 10)
-    with on_path("aten"):
+    target = harness.targets(3, 10)
+    with harness.on_path("aten"):
         loss = tempfast.cross_entropy(x, target, 2.0, label_smoothing=0.1)
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
     (gg,) = torch.autograd.grad(g.square().sum(), x)
@@ -522,7 +508,7 @@ def test_small_cpu_calls_differentiate_twice_like_torch():
 @pytest.mark.parametrize("path", PATHS)
 def test_retained_graph_after_a_zero_upstream_gradient_raises(path):
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
-    loss = run_path(path, tempfast.cross_entropy, x * 1.0, targets(3, 10), 2.0)
+    loss = run_path(path, tempfast.cross_entropy, x * 1.0, harness.targets(3, 10), 2.0)
     (zero,) = torch.autograd.grad(loss, x, torch.tensor(0.0), retain_graph=True)
     assert torch.all(zero == 0)
     with pytest.raises(RuntimeError, match="zero upstream"):
@@ -570,7 +556,7 @@ class _Traced(TorchDispatchMode):
 def _route_case(route: str):
     """``(logits, target, temperature, kwargs)`` of a call that takes ``route``."""
     logits = logits_like(5, 37, torch.float32, seed=8)
-    target = targets(5, 37, seed=8)
+    target = harness.targets(5, 37, seed=8)
     target[1] = -100
     if route == "aten":
         return logits, target, 2.0, {"label_smoothing": 0.1}
@@ -595,7 +581,7 @@ def test_every_route_is_taken_and_matches_the_reference(route, path):
     default torch path, for small calls) on each path it can run on."""
     logits, target, t, kwargs = _route_case(route)
     leaf = logits.clone().requires_grad_(True)
-    with on_path(path):
+    with harness.on_path(path):
         x = leaf * 1.0  # inplace_backward needs a non-leaf
         call = ce.normalise(x, target, t, weight=kwargs.get("weight"), ignore_index=-100,
                             reduction=kwargs.get("reduction", "mean"),
@@ -641,7 +627,7 @@ def test_the_temperature_is_checked_once_per_call(monkeypatch, route, path, per_
     logits, target, t, kwargs = _route_case(route)
     if per_row:
         t = torch.linspace(0.5, 2.0, logits.shape[0])
-    with on_path(path):
+    with harness.on_path(path):
         loss = tempfast.cross_entropy(logits.clone().requires_grad_(True) * 1.0, target, t,
                                       **kwargs)
     loss.sum().backward()
@@ -652,10 +638,10 @@ def test_the_temperature_is_checked_once_per_call(monkeypatch, route, path, per_
 
 @pytest.mark.parametrize("path", PATHS)
 def test_traced_calls_take_the_custom_op(path):
-    logits, target = logits_like(4, 30, torch.float32), targets(4, 30)
+    logits, target = logits_like(4, 30, torch.float32), harness.targets(4, 30)
     x = logits.clone().requires_grad_(True)
     t = torch.tensor(1.5, requires_grad=True)
-    with on_path(path), _Traced():
+    with harness.on_path(path), _Traced():
         call = ce.normalise(x, target, t, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, class_dim=None, inplace_backward=False)
         assert ce.route(call) == "custom_op"
@@ -671,7 +657,7 @@ def test_traced_calls_take_the_custom_op(path):
 # --------------------------------------------------------------------------------------------
 # Kernel paths, forced on shapes that would take another (the interpreter runs them all).
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel_path", KERNEL_PATHS)
+@pytest.mark.parametrize("kernel_path", harness.KERNEL_PATHS)
 @pytest.mark.parametrize("probs", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.15])
 @pytest.mark.parametrize("weighted", [False, True])
@@ -679,7 +665,7 @@ def test_traced_calls_take_the_custom_op(path):
 def test_kernel_paths_agree_with_reference(monkeypatch, kernel_path, probs, label_smoothing,
                                            weighted, reduction):
     n, c = 5, 1000
-    force_config(monkeypatch, triton_path, forced(kernel_path, c))
+    harness.force_config(monkeypatch, triton_path, harness.forced(kernel_path, c))
     g = torch.Generator().manual_seed(4)
     logits = logits_like(n, c, torch.bfloat16)
     if probs:
@@ -731,7 +717,7 @@ def test_the_one_read_launch_runs_only_when_every_slice_of_a_row_fits(monkeypatc
                         _FakeKernel("ce_slices_kernel", calls))
     monkeypatch.setattr(triton_path.kernels, "ce_prep_kernel", _FakeKernel("prep", []))
     monkeypatch.setattr(launch, "resident_override", lambda kernel, args, kw: resident)
-    force_config(monkeypatch, triton_path, LaunchConfig("slices", 1, 256, 4, 4))
+    harness.force_config(monkeypatch, triton_path, LaunchConfig("slices", 1, 256, 4, 4))
     x = torch.zeros(10, 1000)
     triton_path.ce_reduced(x, torch.zeros(10, dtype=torch.int64), None, 2.0, None, -100, 0.0,
                            "mean", torch.empty_like(x), False, False)
@@ -766,7 +752,7 @@ def test_bad_temperature_gives_nan_row_on_the_kernel_path(bad):
     assert torch.isnan(loss[1]) and torch.isfinite(loss[[0, 2]]).all()
 
 
-@pytest.mark.parametrize("path", ("torch", *KERNEL_PATHS))
+@pytest.mark.parametrize("path", ("torch", *harness.KERNEL_PATHS))
 @pytest.mark.parametrize("target_kind", ["index", "smoothed", "weighted_smoothed", "probs"])
 @pytest.mark.parametrize(("scale", "temperature"), [(100.0, 1.0), (1e4, 0.01), (30.0, 0.05)])
 def test_confident_rows_have_a_non_negative_loss_at_float64_precision(
@@ -787,7 +773,7 @@ def test_confident_rows_have_a_non_negative_loss_at_float64_precision(
         target = argmax.clone()
         target[::4] = (argmax[::4] + 1) % c  # some rows far from their target: a large loss
     if path != "torch":
-        force_config(monkeypatch, triton_path, forced(path, c))
+        harness.force_config(monkeypatch, triton_path, harness.forced(path, c))
     loss = run_path("torch" if path == "torch" else "triton", tempfast.cross_entropy, logits,
                     target, temperature, weight=weight, label_smoothing=eps, reduction="none")
     expected = reference.cross_entropy(
@@ -824,7 +810,7 @@ def _data(n, c, seed, scale=3.0):
 @given(PATH, SHAPES, TEMPERATURE, st.floats(0.0, 1.0), st.integers(0, 2**16))
 def test_temperature_is_a_division_of_the_logits(path, shape, t, eps, seed):
     x, y = _data(*shape, seed)
-    with on_path(path):
+    with harness.on_path(path):
         scaled = tempfast.cross_entropy(x, y, t, label_smoothing=eps, reduction="sum")
         divided = tempfast.cross_entropy(x / t, y, 1.0, label_smoothing=eps, reduction="sum")
     assert torch.allclose(scaled, divided, rtol=1e-4, atol=1e-4)
@@ -835,7 +821,7 @@ def test_temperature_is_a_division_of_the_logits(path, shape, t, eps, seed):
 def test_one_hot_probabilities_equal_class_indices(path, shape, t, seed):
     x, y = _data(*shape, seed)
     one_hot = torch.nn.functional.one_hot(y, shape[1]).float()
-    with on_path(path):
+    with harness.on_path(path):
         a = tempfast.cross_entropy(x, y, t, reduction="none")
         b = tempfast.cross_entropy(x, one_hot, t, reduction="none")
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -848,7 +834,7 @@ def test_unweighted_gradient_rows_sum_to_zero_and_scale_with_one_over_t(path, n,
                                                                         seed):
     x, y = _data(n, c, seed)
     x.requires_grad_(True)
-    with on_path(path):
+    with harness.on_path(path):
         tempfast.cross_entropy(x, y, t, label_smoothing=eps, reduction="sum").backward()
     assert torch.allclose(x.grad.sum(-1), torch.zeros(n), atol=1e-5 / min(t, 1.0))
     # |grad| <= 2 / T: (p - q) / T with p, q probability vectors.
@@ -865,7 +851,7 @@ Y = torch.randint(0, 10, (4,))
 @pytest.mark.parametrize("path", ["aten", *PATHS])
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), -float("inf")])
 def test_bad_float_temperature(path, bad):
-    with on_path(path):
+    with harness.on_path(path):
         raises_one_line(ValueError, "^temperature", tempfast.cross_entropy, X, Y, bad)
 
 
@@ -873,7 +859,7 @@ def test_bad_float_temperature(path, bad):
 @pytest.mark.parametrize("bad", [0.0, -2.0, float("nan"), float("inf")])
 def test_bad_tensor_temperature_on_cpu(path, bad):
     per_row = torch.tensor([1.0, bad, 2.0, 3.0])
-    with on_path(path):
+    with harness.on_path(path):
         raises_one_line(ValueError, "^temperature", tempfast.cross_entropy, X, Y, per_row)
         raises_one_line(ValueError, "^temperature", tempfast.cross_entropy, X, Y,
                         torch.tensor(bad))
@@ -915,7 +901,7 @@ def test_non_integer_class_targets(dtype):
 def test_class_index_out_of_range_on_cpu_names_the_value(path, bad):
     target = Y.clone()
     target[2] = bad
-    with on_path(path):
+    with harness.on_path(path):
         message = raises_one_line(ValueError, "^target: class index", tempfast.cross_entropy, X,
                                   target)
     assert str(bad) in message

@@ -16,20 +16,8 @@ from tempfast.ops.distillation import triton_path
 from tempfast.ops.distillation.op import distillation_2d
 from tempfast.reference import distillation_loss as distillation_loss_reference
 
-from .harness import (
-    DTYPES,
-    KERNEL_PATHS,
-    LOSS_TOL,
-    PATHS,
-    REL_TOL,
-    assert_close,
-    assert_refuses_double_backward,
-    force_config,
-    forced,
-    logits_like,
-    on_path,
-    run_path,
-)
+from . import harness
+from .harness import LOSS_TOL, PATHS, REL_TOL, assert_close, logits_like, run_path
 
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 T_GRAD_TOL = 2e-4
@@ -93,7 +81,7 @@ def check(path, s, t, temperature=1.0, *, t_grad=False, teacher_grad=True, upstr
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=str)
 @pytest.mark.parametrize("n_cols", [1, 10, 1000])
 def test_matches_reference_for_every_dtype_and_class_count(path, dtype, n_cols):
     s, t = _inputs(7, n_cols, dtype)
@@ -127,7 +115,7 @@ def test_hard_label_term_with_alpha_and_ignore_index(path, reduction, alpha):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=str)
 def test_hard_label_term_for_every_dtype(path, dtype):
     s, t = _inputs(7, 300, dtype, seed=8)
     check(path, s, t, 3.0, target=_targets(7, 300, ignored=(2,)), alpha=0.7)
@@ -194,7 +182,7 @@ def test_empty_batch_follows_torch(path, reduction):
 
 
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", harness.DTYPES, ids=str)
 def test_identical_logits_give_zero_loss(path, dtype):
     s = logits_like(5, 1000, dtype, scale=30.0)
     loss = run_path(path, tempfast.distillation_loss, s, s.clone(), 0.5, reduction="none")
@@ -275,7 +263,7 @@ def test_compiles_with_fullgraph(path):
 
     xs = s.clone().requires_grad_(True)
     temp = torch.tensor(2.0, requires_grad=True)
-    with on_path(path):
+    with harness.on_path(path):
         out = torch.compile(step, fullgraph=True, backend="aot_eager")(xs, t, temp)
         out.backward()
         grads = (xs.grad.clone(), temp.grad.clone())
@@ -327,13 +315,13 @@ def test_bad_inputs_raise_one_line_errors_naming_the_argument(path, kwargs, name
 # --------------------------------------------------------------------------------------------
 # The Triton paths, each forced at a small size.
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel_path", KERNEL_PATHS)
+@pytest.mark.parametrize("kernel_path", harness.KERNEL_PATHS)
 @pytest.mark.parametrize("with_target", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, kernel_path, with_target,
                                                           dtype):
     n, c = 5, 1000  # slices: 8 slices of 128, the last one partly masked
-    force_config(monkeypatch, triton_path, forced(kernel_path, c, block_c=128))
+    harness.force_config(monkeypatch, triton_path, harness.forced(kernel_path, c, block_c=128))
     s, t = _inputs(n, c, dtype, seed=11)
     kwargs = {"target": _targets(n, c, ignored=(3,)), "alpha": 0.4} if with_target else {}
     check("triton", s, t, torch.linspace(0.5, 4.0, n), t_grad=True, **kwargs)
@@ -342,7 +330,7 @@ def test_every_kernel_path_on_a_long_non_power_of_two_row(monkeypatch, kernel_pa
 
 def test_slices_path_with_more_slices_than_one_combine_chunk(monkeypatch):
     n, c = 2, 1040  # 65 slices of 16: the combine takes two chunks of DISTILL_BLOCK_S = 64
-    force_config(monkeypatch, triton_path, LaunchConfig("slices", 1, 16, cdiv(c, 16), 4))
+    harness.force_config(monkeypatch, triton_path, LaunchConfig("slices", 1, 16, cdiv(c, 16), 4))
     s, t = _inputs(n, c, torch.float32, seed=12)
     check("triton", s, t, torch.tensor([0.5, 3.0]), t_grad=True, target=_targets(n, c),
           alpha=0.5)
@@ -376,4 +364,4 @@ def test_double_backward_is_refused_and_names_the_oracle(path):
     s, t = _inputs(3, 12, torch.float32)
     xs = s.clone().requires_grad_(True)
     loss = run_path(path, tempfast.distillation_loss, xs, t, 2.0)
-    assert_refuses_double_backward(loss, xs)
+    harness.assert_refuses_double_backward(loss, xs)

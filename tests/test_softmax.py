@@ -19,20 +19,8 @@ from tempfast.ops import softmax as sm
 from tempfast.ops.softmax import triton_path
 from tempfast.ops.softmax.op import softmax_2d
 
-from .harness import (
-    DTYPES,
-    KERNEL_PATHS,
-    PATHS,
-    REL_TOL,
-    assert_close,
-    assert_refuses_double_backward,
-    force_config,
-    forced,
-    logits_like,
-    on_path,
-    raises_one_line,
-    run_path,
-)
+from . import harness
+from .harness import PATHS, REL_TOL, assert_close, logits_like, on_path, raises_one_line, run_path
 
 SIZES = (1, 2, 10, 1000, 4097, 32769, 131072)
 TEMPERATURES = (0.05, 0.5, 1.0, 8.0, 64.0)
@@ -84,7 +72,7 @@ def _dt_condition(x, upstream, temperature, dim, log):
 
 # The longest row (64 slices) runs once on the kernels, in fp32: the other dtypes take the same
 # slices path at 32769 classes.
-CLASS_COUNT_CASES = [(path, dtype, c) for path in PATHS for dtype in DTYPES for c in SIZES
+CLASS_COUNT_CASES = [(path, dtype, c) for path in PATHS for dtype in harness.DTYPES for c in SIZES
                      if not (path == "triton" and c == SIZES[-1] and dtype != torch.float32)]
 
 
@@ -226,7 +214,7 @@ def test_masked_classes_give_a_finite_temperature_gradient(path, op_name):
 def test_double_backward_is_refused(path, op_name):
     x = logits_like(3, 10, torch.float32).requires_grad_(True)
     y = run_path(path, OPS[op_name][0], x, 2.0)
-    assert_refuses_double_backward(y * y, x)
+    harness.assert_refuses_double_backward(y * y, x)
 
 
 @pytest.mark.parametrize("op_name", list(OPS))
@@ -287,12 +275,12 @@ def test_every_route_is_taken_and_matches_the_reference(route, path, log):
 # --------------------------------------------------------------------------------------------
 # Kernel paths, forced on a shape that would take another (the interpreter runs them all).
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel_path", KERNEL_PATHS)
+@pytest.mark.parametrize("kernel_path", harness.KERNEL_PATHS)
 @pytest.mark.parametrize("log", [False, True])
 @pytest.mark.parametrize("t_grad", [False, True])
 def test_kernel_paths_agree_with_reference(monkeypatch, kernel_path, log, t_grad):
     n, c = 4, 1000
-    force_config(monkeypatch, triton_path, forced(kernel_path, c))
+    harness.force_config(monkeypatch, triton_path, harness.forced(kernel_path, c))
     logits = logits_like(n, c, torch.float32)
     logits[1, :700] = float("-inf")  # a masked prefix: the online max starts at -inf
     t = torch.linspace(0.5, 3.0, n)

@@ -26,6 +26,8 @@ def small_on_cpu(x: Tensor, needs_t_grad: bool) -> bool:
     """Whether an eager call on ``x (N, C)`` takes the ``aten`` route: a small CPU call whose
     temperature needs no gradient composes stock aten ops, because at 10 to 1000 classes the
     host cost of a call is the cost, and that route's is eager PyTorch's. Larger calls keep the
-    chunked, memory-bounded path."""
-    return (not needs_t_grad and x.device.type == "cpu" and x.numel() <= SMALL_CPU_ELEMENTS
-            and backend.resolve(x.device) == "torch")
+    chunked, memory-bounded path. (On CPU tensors :func:`tempfast.backend.resolve` runs the
+    PyTorch path unless the Triton backend is forced; asked in that cheaper form, as this runs
+    on every small call.)"""
+    return (not needs_t_grad and x.is_cpu and x.numel() <= SMALL_CPU_ELEMENTS
+            and backend.get_backend() != "triton")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
-from ... import _checks, backend
+from ... import _checks
 from .. import class_parallel
 from ..autograd import is_eager
 from ..dispatch import small_on_cpu
@@ -72,7 +72,7 @@ class CrossEntropyCall(NamedTuple):
         return t is not None and t.requires_grad and torch.is_grad_enabled()
 
 
-def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor, *,
+def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
               weight: Tensor | None, ignore_index: int, reduction: str,
               label_smoothing: float, class_dim: int | None, inplace_backward: bool,
               process_group=None, start: int | None = None) -> CrossEntropyCall:
@@ -83,8 +83,8 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor, *,
     indices global and ``weight`` holds every class (checked against the group's class count
     by the class-parallel route, once it knows it)."""
     if process_group is None and start is None:
-        plain = _plain_small_call(logits, target, temperature, weight, ignore_index, reduction,
-                                  label_smoothing, class_dim, inplace_backward)
+        plain = _plain_call(logits, target, temperature, weight, ignore_index, reduction,
+                            label_smoothing, class_dim, inplace_backward)
         if plain is not None:
             return plain
     sharded = process_group is not None
@@ -142,12 +142,14 @@ def route(call: CrossEntropyCall) -> str:
     """The route of ``call`` (see the module docstring)."""
     if call.process_group is not None:
         return "class_parallel"
-    eager = is_eager(call.logits)
-    reduced = call.reduction != "none" and call.logits.shape[0] > 0
+    logits, t = call.logits, call.temperature
+    eager = is_eager(logits)
+    t_grad = t is not None and t.requires_grad and torch.is_grad_enabled()
+    if eager and not call.inplace_backward and small_on_cpu(logits, t_grad):
+        return "aten"
+    reduced = call.reduction != "none" and logits.shape[0] > 0
     if call.inplace_backward:
         return "fused_inplace" if eager and reduced else "inplace_op"
-    if eager and small_on_cpu(call.logits, call.t_grad):
-        return "aten"
     target_grad = call.probs and call.target.requires_grad and torch.is_grad_enabled()
     if eager and reduced and not target_grad:
         return "fused"
@@ -157,12 +159,12 @@ def route(call: CrossEntropyCall) -> str:
 def run(call: CrossEntropyCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``."""
     way = route(call)
-    t, t_value = call.temperature, call.t_value
+    if way == "aten":  # first: its host time is its cost
+        return _aten(call)
     if way == "class_parallel":
         return class_parallel.run(call)
-    if way == "aten":
-        loss = _aten(call)
-    elif way in ("fused", "fused_inplace"):
+    t, t_value = call.temperature, call.t_value
+    if way in ("fused", "fused_inplace"):
         loss = FusedCrossEntropy.apply(call.logits, t, call, way == "fused_inplace")
     else:
         tensor_t = _checks.temperature_tensor(t, t_value, call.logits)
@@ -180,18 +182,20 @@ def run(call: CrossEntropyCall) -> Tensor:
 
 
 def _aten(call: CrossEntropyCall) -> Tensor:
-    """The ``aten`` route, its values checked as the other routes check them."""
+    """The ``aten`` route, its values checked as the other routes check them; the loss shaped
+    as :func:`run` shapes it."""
     t = call.temperature
     if t is not None:
         _checks.check_temperature_values(t.detach())
     try:
-        return small_cross_entropy(call.logits, call.target, t if t is not None else call.t_value,
-                                   call.weight, call.ignore_index, call.reduction,
-                                   call.label_smoothing)
+        loss = small_cross_entropy(call.logits, call.target,
+                                   t if t is not None else call.t_value, call.weight,
+                                   call.ignore_index, call.reduction, call.label_smoothing)
     except (IndexError, RuntimeError):
         if not call.probs:  # torch's "Target 60 is out of bounds": say it tempfast's way
             _checks.check_class_indices(call.target, call.logits.shape[1], call.ignore_index)
         raise
+    return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
 
 
 def _check_target(target: Tensor, logits: Tensor, class_dim: int, layout_given: bool,
@@ -244,27 +248,26 @@ def _inplace_view(logits: Tensor, num_classes: int, leaf: bool, target_grad: boo
     return logits_view
 
 
-_SMALL_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _SCALARS = (float, int)
 
 
-def _plain_small_call(logits, target, temperature, weight, ignore_index, reduction,
-                      label_smoothing, class_dim, inplace_backward) -> CrossEntropyCall | None:
-    """The common small call, checked in a few attribute reads: 2-D CPU logits of a kernel
-    dtype, int64 class indices, a Python-number temperature, no weight, torch's layout, small
-    enough for the ``aten`` route on the torch backend. ``None`` for anything else (the full
-    checks then run)."""
+def _plain_call(logits, target, temperature, weight, ignore_index, reduction,
+                label_smoothing, class_dim, inplace_backward) -> CrossEntropyCall | None:
+    """The common call (a small one's checks are its host cost), checked in a few attribute
+    reads: 2-D CPU logits of a supported dtype, int64 class indices of as many rows, a
+    Python-number temperature, no weight, torch's layout, no in-place gradient: what the full
+    checks accept. ``None`` for anything else (the full checks then run)."""
     if not (type(logits) is Tensor and type(target) is Tensor and weight is None
             and class_dim is None and not inplace_backward
             and type(temperature) in _SCALARS and type(ignore_index) is int
             and type(label_smoothing) in _SCALARS and reduction in _checks.REDUCTIONS
             and logits.is_cpu and target.is_cpu and logits.dim() == 2 and target.dim() == 1
-            and target.dtype is torch.int64 and logits.dtype in _SMALL_DTYPES):
+            and target.dtype is torch.int64 and logits.dtype in _DTYPES):
         return None
     n_rows, n_cols = logits.shape
     if not (target.shape[0] == n_rows and n_cols and 0.0 < temperature < math.inf
-            and 0.0 <= label_smoothing <= 1.0 and backend.get_backend() != "triton"
-            and small_on_cpu(logits, False)):
+            and 0.0 <= label_smoothing <= 1.0):
         return None
     return CrossEntropyCall(logits, target, None, float(temperature), None, ignore_index,
                             float(label_smoothing), reduction, target.shape, False)
