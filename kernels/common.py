@@ -8,6 +8,12 @@ Partials: the paths that cut a row into slices (``slices``, see :mod:`.heuristic
 with :func:`combine_max` / :func:`rescale_to`: ``M = max m_i``, ``s = sum s_i 2^(m_i - M)``,
 ``D = sum (D_i + cs_i (M - m_i))``.
 
+The cooperative protocol (``PHASE = 0`` of the slices kernels; ``kernels/README.md``) is
+written once here: :func:`work_item` (a ticket, or an entry of the repair list),
+:func:`arrive_and_wait` (arrive at the row's counter, then a *bounded* wait) and
+:func:`give_up` (a program that stops waiting lists its work item; the repair launch, ``PHASE
+= 2`` with ``repair`` set, which the launcher always runs after ``PHASE = 0``, finishes it).
+
 ``workspace layout``: every op allocates one fp32 workspace (see the ``WS_*`` offsets) whose
 header holds the mean's divisor, the reduction factors, the reduced outputs and the counters
 the kernels synchronise on (int32, through a pointer bitcast).
@@ -43,6 +49,7 @@ WS_LOSS = tl.constexpr(3)  # the reduced loss
 WS_DT = tl.constexpr(4)  # the reduced dL/dT (scalar temperature)
 WS_DONE = tl.constexpr(5)  # int32: programs that have stored their partial sums
 WS_TICKET = tl.constexpr(6)  # int32: next work item of a persistent cooperative grid
+WS_GAVE_UP = tl.constexpr(7)  # int32: work items whose wait gave up (the repair list's length)
 WS_HEADER = tl.constexpr(8)  # first slot after the header
 
 
@@ -126,3 +133,51 @@ def col_mask(cols, n_cols, VEC: tl.constexpr):
     if VEC > 1:
         mask = tl.max_constancy(mask, VEC)
     return mask
+
+
+# --------------------------------------------------------------------------------------------
+# The cooperative protocol: ticket, arrive, bounded wait, give up, repair
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def work_item(sync, turn, gave_up, n_items, repair, PHASE: tl.constexpr):
+    """The work item of a program's ``turn`` (its program id, then plus the grid size each
+    time): ``PHASE == 0`` the next ticket (a persistent grid); the repair launch (``repair``
+    set) the ``turn``-th entry of the list ``gave_up`` (int32, ``ws[WS_GAVE_UP]`` entries);
+    otherwise ``turn`` itself (a grid of ``n_items``). ``n_items`` or more: no work left."""
+    if PHASE == 0:
+        return tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
+    listing = repair != 0
+    listed = tl.load(sync + WS_GAVE_UP, mask=listing, other=0)
+    entry = tl.load(gave_up + turn, mask=listing & (turn < listed), other=n_items)
+    return tl.where(listing, entry.to(tl.int64), turn)
+
+
+@triton.jit
+def arrive_and_wait(counter, n_slices, limit, poll_add):
+    """Arrive at a row's ``counter`` and wait, at most ``limit`` polls, until its
+    ``n_slices`` slices have arrived. Returns ``(complete, limit)``: whether every slice's
+    partials are visible to this program, and the limit of its next wait (0 after a give-up:
+    a program that has waited in vain once does not wait again in this launch).
+
+    Ordering: a CTA barrier (every thread's partial stores first), then the arrival, an atomic
+    with release and acquire semantics at GPU scope; each poll is an acquire atomic, never a
+    cached load. ``poll_add`` is 0 except in tests: each poll then counts as one more arrival
+    (standing in for the other programs of the row, whose partials the test published first)."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") + 1
+    polls = 0
+    while (arrived < n_slices) & (polls < limit):
+        arrived = tl.atomic_add(counter, poll_add, sem="acquire", scope="gpu")
+        polls += 1
+    tl.debug_barrier()
+    complete = arrived >= n_slices
+    return complete, tl.where(complete, limit, 0)
+
+
+@triton.jit
+def give_up(sync, gave_up, item):
+    """List ``item`` for the repair launch: its partials are published and it has arrived, but
+    it writes nothing (with the gradient written over the logits, its slice must stay intact
+    until the repair launch reads it again)."""
+    slot = tl.atomic_add(sync + WS_GAVE_UP, 1, sem="relaxed", scope="gpu")
+    tl.store(gave_up + slot, item.to(tl.int32))

@@ -62,16 +62,18 @@ from .common import (
     WS_LOSS,
     WS_LOSS_DIV,
     WS_ROW_FACTOR,
-    WS_TICKET,
+    arrive_and_wait,
     arrive_last,
     col_mask,
     combine_max,
     finish_sum,
+    give_up,
     rescale_to,
     row_offset,
     row_temperature,
     safe_max,
     temperature_scale,
+    work_item,
 )
 
 FINISH_BLOCK = tl.constexpr(1024)
@@ -338,39 +340,56 @@ def _combine_partials(row_part, n_slices, BLOCK_S: tl.constexpr):
     return m_ref + one, s + one, cs + one, d + one, cz + one, ez + one
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_polls", "poll_add", "repair"])
 def ce_slices_kernel(
     x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, q_ptr, stride_q, w_ptr,
     g_ptr, stride_g, scale_ptr, scale_off, stride_scale, ws_ptr, part_off, slice_off,
-    sync_off, n_rows, n_cols, n_slices, n_items, ignore_index, eps,
+    sync_off, n_rows, n_cols, n_slices, n_items, ignore_index, eps, max_polls, poll_add, repair,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, REDUCE: tl.constexpr,
     PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Rows cut into ``n_slices`` slices of ``BLOCK_C`` columns; work item ``i`` is slice
     ``i % n_slices`` of row ``i // n_slices`` (``n_items = N * n_slices``). A slice's partial
-    statistics go to ``ws[slice_off + i * CE_PARTIALS + P_*]``.
+    statistics go to ``ws[slice_off + i * CE_PARTIALS + P_*]``; the int32 row counters are at
+    ``sync_off``, the repair list after them (``sync_off + N``).
 
     * ``PHASE == 0`` (cooperative, one read): a persistent grid whose programs take work items
-      from a ticket counter; each loads its slice, publishes its partials, arrives at the row's
-      counter and waits until all ``n_slices`` slices of the row have arrived, then combines
-      them and writes its slice's gradient from the values still on chip. Deadlock-free when at
-      least ``n_slices`` programs can be resident at once (the launcher proves it from the
-      compiled kernel, else it uses the two phases below): tickets are taken in order, so only
-      the row of the newest ticket can be incomplete, fewer than ``n_slices`` programs wait on
-      it, and any other resident program takes the next ticket.
+      from a ticket counter; each reads the target logit, loads its slice, publishes its
+      partials, arrives at the row's counter and waits, at most ``max_polls`` polls, until all
+      ``n_slices`` slices of the row have arrived; then it combines them and writes its slice's
+      gradient from the values still on chip. A program whose wait runs out writes nothing for
+      that item and lists it (:func:`.common.give_up`); it does not wait again. The launcher
+      always follows with the repair launch. With ``REDUCE`` the per-program sums are stored,
+      and summed by the repair launch.
     * ``PHASE == 1`` then ``PHASE == 2`` (two launches, grid ``n_items``, any program order):
       the first publishes the partials (and the target logit), the second combines them,
       reads its slice again and writes it.
+    * ``PHASE == 2`` with ``repair`` set (the repair launch, the grid of the ``PHASE == 0``
+      launch): the same for each listed item only (none: the programs exit), adding to the
+      stored per-program sums before the last-program reduction. Exact whatever the wait's
+      outcome: a listed slice was not written over (in-place), and the target logit comes from
+      the partials.
+
+    Deadlock freedom does not rest on residency: every wait is bounded. Residency (at least
+    ``n_slices`` programs at once, which the launcher checks) makes give-ups rare, so the
+    one-read launch stays one read. ``poll_add`` is 0 except in tests (see
+    :func:`.common.arrive_and_wait`).
     """
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
     pid = tl.program_id(0)
+    gave_up = sync + sync_off + n_rows
     loss_acc = tl.zeros((1,), tl.float32)
     dt_acc = tl.zeros((1,), tl.float32)
-    if PHASE == 0:
-        item = tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
-    else:
-        item = pid.to(tl.int64)
+    if REDUCE and PHASE == 2:  # the repair launch adds to the sums of the launch before
+        resume = (tl.zeros((1,), tl.int32) + repair) != 0
+        loss_acc = tl.load(ws_ptr + part_off + pid + tl.arange(0, 1), mask=resume, other=0.0)
+        if COMPUTE_DT:
+            dt_acc = tl.load(ws_ptr + part_off + tl.num_programs(0) + pid + tl.arange(0, 1),
+                             mask=resume, other=0.0)
+    turn = pid.to(tl.int64)
+    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    limit = max_polls
     while item < n_items:
         row = item // n_slices
         sl = (item % n_slices).to(tl.int32)
@@ -402,13 +421,12 @@ def ce_slices_kernel(
                 x_row, q_row, w_ptr, cols, cmask, k, valid, eps, n_cols, PROB, HAS_WEIGHT,
                 SMOOTH, COMPUTE_DT)
             _store_partials(part, m_raw, s_l, cs_l, d_l, cz_l, ez_l, z_y)
+        finish = PHASE != 1
         if PHASE == 0:
-            tl.debug_barrier()
-            arrived = tl.atomic_add(sync + sync_off + row, 1, sem="acq_rel", scope="gpu") + 1
-            while arrived < n_slices:
-                arrived = tl.atomic_add(sync + sync_off + row, 0, sem="acquire", scope="gpu")
-            tl.debug_barrier()
-        if PHASE != 1:
+            finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
+            if not finish:
+                give_up(sync, gave_up, item)
+        if finish:
             m, s, cs, d, cz, ez = _combine_partials(row_part, n_slices, BLOCK_S)
             log2_s = tl.log2(s)
             loss, lse, dt, cs = _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y,
@@ -442,16 +460,15 @@ def ce_slices_kernel(
                 if not PROB:
                     _index_fixup(g_row + tl.zeros((1,), tl.int64), y, valid, z_y, k, m, f, h,
                                  w_y, eps, n_cols, (y // BLOCK_C) == sl, HAS_WEIGHT, SMOOTH)
-        if PHASE == 0:
-            item = tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
-        else:
-            item += n_items  # one item per program: done
+        turn += tl.num_programs(0)
+        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
     if REDUCE and PHASE != 1:
         n_programs = tl.num_programs(0)
         tl.store(ws_ptr + part_off + pid + tl.arange(0, 1), loss_acc)
         if COMPUTE_DT:
             tl.store(ws_ptr + part_off + n_programs + pid + tl.arange(0, 1), dt_acc)
-        _finish_reduce(ws_ptr, part_off, n_programs, COMPUTE_DT)
+        if PHASE == 2:
+            _finish_reduce(ws_ptr, part_off, n_programs, COMPUTE_DT)
 
 
 @triton.jit

@@ -14,9 +14,10 @@ Backward, with ``dy`` the incoming gradient (``p = exp(y)`` for log-softmax):
 
 Paths as in :mod:`.cross_entropy`: ``*_rows_kernel`` holds ``BLOCK_N`` whole rows on chip;
 ``*_slices_kernel`` cuts rows into slices whose partials (forward ``(m, s)``, backward ``A``)
-are combined, one read (``PHASE == 0``, cooperative) or two launches (``PHASE`` 1 then 2).
-The slices kernels' workspace ``ws`` holds the header of :mod:`.common` (the ticket counter),
-the partials at ``WS_HEADER + 2 * item`` and the int32 row counters at ``sync_off``.
+are combined, one read (``PHASE == 0``, cooperative, then the repair launch) or two launches
+(``PHASE`` 1 then 2). The slices kernels' workspace ``ws`` holds the header of :mod:`.common`
+(the ticket and give-up counters), the partials at ``WS_HEADER + 2 * item``, the int32 row
+counters at ``sync_off`` and the repair list after them (``sync_off + N``).
 
 All sums are fp32; outputs are stored in the output buffer's dtype; offsets are 64-bit. A
 temperature that is not finite and positive gives NaN for its row.
@@ -32,14 +33,16 @@ from .common import (
     LOG2E,
     SOFTMAX_PARTIALS,
     WS_HEADER,
-    WS_TICKET,
+    arrive_and_wait,
     col_mask,
     combine_max,
+    give_up,
     rescale_to,
     row_offset,
     row_temperature,
     safe_max,
     temperature_scale,
+    work_item,
 )
 
 
@@ -71,44 +74,19 @@ def softmax_rows_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stride
              out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _wait_row(sync, row, n_slices):
-    """Arrive at ``row``'s counter and wait until its ``n_slices`` slices have arrived
-    (release the partials stored before, acquire everyone else's)."""
-    tl.debug_barrier()
-    arrived = tl.atomic_add(sync + row, 1, sem="acq_rel", scope="gpu") + 1
-    while arrived < n_slices:
-        arrived = tl.atomic_add(sync + row, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
-
-
-@triton.jit
-def _next_item(sync, item, n_items, PHASE: tl.constexpr):
-    """The next work item: a ticket (``PHASE == 0``), else none (one item per program)."""
-    if PHASE == 0:
-        return tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
-    return item + n_items
-
-
-@triton.jit
-def _first_item(sync, pid, PHASE: tl.constexpr):
-    """A program's first work item: a ticket (``PHASE == 0``), else its own index."""
-    if PHASE == 0:
-        return tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
-    return pid.to(tl.int64)
-
-
-@triton.jit
+@triton.jit(do_not_specialize=["max_polls", "poll_add", "repair"])
 def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stride_y, ws_ptr,
-                          sync_off, n_rows, n_cols, n_slices, n_items, LOG: tl.constexpr,
-                          PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr,
-                          BLOCK_S: tl.constexpr):
+                          sync_off, n_rows, n_cols, n_slices, n_items, max_polls, poll_add,
+                          repair, LOG: tl.constexpr, PHASE: tl.constexpr, VEC: tl.constexpr,
+                          BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
     """Work item ``i``: slice ``i % n_slices`` of row ``i // n_slices``; partials ``(m, s)``
-    of a slice at ``ws[WS_HEADER + 2 i]``. Protocol and phases as
+    of a slice at ``ws[WS_HEADER + 2 i]``. Protocol, phases and the wait's arguments as
     :func:`tempfast.kernels.cross_entropy.ce_slices_kernel`."""
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
-    pid = tl.program_id(0)
-    item = _first_item(sync, pid, PHASE)
+    gave_up = sync + sync_off + n_rows
+    turn = tl.program_id(0).to(tl.int64)
+    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    limit = max_polls
     while item < n_items:
         row = item // n_slices
         sl = (item % n_slices).to(tl.int32)
@@ -126,9 +104,12 @@ def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stri
             part = row_part + sl * SOFTMAX_PARTIALS + tl.arange(0, 1)
             tl.store(part, m_raw)
             tl.store(part + 1, s_l)
+        finish = PHASE != 1
         if PHASE == 0:
-            _wait_row(sync + sync_off, row, n_slices)
-        if PHASE != 1:
+            finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
+            if not finish:
+                give_up(sync, gave_up, item)
+        if finish:
             offs = tl.arange(0, BLOCK_S)
             ok = offs < n_slices
             m_i = tl.load(row_part + offs * SOFTMAX_PARTIALS, mask=ok, other=-float("inf"),
@@ -141,7 +122,8 @@ def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stri
             out = _normalise(x, k, m + one, s + one, LOG)
             tl.store(y_ptr + row_offset(row, stride_y, VEC) + cols[None, :],
                      out.to(y_ptr.dtype.element_ty), mask=mask)
-        item = _next_item(sync, item, n_items, PHASE)
+        turn += tl.num_programs(0)
+        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,18 +168,20 @@ def softmax_bwd_rows_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x,
         tl.store(dt_ptr + rows, -dx_x * inv_t, mask=row_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_polls", "poll_add", "repair"])
 def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_x, t_ptr,
                               stride_t, t_value, dx_ptr, stride_dx, ws_ptr, dt_off, sync_off,
-                              n_rows, n_cols, n_slices, n_items, LOG: tl.constexpr,
-                              COMPUTE_DT: tl.constexpr, PHASE: tl.constexpr,
-                              VEC: tl.constexpr, BLOCK_C: tl.constexpr,
+                              n_rows, n_cols, n_slices, n_items, max_polls, poll_add, repair,
+                              LOG: tl.constexpr, COMPUTE_DT: tl.constexpr,
+                              PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr,
                               BLOCK_S: tl.constexpr):
     """Slices of the backward: partial ``A`` of a slice at ``ws[WS_HEADER + 2 i]``; the
     slice's share of dL/dT at ``ws[dt_off + i]`` (the launcher sums a row's shares)."""
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
-    pid = tl.program_id(0)
-    item = _first_item(sync, pid, PHASE)
+    gave_up = sync + sync_off + n_rows
+    turn = tl.program_id(0).to(tl.int64)
+    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    limit = max_polls
     while item < n_items:
         row = item // n_slices
         sl = (item % n_slices).to(tl.int32)
@@ -215,9 +199,12 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
             else:
                 a_l = tl.sum(dy * y, axis=1)
             tl.store(row_part + sl * SOFTMAX_PARTIALS + tl.arange(0, 1), a_l)
+        finish = PHASE != 1
         if PHASE == 0:
-            _wait_row(sync + sync_off, row, n_slices)
-        if PHASE != 1:
+            finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
+            if not finish:
+                give_up(sync, gave_up, item)
+        if finish:
             offs = tl.arange(0, BLOCK_S)
             a = tl.sum(tl.load(row_part + offs * SOFTMAX_PARTIALS, mask=offs < n_slices,
                                other=0.0, cache_modifier=".cg"), axis=0)
@@ -232,4 +219,5 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
                             other=0.0)
                 dx_x = tl.sum(tl.where(dx != 0.0, dx * x.to(tl.float32), 0.0), axis=1)
                 tl.store(ws_ptr + dt_off + item + tl.arange(0, 1), -dx_x * inv_t)
-        item = _next_item(sync, item, n_items, PHASE)
+        turn += tl.num_programs(0)
+        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)

@@ -703,13 +703,13 @@ class _FakeKernel:
         return lambda *args, **kwargs: self.calls.append((grid, kwargs))
 
 
-@pytest.mark.parametrize(("resident", "phases"), [(1, (1, 2)), (3, (1, 2)), (4, (0,)),
-                                                  (1000, (0,))])
+@pytest.mark.parametrize(("resident", "phases"), [(1, (1, 2)), (3, (1, 2)), (4, (0, 2)),
+                                                  (1000, (0, 2))])
 def test_the_one_read_launch_runs_only_when_every_slice_of_a_row_fits(monkeypatch, resident,
                                                                       phases):
     """Four slices per row: the cooperative launch (PHASE 0, a grid of at most the resident
-    programs) needs four resident programs; otherwise the two phases run, each over every
-    work item."""
+    programs, then its repair launch on the same grid) needs four resident programs;
+    otherwise the two phases run, each over every work item."""
     from tempfast.ops import launch
 
     calls: list = []
@@ -723,7 +723,7 @@ def test_the_one_read_launch_runs_only_when_every_slice_of_a_row_fits(monkeypatc
                            "mean", torch.empty_like(x), False, False)
     assert tuple(kw["PHASE"] for _, kw in calls) == phases
     items = 10 * 4
-    expected_grid = min(resident, items) if phases == (0,) else items
+    expected_grid = min(resident, items) if phases[0] == 0 else items
     assert all(grid == (expected_grid,) for grid, _ in calls)
 
 

@@ -168,6 +168,11 @@ def _apply_moves(launch: Launch) -> bool:
 
 
 def _items_per_program(launch: Launch) -> int:
+    """Work items per program of a slices launch: all of them shared by the persistent grid
+    (``PHASE == 0``), one each (``PHASE`` 1 / 2), none in the repair launch (no wait gave
+    up)."""
+    if launch.scalars.get("repair"):
+        return 0
     if int(launch.constants.get("PHASE", 0)) != 0:
         return 1
     items = int(launch.constants.get("n_items", launch.scalars.get("n_items", 1)))
@@ -293,11 +298,12 @@ def row_loops(launch: Launch, reading: KernelReading) -> list[Loop]:
 
 def warp_instructions(launch: Launch, reading: KernelReading) -> int:
     """Warp-instructions of the launch: every program runs the body once and each hot loop
-    ``trips - 1`` more times; a one-program tail runs once."""
+    ``trips - 1`` more times (a loop of 0 trips: its instructions not at all); a one-program
+    tail runs once."""
     desc = describe(launch)
     loops = hot_loops(launch, reading)
     trips = desc.trips(launch)
-    per_loop = trips if isinstance(trips, list) else [max(trips, 1)] * len(loops)
+    per_loop = trips if isinstance(trips, list) else [trips] * len(loops)
     split = _tail_split(launch, reading)
     body = reading.sass.instructions if split is None else reading.sass.before_tail
     tail = reading.sass.instructions - body

@@ -9,6 +9,11 @@ scalars, ``moves``: the launch moves data at all); and ``loops``, how its SASS l
 (``none``: loop-free; ``items``: the persistent work-item loop; ``tiles``: the apply's
 grid-stride loop; ``small``: one program; ``combine``: the distillation's combine of partials).
 
+The slices kernels' repair launch (``PHASE == 2`` with the run-time flag ``repair``, after
+every cooperative ``PHASE == 0`` launch) finishes only the work items whose bounded wait gave
+up: none when the programs of a row are co-resident, so it is modelled as moving nothing and
+running no work item (:func:`bench.static.model.give_up_cost` prices a give-up).
+
 A launch of a kernel that is in no table fails loudly: whoever adds or renames a kernel adds
 its entry here.
 """
@@ -23,9 +28,9 @@ CROSS_ENTROPY = {  # kernels/cross_entropy.py
     },
     "ce_slices_kernel": {
         "passes": (("x_ptr", "read", "PHASE!=2"), ("q_ptr", "read", "PROB&PHASE!=2"),
-                   ("x_ptr", "reread_launch", "PHASE==2&COMPUTE_GRAD"),
-                   ("q_ptr", "reread_launch", "PHASE==2&PROB&COMPUTE_GRAD"),
-                   ("g_ptr", "write", "COMPUTE_GRAD&PHASE!=1")),
+                   ("x_ptr", "reread_launch", "PHASE==2&COMPUTE_GRAD&!repair"),
+                   ("q_ptr", "reread_launch", "PHASE==2&PROB&COMPUTE_GRAD&!repair"),
+                   ("g_ptr", "write", "COMPUTE_GRAD&PHASE!=1&!repair")),
         "loops": "items",
     },
     "ce_prep_kernel": {"passes": (), "loops": "small"},
@@ -34,8 +39,8 @@ CROSS_ENTROPY = {  # kernels/cross_entropy.py
 SOFTMAX = {  # kernels/softmax.py
     "softmax_rows_kernel": {"passes": (("x_ptr", "read"), ("y_ptr", "write")), "loops": "none"},
     "softmax_slices_kernel": {
-        "passes": (("x_ptr", "read", "PHASE!=2"), ("x_ptr", "reread_launch", "PHASE==2"),
-                   ("y_ptr", "write", "PHASE!=1")),
+        "passes": (("x_ptr", "read", "PHASE!=2"), ("x_ptr", "reread_launch", "PHASE==2&!repair"),
+                   ("y_ptr", "write", "PHASE!=1&!repair")),
         "loops": "items"},
     "softmax_bwd_rows_kernel": {
         "passes": (("y_ptr", "read"), ("dy_ptr", "read"), ("x_ptr", "read", "COMPUTE_DT"),
@@ -43,8 +48,10 @@ SOFTMAX = {  # kernels/softmax.py
         "loops": "none"},
     "softmax_bwd_slices_kernel": {
         "passes": (("y_ptr", "read", "PHASE!=2"), ("dy_ptr", "read", "PHASE!=2"),
-                   ("y_ptr", "reread_launch", "PHASE==2"), ("dy_ptr", "reread_launch", "PHASE==2"),
-                   ("x_ptr", "read", "COMPUTE_DT&PHASE!=1"), ("dx_ptr", "write", "PHASE!=1")),
+                   ("y_ptr", "reread_launch", "PHASE==2&!repair"),
+                   ("dy_ptr", "reread_launch", "PHASE==2&!repair"),
+                   ("x_ptr", "read", "COMPUTE_DT&PHASE!=1&!repair"),
+                   ("dx_ptr", "write", "PHASE!=1&!repair")),
         "loops": "items"},
 }
 

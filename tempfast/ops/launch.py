@@ -9,14 +9,24 @@ dimension (other layouts are copied once); the row stride is free.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..kernels.heuristics import LaunchConfig, row_config, slices_phases, vector_width
 from ..kernels.heuristics import resident_programs as occupancy
+
+COOPERATIVE_ENV = "TEMPFAST_COOPERATIVE"
+# Polls of a cooperative wait before a program gives up (its item then goes to the repair
+# launch). A normal wait lasts while the other slices of its row are loaded (microseconds, a
+# few hundred polls of an L2 atomic at most); this bound is only reached when the row's other
+# programs cannot run (residency misjudged, SMs taken by other work).
+MAX_POLLS = 1 << 14
+_wait = {"max_polls": MAX_POLLS, "poll_add": 0}
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,13 +116,71 @@ def temperature_args(t: Tensor | None, t_value: float, fallback: Tensor) -> tupl
     return t.contiguous(), stride_of(t), 0.0
 
 
+def cooperative_setting() -> bool | None:
+    """``TEMPFAST_COOPERATIVE``: ``"0"`` forces the two-launch slices path, ``"1"`` the
+    cooperative launch even where residency cannot be shown (the interpreter included: its
+    bounded waits give up and the repair launch finishes their items); unset or empty, the
+    launcher decides (:func:`cooperative_grid`)."""
+    raw = os.environ.get(COOPERATIVE_ENV)
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip()
+    if value not in ("0", "1"):
+        raise ValueError(f"{COOPERATIVE_ENV}: must be 0 or 1 (or unset), got {raw!r}")
+    return value == "1"
+
+
+def cooperative_grid(kernel, args: tuple, kw: dict, n_slices: int, items: int,
+                     device: torch.device) -> int | None:
+    """The grid of the cooperative one-read launch (``PHASE = 0``: at most the programs that
+    fit on the device at once), or ``None`` for the two launches: cooperative when at least
+    ``n_slices`` programs fit (every wait then ends without a give-up, unless other work holds
+    the SMs), or when ``TEMPFAST_COOPERATIVE=1``."""
+    forced = cooperative_setting()
+    if forced is False:
+        return None
+    resident = resident_programs(kernel, args, {**kw, "PHASE": 0}, device)
+    if forced or slices_phases(n_slices, resident) == 1:
+        return max(1, min(resident, items))
+    return None
+
+
+def wait_args() -> tuple[int, int]:
+    """``(max_polls, poll_add)`` of a cooperative launch (see :func:`wait_hook`)."""
+    return _wait["max_polls"], _wait["poll_add"]
+
+
+@contextlib.contextmanager
+def wait_hook(max_polls: int, poll_add: int = 0) -> Iterator[None]:
+    """For tests: cooperative waits give up after ``max_polls`` polls, and each poll adds
+    ``poll_add`` arrivals (1: a wait that succeeds after polling, once the row's other
+    partials were published by a ``PHASE = 1`` launch)."""
+    saved = dict(_wait)
+    _wait.update(max_polls=max_polls, poll_add=poll_add)
+    try:
+        yield
+    finally:
+        _wait.update(saved)
+
+
+def run_slices(kernel, args: tuple, kw: dict, grid: int | None, items: int,
+               stats_kw: dict | None = None) -> None:
+    """Launch a slices kernel: with a cooperative ``grid``, ``PHASE = 0`` and then the repair
+    launch (``PHASE = 2`` over the listed items, always run: nothing on the host knows whether
+    a wait gave up), else ``PHASE = 1`` (with ``stats_kw``, default ``kw``) and ``PHASE = 2``
+    over every item. The kernels take ``(*args, max_polls, poll_add, repair)``."""
+    max_polls, poll_add = wait_args()
+    if grid is not None:
+        kernel[(grid,)](*args, max_polls, poll_add, 0, **kw, PHASE=0)
+        kernel[(grid,)](*args, max_polls, poll_add, 1, **kw, PHASE=2)
+    else:
+        kernel[(items,)](*args, max_polls, poll_add, 0, **(stats_kw or kw), PHASE=1)
+        kernel[(items,)](*args, max_polls, poll_add, 0, **kw, PHASE=2)
+
+
 def launch_slices(kernel, args: tuple, kw: dict, cfg: LaunchConfig, items: int,
                   device: torch.device) -> None:
-    """The cooperative one-read launch (``PHASE = 0``) when it is deadlock-free, else the two
-    phases."""
-    resident = resident_programs(kernel, args, {**kw, "PHASE": 0}, device)
-    if slices_phases(cfg.n_slices, resident) == 1:
-        kernel[(min(resident, items),)](*args, **kw, PHASE=0)
-    else:
-        kernel[(items,)](*args, **kw, PHASE=1)
-        kernel[(items,)](*args, **kw, PHASE=2)
+    """The cooperative one-read launch and its repair launch when :func:`cooperative_grid`
+    allows it, else the two phases."""
+    grid = cooperative_grid(kernel, args, kw, cfg.n_slices, items, device)
+    run_slices(kernel, args, kw, grid, items)

@@ -8,11 +8,11 @@ loss, the slices' partial statistics and the int32 counters. A reduced call
 cross-entropy kernel, whose last program sums the loss -- and one backward
 (:func:`apply_upstream_`), which exits at once when the upstream gradient is 1.
 
-The slices path runs its one-read cooperative launch only when at least ``n_slices``
-programs of the compiled kernel can be resident at once
-(:func:`tempfast.ops.launch.resident_programs`: the compiled registers and shared memory
-against the device); under the interpreter (one program at a time) or when that cannot be
-shown, it runs the two-phase fallback.
+The slices path runs its one-read cooperative launch (and the repair launch after it) when at
+least ``n_slices`` programs of the compiled kernel can be resident at once
+(:func:`tempfast.ops.launch.cooperative_grid`: the compiled registers and shared memory
+against the device) or ``TEMPFAST_COOPERATIVE=1``; under the interpreter (one program at a
+time) or when residency cannot be shown, it runs the two-phase fallback.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from torch import Tensor
 
 from ...kernels import common
 from ...kernels import cross_entropy as kernels
-from ...kernels.heuristics import LaunchConfig, cdiv, slices_phases
-from ..launch import config_for, resident_programs, stride_of, unit_col_stride
+from ...kernels.heuristics import LaunchConfig, cdiv
+from ..launch import config_for, cooperative_grid, run_slices, stride_of, unit_col_stride
 from ..rescale import apply_kernel
 
 PREP_BLOCK = 1024
@@ -42,7 +42,8 @@ def _prob_target(target: Tensor, logits_dtype: torch.dtype) -> Tensor:
 class Layout:
     """Offsets (fp32 elements) into a cross-entropy workspace: header, per-row outputs (loss,
     lse, dL/dT at ``rows + {0, N, 2N}``), per-program partial sums (``2 * programs``), the
-    slices' partial statistics (``CE_PARTIALS`` per work item) and one int32 counter per row."""
+    slices' partial statistics (``CE_PARTIALS`` per work item), one int32 counter per row and
+    the repair list (one int32 per work item)."""
 
     n_rows: int
     programs: int
@@ -66,7 +67,7 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return self.sync + (self.n_rows if self.items else 0)
+        return self.sync + (self.n_rows + self.items if self.items else 0)
 
 
 @dataclass
@@ -140,32 +141,27 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
             q.stride(0) if probs else 0, w, g, g.stride(0), scale, scale_off, stride_scale, ws,
             layout.part)
     tail = (ignore_index, float(label_smoothing))
-    phases = 0
-    kernel_kw = {}
+    grid = None
     if slices:
         kernel = kernels.ce_slices_kernel
         args = (*head, layout.slices, layout.sync, n_rows, n_cols, cfg.n_slices, items, *tail)
         kernel_kw = {**flags, "VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": cfg.block_s,
                      "num_warps": cfg.num_warps}
-        resident = resident_programs(kernel, args, {**kernel_kw, "PHASE": 0}, x.device)
-        phases = slices_phases(cfg.n_slices, resident)
-    if reduce is not None or phases == 1:
+        grid = cooperative_grid(kernel, args, kernel_kw, cfg.n_slices, items, x.device)
+    if reduce is not None or grid is not None:
         mean = reduce == "mean"
         chunks = cdiv(n_rows, PREP_BLOCK) if mean and not probs else 0
         kernels.ce_prep_kernel[(1,)](
-            y, w, ws, layout.sync, n_rows if phases == 1 else 0, n_rows, n_cols, ignore_index,
-            chunks, int(mean), int(defer), HAS_WEIGHT=weight is not None, BLOCK=PREP_BLOCK,
-            num_warps=4)
+            y, w, ws, layout.sync, n_rows if grid is not None else 0, n_rows, n_cols,
+            ignore_index, chunks, int(mean), int(defer), HAS_WEIGHT=weight is not None,
+            BLOCK=PREP_BLOCK, num_warps=4)
     if not slices:
         kernels.ce_rows_kernel[(programs,)](
             *head, n_rows, n_cols, *tail, **flags, VEC=cfg.vec, BLOCK_N=cfg.block_n,
             BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
-    elif phases == 1:
-        kernel[(min(resident, items),)](*args, **kernel_kw, PHASE=0)
-    else:  # the statistics phase neither writes the gradient nor reduces
-        stats_kw = {**kernel_kw, "COMPUTE_GRAD": False, "REDUCE": False}
-        kernel[(items,)](*args, **stats_kw, PHASE=1)
-        kernel[(items,)](*args, **kernel_kw, PHASE=2)
+    else:  # the two-phase statistics launch neither writes the gradient nor reduces
+        run_slices(kernel, args, kernel_kw, grid, items,
+                   {**kernel_kw, "COMPUTE_GRAD": False, "REDUCE": False})
     return CEResult(ws, layout)
 
 

@@ -2,8 +2,9 @@
 ``torch_path.py`` (see there for the shapes).
 
 Rows path: one launch. Slices path: one workspace (header, ``SOFTMAX_PARTIALS`` per work
-item, the backward's dL/dT shares, one int32 counter per row, zeroed) and the cooperative
-launch or its two-phase fallback (:func:`tempfast.ops.launch.launch_slices`).
+item, the backward's dL/dT shares, one int32 counter per row, the repair list; zeroed) and the
+cooperative launch with its repair launch, or the two-phase fallback
+(:func:`tempfast.ops.launch.launch_slices`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from ..launch import config_for, launch_slices, temperature_args, unit_col_strid
 
 def _slices_workspace(n_rows: int, cfg: LaunchConfig, extra: int, device) -> tuple[Tensor, int]:
     """A zeroed workspace for a slices launch: header, ``SOFTMAX_PARTIALS`` per item, ``extra``
-    slots, one int32 counter per row; returns it and the counters' offset."""
+    slots, one int32 counter per row and the repair list (one int32 per item); returns it
+    and the counters' offset."""
     items = n_rows * cfg.n_slices
     sync_off = common.WS_HEADER.value + common.SOFTMAX_PARTIALS.value * items + extra
-    return torch.zeros(sync_off + n_rows, dtype=torch.float32, device=device), sync_off
+    return torch.zeros(sync_off + n_rows + items, dtype=torch.float32, device=device), sync_off
 
 
 def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0) -> Tensor:
