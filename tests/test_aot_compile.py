@@ -73,6 +73,45 @@ def test_the_headline_kernels_stay_within_the_budgets(compiled, triton_cache):
     assert report["violations"] == [], "\n".join(report["violations"])
     # no kernel accesses its rows narrower than 128 bits where 16-byte rows allow it
     assert report["measured"]["narrow_rows"] == []
+    # the memory ordering of every kernel that waits was read from its PTX, on both targets
+    waiting = {"ce_slices_kernel", "softmax_slices_kernel", "softmax_bwd_slices_kernel"}
+    assert set(report["measured"]["waits_checked"]) == {f"{k} sm_{a}" for k in waiting
+                                                        for a in (80, 90)}
+
+
+def test_the_ordering_check_passes_a_sound_wait_and_fails_each_wrong_one(triton_cache):
+    """``bench/static/ordering.py`` on the PTX of tests/wrong_waits.py for sm_80 and sm_90:
+    the sound wait passes; a plain-load poll, a relaxed poll, a relaxed arrival and an arrival
+    without a CTA barrier are each reported. (The real kernels are checked by the budgets.)"""
+    result = _run("""
+        import json
+        import triton
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+        from bench.static.ordering import wait_violations
+        from tests import wrong_waits
+
+        out = {}
+        for arch in (80, 90):
+            for kernel in wrong_waits.KERNELS:
+                src = ASTSource(kernel, {"counter": "*i32", "out": "*fp32", "n": "i32"}, {})
+                binary = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                        options={"num_warps": 4})
+                out[f"{kernel.fn.__name__} {arch}"] = wait_violations(binary.asm["ptx"], "k")
+        print(json.dumps(out))
+    """, triton_cache)
+    assert result.returncode == 0, result.stderr[-5000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {"sound_wait": None, "plain_load_wait": "polls with 'ld.global",
+                "relaxed_poll_wait": "neither acquire", "relaxed_arrival_wait": "does not release",
+                "unbarriered_arrival_wait": "no CTA barrier"}
+    for arch in (80, 90):
+        for name, message in expected.items():
+            found = out[f"{name} {arch}"]
+            if message is None:
+                assert found == [], (name, arch, found)
+            else:
+                assert len(found) == 1 and message in found[0], (name, arch, found)
 
 
 def test_the_checkers_catch_spills_narrow_rows_extra_launches_and_ops(triton_cache):
