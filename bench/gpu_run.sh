@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Run tempfast's benchmark suite and GPU tests on a machine without network; write all results
-# flat into OUTDIR (at most 9 files):
+# Run tempfast's smoke test of the waiting kernels, benchmark suite and GPU tests on a machine
+# without network; write all results flat into OUTDIR (at most 12 files):
 #   versions.txt   GPU, driver, CUDA, Python and package versions, how tempfast was installed
+#   smoke.jsonl    python -m bench.smoke: each cooperative kernel at C = 32000 and 262144, bf16
+#                  and fp32, in a child process with a hard timeout (a hang is reported as one
+#                  and the script goes on): error against fp64, launches, give-ups, and the
+#                  time of the default launch beside the two-launch path
+#   smoke.md       the same as a table; smoke.log its output
 #   cases.jsonl    one JSON line per benchmark case, appended as each finishes (kept by a run
 #                  killed at its limit): wall time, CUDA-event time, the static model's
 #                  prediction (bench/results/static-*.json) and measured / predicted
@@ -12,10 +17,12 @@
 #   report.txt     the report as text
 #   gpu_tests.log  pytest tests/test_gpu.py -m gpu
 #   status.txt     exit status and seconds of each phase
-# Order: the benchmark first, cross-entropy cases first among its cases (bench/gpu_plugin.py),
-# then the GPU tests with the time left (at most GPU_TESTS_S).
+# Order: the smoke test first (at most 3 x SMOKE_KERNEL_S), then the benchmark, cross-entropy
+# cases first among its cases (bench/gpu_plugin.py), then the GPU tests with the time left (at
+# most GPU_TESTS_S).
 # Usage: bench/gpu_run.sh OUTDIR    (from anywhere; the repository is this script's parent)
 # Environment: TOTAL_S (default 480: the whole run, in seconds), GPU_TESTS_S (default 120),
+# SMOKE_KERNEL_S (default 60: seconds per waiting kernel in the smoke test),
 # PYTHON (default python3), TEMPFAST_STATIC_JSON (default: the newest committed static report).
 # Wheels in .whl/ at the repository root (e.g. liger-kernel) are installed into /tmp/site.
 set -uo pipefail
@@ -30,6 +37,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
 TOTAL_S=${TOTAL_S:-480}
 GPU_TESTS_S=${GPU_TESTS_S:-120}
+SMOKE_KERNEL_S=${SMOKE_KERNEL_S:-60}
 START=$SECONDS
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -95,6 +103,11 @@ for name in ("triton", "tempfast", "liger_kernel", "timm", "pytest_benchmark", "
 sys.exit(1 if failed else 0)  # what the benchmark needs is missing: the status says so
 EOF
 phase setup "$setup_status"
+
+# The kernels that wait, before anything else: a hang here is reported, and the run goes on.
+timeout -k 10 $((3 * SMOKE_KERNEL_S + 30)) "$PY" -m bench.smoke "$OUT" \
+    --timeout "$SMOKE_KERNEL_S" >"$OUT/smoke.log" 2>&1
+phase smoke $?
 static_json=${TEMPFAST_STATIC_JSON:-$(ls bench/results/static-*.json 2>/dev/null | tail -n 1)}
 echo "static model predictions: ${static_json:-none}" >>"$OUT/versions.txt"
 export TEMPFAST_STATIC_JSON=$static_json
