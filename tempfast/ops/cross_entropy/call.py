@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
+from torch._C import _len_torch_dispatch_stack
 
-from ... import _checks
-from .. import class_parallel
+from ... import _checks, backend
+from .. import class_parallel, dispatch
 from ..autograd import is_eager
 from ..dispatch import small_on_cpu
 from .op import CrossEntropyInplace, FusedCrossEntropy, cross_entropy_2d
@@ -59,6 +60,7 @@ class CrossEntropyCall(NamedTuple):
     inplace_backward: bool
     process_group: ProcessGroup | None = None  # class-parallel: the ranks that share the classes
     start: int | None = None  # class-parallel: this rank's first class, if given
+    way: str | None = None  # the plain call's route, decided by normalise
 
     @property
     def probs(self) -> bool:
@@ -82,11 +84,34 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
     With ``process_group`` the logits are this rank's classes (possibly none), the class
     indices global and ``weight`` holds every class (checked against the group's class count
     by the class-parallel route, once it knows it)."""
-    if process_group is None and start is None:
-        plain = _plain_call(logits, target, temperature, weight, ignore_index, reduction,
-                            label_smoothing, class_dim, inplace_backward)
-        if plain is not None:
-            return plain
+    if (process_group is None and start is None and weight is None and class_dim is None
+            and not inplace_backward and type(logits) is Tensor and type(target) is Tensor
+            and type(temperature) in _SCALARS and type(ignore_index) is int
+            and type(label_smoothing) in _SCALARS and reduction in _REDUCTION_CODES
+            and 0.0 < temperature < _INF and 0.0 <= label_smoothing <= 1.0
+            and logits.is_cpu and target.dtype is _INT64):
+        # a small eager call on the torch backend: its host time is its cost, so its route
+        # is decided here, inline (small_on_cpu's rule): "plain" (fp32 / fp64 logits) or
+        # "plain_upcast" (16-bit). Shapes are left to torch's kernel: it accepts what tempfast
+        # accepts, with the same meaning; what it refuses gets tempfast's error from the full
+        # checks (_explain_plain_failure).
+        dtype = logits.dtype
+        if (dtype in _DTYPES and logits.numel() <= dispatch.SMALL_CPU_ELEMENTS
+                and backend.get_backend() != "triton" and not torch.compiler.is_compiling()
+                and not _len_torch_dispatch_stack()):
+            # tuple.__new__: the NamedTuple's generated __new__ costs as much again
+            return tuple.__new__(CrossEntropyCall, (
+                logits, target, None, float(temperature), None, ignore_index,
+                float(label_smoothing), reduction, target.shape, False, None, None,
+                "plain" if dtype in _WIDE else "plain_upcast"))
+    return _checked_call(logits, target, temperature, weight, ignore_index, reduction,
+                         label_smoothing, class_dim, inplace_backward, process_group, start)
+
+
+def _checked_call(logits, target, temperature, weight, ignore_index, reduction,
+                  label_smoothing, class_dim, inplace_backward, process_group,
+                  start) -> CrossEntropyCall:
+    """:func:`normalise` by the full checks."""
     sharded = process_group is not None
     if sharded:
         if inplace_backward:
@@ -140,6 +165,8 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
 
 def route(call: CrossEntropyCall) -> str:
     """The route of ``call`` (see the module docstring)."""
+    if call.way is not None:
+        return "aten"
     if call.process_group is not None:
         return "class_parallel"
     logits, t = call.logits, call.temperature
@@ -158,8 +185,17 @@ def route(call: CrossEntropyCall) -> str:
 
 def run(call: CrossEntropyCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``."""
+    if call.way is not None:  # the plain call (first, inline: its host time is its cost)
+        z = call.logits if call.way == "plain" else call.logits.float()
+        try:
+            return _CROSS_ENTROPY_LOSS(z / call.t_value, call.target, None,
+                                       _REDUCTION_CODES[call.reduction], call.ignore_index,
+                                       call.label_smoothing)
+        except (IndexError, RuntimeError, ValueError):
+            _explain_plain_failure(call)  # tempfast's error, from None, where it has one
+            raise
     way = route(call)
-    if way == "aten":  # first: its host time is its cost
+    if way == "aten":
         return _aten(call)
     if way == "class_parallel":
         return class_parallel.run(call)
@@ -179,6 +215,19 @@ def run(call: CrossEntropyCall) -> Tensor:
                                     call.ignore_index, call.label_smoothing, call.reduction,
                                     fused, call.t_grad)[0]
     return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
+
+
+def _explain_plain_failure(call: CrossEntropyCall) -> None:
+    """The plain call (``F.cross_entropy(z / T, ...)`` on the logits in fp32, fp64 staying
+    fp64; see :func:`normalise`) failed in torch's kernel: raise tempfast's error for it where
+    the full checks have one (a shape, an index out of range)."""
+    try:
+        full = _checked_call(call.logits, call.target, call.t_value, None, call.ignore_index,
+                             call.reduction, call.label_smoothing, None, False, None, None)
+        if not full.probs:
+            _checks.check_class_indices(full.target, full.logits.shape[1], call.ignore_index)
+    except ValueError as error:  # not "during handling of" torch's error: ours alone
+        raise error from None
 
 
 def _aten(call: CrossEntropyCall) -> Tensor:
@@ -249,25 +298,9 @@ def _inplace_view(logits: Tensor, num_classes: int, leaf: bool, target_grad: boo
 
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_WIDE = (torch.float32, torch.float64)
 _SCALARS = (float, int)
-
-
-def _plain_call(logits, target, temperature, weight, ignore_index, reduction,
-                label_smoothing, class_dim, inplace_backward) -> CrossEntropyCall | None:
-    """The common call (a small one's checks are its host cost), checked in a few attribute
-    reads: 2-D CPU logits of a supported dtype, int64 class indices of as many rows, a
-    Python-number temperature, no weight, torch's layout, no in-place gradient: what the full
-    checks accept. ``None`` for anything else (the full checks then run)."""
-    if not (type(logits) is Tensor and type(target) is Tensor and weight is None
-            and class_dim is None and not inplace_backward
-            and type(temperature) in _SCALARS and type(ignore_index) is int
-            and type(label_smoothing) in _SCALARS and reduction in _checks.REDUCTIONS
-            and logits.is_cpu and target.is_cpu and logits.dim() == 2 and target.dim() == 1
-            and target.dtype is torch.int64 and logits.dtype in _DTYPES):
-        return None
-    n_rows, n_cols = logits.shape
-    if not (target.shape[0] == n_rows and n_cols and 0.0 < temperature < math.inf
-            and 0.0 <= label_smoothing <= 1.0):
-        return None
-    return CrossEntropyCall(logits, target, None, float(temperature), None, ignore_index,
-                            float(label_smoothing), reduction, target.shape, False)
+_INT64 = torch.int64
+_INF = math.inf
+_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
+_CROSS_ENTROPY_LOSS = torch._C._nn.cross_entropy_loss
