@@ -139,17 +139,20 @@ def col_mask(cols, n_cols, VEC: tl.constexpr):
 # The cooperative protocol: ticket, arrive, bounded wait, give up, repair
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def work_item(sync, turn, gave_up, n_items, repair, PHASE: tl.constexpr):
+def work_item(sync, turn, list_off, n_items, repair, PHASE: tl.constexpr):
     """The work item of a program's ``turn`` (its program id, then plus the grid size each
     time): ``PHASE == 0`` the next ticket (a persistent grid); the repair launch (``repair``
-    set) the ``turn``-th entry of the list ``gave_up`` (int32, ``ws[WS_GAVE_UP]`` entries);
-    otherwise ``turn`` itself (a grid of ``n_items``). ``n_items`` or more: no work left."""
+    set) the ``turn``-th entry of the list at ``sync + list_off`` (int32, ``ws[WS_GAVE_UP]``
+    entries); otherwise ``turn`` itself (a grid of ``n_items``). ``n_items`` or more: no work
+    left. Work items are int32 (``N * n_slices`` cannot reach 2^31: every slice holds at least
+    2048 elements), so that a row and a slice come from a 32-bit division (a 64-bit one is a
+    subroutine call, whose register saves spilled); row offsets are taken in int64."""
     if PHASE == 0:
-        return tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu").to(tl.int64)
+        return tl.atomic_add(sync + WS_TICKET, 1, sem="relaxed", scope="gpu")
     listing = repair != 0
-    listed = tl.load(sync + WS_GAVE_UP, mask=listing, other=0)
-    entry = tl.load(gave_up + turn, mask=listing & (turn < listed), other=n_items)
-    return tl.where(listing, entry.to(tl.int64), turn)
+    listed = listing & (turn < tl.load(sync + WS_GAVE_UP))  # (read, unused, when not listing)
+    entry = tl.load(sync + list_off + tl.where(listed, turn, 0))
+    return tl.where(listed, entry, tl.where(listing, n_items, turn.to(tl.int32)))
 
 
 @triton.jit
@@ -175,9 +178,9 @@ def arrive_and_wait(counter, n_slices, limit, poll_add):
 
 
 @triton.jit
-def give_up(sync, gave_up, item):
-    """List ``item`` for the repair launch: its partials are published and it has arrived, but
-    it writes nothing (with the gradient written over the logits, its slice must stay intact
-    until the repair launch reads it again)."""
+def give_up(sync, list_off, item):
+    """List ``item`` for the repair launch (the list at ``sync + list_off``): its partials are
+    published and it has arrived, but it writes nothing (with the gradient written over the
+    logits, its slice must stay intact until the repair launch reads it again)."""
     slot = tl.atomic_add(sync + WS_GAVE_UP, 1, sem="relaxed", scope="gpu")
-    tl.store(gave_up + slot, item.to(tl.int32))
+    tl.store(sync + list_off + slot, item.to(tl.int32))

@@ -378,7 +378,6 @@ def ce_slices_kernel(
     """
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
     pid = tl.program_id(0)
-    gave_up = sync + sync_off + n_rows
     loss_acc = tl.zeros((1,), tl.float32)
     dt_acc = tl.zeros((1,), tl.float32)
     if REDUCE and PHASE == 2:  # the repair launch adds to the sums of the launch before
@@ -388,11 +387,11 @@ def ce_slices_kernel(
             dt_acc = tl.load(ws_ptr + part_off + tl.num_programs(0) + pid + tl.arange(0, 1),
                              mask=resume, other=0.0)
     turn = pid.to(tl.int64)
-    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
     limit = max_polls
     while item < n_items:
-        row = item // n_slices
-        sl = (item % n_slices).to(tl.int32)
+        row = (item // n_slices).to(tl.int64)
+        sl = item % n_slices
         rows = row + tl.arange(0, 1)
         cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
         cmask = col_mask(cols, n_cols, VEC)
@@ -425,7 +424,7 @@ def ce_slices_kernel(
         if PHASE == 0:
             finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
             if not finish:
-                give_up(sync, gave_up, item)
+                give_up(sync, sync_off + n_rows, item)
         if finish:
             m, s, cs, d, cz, ez = _combine_partials(row_part, n_slices, BLOCK_S)
             log2_s = tl.log2(s)
@@ -461,7 +460,7 @@ def ce_slices_kernel(
                     _index_fixup(g_row + tl.zeros((1,), tl.int64), y, valid, z_y, k, m, f, h,
                                  w_y, eps, n_cols, (y // BLOCK_C) == sl, HAS_WEIGHT, SMOOTH)
         turn += tl.num_programs(0)
-        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+        item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
     if REDUCE and PHASE != 1:
         n_programs = tl.num_programs(0)
         tl.store(ws_ptr + part_off + pid + tl.arange(0, 1), loss_acc)

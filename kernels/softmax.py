@@ -83,13 +83,12 @@ def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stri
     of a slice at ``ws[WS_HEADER + 2 i]``. Protocol, phases and the wait's arguments as
     :func:`tempfast.kernels.cross_entropy.ce_slices_kernel`."""
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
-    gave_up = sync + sync_off + n_rows
-    turn = tl.program_id(0).to(tl.int64)
-    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    turn = tl.program_id(0)
+    item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
     limit = max_polls
     while item < n_items:
-        row = item // n_slices
-        sl = (item % n_slices).to(tl.int32)
+        row = (item // n_slices).to(tl.int64)
+        sl = item % n_slices
         rows = row + tl.arange(0, 1)
         cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = col_mask(cols, n_cols, VEC)[None, :]
@@ -108,7 +107,7 @@ def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stri
         if PHASE == 0:
             finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
             if not finish:
-                give_up(sync, gave_up, item)
+                give_up(sync, sync_off + n_rows, item)
         if finish:
             offs = tl.arange(0, BLOCK_S)
             ok = offs < n_slices
@@ -123,7 +122,7 @@ def softmax_slices_kernel(x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, stri
             tl.store(y_ptr + row_offset(row, stride_y, VEC) + cols[None, :],
                      out.to(y_ptr.dtype.element_ty), mask=mask)
         turn += tl.num_programs(0)
-        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+        item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,13 +177,12 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
     """Slices of the backward: partial ``A`` of a slice at ``ws[WS_HEADER + 2 i]``; the
     slice's share of dL/dT at ``ws[dt_off + i]`` (the launcher sums a row's shares)."""
     sync = ws_ptr.to(tl.pointer_type(tl.int32))
-    gave_up = sync + sync_off + n_rows
-    turn = tl.program_id(0).to(tl.int64)
-    item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+    turn = tl.program_id(0)
+    item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
     limit = max_polls
     while item < n_items:
-        row = item // n_slices
-        sl = (item % n_slices).to(tl.int32)
+        row = (item // n_slices).to(tl.int64)
+        sl = item % n_slices
         rows = row + tl.arange(0, 1)
         cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
         mask = col_mask(cols, n_cols, VEC)[None, :]
@@ -203,7 +201,7 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
         if PHASE == 0:
             finish, limit = arrive_and_wait(sync + sync_off + row, n_slices, limit, poll_add)
             if not finish:
-                give_up(sync, gave_up, item)
+                give_up(sync, sync_off + n_rows, item)
         if finish:
             offs = tl.arange(0, BLOCK_S)
             a = tl.sum(tl.load(row_part + offs * SOFTMAX_PARTIALS, mask=offs < n_slices,
@@ -220,4 +218,4 @@ def softmax_bwd_slices_kernel(y_ptr, stride_y, dy_ptr, stride_dy, x_ptr, stride_
                 dx_x = tl.sum(tl.where(dx != 0.0, dx * x.to(tl.float32), 0.0), axis=1)
                 tl.store(ws_ptr + dt_off + item + tl.arange(0, 1), -dx_x * inv_t)
         turn += tl.num_programs(0)
-        item = work_item(sync, turn, gave_up, n_items, repair, PHASE)
+        item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)

@@ -97,7 +97,8 @@ def launch_entry(launch: Launch, count: int, readings: dict, elements: int) -> d
                 entry["gpus"][gpu.name] = {**asdict(cost), "hbm_bytes": cost.hbm_bytes * count,
                                            "t": cost.t * count, "t_mem": cost.t_mem * count,
                                            "t_issue": cost.t_issue * count,
-                                           "bound": cost.bound}
+                                           "bound": cost.bound,
+                                           "give_up": model.give_up_cost(launch, gpu)}
     return entry
 
 

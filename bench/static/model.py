@@ -344,6 +344,22 @@ def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
                       other, instr, t_mem, t_issue, max(t_mem, t_issue) + LAUNCH_S)
 
 
+def give_up_cost(launch: Launch, gpu: Gpu) -> dict | None:
+    """What one give-up costs in a cooperative launch (``PHASE == 0``), ``None`` for any other
+    launch: the repair launch reads the item's slice of the row tensors again (the ``PHASE ==
+    2`` re-read passes, per work item) from HBM, at the copy bandwidth; its write is not extra
+    (the slice is written once either way). A launch with ``g`` give-ups adds ``g`` times this
+    to the repair launch, which the model otherwise prices as moving nothing."""
+    if launch.constants.get("PHASE") != 0 or "n_items" not in launch.scalars:
+        return None
+    consts = {**launch.scalars, **launch.constants, "PHASE": 2, "repair": 0}
+    reread = sum(launch.tensors[p.tensor].nbytes for p in describe(launch).passes
+                 if p.kind == "reread_launch" and p.tensor in launch.tensors
+                 and p.active(consts))
+    per_item = reread / max(int(launch.scalars["n_items"]), 1)
+    return {"bytes": per_item, "seconds": per_item / gpu.copy_bw}
+
+
 def _same_storage(launch: Launch, name: str, named: set[str]) -> bool:
     """Whether tensor argument ``name`` is one of the described tensors passed again (a
     stand-in for an unused pointer, e.g. the logits as the gradient of a loss-only call, or

@@ -139,7 +139,9 @@ def cooperative_grid(kernel, args: tuple, kw: dict, n_slices: int, items: int,
     forced = cooperative_setting()
     if forced is False:
         return None
-    resident = resident_programs(kernel, args, {**kw, "PHASE": 0}, device)
+    # the PHASE = 0 binary: the wait's arguments (max_polls, poll_add, repair) are not
+    # specialised on, any values compile it
+    resident = resident_programs(kernel, (*args, *wait_args(), 0), {**kw, "PHASE": 0}, device)
     if forced or slices_phases(n_slices, resident) == 1:
         return max(1, min(resident, items))
     return None
