@@ -270,10 +270,11 @@ def target_rows(report: dict) -> list[list[str]]:
         counts = {sum(c["triton_launches"].values()) for c in ce}
         large = {sum(e["count"] for e in c["launches"]
                      if e["gpus"]["H100"]["hbm_bytes"] > 0.01 * c["floor_bytes"]) for c in ce}
-        rows.append(["Triton launches per CE fwd+bwd at upstream gradient 1: 1 + at most 2 tiny",
+        rows.append(["Triton launches per CE fwd+bwd at upstream gradient 1: 1 + at most 3 tiny "
+                     "(prep, the slices path's repair launch, the apply)",
                      f"{'/'.join(map(str, sorted(counts)))} launches, "
                      f"{'/'.join(map(str, sorted(large)))} moving the N x C data",
-                     "met" if max(counts) <= 3 and max(large) <= 1 else "missed"])
+                     "met" if max(counts) <= 4 and max(large) <= 1 else "missed"])
         gpu_ops = [sum(c["host"]["gpu_call_ops"].values()) for c in ce]
         rows.append(["torch ops per CE fwd+bwd around the GPU launches: <= 10",
                      f"{min(gpu_ops)}-{max(gpu_ops)}", "met" if max(gpu_ops) <= 10 else "missed"])
@@ -287,11 +288,13 @@ def target_rows(report: dict) -> list[list[str]]:
         fwd = t["tempfast ce fwd"] / t["eager ce fwd"]
         both = t["tempfast ce fwd+bwd"] / t["eager ce fwd+bwd"]
         extra = (t["tempfast ce fwd"] - t["eager ce fwd"]) * 1e6
-        rows.append(["host time per CE call, 64 x 10 CPU, 1 thread: <= 1.3x eager",
+        rows.append(["host time per CE call, 64 x 10 CPU, 1 thread: forward <= 1.2x eager, "
+                     "forward + backward <= 1.1x",
                      f"forward {fwd:.2f}x, forward + backward {both:.2f}x",
-                     "met" if max(fwd, both) <= 1.3 else
-                     f"missed: the forward's Python (argument checks, backend choice, the "
-                     f"autograd Function) costs {extra:.1f} us per call more than eager's"])
+                     "met" if fwd <= 1.2 and both <= 1.1 else
+                     f"missed: the forward's Python (the argument checks of a plain call, "
+                     f"the backend and tracing tests) costs {extra:.1f} us per call more than "
+                     f"eager's"])
     rows += _liger_rows(report)
     return rows
 
