@@ -16,6 +16,23 @@ from .functional import (
     softmax,
 )
 
+# Submodules with heavier imports, reachable as attributes (``tempfast.calibration.X`` after
+# ``import tempfast``) but imported on first use, so that ``import tempfast`` stays light.
+_LAZY_SUBMODULES = ("calibration", "distillation", "parallel", "robust", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
 __all__ = [
     "__version__",
     "backend",

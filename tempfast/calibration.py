@@ -32,6 +32,9 @@ BINNINGS = ("width", "mass")
 
 
 def _check(logits: Tensor, labels: Tensor) -> None:
+    """The inputs, each named in its own error, before any temperature is looked at: a
+    floating ``(N, C)`` ``logits`` with only finite values, ``labels`` ``(N,)`` integer class
+    indices in ``[0, C)``. (Reads the values: calibration is an offline step.)"""
     if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.dtype.is_floating_point:
         raise ValueError("logits: expected a floating (N, C) tensor, got "
                          f"{getattr(logits, 'shape', type(logits).__name__)}")
@@ -40,6 +43,16 @@ def _check(logits: Tensor, labels: Tensor) -> None:
                          f"{getattr(labels, 'shape', type(labels).__name__)}")
     if logits.shape[0] == 0:
         raise ValueError("logits: no examples to calibrate on")
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if bad:
+        raise ValueError(f"logits: {bad} of {logits.shape[0]} rows hold NaN or infinite "
+                         "values")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels: expected integer class indices, got {labels.dtype}")
+    outside = (labels < 0) | (labels >= logits.shape[1])
+    if bool(outside.any()):
+        raise ValueError(f"labels: class index {int(labels[outside][0])} is out of range "
+                         f"[0, {logits.shape[1]})")
 
 
 def _scaled(logits: Tensor, temperature: float | Tensor) -> Tensor:

@@ -96,11 +96,39 @@ def test_temperature_scaling_repairs_overconfidence_on_held_out_data():
                                             binning="log"), "^binning"),
     (lambda: cal.brier_score(torch.zeros(4, 3), torch.zeros(4).long(), temperature=0.0),
      "^temperature"),
+    # the inputs are checked (and named) before the temperature (issue 23)
+    (lambda: cal.fit_temperature(torch.tensor([[0.0, float("nan")], [1.0, 2.0]]),
+                                 torch.zeros(2).long()), "^logits: 1 of 2 rows hold NaN"),
+    (lambda: cal.negative_log_likelihood(torch.tensor([[0.0, float("inf")]]),
+                                         torch.zeros(1).long(), temperature=float("nan")),
+     "^logits: 1 of 1 rows"),
+    (lambda: cal.fit_temperature(torch.zeros(2, 3), torch.tensor([0.0, 1.0])),
+     "^labels: expected integer class indices, got torch.float32"),
+    (lambda: cal.fit_temperature(torch.zeros(2, 3), torch.tensor([0, 3])),
+     r"^labels: class index 3 is out of range \[0, 3\)"),
 ])
 def test_bad_inputs_are_one_line_errors_naming_the_argument(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_the_submodule_is_reachable_from_import_tempfast_and_imported_lazily():
+    """``import tempfast; tempfast.calibration.fit_temperature`` works (the README's table names
+    it so), without ``import tempfast`` importing the calibration module itself."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tempfast; lazy = 'tempfast.calibration' not in sys.modules; "
+            "f = tempfast.calibration.fit_temperature; print(lazy, callable(f), "
+            "'calibration' in dir(tempfast))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "True", "True"]
+    with pytest.raises(AttributeError, match="no attribute 'calibrate'"):
+        import tempfast
+
+        tempfast.calibrate  # noqa: B018
 
 
 def test_reliability_diagram_writes_a_png(tmp_path):
