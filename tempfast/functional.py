@@ -69,8 +69,10 @@ def cross_entropy(
             dim 1 (dim 0 for one example), as in ``F.cross_entropy``. Class-last logits such as
             a language model's ``(B, S, C)`` need ``class_dim=-1``.
         target: class indices of the logits' shape without the class dimension (``(N)``,
-            ``()``, ``(N, d1, ..., dk)``; integer), or class probabilities of the logits' shape
-            (soft labels: mixup, cutmix, distillation).
+            ``()``, ``(N, d1, ..., dk)``; any integer dtype: unlike ``F.cross_entropy``, which
+            takes only int64, int32 / int16 / uint8 indices are accepted and read exactly), or
+            class probabilities of the logits' shape (soft labels: mixup, cutmix,
+            distillation).
         temperature: ``T > 0``: a number, a 0-dim tensor, or one value per row (the target's
             shape for class indices). A tensor that requires grad receives
             ``dL/dT = (sum_j q_j z_j - sum_j p_j z_j) / T**2`` per row (``p = softmax(z / T)``,
@@ -160,6 +162,8 @@ def distillation_loss(
 ) -> Tensor:
     """``F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
     reduction) * T**2``, fused; with ``target``, ``alpha * that + (1 - alpha) * CE(s, target)``.
+    One difference from ``F.kl_div``: ``reduction="none"`` returns one value per row (the row's
+    KL summed over its classes), shape ``(*,)``, not one per element.
 
     Args:
         student_logits: ``(*, C)`` floating tensor (classes last).

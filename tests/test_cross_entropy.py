@@ -982,3 +982,32 @@ def test_op_registration_passes_opcheck(reduction, probs):
     fused = reduction != "none"
     torch.library.opcheck(cross_entropy_2d,
                           (x, target, t, torch.rand(c), -100, 0.1, reduction, fused, True))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_class_indices_of_any_integer_dtype_are_accepted_and_documented(dtype):
+    """Where ``F.cross_entropy`` takes only int64 indices, tempfast reads any integer dtype
+    exactly (issue 23: documented in the docstring and the README's table)."""
+    x = logits_like(6, 7, torch.float32)
+    y = harness.targets(6, 7)
+    torch.testing.assert_close(tempfast.cross_entropy(x, y.to(dtype), 2.0),
+                               tempfast.cross_entropy(x, y, 2.0), rtol=0, atol=0)
+    assert "int32 / int16 / uint8" in tempfast.cross_entropy.__doc__
+
+
+def test_the_interpreter_shows_the_user_no_numpy_warning():
+    """``TEMPFAST_BACKEND=triton TRITON_INTERPRET=1``: the kernels' masked lanes (``0 * -inf``,
+    ``1 / 0`` discarded by a mask) raised numpy RuntimeWarnings in the user's output (issue
+    23); the launchers silence them."""
+    import warnings
+
+    t = torch.tensor(2.0, requires_grad=True)
+    with warnings.catch_warnings(), tempfast.use_backend("triton"):
+        warnings.simplefilter("error", RuntimeWarning)
+        tempfast.cross_entropy(logits_like(3, 10, torch.float32), harness.targets(3, 10),
+                               t).backward()
+        tempfast.log_softmax(logits_like(3, 10, torch.float32).requires_grad_(), t).sum() \
+            .backward()
+        tempfast.distillation_loss(logits_like(3, 10, torch.float32).requires_grad_(),
+                                   logits_like(3, 10, torch.float32, seed=1), t).backward()
+    assert t.grad is not None and torch.isfinite(t.grad)

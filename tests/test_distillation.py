@@ -5,6 +5,8 @@ cooperative launch), bad inputs and the custom op's registration."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -365,3 +367,18 @@ def test_double_backward_is_refused_and_names_the_oracle(path):
     xs = s.clone().requires_grad_(True)
     loss = run_path(path, tempfast.distillation_loss, xs, t, 2.0)
     harness.assert_refuses_double_backward(loss, xs)
+
+
+def test_reduction_none_is_per_row_and_documented_so():
+    """``reduction="none"`` gives one value per row (the KL summed over the classes), not
+    ``F.kl_div``'s one per element: the README's table and the docstring say so (issue 23)."""
+    s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    loss = tempfast.distillation_loss(s, t, 2.0, reduction="none")
+    per_element = F.kl_div(F.log_softmax(s / 2, -1), F.log_softmax(t / 2, -1), log_target=True,
+                           reduction="none") * 4
+    assert loss.shape == (2, 3)
+    torch.testing.assert_close(loss, per_element.sum(-1))
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "tempfast.distillation_loss(" in line)
+    assert "one value per row" in row
+    assert "one value per row" in tempfast.distillation_loss.__doc__

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+
 from experiments.readme_output import OUTPUT_MARKER, fenced_block, headline_command
 from tempfast.cli import build_parser
 from tempfast.robust.attacks import DEFAULT_ATTACKS
@@ -86,3 +88,14 @@ def test_the_example_output_has_the_shape_the_trainer_prints(capsys):
         return [line.split("\u2502")[1].strip() for line in lines if line.count("\u2502") == 3]
 
     assert metrics(readme)[1:] == metrics(printed)[1:], "summary table rows"
+
+
+def test_the_ops_example_runs_as_written_on_this_machine():
+    """The README's op example picks its device: on a machine without a GPU it runs on the CPU
+    path as written (issue 23: it asked for CUDA and failed with "Found no NVIDIA driver")."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## The ops", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(block, "README.md (the ops example)", "exec"), namespace)
+    assert namespace["logits"].grad is not None and namespace["T"].grad is not None
+    assert torch.isfinite(namespace["loss"]) and namespace["p"].shape == namespace["logits"].shape

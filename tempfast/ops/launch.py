@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
+from .. import backend
 from ..kernels.heuristics import LaunchConfig, row_config, slices_phases, vector_width
 from ..kernels.heuristics import resident_programs as occupancy
 
@@ -114,6 +115,22 @@ def temperature_args(t: Tensor | None, t_value: float, fallback: Tensor) -> tupl
     if t_value > 0:
         return fallback, 0, float(t_value)
     return t.contiguous(), stride_of(t), 0.0
+
+
+def quiet_interpreter(launcher: Callable) -> Callable:
+    """Under ``TRITON_INTERPRET=1`` the kernels run as numpy code, whose masked lanes (``0 *
+    -inf``, ``1 / 0`` where a mask discards the result) raise RuntimeWarnings the caller did
+    not cause: silenced for the launches of ``launcher`` (numpy's error state, restored after;
+    nothing else changes, and off the interpreter nothing is wrapped at run time but one test)."""
+    @functools.wraps(launcher)
+    def launch(*args, **kwargs):
+        if not backend.interpreter_enabled():
+            return launcher(*args, **kwargs)
+        import numpy
+
+        with numpy.errstate(all="ignore"):
+            return launcher(*args, **kwargs)
+    return launch
 
 
 def cooperative_setting() -> bool | None:

@@ -14,8 +14,10 @@ from torch import Tensor
 
 from .chunked import compute_dtype, row_chunks, rows_of
 from .dispatch import runs_triton
+from .launch import quiet_interpreter
 
 
+@quiet_interpreter
 def rescale_(buf: Tensor, g: Tensor) -> None:
     """``buf *= g`` row-wise, in place, computed in fp32 (fp64 for fp64 buffers)."""
     if runs_triton(buf):
@@ -43,6 +45,7 @@ def _rescale_triton(buf: Tensor, g: Tensor) -> None:
     apply_kernel(buf, g.float().reshape(1), ws, 0, 0, False)
 
 
+@quiet_interpreter
 def apply_kernel(buf: Tensor | None, g: Tensor, ws: Tensor, dt_off: int, n_dt: int,
                  defer: bool, dt_out: Tensor | None = None) -> Tensor:
     """One launch of ``grad_apply_kernel``: ``dt_out = g * ws[dt_off:dt_off + n_dt]`` and

@@ -25,7 +25,14 @@ from torch import Tensor
 from ...kernels import common
 from ...kernels import cross_entropy as kernels
 from ...kernels.heuristics import LaunchConfig, cdiv
-from ..launch import config_for, cooperative_grid, run_slices, stride_of, unit_col_stride
+from ..launch import (
+    config_for,
+    cooperative_grid,
+    quiet_interpreter,
+    run_slices,
+    stride_of,
+    unit_col_stride,
+)
 from ..rescale import apply_kernel
 
 PREP_BLOCK = 1024
@@ -103,6 +110,7 @@ class CEResult:
         return common.WS_DT.value, 1
 
 
+@quiet_interpreter
 def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                weight: Tensor | None, ignore_index: int, label_smoothing: float, *,
                grad_out: Tensor | None,

@@ -20,7 +20,7 @@ from ...kernels.distillation import (
     distill_warps,
 )
 from ...kernels.heuristics import LaunchConfig, cdiv
-from ..launch import row_vector_width, unit_col_stride
+from ..launch import quiet_interpreter, row_vector_width, unit_col_stride
 
 
 def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor,
@@ -31,6 +31,7 @@ def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor,
                           extras)
 
 
+@quiet_interpreter
 def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: Tensor | None,
                  ignore_index: int, kd_scale: float, ce_scale: Tensor | None,
                  teacher_grad: bool, compute_dt: bool):

@@ -15,7 +15,13 @@ from torch import Tensor
 from ...kernels import common
 from ...kernels import softmax as kernels
 from ...kernels.heuristics import LaunchConfig, cdiv
-from ..launch import config_for, launch_slices, temperature_args, unit_col_stride
+from ..launch import (
+    config_for,
+    launch_slices,
+    quiet_interpreter,
+    temperature_args,
+    unit_col_stride,
+)
 
 
 def _slices_workspace(n_rows: int, cfg: LaunchConfig, extra: int, device) -> tuple[Tensor, int]:
@@ -27,6 +33,7 @@ def _slices_workspace(n_rows: int, cfg: LaunchConfig, extra: int, device) -> tup
     return torch.zeros(sync_off + n_rows + items, dtype=torch.float32, device=device), sync_off
 
 
+@quiet_interpreter
 def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0) -> Tensor:
     """See :func:`tempfast.ops.softmax.torch_path.softmax_forward`."""
     x = unit_col_stride(x)
@@ -49,6 +56,7 @@ def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0
     return y
 
 
+@quiet_interpreter
 def softmax_backward(y: Tensor, dy: Tensor, t: Tensor | None, log: bool, x: Tensor | None,
                      t_value: float = 0.0) -> tuple[Tensor, Tensor]:
     """See :func:`tempfast.ops.softmax.torch_path.softmax_backward`."""
