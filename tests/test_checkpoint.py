@@ -103,3 +103,19 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"][0])
     again = (random.random(), float(np.random.rand()), torch.rand(3))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """The trainer's files get the mode ``open(path, "w")`` gives (issue 23: they were 0600,
+    ``mkstemp``'s mode, whatever the umask)."""
+    import os
+
+    from tempfast.train.checkpoint import atomic_write_text
+
+    saved = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}\n")
+    finally:
+        os.umask(saved)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == mode

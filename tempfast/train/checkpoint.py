@@ -55,7 +55,9 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` via ``write(file)`` into a temp file in the same folder, fsync, rename.
 
-    Readers see the old file or the complete new one, never a partial write.
+    Readers see the old file or the complete new one, never a partial write. The file gets
+    the mode a plain ``open(path, "w")`` would give it (0666 less the umask; ``mkstemp``'s
+    temp file is 0600).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -63,6 +65,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -74,6 +77,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_writable(path: str | os.PathLike, what: str) -> None:
