@@ -147,6 +147,9 @@ BAD_INPUTS = {
     "unknown attack": (["--eval-attacks", "pgd-ce,fgsm"], "unknown attack 'fgsm'"),
     "corrupt checkpoint": (None, "is unreadable or corrupt"),
     "not a number": (["--eps", "abc"], "not a number: 'abc'"),
+    "a subset smaller than the classes": (["--train-subset", "5"],
+                                          "--train-subset must be at least the number of "
+                                          "classes (10) for digits"),
 }
 
 

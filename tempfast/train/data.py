@@ -486,6 +486,10 @@ def load_data(name: str, data_dir: str | os.PathLike | None = None, download: bo
     if not 1 <= train_subset <= bundle.n_train:
         raise UsageError(f"--train-subset must be in [1, {bundle.n_train}] for {name}, got "
                          f"{train_subset}")
+    classes = int(bundle.train.labels.unique().numel())
+    if train_subset < classes:  # the subset promises every class's share
+        raise UsageError(f"--train-subset must be at least the number of classes ({classes}) "
+                         f"for {name}, so that every class keeps a share; got {train_subset}")
     return bundle.with_train_subset(train_subset, seed)
 
 
