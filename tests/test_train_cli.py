@@ -123,6 +123,10 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
     rc, _, err = train(capsys, *FAST, "--output", str(run), "--temp", "2", "--resume")
     assert rc == 2 and "holds a different run (temp: 1.0 there, 2.0 now)" in err
     assert {f.name: f.read_bytes() for f in run.iterdir()} == before, "nothing overwritten"
+    # inputs before outputs (issue 23): a missing data set is named, not the run folder
+    rc, _, err = train(capsys, *FAST, "--output", str(run), "--data", "fashion-mnist",
+                       "--data-dir", str(tmp_path / "nonexistent"), "--quiet")
+    assert rc == 2 and "already holds a run" not in err and "nonexistent" in err
     rc, _out, _ = train(capsys, *FAST, "--output", str(run), "--temp", "2", "--overwrite",
                        "--quiet")
     assert rc == 0 and yaml.safe_load((run / "config.yaml").read_text())["temp"] == 2.0

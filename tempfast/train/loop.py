@@ -72,13 +72,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: D.Context, reporter: Reporter) -> None:
         started = time.perf_counter()
         self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
+        # inputs before outputs: a missing data set is reported before a full --output
+        self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
+                                num_classes=cfg.num_classes, img_size=cfg.img_size,
+                                workers=cfg.workers, train_subset=cfg.train_subset)
         self.folder = RunFolder(cfg.output)
         self.resume_from = D.run_on_main(ctx, self.folder.check, cfg.as_dict(), cfg.resume,
                                          cfg.overwrite)
         ckpt = load_checkpoint(self.resume_from, RESUME_KEYS) if self.resume_from else None
-        self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
-                                num_classes=cfg.num_classes, img_size=cfg.img_size,
-                                workers=cfg.workers, train_subset=cfg.train_subset)
         steps = self.bundle.steps_per_epoch(cfg.batch_size, ctx.world_size)
         if steps == 0:
             raise UsageError(f"{self.bundle.n_train} training images cannot be shared by "
