@@ -99,3 +99,10 @@ def test_the_ops_example_runs_as_written_on_this_machine():
     exec(compile(block, "README.md (the ops example)", "exec"), namespace)
     assert namespace["logits"].grad is not None and namespace["T"].grad is not None
     assert torch.isfinite(namespace["loss"]) and namespace["p"].shape == namespace["logits"].shape
+
+
+def test_the_readmes_say_what_loss_x_t_is_and_name_the_flag_for_the_papers_form():
+    """The header's ``(loss x T)`` is explained where a user meets it (issue 23)."""
+    for doc in ("README.md", "tempfast/train/README.md"):
+        text = (ROOT / doc).read_text()
+        assert "T * CE(z / T" in text and "--temp-compensation none" in text, doc
