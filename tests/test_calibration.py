@@ -158,3 +158,18 @@ def test_calibrate_stores_the_temperature_and_eval_reports_with_it(tmp_path, cap
     assert result["calibration"]["source"] == "stored in the checkpoint"
     assert result["calibration"]["temperature"] == pytest.approx(stored["temperature"])
     assert result["calibration"]["ece_after"] == pytest.approx(stored["ece_after"])
+    # a folder the checkpoint sits in that cannot be written: the error names the default
+    # output and offers --output, a flag the user did not pass (issue 23)
+    import tempfile
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    for command in (["eval", str(out), "--attacks", "none", "--no-corruptions"],
+                    ["calibrate", str(out)]):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(tempfile, "mkstemp", unwritable)
+            assert main(command) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "the default output" in err, err
+        assert "pass --output to write" in err and "Permission denied" in err

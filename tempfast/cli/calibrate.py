@@ -52,7 +52,9 @@ def _main(args: argparse.Namespace) -> int:
     from ..train.distributed import resolve_device
 
     out = Path(args.output or args.checkpoint)
-    check_writable(out.parent, "--output")
+    check_writable(out.parent, "--output" if args.output else
+                   "the default output (over the checkpoint; pass --output to write the "
+                   "calibrated checkpoint elsewhere)")
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, RESTORE_KEYS)
     model = restore_model(ckpt, device)

@@ -144,7 +144,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = _output_path(args)
     if out.is_dir():
         raise UsageError(f"--output {out} is a folder")
-    check_writable(out.parent, "--output")
+    check_writable(out.parent, "--output" if args.output else
+                   "the default output (beside the checkpoint; pass --output to write it "
+                   "elsewhere)")
     cfg = ckpt.get("config") or {}
     eps = args.eps if args.eps is not None else cfg.get("eps")
     if eps is None:
