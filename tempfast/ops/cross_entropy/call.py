@@ -6,7 +6,10 @@ chip, and the backward pass only applies the upstream gradient):
 
 * ``aten``: a small eager CPU call whose temperature needs no gradient
   (:func:`tempfast.ops.dispatch.small_on_cpu`): stock aten ops, eager PyTorch's host cost, twice
-  differentiable (:func:`.torch_path.small_cross_entropy`).
+  differentiable (:func:`.torch_path.small_cross_entropy`). The plain call (int64 class
+  indices, a number for the temperature, no weight, torch's layout) is recognised by
+  :func:`normalise` itself, which records the route (``way``), and :func:`run` calls the aten op
+  inline: at 64 x 10 its checks are the call's whole cost.
 * ``fused``: an eager mean or sum with rows, whose probability target (if any) needs no
   gradient: :class:`.op.FusedCrossEntropy`, two launches forward and one backward on CUDA, the
   temperature passed by value when it is a number.
