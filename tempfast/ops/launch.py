@@ -120,8 +120,8 @@ def temperature_args(t: Tensor | None, t_value: float, fallback: Tensor) -> tupl
 def quiet_interpreter(launcher: Callable) -> Callable:
     """Under ``TRITON_INTERPRET=1`` the kernels run as numpy code, whose masked lanes (``0 *
     -inf``, ``1 / 0`` where a mask discards the result) raise RuntimeWarnings the caller did
-    not cause: silenced for the launches of ``launcher`` (numpy's error state, restored after;
-    nothing else changes, and off the interpreter nothing is wrapped at run time but one test)."""
+    not cause: silenced for the launches of ``launcher`` (numpy's error state, restored after).
+    Off the interpreter the wrapper only tests ``TRITON_INTERPRET`` and calls through."""
     @functools.wraps(launcher)
     def launch(*args, **kwargs):
         if not backend.interpreter_enabled():

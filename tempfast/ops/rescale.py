@@ -17,7 +17,6 @@ from .dispatch import runs_triton
 from .launch import quiet_interpreter
 
 
-@quiet_interpreter
 def rescale_(buf: Tensor, g: Tensor) -> None:
     """``buf *= g`` row-wise, in place, computed in fp32 (fp64 for fp64 buffers)."""
     if runs_triton(buf):

@@ -38,7 +38,7 @@ from .. import class_parallel, dispatch
 from ..autograd import is_eager
 from ..dispatch import small_on_cpu
 from .op import CrossEntropyInplace, FusedCrossEntropy, cross_entropy_2d
-from .torch_path import small_cross_entropy
+from .torch_path import REDUCTION_CODES, small_cross_entropy
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -90,7 +90,7 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
     if (process_group is None and start is None and weight is None and class_dim is None
             and not inplace_backward and type(logits) is Tensor and type(target) is Tensor
             and type(temperature) in _SCALARS and type(ignore_index) is int
-            and type(label_smoothing) in _SCALARS and reduction in _REDUCTION_CODES
+            and type(label_smoothing) in _SCALARS and reduction in REDUCTION_CODES
             and 0.0 < temperature < _INF and 0.0 <= label_smoothing <= 1.0
             and logits.is_cpu and target.dtype is _INT64):
         # a small eager call on the torch backend: its host time is its cost, so its route
@@ -172,12 +172,10 @@ def route(call: CrossEntropyCall) -> str:
         return "aten"
     if call.process_group is not None:
         return "class_parallel"
-    logits, t = call.logits, call.temperature
-    eager = is_eager(logits)
-    t_grad = t is not None and t.requires_grad and torch.is_grad_enabled()
-    if eager and not call.inplace_backward and small_on_cpu(logits, t_grad):
+    eager = is_eager(call.logits)
+    if eager and not call.inplace_backward and small_on_cpu(call.logits, call.t_grad):
         return "aten"
-    reduced = call.reduction != "none" and logits.shape[0] > 0
+    reduced = call.reduction != "none" and call.logits.shape[0] > 0
     if call.inplace_backward:
         return "fused_inplace" if eager and reduced else "inplace_op"
     target_grad = call.probs and call.target.requires_grad and torch.is_grad_enabled()
@@ -192,7 +190,7 @@ def run(call: CrossEntropyCall) -> Tensor:
         z = call.logits if call.way == "plain" else call.logits.float()
         try:
             return _CROSS_ENTROPY_LOSS(z / call.t_value, call.target, None,
-                                       _REDUCTION_CODES[call.reduction], call.ignore_index,
+                                       REDUCTION_CODES[call.reduction], call.ignore_index,
                                        call.label_smoothing)
         except (IndexError, RuntimeError, ValueError):
             _explain_plain_failure(call)  # tempfast's error, from None, where it has one
@@ -305,5 +303,4 @@ _WIDE = (torch.float32, torch.float64)
 _SCALARS = (float, int)
 _INT64 = torch.int64
 _INF = math.inf
-_REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
 _CROSS_ENTROPY_LOSS = torch._C._nn.cross_entropy_loss

@@ -231,7 +231,8 @@ def small_cross_entropy(logits: Tensor, target: Tensor, temperature: float | Ten
         temperature = temperature.to(z.dtype).unsqueeze(1)
     return torch._C._nn.cross_entropy_loss(
         z / temperature, target, weight if weight is None else weight.to(z.dtype),
-        _REDUCTIONS[reduction], ignore_index, label_smoothing)
+        REDUCTION_CODES[reduction], ignore_index, label_smoothing)
 
 
-_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+# aten cross_entropy_loss's reduction argument (at::Reduction)
+REDUCTION_CODES = {"none": 0, "mean": 1, "sum": 2}
