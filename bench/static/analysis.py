@@ -219,8 +219,12 @@ def meta() -> dict:
         "gpus": [asdict(g) | {"issue_rate": g.issue_rate} for g in model.GPUS],
         "assumptions": {
             "issue_per_clock_per_sm": model.ISSUE_PER_CLOCK, "launch_s": model.LAUNCH_S,
-            "l2_fraction_for_rereads": model.L2_FRACTION,
+            "l2_rereads": "hit share min(1, L2 / footprint)",
+            "latency_cycles": {"dram": model.DRAM_LATENCY_CYCLES, "l2": model.L2_LATENCY_CYCLES,
+                               "on_chip": model.ON_CHIP_LATENCY_CYCLES},
+            "latency_source": model.LATENCY_SOURCE,
             "num_sms_seen_by_heuristics": 132,
-            "time": "max(hbm bytes / copy bw, warp-instructions / issue rate) + launches",
+            "time": "max(hbm bytes / copy bw, warp-instructions / issue rate, t_little, "
+                    "t_chain) + launches",
         },
     }

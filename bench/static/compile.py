@@ -56,6 +56,7 @@ class Loop:
     end: int
     instructions: int
     accesses: dict[str, list[int]]
+    syncs: int = 0  # BAR and SHFL: on-chip round trips a block-wide reduction waits on
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class SassReading:
     all_loops: list[Loop] = field(default_factory=list)  # every loop, outer ones included
     tail_exit: int | None = None  # the first predicated EXIT after the body's last atomic
     before_tail: int = 0  # body instructions up to it (all of them if none)
+    syncs: int = 0  # BAR and SHFL instructions in the body
 
     def outermost(self) -> list[Loop]:
         """Loops contained in no other loop."""
@@ -145,7 +147,7 @@ def parse_sass(text: str) -> SassReading:
         if m and m.group(2) in labels and labels[m.group(2)] < addr:
             start = labels[m.group(2)]
             inside = [o for a, o in body if start <= a <= addr]
-            loops.append(Loop(start, addr, len(inside), _accesses(inside)))
+            loops.append(Loop(start, addr, len(inside), _accesses(inside), _syncs(inside)))
     innermost = [lp for lp in loops
                  if not any(o is not lp and lp.start <= o.start and o.end <= lp.end
                             for o in loops)]
@@ -159,7 +161,11 @@ def parse_sass(text: str) -> SassReading:
     return SassReading(len(body), len(rest), innermost, _accesses(ops),
                        sum(bool(re.search(r"\b(LDL|STL)\b", op)) for op in ops),
                        sum(bool(re.search(r"\bMUFU\b", op)) for op in ops), loops, tail_exit,
-                       before)
+                       before, _syncs(ops))
+
+
+def _syncs(ops: list[str]) -> int:
+    return sum(bool(re.search(r"\b(BAR|SHFL)\b", op)) for op in ops)
 
 
 def _is_self_branch(addr: int, op: str, labels: dict[str, int]) -> bool:

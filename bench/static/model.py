@@ -5,16 +5,46 @@ For each launch (a recorded ``kernel[grid](...)`` and its compiled binary, see
 
 * **traffic**: the ``N x C`` tensors it reads and writes (bytes = ``numel * itemsize``, the
   pointer arguments named in :data:`KERNELS`), plus every other tensor argument once (row
-  vectors, partials: negligible at the headline shapes). A *re-read* in a later loop of the
-  same program is served from L2 when the bytes of the rows in flight fit in
-  ``L2_FRACTION`` of the L2 (rows in flight = concurrent programs = min(grid, resident
-  programs per SM x SMs)); a re-read of what an *earlier launch* read is served from L2 when the
-  whole tensor fits. Otherwise it is HBM traffic.
+  vectors, partials: negligible at the headline shapes). A *re-read* is served from L2 in the
+  share ``min(1, L2 / footprint)`` and from HBM in the rest, where the footprint is what is
+  read between a byte's first read and its re-read: the rows in flight (concurrent programs =
+  min(grid, resident programs per SM x SMs), times each one's bytes) for a re-read in a later
+  loop of the same program, the whole tensor for a re-read of what an *earlier launch* read.
+  ``L2 / footprint`` is what the best replacement policy keeps of a cyclic re-read (LRU keeps
+  nothing once the footprint exceeds the L2; the H100's policy is not published).
 * **issue**: warp-instructions = programs x warps x (SASS body instructions + each hot loop's
   instructions x (trip count - 1)); the trip count is the host integer named in
   :data:`KERNELS`. SASS instructions per element (per thread, the figure a kernel author
   tunes) = warp-instructions x 32 / elements of the case.
-* **time**: ``t = max(bytes / copy bandwidth, warp-instructions / issue rate) + launch cost``,
+* **latency** (:func:`latency_terms`): two bounds a memory-bound launch can hit before its
+  bytes do.
+
+  - *Little's law.* An SM can only have so many bytes in flight: resident programs x threads x
+    the bytes its loads in flight per thread (the LDG widths of the hot loop's SASS, or of the
+    body for a loop-free kernel). The GPU's load rate is at most SMs x bytes in flight / DRAM
+    latency; below ``copy bandwidth x latency / SMs`` per SM the launch is latency-bound:
+    ``t_little = bytes loaded x latency / (SMs x bytes in flight per SM)`` (the passes' reads
+    and HBM re-reads: stores are posted, and the other tensors are row vectors the
+    description does not say are read).
+  - *The chain of one program.* A program waits for each round of loads before it computes on
+    them (Triton's loops here load, then reduce: no load of the next trip is issued before
+    this trip's data is used). One program's time is its rounds' latencies plus the issue time
+    of its own instructions (``ceil(warps / 4)`` cycles per instruction, its warps spread over
+    the 4 schedulers): ``chain = L_dram (the scalar loads before the loops) + sum over rounds of
+    round latency + instructions x ceil(warps / 4) / clock``. A round's latency is the
+    published unloaded latency of where its bytes come from (DRAM or an L2 hit), or, when
+    every SM has one program in that round, the time the memory system needs for all of
+    them (``SMs x bytes of the round / copy bandwidth``): Little's law again, the round trip
+    cannot be shorter than the queue in front of it. Programs resident on one SM overlap
+    each other's chains (a second program computes while the first waits); one resident
+    program per SM cannot, so with one program per SM the compute and the memory time add.
+    ``t_chain = ceil(programs / (resident x SMs)) x chain``. A cooperative work item
+    (``PHASE == 0``) adds two L2 round trips (the arrival's atomic and one poll).
+
+  The latencies are published pointer-chase measurements (:data:`LATENCY_SOURCE`), not
+  fitted: the check is Liger's published CE times (bench/README.md), which the old model
+  (max of memory and issue) missed by 2.24x at 32000 classes.
+* **time**: ``t = max(t_mem, t_issue, t_little, t_chain) + launch cost``,
   issue rate = ``ISSUE_PER_CLOCK`` warp-instructions per clock per SM x SMs x clock. A case
   adds its launches and one launch cost for each torch op that computes (a kernel on the GPU:
   the ops that are not views or allocations).
@@ -24,11 +54,11 @@ For each launch (a recorded ``kernel[grid](...)`` and its compiled binary, see
 Resident programs per SM: the minimum over registers (allocated per warp in units of 256),
 shared memory (+1 KiB reserved per block), warps and blocks, against :data:`SM_LIMITS`.
 
-Blind spots: latency-bound small grids and the last partial wave (the model assumes the
-machine is full), L2 hit rates between all or nothing, the MUFU (exp2 / rcp) pipe's lower
-throughput (a quarter of the ALU rate), dual issue and stalls on dependent instructions, bank
-conflicts in the cross-warp reductions, CTA launch rate for grids of 10^5+ tiny programs,
-DRAM page effects and the clock under load.
+Blind spots: L2 bandwidth (an L2 hit costs its latency only), the L2's replacement policy,
+the MUFU (exp2 / rcp) pipe's lower throughput (a quarter of the ALU rate), dual issue, stalls
+on dependent instructions other than BAR / SHFL round trips, bank conflicts in the cross-warp
+reductions, prefetch across loop trips, CTA launch rate for grids of 10^5+ tiny programs, DRAM
+page effects and the clock under load.
 """
 
 from __future__ import annotations
@@ -42,7 +72,16 @@ from .traffic import TRAFFIC
 
 ISSUE_PER_CLOCK = 4  # warp-instructions per clock per SM (4 schedulers, 1 issue each)
 LAUNCH_S = 3e-6  # GPU-side cost of one kernel launch in a full stream (assumed)
-L2_FRACTION = 0.5  # share of the L2 a streaming re-read can count on
+SCHEDULERS = 4  # warp schedulers per SM
+# Unloaded load-to-use latency, pointer chase, H100 SXM (GH200: 690 / 281 cycles, the H200's
+# closest published part): markdewing/AI_kernels, latency/README.md ("All measurements are in
+# clock cycles": L1 40, L2 291, main memory 700).
+DRAM_LATENCY_CYCLES = 700
+L2_LATENCY_CYCLES = 291
+ON_CHIP_LATENCY_CYCLES = 40  # one BAR or SHFL round trip: taken as the same table's L1 hit
+LATENCY_SOURCE = ("pointer-chase latency, H100 SXM: L1 40, L2 291, DRAM 700 cycles "
+                  "(github.com/markdewing/AI_kernels, latency/README.md); a BAR or SHFL "
+                  "round trip is taken as an L1 hit")
 
 
 @dataclass(frozen=True)
@@ -58,6 +97,19 @@ class Gpu:
     @property
     def issue_rate(self) -> float:
         return ISSUE_PER_CLOCK * self.sms * self.clock_hz
+
+    @property
+    def dram_latency(self) -> float:
+        return DRAM_LATENCY_CYCLES / self.clock_hz
+
+    @property
+    def l2_latency(self) -> float:
+        return L2_LATENCY_CYCLES / self.clock_hz
+
+    @property
+    def in_flight_needed(self) -> float:
+        """Bytes each SM must keep in flight for the copy bandwidth (Little's law)."""
+        return self.copy_bw * self.dram_latency / self.sms
 
 
 GPUS = (
@@ -249,6 +301,9 @@ class LaunchCost:
     warp_instructions: int
     t_mem: float
     t_issue: float
+    t_chain: float
+    t_little: float
+    latency: Latency
     t: float
 
     @property
@@ -257,7 +312,9 @@ class LaunchCost:
 
     @property
     def bound(self) -> str:
-        return "issue" if self.t_issue > self.t_mem else "memory"
+        terms = {"memory": self.t_mem, "issue": self.t_issue, "latency": self.t_chain,
+                 "in-flight": self.t_little}
+        return max(terms, key=terms.get)
 
 
 def _tail_split(launch: Launch, reading: KernelReading) -> int | None:
@@ -296,20 +353,104 @@ def row_loops(launch: Launch, reading: KernelReading) -> list[Loop]:
     return [lp for lp in desc.row_loops(loops) if lp in running]
 
 
+def _per_program(launch: Launch, reading: KernelReading, body: int, tail: int,
+                 per_loop: Callable[[Loop], int]) -> tuple[int, int]:
+    """(per program, tail once) of a count that is ``body`` in the straight-line code and
+    ``per_loop(loop)`` per trip of each hot loop: every program runs the body once and each
+    hot loop ``trips - 1`` more times (a loop of 0 trips: not at all)."""
+    desc = describe(launch)
+    loops = hot_loops(launch, reading)
+    trips = desc.trips(launch)
+    trip_list = trips if isinstance(trips, list) else [trips] * len(loops)
+    extra = sum(per_loop(lp) * (n - 1) for lp, n in zip(loops, trip_list, strict=False))
+    return body + extra, tail
+
+
+def _body_split(launch: Launch, reading: KernelReading) -> tuple[int, int]:
+    split = _tail_split(launch, reading)
+    body = reading.sass.instructions if split is None else reading.sass.before_tail
+    return body, reading.sass.instructions - body
+
+
 def warp_instructions(launch: Launch, reading: KernelReading) -> int:
     """Warp-instructions of the launch: every program runs the body once and each hot loop
     ``trips - 1`` more times (a loop of 0 trips: its instructions not at all); a one-program
     tail runs once."""
+    body, tail = _body_split(launch, reading)
+    per_thread, tail = _per_program(launch, reading, body, tail, lambda lp: lp.instructions)
+    return (launch.programs * per_thread + tail) * reading.num_warps
+
+
+def rounds(launch: Launch, reading: KernelReading) -> int:
+    """Rounds of loads one program waits for: the trips of its hot loops that touch rows (the
+    work items of a persistent launch), one for a loop-free launch that moves data, none for
+    a launch with no work (the repair launch when no wait gave up)."""
     desc = describe(launch)
     loops = hot_loops(launch, reading)
+    if not loops:
+        return 1 if desc.traffic_if(launch) and desc.select != "outer" else 0
     trips = desc.trips(launch)
-    per_loop = trips if isinstance(trips, list) else [trips] * len(loops)
-    split = _tail_split(launch, reading)
-    body = reading.sass.instructions if split is None else reading.sass.before_tail
-    tail = reading.sass.instructions - body
-    per_thread = body + sum(lp.instructions * (n - 1) for lp, n in zip(loops, per_loop,
-                                                                        strict=False))
-    return (launch.programs * per_thread + tail) * reading.num_warps
+    trip_list = trips if isinstance(trips, list) else [trips] * len(loops)
+    touching = desc.row_loops(loops)
+    return sum(n for lp, n in zip(loops, trip_list, strict=False) if lp in touching)
+
+
+def in_flight_per_thread(launch: Launch, reading: KernelReading) -> int:
+    """Bytes one thread has in flight in a round: the LDGs of the widest hot loop that touches
+    rows, or of the whole body for a loop-free kernel."""
+    loops = row_loops(launch, reading)
+    if loops:
+        return max(sum(lp.accesses["LDG"]) for lp in loops) // 8
+    return sum(reading.sass.accesses["LDG"]) // 8
+
+
+@dataclass(frozen=True)
+class Latency:
+    """The latency terms of one launch on one GPU (see the module docstring)."""
+
+    rounds: int
+    round_bytes: float  # HBM bytes per program per round
+    round_s: float  # one round's latency, loaded
+    issue_s: float  # one program's own instructions, its warps over the 4 schedulers
+    syncs_s: float  # its BAR / SHFL round trips
+    chain_s: float  # one program, start to end
+    waves: int  # chains one after another on an SM
+    in_flight_per_sm: int
+    in_flight_needed: float
+    t_chain: float
+    t_little: float
+
+
+def latency_terms(launch: Launch, reading: KernelReading, gpu: Gpu, hbm_bytes: int,
+                  loaded_bytes: int, l2_bytes: int, resident: int) -> Latency:
+    desc = describe(launch)
+    programs = max(launch.programs, 1)
+    sms_used = min(gpu.sms, programs)
+    n = rounds(launch, reading)
+    round_bytes = hbm_bytes / (programs * n) if n else 0.0
+    if round_bytes:
+        base = gpu.dram_latency
+    elif l2_bytes:
+        base = gpu.l2_latency
+    else:
+        base = gpu.dram_latency if n else 0.0
+    round_s = max(base, sms_used * round_bytes / gpu.copy_bw)
+    if desc.select == "outer" and launch.constants.get("PHASE") == 0:
+        round_s += 2 * gpu.l2_latency  # the arrival's atomic and one poll
+    body, _ = _body_split(launch, reading)
+    instr, _ = _per_program(launch, reading, body, 0, lambda lp: lp.instructions)
+    syncs, _ = _per_program(launch, reading, reading.sass.syncs, 0, lambda lp: lp.syncs)
+    per_sched = -(-reading.num_warps // SCHEDULERS)
+    issue_s = instr * per_sched / gpu.clock_hz
+    syncs_s = syncs * ON_CHIP_LATENCY_CYCLES / gpu.clock_hz
+    chain = gpu.dram_latency + n * round_s + issue_s + syncs_s
+    waves = -(-programs // (max(resident, 1) * gpu.sms))
+    threads = 32 * reading.num_warps
+    per_sm = min(max(resident, 1), -(-programs // gpu.sms))
+    in_flight = per_sm * threads * in_flight_per_thread(launch, reading)
+    t_little = loaded_bytes * gpu.dram_latency / (sms_used * in_flight) if in_flight else 0.0
+    return Latency(n, round_bytes, round_s, issue_s, syncs_s, chain, waves, in_flight,
+                   gpu.in_flight_needed, waves * chain, t_little)
 
 
 def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
@@ -330,18 +471,21 @@ def launch_cost(launch: Launch, reading: KernelReading, gpu: Gpu) -> LaunchCost:
         else:
             reread += nbytes
             if p.kind == "reread":
-                in_flight = nbytes * concurrent / max(launch.programs, 1)
+                footprint = nbytes * concurrent / max(launch.programs, 1)
             else:
-                in_flight = nbytes
-            if in_flight > L2_FRACTION * gpu.l2_bytes:
-                reread_hbm += nbytes
+                footprint = nbytes
+            reread_hbm += round(nbytes * (1 - min(1.0, gpu.l2_bytes / max(footprint, 1))))
     other = sum(t.nbytes for name, t in launch.tensors.items()
                 if name not in named and not _same_storage(launch, name, named))
     instr = warp_instructions(launch, reading)
-    t_mem = (read + write + reread_hbm + other) / gpu.copy_bw
+    hbm = read + write + reread_hbm + other
+    t_mem = hbm / gpu.copy_bw
     t_issue = instr / gpu.issue_rate
+    lat = latency_terms(launch, reading, gpu, hbm, read + reread_hbm, reread - reread_hbm,
+                        resident_programs(reading)["programs"])
+    t = max(t_mem, t_issue, lat.t_chain, lat.t_little) + LAUNCH_S
     return LaunchCost(launch.name, launch.programs, concurrent, read, write, reread, reread_hbm,
-                      other, instr, t_mem, t_issue, max(t_mem, t_issue) + LAUNCH_S)
+                      other, instr, t_mem, t_issue, lat.t_chain, lat.t_little, lat, t)
 
 
 def give_up_cost(launch: Launch, gpu: Gpu) -> dict | None:
