@@ -102,6 +102,12 @@ def cross_entropy(
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
+    if (weight is None and class_dim is None and not inplace_backward and process_group is None
+            and start is None):
+        loss = _cross_entropy.plain_loss(logits, target, temperature, ignore_index, reduction,
+                                         label_smoothing)
+        if loss is not None:
+            return loss
     call = _cross_entropy.normalise(logits, target, temperature, weight, ignore_index, reduction,
                                     label_smoothing, class_dim, inplace_backward,
                                     process_group, start)

@@ -7,9 +7,9 @@ chip, and the backward pass only applies the upstream gradient):
 * ``aten``: a small eager CPU call whose temperature needs no gradient
   (:func:`tempfast.ops.dispatch.small_on_cpu`): stock aten ops, eager PyTorch's host cost, twice
   differentiable (:func:`.torch_path.small_cross_entropy`). The plain call (int64 class
-  indices, a number for the temperature, no weight, torch's layout) is recognised by
-  :func:`normalise` itself, which records the route (``way``), and :func:`run` calls the aten op
-  inline: at 64 x 10 its checks are the call's whole cost.
+  indices, a number for the temperature, no weight, torch's layout) does not get this far:
+  :func:`plain_loss` recognises it before anything is normalised and calls the aten op: at
+  64 x 10 the checks are the call's whole cost.
 * ``fused``: an eager mean or sum with rows, whose probability target (if any) needs no
   gradient: :class:`.op.FusedCrossEntropy`, two launches forward and one backward on CUDA, the
   temperature passed by value when it is a number.
@@ -63,7 +63,6 @@ class CrossEntropyCall(NamedTuple):
     inplace_backward: bool
     process_group: ProcessGroup | None = None  # class-parallel: the ranks that share the classes
     start: int | None = None  # class-parallel: this rank's first class, if given
-    way: str | None = None  # the plain call's route, decided by normalise
 
     @property
     def probs(self) -> bool:
@@ -87,28 +86,40 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
     With ``process_group`` the logits are this rank's classes (possibly none), the class
     indices global and ``weight`` holds every class (checked against the group's class count
     by the class-parallel route, once it knows it)."""
-    if (process_group is None and start is None and weight is None and class_dim is None
-            and not inplace_backward and type(logits) is Tensor and type(target) is Tensor
-            and type(temperature) in _SCALARS and type(ignore_index) is int
-            and type(label_smoothing) in _SCALARS and reduction in REDUCTION_CODES
-            and 0.0 < temperature < _INF and 0.0 <= label_smoothing <= 1.0
-            and logits.is_cpu and target.dtype is _INT64):
-        # a small eager call on the torch backend: its host time is its cost, so its route
-        # is decided here, inline (small_on_cpu's rule): "plain" (fp32 / fp64 logits) or
-        # "plain_upcast" (16-bit). Shapes are left to torch's kernel: it accepts what tempfast
-        # accepts, with the same meaning; what it refuses gets tempfast's error from the full
-        # checks (_explain_plain_failure).
-        dtype = logits.dtype
-        if (dtype in _DTYPES and logits.numel() <= dispatch.SMALL_CPU_ELEMENTS
-                and backend.get_backend() != "triton" and not torch.compiler.is_compiling()
-                and not _len_torch_dispatch_stack()):
-            # tuple.__new__: the NamedTuple's generated __new__ costs as much again
-            return tuple.__new__(CrossEntropyCall, (
-                logits, target, None, float(temperature), None, ignore_index,
-                float(label_smoothing), reduction, target.shape, False, None, None,
-                "plain" if dtype in _WIDE else "plain_upcast"))
     return _checked_call(logits, target, temperature, weight, ignore_index, reduction,
                          label_smoothing, class_dim, inplace_backward, process_group, start)
+
+
+def plain_loss(logits: Tensor, target: Tensor, temperature: float | Tensor, ignore_index: int,
+               reduction: str, label_smoothing: float) -> Tensor | None:
+    """The loss of the plain call, or ``None`` when this is not one.
+
+    The plain call: a small eager CPU call (:func:`tempfast.ops.dispatch.small_on_cpu`'s rule)
+    on the torch backend with int64 class indices, a number ``0 < T < inf`` and torch's layout,
+    and no weight, ``class_dim``, ``inplace_backward`` or process group (the caller checks
+    those). Its host time is its whole cost, so it is recognised here, before anything is
+    normalised, and runs ``F.cross_entropy(z / T, ...)``'s aten op on the logits (16-bit
+    logits in fp32). Shapes are left to torch's kernel: it accepts what tempfast accepts, with
+    the same meaning; what it refuses gets tempfast's error from the full checks."""
+    if (type(logits) is Tensor and type(target) is Tensor and type(temperature) in _SCALARS
+            and type(ignore_index) is int and type(label_smoothing) in _SCALARS
+            and type(reduction) is str
+            and 0.0 < temperature < _INF and 0.0 <= label_smoothing <= 1.0
+            and logits.is_cpu and target.dtype is _INT64):
+        upcast = _UPCAST.get(logits.dtype)
+        code = REDUCTION_CODES.get(reduction)
+        if (upcast is not None and code is not None
+                and logits.numel() <= dispatch.SMALL_CPU_ELEMENTS
+                and backend.get_backend() != "triton" and not torch.compiler.is_compiling()
+                and not _len_torch_dispatch_stack()):
+            try:
+                return _CROSS_ENTROPY_LOSS((logits.float() if upcast else logits) / temperature,
+                                           target, None, code, ignore_index, label_smoothing)
+            except (IndexError, RuntimeError, ValueError):
+                _explain_plain_failure(logits, target, temperature, ignore_index, reduction,
+                                       label_smoothing)
+                raise
+    return None
 
 
 def _checked_call(logits, target, temperature, weight, ignore_index, reduction,
@@ -168,8 +179,6 @@ def _checked_call(logits, target, temperature, weight, ignore_index, reduction,
 
 def route(call: CrossEntropyCall) -> str:
     """The route of ``call`` (see the module docstring)."""
-    if call.way is not None:
-        return "aten"
     if call.process_group is not None:
         return "class_parallel"
     eager = is_eager(call.logits)
@@ -186,15 +195,6 @@ def route(call: CrossEntropyCall) -> str:
 
 def run(call: CrossEntropyCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``."""
-    if call.way is not None:  # the plain call (first, inline: its host time is its cost)
-        z = call.logits if call.way == "plain" else call.logits.float()
-        try:
-            return _CROSS_ENTROPY_LOSS(z / call.t_value, call.target, None,
-                                       REDUCTION_CODES[call.reduction], call.ignore_index,
-                                       call.label_smoothing)
-        except (IndexError, RuntimeError, ValueError):
-            _explain_plain_failure(call)  # tempfast's error, from None, where it has one
-            raise
     way = route(call)
     if way == "aten":
         return _aten(call)
@@ -218,15 +218,15 @@ def run(call: CrossEntropyCall) -> Tensor:
     return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
 
 
-def _explain_plain_failure(call: CrossEntropyCall) -> None:
-    """The plain call (``F.cross_entropy(z / T, ...)`` on the logits in fp32, fp64 staying
-    fp64; see :func:`normalise`) failed in torch's kernel: raise tempfast's error for it where
-    the full checks have one (a shape, an index out of range)."""
+def _explain_plain_failure(logits: Tensor, target: Tensor, temperature: float,
+                           ignore_index: int, reduction: str, label_smoothing: float) -> None:
+    """The plain call (:func:`plain_loss`) failed in torch's kernel: raise tempfast's error for
+    it where the full checks have one (a shape, an index out of range)."""
     try:
-        full = _checked_call(call.logits, call.target, call.t_value, None, call.ignore_index,
-                             call.reduction, call.label_smoothing, None, False, None, None)
+        full = _checked_call(logits, target, temperature, None, ignore_index, reduction,
+                             label_smoothing, None, False, None, None)
         if not full.probs:
-            _checks.check_class_indices(full.target, full.logits.shape[1], call.ignore_index)
+            _checks.check_class_indices(full.target, full.logits.shape[1], ignore_index)
     except ValueError as error:  # not "during handling of" torch's error: ours alone
         raise error from None
 
@@ -298,8 +298,8 @@ def _inplace_view(logits: Tensor, num_classes: int, leaf: bool, target_grad: boo
     return logits_view
 
 
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_WIDE = (torch.float32, torch.float64)
+_UPCAST = {torch.float32: False, torch.float64: False, torch.bfloat16: True,
+           torch.float16: True}  # the plain call's dtypes: whether it computes in fp32
 _SCALARS = (float, int)
 _INT64 = torch.int64
 _INF = math.inf
