@@ -218,6 +218,6 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
         "wall_time_s": summary["wall_time_s"], "process_s": process_s,
         **env, "git_rev": revision, "resumed": resumed, "command": command,
         "sweep_command": sweep_command,
-        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
