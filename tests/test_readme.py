@@ -106,3 +106,26 @@ def test_the_readmes_say_what_loss_x_t_is_and_name_the_flag_for_the_papers_form(
     for doc in ("README.md", "tempfast/train/README.md"):
         text = (ROOT / doc).read_text()
         assert "T * CE(z / T" in text and "--temp-compensation none" in text, doc
+
+
+def test_the_readme_workaround_for_a_clone_named_tempfast_works(tmp_path):
+    """From the parent of a folder named ``tempfast`` (a clone's root: no ``__init__.py``),
+    ``import tempfast`` finds that folder as an empty namespace package; ``python -P`` (the
+    README's workaround) finds the installed package."""
+    import subprocess
+    import sys
+
+    (tmp_path / "tempfast").mkdir()
+    (tmp_path / "tempfast" / "README.md").write_text("a clone's root\n")
+    code = "import tempfast; print(hasattr(tempfast, 'nn'))"
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+
+    def run(*flags: str) -> str:
+        return subprocess.run([sys.executable, *flags, "-c", code], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120).stdout.strip()
+
+    assert run() == "False"  # the shadowing the README describes
+    assert run("-P") == "True"
+    text = (ROOT / "README.md").read_text()
+    assert "PYTHONSAFEPATH=1" in text and "`-P`" in text
