@@ -6,15 +6,20 @@ stays positive under any optimiser step; read it back with the ``temperature`` p
 It lives in the *loss* module, so an optimiser built from ``model.parameters()`` alone never
 updates it: build it from :func:`parameter_groups` (``torch.optim.SGD(parameter_groups(model,
 loss_fn, weight_decay=5e-4), lr=0.1)``), or add ``loss_fn.parameters()`` yourself. A learnable
-temperature that has had :data:`STALE_CHECK_AFTER` gradients and still holds its first value
-warns once (``StaleTemperatureWarning``): it is almost certainly missing from the optimiser.
+temperature that has a gradient while an optimiser takes its second step, and that is in none of
+the parameter groups of the optimisers that have stepped, warns once
+(``StaleTemperatureWarning``, pointing at the caller's ``step()``): no optimiser updates it.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
+import weakref
 from numbers import Real
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -26,39 +31,70 @@ from .ops.class_parallel import argmax as parallel_argmax
 from .ops.distillation.call import check_reduction as check_distillation_reduction
 from .ops.linear_cross_entropy import default_chunk_rows
 
-STALE_CHECK_AFTER = 100  # backward passes before a learnable T that never moved is reported
-
 
 class StaleTemperatureWarning(UserWarning):
-    """A learnable temperature receives gradients but never changes."""
+    """A learnable temperature receives gradients but no optimiser updates it."""
 
 
 class _StaleCheck:
-    """Post-accumulate-grad hook of a learnable ``log_temperature``: after
-    :data:`STALE_CHECK_AFTER` backward passes it compares the parameter with its first value,
-    once (one device synchronisation in the whole run), and warns if a nonzero gradient has
-    not moved it."""
+    """Watches learnable ``log_temperature`` parameters from a global optimiser step pre-hook
+    (``torch.optim.optimizer.register_optimizer_step_pre_hook``, registered at the first
+    forward pass of a learnable temperature). At a step of an optimiser that has stepped
+    before (so every optimiser of a training step has stepped at least once), a watched
+    parameter that has a gradient and is in no parameter group of any optimiser seen stepping
+    warns once. An optimiser that holds it with a zero learning rate (warm-up) holds it: not
+    stale. No device synchronisation: the check reads the parameter's identity and ``.grad``."""
 
-    def __init__(self, param: Tensor) -> None:
-        self.initial = param.detach().clone()
-        self.count = 0
+    def __init__(self) -> None:
+        self.params: WeakIdKeyDictionary = WeakIdKeyDictionary()  # param -> warned
+        self.stepped: weakref.WeakSet = weakref.WeakSet()
+        self.handle = None
 
-    def __call__(self, param: Tensor) -> None:
-        self.count += 1
-        if self.count != STALE_CHECK_AFTER:
+    def watch(self, param: Tensor) -> None:
+        if param not in self.params:
+            self.params[param] = False
+        if self.handle is None:
+            from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+            self.handle = register_optimizer_step_pre_hook(self)
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        again = optimizer in self.stepped
+        self.stepped.add(optimizer)
+        if not again:
             return
-        if param.grad is None or not bool(param.grad.ne(0).any()):
-            return
-        if torch.equal(param.detach(), self.initial.to(param.device)):
+        for param, warned in list(self.params.items()):
+            if warned or param.grad is None or not param.requires_grad:
+                continue
+            if any(_holds(opt, param) for opt in self.stepped):
+                self.params[param] = True  # an optimiser updates it: never report it
+                continue
+            self.params[param] = True
             warnings.warn(
-                f"a learnable temperature has had {STALE_CHECK_AFTER} gradients and never "
-                "changed: it is probably not in the optimiser. Build the optimiser from "
+                "a learnable temperature has a gradient but is in none of the optimisers' "
+                "parameter groups: it never changes. Build the optimiser from "
                 "tempfast.nn.parameter_groups(model, loss_fn, ...) or add loss_fn.parameters() "
                 "(or freeze it: loss_fn.log_temperature.requires_grad_(False))",
-                StaleTemperatureWarning, stacklevel=2)
+                StaleTemperatureWarning, stacklevel=_user_stacklevel())
 
 
-_STALE_CHECKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+def _holds(optimizer: torch.optim.Optimizer, param: Tensor) -> bool:
+    return any(p is param for group in optimizer.param_groups for p in group["params"])
+
+
+_LIBRARY_DIRS = (str(Path(torch.__file__).parent) + os.sep, str(Path(__file__).parent) + os.sep)
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel from the caller of this function's caller to the first
+    frame outside torch and tempfast: the user's ``optimizer.step()`` line."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_STALE = _StaleCheck()
 
 
 def parameter_groups(*modules: nn.Module, weight_decay: float = 0.0) -> list[dict]:
@@ -116,14 +152,11 @@ class _Temperature(nn.Module):
         return self.log_temperature.exp()
 
     def _forward_temperature(self) -> Tensor:
-        """:attr:`temperature` for a forward pass; a learnable one is watched for never
-        changing (see :class:`StaleTemperatureWarning`)."""
+        """:attr:`temperature` for a forward pass; a learnable one is watched for being in no
+        optimiser (see :class:`StaleTemperatureWarning`)."""
         param = self.log_temperature
-        if (self.learnable and not torch.compiler.is_compiling() and param.requires_grad
-                and param not in _STALE_CHECKS):
-            check = _StaleCheck(param)
-            param.register_post_accumulate_grad_hook(check)
-            _STALE_CHECKS[param] = check
+        if self.learnable and not torch.compiler.is_compiling() and param.requires_grad:
+            _STALE.watch(param)
         return self.temperature
 
     def extra_repr(self) -> str:

@@ -10,7 +10,6 @@ import torch
 
 import tempfast
 from tempfast.nn import (
-    STALE_CHECK_AFTER,
     StaleTemperatureWarning,
     TemperatureCrossEntropyLoss,
     TemperatureSoftmax,
@@ -94,22 +93,45 @@ def _train(loss_fn, optimizer, model, steps: int) -> None:
         optimizer.step()
 
 
-def test_a_learnable_temperature_left_out_of_the_optimiser_warns_once():
+def test_a_learnable_temperature_left_out_of_the_optimiser_warns_once_at_the_second_step():
     """The usual ``SGD(model.parameters())`` never updates a T held by the loss module: it
-    gets gradients and silently stays put. That is reported once, after enough steps."""
+    gets gradients and silently stays put. That is reported once, as soon as it can be known
+    (the optimiser's second step: the first may be followed by another optimiser's), and the
+    warning points at the caller's ``step()`` line, not at torch."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _train(loss_fn, opt, model, STALE_CHECK_AFTER - 1)
+        _train(loss_fn, opt, model, 1)
     with pytest.warns(StaleTemperatureWarning, match="parameter_groups") as record:
         _train(loss_fn, opt, model, 5)
     assert len(record) == 1
+    assert record[0].filename == __file__  # _train's optimizer.step() line
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _train(loss_fn, opt, model, STALE_CHECK_AFTER)
+        _train(loss_fn, opt, model, 3)
+
+
+def test_a_temperature_in_a_second_optimiser_or_at_zero_lr_is_not_stale():
+    """Two optimisers (the model's first, the loss's second) and a warm-up at lr 0 hold T."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
+    model_opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    t_opt = torch.optim.SGD(loss_fn.parameters(), lr=0.0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            model_opt.zero_grad()
+            t_opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            model_opt.step()
+            t_opt.step()
+    assert float(loss_fn.temperature.detach()) == pytest.approx(2.0)
 
 
 def test_parameter_groups_train_the_temperature_without_decaying_it():
@@ -126,7 +148,7 @@ def test_parameter_groups_train_the_temperature_without_decaying_it():
     opt = torch.optim.SGD(groups, lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _train(loss_fn, opt, model, STALE_CHECK_AFTER + 1)
+        _train(loss_fn, opt, model, 5)
     assert not math.isclose(float(loss_fn.temperature.detach()), 2.0, rel_tol=1e-4)
 
 
