@@ -262,3 +262,31 @@ def test_a_fused_backward_at_upstream_gradient_one_leaves_the_gradient_untouched
     tempfast.cross_entropy(x1, target, 4.0).backward()
     assert_close(x.grad.float(), 3.0 * x1.grad.float(), REL_TOL[torch.float16], "grad",
                  floor=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("c", [1000, 32000])
+def test_under_cuda_autocast_the_ops_give_torchs_dtypes(dtype, c):
+    """CUDA autocast runs softmax / log_softmax / cross_entropy in fp32: the ops give fp32
+    outputs, gradients in the input's dtype, and the values of torch's ops (issue 23)."""
+    import torch.nn.functional as F
+
+    logits, target = _inputs(64, c, dtype)
+    for ours, theirs in ((lambda z: tempfast.softmax(z, 2.0), lambda z: F.softmax(z / 2.0, -1)),
+                         (lambda z: tempfast.log_softmax(z, 2.0),
+                          lambda z: F.log_softmax(z / 2.0, -1)),
+                         (lambda z: tempfast.cross_entropy(z, target, 2.0),
+                          lambda z: F.cross_entropy(z / 2.0, target))):
+        outs = []
+        for fn in (ours, theirs):
+            x = logits.clone().requires_grad_(True)
+            with torch.autocast("cuda", dtype=dtype):
+                y = fn(x)
+            y.float().sum().backward()
+            outs.append((y, x.grad))
+        (y, g), (y_ref, g_ref) = outs
+        assert y.dtype == y_ref.dtype and g.dtype == g_ref.dtype == dtype
+        torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cuda", dtype=dtype):
+        direct = torch.ops.tempfast.softmax(logits, torch.tensor([2.0], device=DEVICE), False)
+    assert direct.dtype == torch.float32

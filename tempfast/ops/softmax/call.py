@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ... import _checks
+from ..autocast import autocast_input
 from ..autograd import is_eager
 from ..dispatch import small_on_cpu
 from .op import Softmax, softmax_2d
@@ -46,8 +47,10 @@ class SoftmaxCall(NamedTuple):
 
 def normalise(x: Tensor, temperature: float | Tensor, dim: int, log: bool) -> SoftmaxCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
-    them into a :class:`SoftmaxCall`."""
+    them into a :class:`SoftmaxCall`. Under autocast, ``x`` is cast as autocast casts the
+    input of ``torch.softmax`` (:mod:`tempfast.ops.autocast`)."""
     _checks.check_floating("x", x)
+    x = autocast_input(x, "softmax")
     if x.dim() == 0:  # one class: as torch, the result has x's 0-dim shape
         t, t_value = _checks.temperature_of_rows(temperature, torch.Size(()), x)
         return SoftmaxCall(x.reshape(1, 1), t, t_value, log, torch.Size((1,)), None, x.shape)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import accumulation_dtype, check_temperature_values
+from .. import autocast
 from ..autograd import refuse_double_backward
 from ..dispatch import runs_triton
 from . import torch_path
@@ -37,6 +38,9 @@ def softmax_2d(x: Tensor, temperature: Tensor, log: bool) -> Tensor:
 @softmax_2d.register_fake
 def _(x: Tensor, temperature: Tensor, log: bool) -> Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+autocast.register("softmax", "softmax")
 
 
 @torch.library.custom_op("tempfast::softmax_backward", mutates_args=())
