@@ -36,6 +36,13 @@ from ..launch import (
 from ..rescale import apply_kernel
 
 PREP_BLOCK = 1024
+# The dL/dT variants of the slices kernel on 16-bit logits compile to 80 registers on sm_90
+# (three 8-warp programs per SM); capped at 64 (ptxas .maxnreg, no spills: the AOT budgets
+# check it) four fit, as for a fixed T, and the chain of each program's work items is a quarter
+# shorter: the static model reads the 80-register binary as latency-bound on the H200 (1.11x
+# the fixed-T time). fp32 logits stay uncapped: their rows take twice the bytes, the launch is
+# memory-bound at three programs per SM, and at 64 registers sm_80 spills.
+DT_SLICES_MAX_REGISTERS = 64
 
 
 def _prob_target(target: Tensor, logits_dtype: torch.dtype) -> Tensor:
@@ -155,6 +162,8 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
         args = (*head, layout.slices, layout.sync, n_rows, n_cols, cfg.n_slices, items, *tail)
         kernel_kw = {**flags, "VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": cfg.block_s,
                      "num_warps": cfg.num_warps}
+        if compute_dt and x.element_size() == 2:
+            kernel_kw["maxnreg"] = DT_SLICES_MAX_REGISTERS
         grid = cooperative_grid(kernel, args, kernel_kw, cfg.n_slices, items, x.device)
     if reduce is not None or grid is not None:
         mean = reduce == "mean"
