@@ -201,6 +201,7 @@ def train_command(args: argparse.Namespace, run: Run, output: Path) -> list[str]
             cmd += ["--" + name.replace("_", "-"),
                     number_text(value) if isinstance(value, float) else str(value)]
     cmd += run.args()
+    cmd += ["--eval", "full"]  # the claims are judged on the full evaluation, never a preset's
     if not args.corruptions:
         cmd.append("--no-corruptions")
     cmd += shlex.split(args.extra)

@@ -96,7 +96,7 @@ def test_evaluate_is_deterministic_json_and_keeps_caller_rng(digits):
     assert first["corruption_acc"] is None and first["corruptions"] is None
     assert {"suspected", "reasons", "verdict", "zero_grad_fraction", "eps_curve", "more_steps",
             "more_restarts"} <= set(first["masking"])
-    assert "attack apgd-dlr on 100 examples" in messages
+    assert any(m.startswith("attack apgd-dlr on 100 examples") for m in messages)
     assert any(m.startswith("diagnostics: pgd-cw with 6 steps") for m in messages)
 
 
@@ -105,10 +105,13 @@ def test_each_attack_number_does_not_depend_on_the_others(digits):
     assert alone["robust_acc"]["pgd-cw"] == _small_eval(digits)["robust_acc"]["pgd-cw"]
 
 
-def test_no_attacks_still_reports_clean_diagnostics_and_corruptions(digits):
-    result = _small_eval(digits, attacks="none", corruptions=True, severities=(1, 5))
+def test_no_attacks_runs_no_diagnostics_and_reports_clean_and_corruptions(digits):
+    messages = []
+    result = _small_eval(digits, attacks="none", corruptions=True, severities=(1, 5),
+                         progress=messages.append)
     assert result["robust_acc"] == {} and result["worst_case_acc"] is None
-    assert result["masking"]["eps_curve"]
+    assert result["masking"] is None and result["extra_robust_acc"] == {}
+    assert not any(m.startswith(("diagnostics", "attack")) for m in messages)
     c = result["corruptions"]
     assert c["source"] == LABEL and c["severities"] == [1, 5]
     assert list(c["per_corruption"]) == list(CORRUPTIONS)
@@ -196,3 +199,69 @@ def test_render_prints_tables_warnings_and_verdict(digits):
                    "SUSPECTED GRADIENT MASKING: a reason", "verdict:"):
         assert needle in text
     assert masking_warnings(result) == ["SUSPECTED GRADIENT MASKING: a reason"]
+
+
+def _rendered(result: dict) -> str:
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    render(result, console)
+    return console.export_text()
+
+
+def test_the_header_lists_what_ran_and_the_table_every_run_in_the_worst_case(digits):
+    result = _small_eval(digits, attacks="pgd-ce")
+    text = _rendered(result)
+    header = text.splitlines()[0]
+    assert "attacks pgd-ce at eps 0.1" in header and "square" not in header
+    assert "masking diagnostics" in header
+    assert set(result["extra_robust_acc"]) and "pgd-cw" in result["extra_robust_acc"]
+    for name in result["extra_robust_acc"]:
+        assert f"{name} (diagnostic)" in text  # they count in the worst case: shown, marked
+    none = _small_eval(digits, attacks="none")
+    text = _rendered(none)
+    assert "no attacks (no masking diagnostics)" in text.splitlines()[0]
+    assert "verdict:" not in text and "Gradient-masking" not in text
+    assert masking_warnings(none) == []
+
+
+def test_planned_passes_count_each_stage():
+    s = ev.EvalSettings(eps=0.1, steps=10, train_temperature=1.0,
+                        attacks=["pgd-ce", "square"], square_queries=300, severities=(1, 3),
+                        restarts=2)
+    plan = ev.planned_passes(s, 100, n_test=400)
+    assert plan["attacks"] == pytest.approx(100 * (2 * 10 + 2 * 300 / 3))
+    curve = len(ev.masking.eps_points(0.1)) - 1
+    # zero-grad 1, pgd-cw (not in the suite) 2 x 10, the eps curve, 20 steps x 2 restarts,
+    # 10 steps x 3 restarts
+    assert plan["diagnostics"] == pytest.approx(100 * (1 + 20 + curve * 20 + 40 + 30))
+    assert plan["corruptions"] == pytest.approx(100 * len(CORRUPTIONS) * 2 / 3)
+    assert plan["calibration"] == pytest.approx(400 / 3)
+    none = ev.planned_passes(ev.EvalSettings(eps=0.1, steps=10, train_temperature=1.0,
+                                             attacks="none", corruptions=False,
+                                             calibration=False), 100)
+    assert none == {"attacks": 0}
+
+
+def test_progress_messages_carry_an_eta_once_work_is_done(digits):
+    messages = []
+    _small_eval(digits, attacks="pgd-ce,pgd-cw", progress=messages.append)
+    assert "done, about" not in messages[0]  # nothing measured yet
+    later = [m for m in messages[1:] if "done, about" in m]
+    assert later and all(m.endswith(" left)") for m in later)
+
+
+def test_a_quick_evaluation_says_not_converged_instead_of_escalating(digits, monkeypatch):
+    real = ev.masking.run_diagnostics
+
+    def suspicious(*args, **kwargs):
+        report, masks = real(*args, **kwargs)
+        return {**report, "suspected": True, "reasons": ["planted"]}, masks
+
+    monkeypatch.setattr(ev.masking, "run_diagnostics", suspicious)
+    quick = _small_eval(digits, attacks="pgd-ce", escalate=False)
+    assert quick["escalation"] is None
+    assert quick["masking"]["verdict"].startswith("not converged")
+    full = _small_eval(digits, attacks="pgd-ce")
+    assert full["escalation"] is not None
+    assert not full["masking"]["verdict"].startswith("not converged")

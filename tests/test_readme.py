@@ -63,8 +63,10 @@ def _printed(capsys) -> list[str]:
            "test_robust_acc": 0.3, "temperature": 8.0, "lr": 0.05, "epoch_time_s": 1.0,
            "images_per_s": 1000.0}
     reporter.epoch_end(row)
-    reporter.summary({"output": "out", "clean_acc": 0.9, "worst_case_acc": 0.5,
+    reporter.summary({"output": "out", "clean_acc": 0.9, "clean_n": 360, "worst_case_acc": 0.5,
                       "robust_acc": {n: 0.5 for n in DEFAULT_ATTACKS},
+                      "extra_robust_acc": {"pgd-cw (more steps)": 0.5,
+                                           "pgd-cw (more restarts)": 0.5},
                       "corruption_acc": 0.7, "masking": {"suspected": False, "reasons": []},
                       "temperature": 8.0, "final_temperature": 8.0,
                       "best": {"metric": "test_robust_acc", "epoch": 2, "value": 0.6},
@@ -87,7 +89,8 @@ def test_the_example_output_has_the_shape_the_trainer_prints(capsys):
     def metrics(lines):  # the first column of the summary table's body rows
         return [line.split("\u2502")[1].strip() for line in lines if line.count("\u2502") == 3]
 
-    assert metrics(readme)[1:] == metrics(printed)[1:], "summary table rows"
+    assert metrics(readme) == metrics(printed), "summary table rows"
+    assert readme[-1] == "output folder " + readme[1].removeprefix("output "), "output line"
 
 
 def test_the_ops_example_runs_as_written_on_this_machine():

@@ -295,3 +295,54 @@ def test_fashion_mnist_run_on_a_training_subset_with_compensation_in_the_header(
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (config["train_subset"], config["temp_compensation"]) == (60, "loss")
     assert load_checkpoint(tmp_path / "run" / "last.pt")["data"]["n_train"] == 60
+
+
+def test_the_summary_labels_sample_sizes_shows_diagnostics_and_prints_the_output_whole(capsys):
+    """Issue 23: the summary's clean accuracy names its sample size (the final evaluation's
+    subset, not the epoch line's whole test set), every run that counts in the worst case is
+    shown (the diagnostics marked), and a long output folder is printed whole at 80 columns."""
+    from rich.console import Console
+
+    from tempfast.train.progress import RichReporter, result_line
+
+    reporter = RichReporter()
+    reporter.out = Console(width=80, force_terminal=False)
+    folder = "/a/very/long/output/folder/" + "x" * 90 + "/run"
+    summary = {"output": folder, "clean_acc": 0.351, "clean_n": 1000, "worst_case_acc": 0.0,
+               "robust_acc": {"pgd-ce": 0.02}, "extra_robust_acc": {"pgd-cw": 0.0},
+               "corruption_acc": None, "masking": {"suspected": False, "reasons": []},
+               "temperature": 8.0, "final_temperature": 8.0, "best": {}, "wall_time_s": 3.0}
+    reporter.summary(summary)
+    out = capsys.readouterr().out
+    assert "clean accuracy (1000 test images)" in out
+    assert "diagnostic: pgd-cw" in out
+    assert f"output folder {folder}" in out.splitlines()
+    assert "(of 1000 test images)" in result_line(summary)
+
+
+def test_eval_presets_estimate_and_explicit_flags(tmp_path, capsys):
+    """Issue 23: a 1-epoch run's default (auto) evaluation is the quick one (the full one
+    would cost more than the training), announced with its work and estimated time; explicit
+    --eval-* flags win over the preset; --eval none skips it."""
+    base = ["--epochs", "1", "--eval-adv-examples", "0", "--threads", "1", "--json"]
+    rc, out, _ = train(capsys, *base, "--output", str(tmp_path / "auto"))
+    assert rc == 0
+    events = json_events(out)
+    summary = events[-1]
+    assert summary["eval_preset"].startswith("auto: quick")
+    settings = summary["eval"]["settings"]
+    assert settings["attacks"] == ["pgd-ce", "apgd-dlr"] and summary["eval"]["n_examples"] == 200
+    assert summary["corruption_acc"] is None and summary["eval"]["calibration"] is None
+    announce = [e["message"] for e in events if e["event"] == "status"
+                and e["message"].startswith("final evaluation (auto: quick")]
+    assert announce and "200 test images, pgd-ce, apgd-dlr" in announce[0]
+    assert "forward + backward image passes" in announce[0] and "training's rate" in announce[0]
+    rc, out, _ = train(capsys, *base, "--eval", "quick", "--eval-attacks", "pgd-cw",
+                       "--eval-examples", "50", "--output", str(tmp_path / "quick"))
+    summary = json_events(out)[-1]
+    assert rc == 0 and summary["eval_preset"] == "quick"
+    assert summary["eval"]["settings"]["attacks"] == ["pgd-cw"]
+    assert summary["eval"]["n_examples"] == 50
+    rc, out, _ = train(capsys, *base, "--eval", "none", "--output", str(tmp_path / "none"))
+    summary = json_events(out)[-1]
+    assert rc == 0 and summary["eval"] is None and summary["eval_preset"] == "none"

@@ -120,7 +120,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--eval-adv-examples", type=int, default=512,
                    help="--adv pgd: test images attacked at each evaluated epoch (512; 0: none)")
     g.add_argument("--no-final-eval", dest="final_eval", action="store_false",
-                   help="skip the final robustness evaluation")
+                   help="skip the final robustness evaluation (as --eval none)")
+    g.add_argument("--eval", dest="eval_preset", choices=("auto", "quick", "full", "none"),
+                   default="auto",
+                   help="final evaluation: full (the attack suite, its diagnostics and "
+                        "escalation, corruptions, calibration), quick (pgd-ce and apgd-dlr on "
+                        "at most 200 images, no corruptions or calibration; masking reads "
+                        "'not converged' instead of escalating), none, or auto (default: full "
+                        "when it costs at most the training's forward and backward passes, "
+                        "else quick); --eval-* flags win over the preset")
     g.add_argument("--eval-examples", type=int,
                    help="final evaluation: test images (data: 360 digits, 1000 "
                         "others)")

@@ -1,4 +1,5 @@
-"""Common corruptions of [0, 1] images, CIFAR-10-C-style, and a loader for the published files.
+"""Common corruptions of [0, 1] images at CIFAR-10-C's severities, and a loader for the published
+files.
 
 Regenerated suite (:data:`LABEL`): Hendrycks & Dietterich (2019) corruptions re-implemented in
 torch, each at severities 1..5 with CIFAR-10-C's parameters. Every function maps ``x`` of shape
@@ -42,7 +43,7 @@ from torch import Tensor
 
 from ..errors import UsageError
 
-LABEL = "CIFAR-10-C-style (regenerated)"
+LABEL = "common corruptions (Hendrycks & Dietterich), regenerated on the test images"
 SEVERITIES = (1, 2, 3, 4, 5)
 
 

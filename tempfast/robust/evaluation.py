@@ -81,6 +81,8 @@ class EvalSettings:
             temperature scaling fitted on one half and reported on the other.
         calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
             same fit half) to report instead of fitting one.
+        escalate: run the stronger attacks when masking is suspected; False (a quick
+            evaluation): the verdict says "not converged" instead.
     """
 
     eps: float
@@ -101,6 +103,7 @@ class EvalSettings:
     bpda: bool | None = None
     calibration: bool = True
     calibration_temperature: float | None = None
+    escalate: bool = True
 
     def check(self) -> None:
         """Raise :class:`~tempfast.errors.SettingError` naming the first setting the suite
@@ -139,6 +142,17 @@ SHORT_SETTINGS = {
 """Settings of the short evaluation ``tempfast train`` runs at its end (7-9 s for the 360 digits
 test images and the small CNN on one CPU thread); the trainer's flags set the rest (and may
 override ``steps``, ``restarts`` and ``n_examples``)."""
+
+QUICK_SETTINGS = {
+    "attacks": ("pgd-ce", "apgd-dlr"),
+    "n_examples": 200,
+    "corruptions": False,
+    "calibration": False,
+    "escalate": False,
+}
+"""``tempfast train --eval quick``: one attack on CE at T and one scale-invariant attack, on at
+most 200 test images, no corruptions or calibration, and no escalation (a suspected masking
+reads "not converged"). Explicit ``--eval-*`` flags win over these."""
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -193,6 +207,73 @@ def is_stochastic(model: nn.Module, x: Tensor) -> bool:
         return not torch.equal(model(x), model(x))
 
 
+FORWARD_PASS = 1 / 3  # a forward pass alone, in forward + backward passes
+
+
+def attack_passes(name: str, steps: int, restarts: int, queries: int) -> float:
+    """Forward + backward passes per example of one attack run (Square: its queries, forward
+    passes only)."""
+    if name == "square":
+        return restarts * queries * FORWARD_PASS
+    return restarts * steps
+
+
+def _test_size(bundle) -> int | None:
+    return getattr(bundle, "n_test", None)
+
+
+def planned_passes(settings: EvalSettings, n: int, n_test: int | None = None) -> dict[str, float]:
+    """The evaluation's planned work, in forward + backward passes over one image, per stage
+    (``attacks``, ``diagnostics``, ``corruptions``, ``calibration``) for ``n`` evaluated
+    images (``n_test``: the whole test set, which the calibration reads). The eps curve is
+    counted in full (it stops early once accuracy reaches its floor) and an escalation, which
+    runs only when masking is suspected, is not counted."""
+    cfg = settings.resolved()
+    out = {"attacks": n * sum(attack_passes(a, cfg.steps, cfg.restarts, cfg.square_queries)
+                              for a in cfg.attacks)}
+    if cfg.attacks:
+        curve = max(len(masking.eps_points(cfg.eps)) - 1, 0)
+        base = 0 if "pgd-cw" in cfg.attacks else cfg.steps * cfg.restarts
+        out["diagnostics"] = n * (1 + base + curve * cfg.steps * cfg.restarts
+                                  + cfg.check_steps * cfg.restarts
+                                  + cfg.steps * (cfg.restarts + 1))
+    if cfg.corruptions:
+        out["corruptions"] = n * len(corr.CORRUPTIONS) * len(cfg.severities) * FORWARD_PASS
+    if cfg.calibration:
+        out["calibration"] = (n_test or n) * FORWARD_PASS
+    return out
+
+
+class _Tracker:
+    """The evaluation's progress against its plan: each message says how much is done and,
+    once something is, about how long the rest takes at the rate so far."""
+
+    def __init__(self, progress: Progress | None, total: float) -> None:
+        self.progress, self.total, self.done = progress, max(total, 1e-9), 0.0
+        self.start = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        if self.progress is None:
+            return
+        if self.done > 0:
+            elapsed = time.perf_counter() - self.start
+            left = elapsed * max(self.total - self.done, 0.0) / self.done
+            message += f"  ({min(self.done / self.total, 1):.0%} done, about {duration(left)} left)"
+        self.progress(message)
+
+    def add(self, passes: float) -> None:
+        self.done += passes
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3.2 min``, ``1.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
              progress: Progress | None = None, **overrides) -> dict:
     """Evaluate ``model`` on ``bundle``'s first ``settings.n_examples`` test images (all if
@@ -216,7 +297,8 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         ``worst_case_acc`` (None without attacks), ``extra_robust_acc`` (the diagnostics' and
         escalation's runs at eps that count in the worst case), ``attack_seconds``,
         ``masking`` (``suspected``, ``reasons``, ``ce_only``, ``verdict`` and the
-        diagnostics, see :mod:`tempfast.robust.masking`), ``escalation`` (None, or why, what
+        diagnostics, see :mod:`tempfast.robust.masking`; None without attacks: the
+        diagnostics then do not run), ``escalation`` (None, or why, what
         ran and its accuracies), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
         ``n_examples``, ``settings`` (every setting that shapes a number, the resolved
@@ -235,9 +317,8 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
     cfg = settings.resolved()
     device = _model_device(model)
 
-    def say(message: str) -> None:
-        if progress is not None:
-            progress(message)
+    tracker = _Tracker(progress, 0.0)
+    say = tracker.say
 
     with eval_mode(model), torch.autocast(device.type, enabled=False):
         batches = [(x.float(), y) for x, y in bundle.test_batches(cfg.batch_size, device,
@@ -256,6 +337,7 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
             judge = Judge(model, VOTES if stochastic else 1, derive_seed(cfg.seed, "judge"))
             correct = [judge(x, y) for x, y in batches]
         n = sum(int(c.numel()) for c in correct)
+        tracker.total = max(sum(planned_passes(cfg, n, _test_size(bundle)).values()), 1e-9)
 
         def run(name: str, *, eps: float, alpha: float, steps: int, restarts: int,
                 key: str = "suite", queries: int = cfg.square_queries, eot: int = 1,
@@ -266,7 +348,9 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
                                   seed=attack_seed, square_queries=queries, eot=eot,
                                   bpda=bpda)
             with seeded(attack_seed, device):
-                return _robust_mask(judge, attack, batches, correct)
+                mask = _robust_mask(judge, attack, batches, correct)
+            tracker.add(n * attack_passes(name, steps, restarts, queries) * eot)
+            return mask
 
         robust, seconds = {}, {}
         for name in cfg.attacks:
@@ -275,21 +359,27 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
             robust[name] = run(name, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
                                restarts=cfg.restarts)
             seconds[name] = round(time.perf_counter() - t0, 3)
-        say("diagnostics: input gradients")
-        with seeded(derive_seed(cfg.seed, "zero-grad"), device):
-            zero_grad = masking.zero_gradient_fractions(
-                model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
-                float(cfg.train_temperature))
-        report, extra = masking.run_diagnostics(
-            run, robust, zero_grad, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-            restarts=cfg.restarts, more_steps=cfg.check_steps, status=say)
-        escalation = None
-        if report["suspected"] and cfg.eps > 0:
-            escalation = _escalate(run, model, cfg, stochastic, say)
-            extra |= escalation.pop("masks")
+        report, extra, escalation = None, {}, None
+        if cfg.attacks:  # no attack, nothing to check for masking: the diagnostics skip too
+            say("diagnostics: input gradients")
+            with seeded(derive_seed(cfg.seed, "zero-grad"), device):
+                zero_grad = masking.zero_gradient_fractions(
+                    model, [(x[ok], y[ok]) for (x, y), ok in zip(batches, correct, strict=True)],
+                    float(cfg.train_temperature))
+            tracker.add(n)
+            report, extra = masking.run_diagnostics(
+                run, robust, zero_grad, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+                restarts=cfg.restarts, more_steps=cfg.check_steps, status=say)
+        if report is not None and report["suspected"] and cfg.eps > 0:
+            if cfg.escalate:
+                escalation = _escalate(run, model, cfg, stochastic, say)
+                extra |= escalation.pop("masks")
+            else:
+                report["verdict"] = ("not converged: masking suspected and this quick "
+                                     "evaluation does not escalate (run the full one)")
         corruption = None
         if cfg.corruptions:
-            corruption = _corruptions(judge, batches, cfg, files, device, say)
+            corruption = _corruptions(judge, batches, cfg, files, device, tracker)
         calibrated = None
         if cfg.calibration:
             say("calibration")
@@ -315,7 +405,7 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         "settings": {"attacks": cfg.attacks, "eps": cfg.eps, "alpha": cfg.alpha,
                      "steps": cfg.steps, "restarts": cfg.restarts,
                      "square_queries": cfg.square_queries, "check_steps": cfg.check_steps,
-                     "eot": cfg.eot, "bpda": cfg.bpda,
+                     "eot": cfg.eot, "bpda": cfg.bpda, "escalate": cfg.escalate,
                      "severities": list(cfg.severities) if cfg.corruptions else None,
                      "corruptions_dir": cfg.corruptions_dir if cfg.corruptions else None,
                      "batch_size": cfg.batch_size,
@@ -408,10 +498,11 @@ def _escalate(run, model: nn.Module, cfg: EvalSettings, stochastic: bool,
 
 def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSettings,
                  files: corr.CorruptionFiles | None, device: torch.device,
-                 say: Progress) -> dict:
+                 tracker: _Tracker) -> dict:
     """Accuracy per corruption and severity, and the mean over both: on the regenerated
     corruptions of ``batches``, or on the published ``files``."""
-    severities, seed = cfg.severities, cfg.seed
+    severities, seed, say = cfg.severities, cfg.seed, tracker.say
+    per_severity = sum(int(y.numel()) for _, y in batches) * FORWARD_PASS
     table: dict[str, dict[str, float]] = {}
     if files is None:
         source = corr.LABEL
@@ -422,6 +513,7 @@ def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSe
                 hits = [judge(corr.corrupt(x, name, s, derive_seed(seed, ci, s, b)), y)
                         for b, (x, y) in enumerate(batches)]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
+                tracker.add(per_severity)
     else:
         source = f"files in {files.directory}"
         for name in files.names:
@@ -431,6 +523,7 @@ def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSe
                 hits = [judge(x, y) for x, y in
                         files.batches(name, s, cfg.batch_size, device, limit=cfg.n_examples)]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
+                tracker.add(per_severity)
     for row in table.values():
         row["mean"] = float(np.mean(list(row.values())))
     return {"source": source, "severities": list(severities), "per_corruption": table,

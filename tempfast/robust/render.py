@@ -9,7 +9,32 @@ from . import masking
 
 def masking_warnings(result: dict) -> list[str]:
     """One ``SUSPECTED GRADIENT MASKING: <reason>`` line per failed check of ``result``."""
-    return [f"{masking.WARNING}: {reason}" for reason in result["masking"]["reasons"]]
+    return [f"{masking.WARNING}: {reason}"
+            for reason in (result["masking"] or {}).get("reasons", [])]
+
+
+def header(result: dict) -> str:
+    """The evaluation's settings: what ran, exactly (the attacks and their settings, the
+    diagnostics, the corruptions, the calibration)."""
+    s = result["settings"]
+    attacks = list(result["robust_acc"])
+    parts = [f"{result['n_examples']} test images", f"T {s['train_temperature']:.4g}", "fp32",
+             s["device"]]
+    if attacks:
+        run = f"attacks {', '.join(attacks)} at eps {s['eps']:.4g}"
+        if any(a != "square" for a in attacks):
+            run += f" (alpha {s['alpha']:.4g}, {s['steps']} steps, {s['restarts']} restart(s))"
+        if "square" in attacks:
+            run += f", square {s['square_queries']} queries"
+        parts += [run, f"masking diagnostics (pgd-cw: eps curve, {s['check_steps']} steps, "
+                       f"{s['restarts'] + 1} restarts)"]
+    else:
+        parts.append("no attacks (no masking diagnostics)")
+    if result["corruptions"] is not None:
+        parts.append("corruptions")
+    if result.get("calibration"):
+        parts.append("calibration")
+    return ", ".join(parts)
 
 
 def _pct(value: float | None) -> str:
@@ -24,11 +49,7 @@ def render(result: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    s = result["settings"]
-    console.print(f"{result['n_examples']} test images, eps {s['eps']:.4g}, alpha "
-                  f"{s['alpha']:.4g}, {s['steps']} steps, {s['restarts']} restart(s), square "
-                  f"{s['square_queries']} queries, T {s['train_temperature']:.4g}, fp32, "
-                  f"{s['device']}", highlight=False)
+    console.print(header(result), highlight=False)
     table = Table(title="Robustness")
     table.add_column("evaluation")
     table.add_column("accuracy", justify="right")
@@ -37,17 +58,19 @@ def render(result: dict, console=None) -> None:
     for name, acc in result["robust_acc"].items():
         table.add_row(name, _pct(acc), f"{result['attack_seconds'][name]:.1f}")
     for name, acc in (result.get("extra_robust_acc") or {}).items():
-        table.add_row(f"[dim]{name}[/dim]", f"[dim]{_pct(acc)}[/dim]", "")
+        table.add_row(f"[dim]{name} (diagnostic)[/dim]", f"[dim]{_pct(acc)}[/dim]", "")
     if result["worst_case_acc"] is not None:
         table.add_row("[bold]worst case[/bold]", f"[bold]{_pct(result['worst_case_acc'])}[/bold]",
                       "")
     if result["corruption_acc"] is not None:
         table.add_row("corruptions (mean)", _pct(result["corruption_acc"]), "")
     console.print(table)
-    _render_masking(result["masking"], console)
+    if result["masking"] is not None:
+        _render_masking(result["masking"], console)
     if result["corruptions"] is not None:
         c = result["corruptions"]
-        ctable = Table(title=f"Corruption accuracy: {c['source']}")
+        console.print(f"corruptions: {c['source']}", highlight=False, soft_wrap=True)
+        ctable = Table(title="Corruption accuracy")
         ctable.add_column("corruption")
         for sev in c["severities"]:
             ctable.add_column(f"s{sev}", justify="right")
@@ -75,9 +98,10 @@ def render(result: dict, console=None) -> None:
         console.print(f"[bold]escalation[/bold] ({escalation['reason']}): "
                       f"{', '.join(escalation['attacks'])}; counted in the worst case",
                       highlight=False)
-    colour = "red" if result["masking"]["suspected"] else "green"
-    console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
-                  highlight=False)
+    if result["masking"] is not None:
+        colour = "red" if result["masking"]["suspected"] else "green"
+        console.print(f"[{colour}]verdict: {result['masking']['verdict']}[/{colour}]",
+                      highlight=False)
 
 
 def _render_masking(m: dict, console) -> None:

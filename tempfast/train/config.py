@@ -41,7 +41,7 @@ OPT_DEFAULTS = {"sgd": dict(wd=5e-4), "adamw": dict(lr=1e-3, wd=0.05)}
 CHOICES = {"opt": tuple(OPT_DEFAULTS), "sched": ("cosine", "step", "none"),
            "temp_compensation": TEMP_COMPENSATIONS,
            "adv": ("none", "pgd"), "attack_loss": ("train", "raw"), "amp": tuple(AMP_DTYPES),
-           "device": ("auto", "cpu", "cuda")}
+           "device": ("auto", "cpu", "cuda"), "eval_preset": ("auto", "quick", "full", "none")}
 # Integer settings and their smallest allowed value.
 AT_LEAST = {"steps": 1, "epochs": 1, "batch_size": 1, "eval_every": 0, "warmup_epochs": 0,
             "train_subset": 1,
@@ -106,6 +106,7 @@ class TrainConfig:
     eval_every: int = 1
     eval_adv_examples: int = 512
     final_eval: bool = True
+    eval_preset: str = "auto"
     eval_examples: int | None = None
     eval_steps: int | None = None
     eval_restarts: int = 1

@@ -5,6 +5,7 @@ robustness evaluation of :func:`tempfast.robust.evaluation.evaluate`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -66,12 +67,30 @@ def evaluate_epoch(model: nn.Module, attack: TrainingAttack | None, bundle: Data
     return out
 
 
+# a quick evaluation's settings -> the TrainConfig field whose explicit value wins over it
+EVAL_FLAGS = {"attacks": "eval_attacks", "n_examples": "eval_examples",
+              "corruptions": "eval_corruptions"}
+
+
+def explicit_eval_settings(cfg: TrainConfig) -> frozenset[str]:
+    """The final evaluation's settings given explicitly in an unresolved ``cfg``: the
+    ``eval_*`` fields that are not None, and ``--no-corruptions``."""
+    given = {k for k in ("eval_attacks", "eval_examples", "eval_steps")
+             if getattr(cfg, k) is not None}
+    if not cfg.eval_corruptions:
+        given.add("eval_corruptions")
+    return frozenset(given)
+
+
 class Trainer:
     """One run: its folder, data and parts, and the epoch loop over them (see :func:`run`)."""
 
-    def __init__(self, cfg: TrainConfig, ctx: D.Context, reporter: Reporter) -> None:
+    def __init__(self, cfg: TrainConfig, ctx: D.Context, reporter: Reporter,
+                 explicit_eval: frozenset[str] = frozenset()) -> None:
         started = time.perf_counter()
         self.cfg, self.ctx, self.reporter = cfg, ctx, reporter
+        self.explicit_eval = explicit_eval  # the --eval-* settings the user gave
+        self.eval_preset = cfg.eval_preset
         # inputs before outputs: a missing data set is reported before a full --output
         self.bundle = load_data(cfg.data, cfg.data_dir, cfg.download, cfg.data_seed,
                                 num_classes=cfg.num_classes, img_size=cfg.img_size,
@@ -160,22 +179,72 @@ class Trainer:
         self.reporter.epoch_end(row)
 
     def final_evaluation(self) -> dict | None:
-        """The short robustness evaluation of the trained classifier (None if not asked)."""
-        if not self.cfg.final_eval:
+        """The robustness evaluation of the trained classifier at the end of the run (None
+        for ``--eval none`` / ``--no-final-eval``), announced with its preset, its work and an
+        estimate of its time at the training's rate; its progress carries an ETA."""
+        settings = self.eval_settings()
+        if settings is None:
             return None
-        from ..robust.evaluation import SHORT_SETTINGS, EvalSettings, evaluate
+        from ..robust.evaluation import duration, evaluate, planned_passes
 
-        cfg, classifier = self.cfg, self.parts.classifier
-        self.reporter.status("final robustness evaluation ...")
+        classifier = self.parts.classifier
+        n = min(settings.n_examples or self.bundle.n_test, self.bundle.n_test)
+        passes = sum(planned_passes(settings, n, self.bundle.n_test).values())
+        rate = self.train_passes() / max(self.progress.train_time, 1e-9)
+        attacks = ", ".join(settings.resolved().attacks) or "no attacks"
+        self.reporter.status(
+            f"final evaluation ({self.eval_preset}): {n} test images, {attacks}; about "
+            f"{passes:,.0f} forward + backward image passes, ~{duration(passes / rate)} at "
+            f"the training's rate")
         classifier.eval()
-        settings = EvalSettings(
+        return evaluate(classifier, self.bundle, settings, progress=self.reporter.status)
+
+    def train_passes(self) -> float:
+        """Forward + backward image passes of the whole training (PGD training: 1 + steps
+        per image)."""
+        cfg = self.cfg
+        per_image = 1 + (cfg.steps if cfg.adv == "pgd" else 0)
+        return cfg.epochs * self.bundle.n_train * per_image
+
+    def eval_settings(self):
+        """The final evaluation's :class:`~tempfast.robust.evaluation.EvalSettings` (None:
+        none), with the preset resolved: ``auto`` is full when the full evaluation costs at
+        most the training's passes, else quick. Flags the user gave (``explicit_eval``) win
+        over a preset's values."""
+        from ..robust.evaluation import (
+            QUICK_SETTINGS,
+            SHORT_SETTINGS,
+            EvalSettings,
+            planned_passes,
+        )
+
+        cfg = self.cfg
+        if not cfg.final_eval or cfg.eval_preset == "none":
+            self.eval_preset = "none"
+            return None
+        full = EvalSettings(
             eps=cfg.eps, steps=cfg.eval_steps,
             train_temperature=float(self.parts.loss_fn.temperature.detach()),
             attacks=cfg.eval_attacks, restarts=cfg.eval_restarts, n_examples=cfg.eval_examples,
             corruptions=cfg.eval_corruptions, seed=cfg.seed,
             square_queries=SHORT_SETTINGS["square_queries"],
             severities=SHORT_SETTINGS["severities"])
-        return evaluate(classifier, self.bundle, settings, progress=self.reporter.status)
+        preset = cfg.eval_preset
+        if preset == "auto":
+            n = min(cfg.eval_examples or self.bundle.n_test, self.bundle.n_test)
+            cost = sum(planned_passes(full, n, self.bundle.n_test).values())
+            preset = "full" if cost <= self.train_passes() else "quick"
+            self.eval_preset = f"auto: {preset}, the full one would cost " \
+                               f"{cost / max(self.train_passes(), 1):.1f}x the training's passes"
+        else:
+            self.eval_preset = preset
+        if preset == "full":
+            return full
+        quick = {k: v for k, v in QUICK_SETTINGS.items()
+                 if EVAL_FLAGS.get(k) not in self.explicit_eval}
+        if "n_examples" in quick:
+            quick["n_examples"] = min(QUICK_SETTINGS["n_examples"], cfg.eval_examples)
+        return dataclasses.replace(full, **quick)
 
     def summary(self, result: dict | None, eval_time: float) -> dict:
         """What summary.json holds: the run's settings, last epoch, best epoch, final
@@ -187,16 +256,19 @@ class Trainer:
             "adv": cfg.adv, "epochs": progress.epoch, "temperature": cfg.temp,
             "learn_temp": cfg.learn_temp, "temp_compensation": cfg.temp_compensation,
             "final_temperature": float(self.parts.loss_fn.temperature.detach()),
-            "clean_acc": last.get("test_acc"), "robust_acc": None, "worst_case_acc": None,
+            "clean_acc": last.get("test_acc"), "clean_n": self.bundle.n_test if last else None,
+            "robust_acc": None, "extra_robust_acc": None, "worst_case_acc": None,
             "corruption_acc": None, "masking": None, "calibration": None,
             "best": progress.best,
             "last_epoch": last, "train_time_s": progress.train_time, "eval_time_s": eval_time,
+            "eval_preset": self.eval_preset,
             "wall_time_s": progress.wall_time(), "eval": result,
         }
         if result is not None:
             out.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "worst_case_acc",
-                                                   "corruption_acc", "masking",
-                                                   "calibration")})
+                                                   "extra_robust_acc", "corruption_acc",
+                                                   "masking", "calibration")})
+            out["clean_n"] = result["n_examples"]
         return out
 
     def header(self) -> dict:
@@ -220,6 +292,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
         OutputError: a write failed mid-run (the last good checkpoint is intact).
         RunInterruptedError: Ctrl-C; the recovery checkpoint was written.
     """
+    explicit_eval = explicit_eval_settings(cfg)
     cfg = cfg.resolved()
     reporter = reporter or Reporter()
     threads = torch.get_num_threads()
@@ -227,7 +300,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None) -> dict:
     torch.set_num_threads(cfg.threads or threads)
     trainer = None
     try:
-        trainer = Trainer(cfg, ctx, reporter)
+        trainer = Trainer(cfg, ctx, reporter, explicit_eval)
         D.run_on_main(ctx, trainer.folder.start, cfg.as_dict(),
                       trainer.progress.epoch if trainer.resumed else None)
         reporter.start(trainer.header())

@@ -31,9 +31,14 @@ def _compensation(kind: str | None) -> str:
     return {"loss": " (loss x T)", "lr": " (lr x T)"}.get(kind, "")
 
 
+def _of(n: int | None) -> str:
+    """The sample size of an accuracy: `` (of 1000 test images)``."""
+    return "" if n is None else f" (of {n} test images)"
+
+
 def result_line(summary: dict) -> str:
     """One line: clean and worst-case robust accuracy, final T, output folder."""
-    parts = [f"clean {_pct(summary.get('clean_acc'))}"]
+    parts = [f"clean {_pct(summary.get('clean_acc'))}{_of(summary.get('clean_n'))}"]
     if summary.get("worst_case_acc") is not None:
         parts.append(f"worst-case robust {_pct(summary['worst_case_acc'])}")
     if (summary.get("masking") or {}).get("suspected"):
@@ -167,10 +172,13 @@ class RichReporter(Reporter):
         table = Table(title="tempfast train", title_justify="left")
         table.add_column("metric")
         table.add_column("value", justify="right")
-        table.add_row("output folder", summary["output"])
-        table.add_row("clean accuracy", _pct(summary.get("clean_acc")))
+        n = summary.get("clean_n")
+        table.add_row("clean accuracy" + ("" if n is None else f" ({n} test images)"),
+                      _pct(summary.get("clean_acc")))
         for name, acc in (summary.get("robust_acc") or {}).items():
             table.add_row(f"robust: {name}", _pct(acc))
+        for name, acc in (summary.get("extra_robust_acc") or {}).items():
+            table.add_row(f"diagnostic: {name}", _pct(acc))  # counts in the worst case
         if summary.get("worst_case_acc") is not None:
             table.add_row("robust: worst case", _pct(summary["worst_case_acc"]))
         if summary.get("corruption_acc") is not None:
@@ -186,6 +194,7 @@ class RichReporter(Reporter):
                           f"{best['epoch']} ({_pct(best['value'])})")
         table.add_row("wall time", f"{summary['wall_time_s']:.1f} s")
         self.out.print(table)
+        self.out.print(f"output folder {summary['output']}", soft_wrap=True, highlight=False)
         for reason in masking.get("reasons", []):
             self.out.print(f"[bold red]SUSPECTED GRADIENT MASKING[/]: {reason}", soft_wrap=True,
                            highlight=False)

@@ -47,8 +47,8 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.csv", "summary.json", "las
 # Settings a resumed run may change: they do not alter what is being trained.
 RESUMABLE = frozenset({
     "epochs", "eval_every", "output", "resume", "overwrite", "device", "workers", "data_dir",
-    "download", "final_eval", "eval_examples", "eval_steps", "eval_restarts", "eval_attacks",
-    "eval_corruptions", "eval_adv_examples", "compile", "channels_last", "threads",
+    "download", "final_eval", "eval_preset", "eval_examples", "eval_steps", "eval_restarts",
+    "eval_attacks", "eval_corruptions", "eval_adv_examples", "compile", "channels_last", "threads",
 })
 
 
