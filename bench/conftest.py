@@ -7,7 +7,10 @@ Environment:
 * ``TEMPFAST_BENCH_THREADS``: ``torch.set_num_threads`` for the session and the CPU memory
   worker (default: torch's choice);
 * ``TEMPFAST_BENCH_BUDGET_S``: once this many seconds have passed since the session started,
-  the remaining cases are skipped (headline shapes run first; default: no budget).
+  the remaining cases are skipped (headline shapes run first; default: no budget);
+* ``TEMPFAST_BENCH_COMPETITOR``: ``1`` runs the session beside a competing process
+  (:func:`bench.load.competitor`: small two-thread PyTorch ops in a loop), started before the
+  first case and stopped after the last; recorded in the JSON (``competitor``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import tempfast
 from . import summary
 from .cases import Spec, is_headline, liger_functions
 from .linear import LinearSpec
+from .load import DESCRIPTION, competitor, competitor_requested
 from .memory import RssProbe, rss_supported
 from .timing import apply_threads
 
@@ -37,8 +41,17 @@ _SESSION: dict[str, object] = {"start": time.monotonic(), "skips": Counter()}
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     apply_threads()
+    if competitor_requested():
+        _SESSION["competitor"] = competitor()
+        _SESSION["competitor"].__enter__()
     _SESSION["start"] = time.monotonic()
     _SESSION["load_start"] = os.getloadavg()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    running = _SESSION.pop("competitor", None)
+    if running is not None:
+        running.__exit__(None, None, None)
 
 
 def _priority(item: pytest.Item) -> int:
@@ -181,6 +194,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list,
     output_json["tempfast_bench"] = {
         "skipped": [{"reason": r, "count": n} for r, n in _SESSION["skips"].most_common()],
         "load_average_start": _SESSION.get("load_start"),
+        "competitor": DESCRIPTION if competitor_requested() else None,
         "load_average_end": os.getloadavg(),
         "seconds": time.monotonic() - _SESSION["start"],
     }

@@ -4,9 +4,19 @@ Rows are processed in chunks of about ``CHUNK_ELEMENTS`` values, computed in fp3
 fp64 inputs) and written back in the input dtype, so temporaries stay bounded by the chunk and
 never reach ``N x C``. A per-row tensor (temperature, upstream gradient) is ``(1,)`` (one value
 for every row) or ``(N,)``.
+
+Threads (:func:`for_chunks`): with ``torch.get_num_threads() = k > 1`` and more than one chunk,
+the chunks are shared out to ``k`` workers (the calling thread and ``k - 1`` threads started for
+the call), each running its chunks' ops on one thread. A chunk's ops are many and small; run
+with torch's intra-op threads, each would end in a barrier that waits for every thread, and on
+shared cores (a data-loader worker, another job) a descheduled thread stalls each of them:
+tempfast took 3-6x its one-thread time beside another process. Workers meet once, at the end.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -14,7 +24,7 @@ from torch import Tensor
 from .._checks import accumulation_dtype
 
 CHUNK_ELEMENTS = 1 << 20
-MAX_CHUNK_ROWS = 1 << 15
+MAX_CHUNK_ROWS = 1 << 17
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 
@@ -26,6 +36,56 @@ def row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
     (and its per-row temporaries small: at most MAX_CHUNK_ROWS rows)."""
     step = max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_cols, 1)))
     return range(0, n_rows, step), step
+
+
+def for_chunks(n_rows: int, step: int, body: Callable[[int, int, int], None]) -> None:
+    """``body(r0, r1, worker)`` for every chunk ``[r0, r1)`` of ``step`` rows: on one thread
+    when torch has one or there is one chunk, else by ``min(threads, chunks)`` workers numbered
+    from 0 (the caller is worker 0), each taking the next chunk not yet taken (a worker the
+    scheduler holds back takes fewer) and running its ops on one thread; per-worker buffers
+    are indexed by ``worker``. Chunks must write disjoint rows. A worker's exception is raised
+    in the caller once every worker has stopped (the others take no new chunk)."""
+    starts = range(0, n_rows, step)
+    workers = min(torch.get_num_threads(), len(starts))
+    if workers <= 1:
+        for r0 in starts:
+            body(r0, min(r0 + step, n_rows), 0)
+        return
+    pending = iter(starts)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    grad = torch.is_grad_enabled()
+
+    def take() -> int | None:
+        with lock:
+            return None if errors else next(pending, None)
+
+    def work(worker: int) -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per thread)
+        try:
+            with torch.set_grad_enabled(grad):
+                while (r0 := take()) is not None:
+                    body(r0, min(r0 + step, n_rows), worker)
+        except BaseException as exc:  # re-raised by the caller
+            with lock:
+                errors.append(exc)
+        finally:
+            torch.set_num_threads(threads)
+
+    started = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(1, workers)]
+    for t in started:
+        t.start()
+    work(0)
+    for t in started:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def worker_count(n_rows: int, step: int) -> int:
+    """How many workers :func:`for_chunks` uses (the per-worker buffers to allocate)."""
+    return max(1, min(torch.get_num_threads(), -(-n_rows // max(step, 1))))
 
 
 def conversion_buffer(x: Tensor, step: int, cdt: torch.dtype) -> Tensor | None:

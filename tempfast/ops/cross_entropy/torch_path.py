@@ -17,10 +17,12 @@ from ..chunked import (
     LN2,
     LOG2E,
     compute_dtype,
+    for_chunks,
     inverse_temperature,
     row_chunks,
     rows_of,
     temperature_tensor,
+    worker_count,
 )
 from ..rescale import rescale_
 
@@ -61,14 +63,17 @@ def ce_rows(
     dt_row = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=device)
     w = weight.to(cdt) if weight is not None else None
     total_weight = w.sum() if w is not None else float(n_cols)
-    starts, step = row_chunks(n_rows, n_cols)
+    _, step = row_chunks(n_rows, n_cols)
     # The exponentials are computed in a work buffer: the gradient buffer itself when it has
     # the compute dtype and does not alias the logits (no final copy), else one reused buffer.
     direct = (grad_out is not None and grad_out.dtype == cdt
               and grad_out.data_ptr() != logits.data_ptr())
-    work = None if direct else torch.empty(min(step, n_rows), n_cols, dtype=cdt, device=device)
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
+    works = [None if direct else torch.empty(min(step, n_rows), n_cols, dtype=cdt,
+                                             device=device)
+             for _ in range(worker_count(n_rows, step))]
+
+    def chunk(r0: int, r1: int, worker: int) -> None:
+        work = works[worker]
         z = logits[r0:r1]  # in its own dtype: every use below computes in cdt
         inv_t = inverse_temperature(rows_of(t, r0, r1, cdt))
         k = inv_t * LOG2E  # base 2: exp2 is several times faster than exp on CPUs
@@ -121,7 +126,7 @@ def ce_rows(
             row_dt = (cz - c_sum * pz) * inv_t[:, 0] ** 2
             dt_row[r0:r1] = row_dt if valid is None else torch.where(valid, row_dt, 0.0)
         if grad_scale is None:
-            continue
+            return
         row_scale = rows_of(grad_scale, r0, r1, cdt) * inv_t
         if valid is not None:
             row_scale = torch.where(valid.unsqueeze(1), row_scale, 0.0)
@@ -142,6 +147,8 @@ def ce_rows(
             g.masked_fill_(~valid.unsqueeze(1), 0.0)  # exactly 0, even from +inf logits
         if not direct:
             grad_out[r0:r1] = g
+
+    for_chunks(n_rows, step, chunk)
     return loss, lse, dt_row
 
 
