@@ -78,3 +78,35 @@ def test_one_thread_or_one_chunk_runs_in_the_caller():
     chunked.for_chunks(5, 10, lambda r0, r1, w: calls.append((r0, r1, w,
                                                                threading.current_thread())))
     assert calls == [(0, 5, 0, threading.current_thread())]
+
+
+def _grads_of(fn, *tensors):
+    leaves = [t.detach().clone().requires_grad_(True) for t in tensors]
+    out = fn(*leaves)
+    out.float().sum().backward()
+    return (out.detach(), *(leaf.grad for leaf in leaves))
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "distillation"])
+def test_softmax_and_distillation_workers_match_one_thread(two_threads, monkeypatch, op):
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 1 << 10)
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(300, 37, generator=g) * 3).to(torch.bfloat16)
+    x2 = (torch.randn(300, 37, generator=g) * 3).to(torch.bfloat16)
+    t = torch.rand(300, generator=g) + 0.5
+    if op == "distillation":
+        def fn(s, te, tt):
+            return tempfast.distillation_loss(s, te, tt, reduction="none")
+        args = (x, x2, t)
+    else:
+        f = getattr(tempfast, op)
+
+        def fn(z, tt):
+            return f(z, tt)  # one T per row, learnable
+        args = (x, t)
+    with on_path("torch"):
+        parallel = _grads_of(fn, *args)
+        torch.set_num_threads(1)
+        serial = _grads_of(fn, *args)
+    for a, b in zip(parallel, serial, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunked import compute_dtype, row_chunks, rows_of
+from .chunked import compute_dtype, for_chunks, row_chunks, rows_of
 from .dispatch import runs_triton
 from .launch import quiet_interpreter
 
@@ -25,11 +25,13 @@ def rescale_(buf: Tensor, g: Tensor) -> None:
     if g.numel() == 1 and g.device.type == "cpu" and float(g) == 1.0:
         return
     n_rows, n_cols = buf.shape
-    starts, step = row_chunks(n_rows, n_cols)
+    _, step = row_chunks(n_rows, n_cols)
     cdt = compute_dtype(buf.dtype)
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
+
+    def chunk(r0: int, r1: int, worker: int) -> None:
         buf[r0:r1] = buf[r0:r1].to(cdt) * rows_of(g, r0, r1, cdt)
+
+    for_chunks(n_rows, step, chunk)
 
 
 def _rescale_triton(buf: Tensor, g: Tensor) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import accumulation_dtype
-from ..chunked import inverse_temperature, row_chunks, rows_of
+from ..chunked import for_chunks, inverse_temperature, row_chunks, rows_of
 
 
 def _wsum(p: Tensor, x: Tensor) -> Tensor:
@@ -38,9 +38,9 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
                          device=dev)
     dt = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=dev)
     ce_scale = ce_scale.to(cdt) if ce_scale is not None else None
-    starts, step = row_chunks(n_rows, n_cols)
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
+    _, step = row_chunks(n_rows, n_cols)
+
+    def chunk(r0: int, r1: int, worker: int) -> None:
         temp = rows_of(temperature, r0, r1, cdt)
         inv = inverse_temperature(temp)
         s = student[r0:r1].to(cdt)
@@ -68,4 +68,6 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
             r = a - b
             cov = _wsum(pt, (a - _wsum(pt, a)) * (r - _wsum(pt, r)))
             dt[r0:r1] = (2.0 * temp * kl + temp * (_wsum(pt, b) - _wsum(ps, b) - cov)).reshape(-1)
+
+    for_chunks(n_rows, step, chunk)
     return kd, ce, grad_s, grad_t, dt

@@ -16,11 +16,13 @@ from ..chunked import (
     LOG2E,
     compute_dtype,
     conversion_buffer,
+    for_chunks,
     in_compute_dtype,
     inverse_temperature,
     row_chunks,
     rows_of,
     temperature_tensor,
+    worker_count,
 )
 
 
@@ -30,15 +32,17 @@ def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0
     ``(x k - m - log2 sum(e)) ln 2``."""
     n_rows, n_cols = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    starts, step = row_chunks(n_rows, n_cols)
+    _, step = row_chunks(n_rows, n_cols)
     cdt = compute_dtype(x.dtype)
     t = temperature_tensor(t, t_value, cdt, x.device)
     direct = y.dtype == cdt  # build the result in the output itself (no final copy)
-    work = None if direct and not log else torch.empty(min(step, n_rows), n_cols, dtype=cdt,
-                                                       device=x.device)
-    x_buf = conversion_buffer(x, step, cdt)
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
+    workers = range(worker_count(n_rows, step))  # buffers per chunk worker
+    works = [None if direct and not log else torch.empty(min(step, n_rows), n_cols, dtype=cdt,
+                                                         device=x.device) for _ in workers]
+    x_bufs = [conversion_buffer(x, step, cdt) for _ in workers]
+
+    def chunk(r0: int, r1: int, worker: int) -> None:
+        work, x_buf = works[worker], x_bufs[worker]
         z = in_compute_dtype(x[r0:r1], x_buf)
         k = inverse_temperature(rows_of(t, r0, r1, cdt)) * LOG2E
         m = z.amax(1, keepdim=True) * k
@@ -53,6 +57,8 @@ def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0
             out.div_(out.sum(1, keepdim=True))
         if not direct:
             y[r0:r1] = out
+
+    for_chunks(n_rows, step, chunk)
     return y
 
 
@@ -70,15 +76,17 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor | None, log: bool, x: Tens
     t = temperature_tensor(t, t_value, cdt, y.device)
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     dt_row = torch.empty(n_rows if x is not None else 0, dtype=cdt, device=y.device)
-    starts, step = row_chunks(n_rows, n_cols)
+    _, step = row_chunks(n_rows, n_cols)
     backward = torch.ops.aten._log_softmax_backward_data if log \
         else torch.ops.aten._softmax_backward_data
     out_name = "out" if log else "grad_input"  # the two ops name their out= argument apart
-    y_buf, dy_buf = conversion_buffer(y, step, cdt), conversion_buffer(dy, step, cdt)
-    x_buf = conversion_buffer(x, step, cdt) if x is not None else None
-    g_buf = conversion_buffer(dx, step, cdt)  # dx itself when it has the compute dtype
-    for r0 in starts:
-        r1 = min(r0 + step, n_rows)
+    bufs = [(conversion_buffer(y, step, cdt), conversion_buffer(dy, step, cdt),
+             conversion_buffer(x, step, cdt) if x is not None else None,
+             conversion_buffer(dx, step, cdt))  # g: dx itself when it has the compute dtype
+            for _ in range(worker_count(n_rows, step))]
+
+    def chunk(r0: int, r1: int, worker: int) -> None:
+        y_buf, dy_buf, x_buf, g_buf = bufs[worker]
         inv_t = inverse_temperature(rows_of(t, r0, r1, cdt))
         g = dx[r0:r1] if g_buf is None else g_buf[: r1 - r0]
         backward.out(in_compute_dtype(dy[r0:r1], dy_buf), in_compute_dtype(y[r0:r1], y_buf),
@@ -89,6 +97,8 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor | None, log: bool, x: Tens
         if x is not None:  # nansum: a masked class (x = -inf, dx = 0) gives 0 * inf = NaN
             gx = torch.nansum(g * in_compute_dtype(x[r0:r1], x_buf), 1)
             dt_row[r0:r1] = -gx * inv_t[:, 0]
+
+    for_chunks(n_rows, step, chunk)
     return dx, dt_row
 
 
