@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .ops import contrastive as _contrastive
 from .ops import cross_entropy as _cross_entropy
 from .ops import distillation as _distillation
 from .ops import linear_cross_entropy as _linear
@@ -102,16 +103,8 @@ def cross_entropy(
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
-    if (weight is None and class_dim is None and not inplace_backward and process_group is None
-            and start is None):
-        loss = _cross_entropy.plain_loss(logits, target, temperature, ignore_index, reduction,
-                                         label_smoothing)
-        if loss is not None:
-            return loss
-    call = _cross_entropy.normalise(logits, target, temperature, weight, ignore_index, reduction,
-                                    label_smoothing, class_dim, inplace_backward,
-                                    process_group, start)
-    return _cross_entropy.run(call)
+    return _cross_entropy.loss(logits, target, temperature, weight, ignore_index, reduction,
+                               label_smoothing, class_dim, inplace_backward, process_group, start)
 
 
 def linear_cross_entropy(
@@ -154,6 +147,34 @@ def linear_cross_entropy(
         reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size,
         process_group=process_group, start=start)
     return _linear.run(call)
+
+
+def contrastive_loss(
+    a: Tensor,
+    b: Tensor,
+    temperature: float | Tensor = 0.07,
+    *,
+    symmetric: bool = True,
+    reduction: str = "mean",
+) -> Tensor:
+    """CLIP's loss: ``s = a @ b.T / T``, ``CE(s, arange(B))``, averaged with ``CE(s.T,
+    arange(B))`` when ``symmetric``, without the ``B x B`` matrix.
+
+    Args:
+        a, b: ``(B, D)`` features of the same dtype and device; row ``i`` of ``a`` matches
+            row ``i`` of ``b`` (normalise them first for CLIP's cosine similarities).
+        temperature: ``T > 0``, a number or a 0-dim tensor (a learnable one gets ``dL/dT``;
+            CLIP's ``logit_scale`` is ``1 / T``: see :class:`tempfast.nn.ContrastiveLoss`).
+        symmetric: average the two directions (CLIP); False: ``a``'s direction only.
+        reduction: ``"mean"`` or ``"sum"`` over rows, or ``"none"``: ``(B,)``, row ``i``'s
+            loss (the mean of its two directions when symmetric).
+
+    Returns:
+        fp32 loss (fp64 for fp64 features). Gradients flow to ``a``, ``b`` and ``temperature``
+        exactly; the similarities exist a chunk of rows at a time (the fused linear head's
+        chunks, :func:`linear_cross_entropy`).
+    """
+    return _contrastive.run(_contrastive.normalise(a, b, temperature, symmetric, reduction))
 
 
 def distillation_loss(

@@ -6,6 +6,6 @@ the rows (Triton source: ``kernels/cross_entropy.py``; the backward's rescale:
 ``kernels/rescale.py``).
 """
 
-from .call import CrossEntropyCall, normalise, plain_loss, route, run
+from .call import CrossEntropyCall, loss, normalise, plain_loss, route, run
 
-__all__ = ["CrossEntropyCall", "normalise", "plain_loss", "route", "run"]
+__all__ = ["CrossEntropyCall", "loss", "normalise", "plain_loss", "route", "run"]

@@ -90,6 +90,21 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
                          label_smoothing, class_dim, inplace_backward, process_group, start)
 
 
+def loss(logits: Tensor, target: Tensor, temperature: float | Tensor, weight: Tensor | None,
+         ignore_index: int, reduction: str, label_smoothing: float, class_dim: int | None,
+         inplace_backward: bool, process_group=None, start: int | None = None) -> Tensor:
+    """The loss of ``tempfast.cross_entropy``'s arguments: the plain call's (:func:`plain_loss`)
+    when it is one, else :func:`run` of :func:`normalise`."""
+    if (weight is None and class_dim is None and not inplace_backward and process_group is None
+            and start is None):
+        plain = plain_loss(logits, target, temperature, ignore_index, reduction,
+                           label_smoothing)
+        if plain is not None:
+            return plain
+    return run(normalise(logits, target, temperature, weight, ignore_index, reduction,
+                         label_smoothing, class_dim, inplace_backward, process_group, start))
+
+
 def plain_loss(logits: Tensor, target: Tensor, temperature: float | Tensor, ignore_index: int,
                reduction: str, label_smoothing: float) -> Tensor | None:
     """The loss of the plain call, or ``None`` when this is not one.
