@@ -9,6 +9,7 @@ from . import backend, nn, reference
 from ._version import __version__
 from .backend import use_backend
 from .functional import (
+    contrastive_loss,
     cross_entropy,
     distillation_loss,
     linear_cross_entropy,
@@ -36,6 +37,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__",
     "backend",
+    "contrastive_loss",
     "cross_entropy",
     "distillation_loss",
     "linear_cross_entropy",

@@ -28,6 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import _checks
 from . import functional as F
 from .ops.class_parallel import argmax as parallel_argmax
+from .ops.contrastive.call import REDUCTIONS as CONTRASTIVE_REDUCTIONS
 from .ops.distillation.call import check_reduction as check_distillation_reduction
 from .ops.linear_cross_entropy import default_chunk_rows
 
@@ -348,3 +349,47 @@ class DistillationLoss(_Temperature):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class ContrastiveLoss(_Temperature):
+    """:func:`tempfast.contrastive_loss` as a module with CLIP's learned temperature:
+    ``forward(a, b)``.
+
+    ``learnable=True`` (the default, as in CLIP) trains ``log T`` (the parameter
+    ``log_temperature``; :func:`parameter_groups` keeps it out of weight decay). CLIP's clamp
+    of the inverse temperature (its ``logit_scale``) at ``max_inverse_temperature`` applies in
+    the forward pass: ``T = max(exp(log_temperature), 1 / max_inverse_temperature)``, with no
+    gradient to ``log T`` while clamped (``None``: no clamp).
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = True,
+                 max_inverse_temperature: float | None = 100.0, symmetric: bool = True,
+                 reduction: str = "mean") -> None:
+        super().__init__(temperature, learnable)
+        if max_inverse_temperature is not None:
+            if isinstance(max_inverse_temperature, bool) or not isinstance(
+                    max_inverse_temperature, Real) or not max_inverse_temperature > 0:
+                raise ValueError("max_inverse_temperature: expected a number > 0 or None, got "
+                                 f"{max_inverse_temperature!r}")
+            max_inverse_temperature = float(max_inverse_temperature)
+        if not isinstance(symmetric, bool):
+            raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+        if reduction not in CONTRASTIVE_REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {CONTRASTIVE_REDUCTIONS}, got "
+                             f"{reduction!r}")
+        self.max_inverse_temperature = max_inverse_temperature
+        self.symmetric = symmetric
+        self.reduction = reduction
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        t = self._forward_temperature()
+        if self.max_inverse_temperature is not None:
+            t = t.clamp_min(1.0 / self.max_inverse_temperature)
+        dtype = _checks.accumulation_dtype(a.dtype)
+        return F.contrastive_loss(a, b, t if t.dtype == dtype else t.to(dtype),
+                                  symmetric=self.symmetric, reduction=self.reduction)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, max_inverse_temperature="
+                f"{self.max_inverse_temperature}, symmetric={self.symmetric}, "
+                f"reduction={self.reduction!r}")

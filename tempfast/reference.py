@@ -97,6 +97,18 @@ def linear_cross_entropy(
     )
 
 
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float | Tensor = 0.07, *,
+                     symmetric: bool = True, reduction: str = "mean") -> Tensor:
+    """``CE(a @ b.T / T, arange(B))`` (averaged with its transpose when ``symmetric``), the
+    ``B x B`` similarities made whole."""
+    s = a @ b.T / temperature
+    y = torch.arange(a.shape[0], device=a.device)
+    rows = F.cross_entropy(s, y, reduction="none")
+    if symmetric:
+        rows = (rows + F.cross_entropy(s.T, y, reduction="none")) * 0.5
+    return {"mean": rows.mean, "sum": rows.sum}.get(reduction, lambda: rows)()
+
+
 def distillation_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,

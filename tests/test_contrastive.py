@@ -1,0 +1,94 @@
+"""tempfast.contrastive_loss and tempfast.nn.ContrastiveLoss (CLIP's loss) against the float64
+reference with the whole B x B matrix, on both paths, with gradients for a, b and T."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tempfast
+from tempfast import reference
+from tempfast.ops.linear_cross_entropy import op as linear_op
+
+from .harness import LOSS_TOL, REL_TOL, assert_close, on_path, raises_one_line
+
+
+def _features(b, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1)
+    c = torch.nn.functional.normalize(a + 0.5 * torch.randn(b, d, generator=g), dim=1)
+    return a.to(dtype), c.to(dtype)
+
+
+def _check(a, b, t, path, dtype, **kw):
+    leaves = [a.clone().requires_grad_(True), b.clone().requires_grad_(True),
+              torch.tensor(t, requires_grad=True)]
+    with on_path(path):
+        loss = tempfast.contrastive_loss(*leaves, **kw)
+    upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+    (loss * upstream).sum().backward()
+    refs = [a.double().requires_grad_(True), b.double().requires_grad_(True),
+            torch.tensor(t, dtype=torch.float64, requires_grad=True)]
+    expected = reference.contrastive_loss(*refs, **kw)
+    (expected * upstream.double()).sum().backward()
+    assert loss.dtype == torch.float32
+    assert_close(loss, expected, LOSS_TOL if dtype == torch.float32 else 5e-3, "loss")
+    for got, ref, what in zip(leaves, refs, ("a", "b", "T"), strict=True):
+        assert_close(got.grad, ref.grad, REL_TOL[dtype] * 4, f"d{what}", floor=1e-6)
+
+
+@pytest.mark.parametrize("path", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matches_the_reference_with_chunks_smaller_than_the_batch(path, dtype, symmetric,
+                                                                  monkeypatch):
+    monkeypatch.setattr(linear_op, "CHUNK_ELEMENTS", 37 * 8)  # 8 rows of 37: B not a multiple
+    a, b = _features(37, 16, dtype)
+    _check(a, b, 0.1, path, dtype, symmetric=symmetric)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_reductions_and_a_batch_of_one(reduction):
+    a, b = _features(9, 5, torch.float32, seed=3)
+    _check(a, b, 0.5, "torch", torch.float32, reduction=reduction)
+    one_a, one_b = _features(1, 5, torch.float32, seed=4)
+    loss = tempfast.contrastive_loss(one_a, one_b, 0.07)
+    assert loss.item() == 0.0  # one candidate: p = 1
+
+
+def test_bad_inputs_get_one_line_errors():
+    a, b = _features(4, 3, torch.float32)
+    bad = [((a, b[:3]), {}, "b: expected the shape of a"),
+           ((a[0], b[0]), {}, "a: expected shape"),
+           ((a, b.double()), {}, "b: expected a's dtype"),
+           ((a, b, 0.0), {}, "temperature: must be finite and > 0"),
+           ((a, b, float("nan")), {}, "temperature: must be finite and > 0"),
+           ((a, b, torch.ones(2)), {}, "temperature: expected a number or a 0-dim tensor"),
+           ((a[:0], b[:0]), {}, "a: the batch is empty"),
+           ((a, b), {"reduction": "batchmean"}, "reduction: expected one of"),
+           ((torch.where(a > 0, float("nan"), a), b), {}, "a: features must be finite")]
+    for args, kw, match in bad:
+        raises_one_line((ValueError, TypeError), match, tempfast.contrastive_loss, *args, **kw)
+    raises_one_line(ValueError, "temperature: must be finite and > 0", lambda: tempfast.
+                    contrastive_loss(a, b, torch.tensor(-1.0)).item())
+
+
+def test_the_module_learns_t_clamps_its_inverse_and_is_in_parameter_groups():
+    loss_fn = tempfast.nn.ContrastiveLoss()
+    assert loss_fn.learnable and math.isclose(float(loss_fn.temperature.detach()), 0.07, rel_tol=1e-6)
+    a, b = _features(12, 6, torch.float32)
+    loss_fn(a, b).backward()
+    assert loss_fn.log_temperature.grad is not None and loss_fn.log_temperature.grad != 0
+    clamped = tempfast.nn.ContrastiveLoss(0.001, max_inverse_temperature=100.0)
+    out = clamped(a, b)
+    assert torch.allclose(out, tempfast.contrastive_loss(a, b, 0.01))
+    out.backward()
+    assert clamped.log_temperature.grad == 0  # clamped: no gradient, as CLIP's clamp
+    groups = tempfast.nn.parameter_groups(torch.nn.Linear(6, 6), loss_fn, weight_decay=0.1)
+    assert any(p is loss_fn.log_temperature for p in groups[1]["params"])
+    for kw, match in (({"reduction": "avg"}, "reduction"),
+                      ({"max_inverse_temperature": 0}, "max_inverse_temperature"),
+                      ({"symmetric": 1}, "symmetric")):
+        raises_one_line((ValueError, TypeError), match, tempfast.nn.ContrastiveLoss, **kw)
