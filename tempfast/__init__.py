@@ -14,6 +14,7 @@ from .functional import (
     distillation_loss,
     linear_cross_entropy,
     log_softmax,
+    nt_xent_loss,
     softmax,
 )
 
@@ -43,6 +44,7 @@ __all__ = [
     "linear_cross_entropy",
     "log_softmax",
     "nn",
+    "nt_xent_loss",
     "reference",
     "softmax",
     "use_backend",

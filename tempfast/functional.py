@@ -177,6 +177,32 @@ def contrastive_loss(
     return _contrastive.run(_contrastive.normalise(a, b, temperature, symmetric, reduction))
 
 
+def nt_xent_loss(
+    z1: Tensor,
+    z2: Tensor,
+    temperature: float | Tensor = 0.5,
+    *,
+    reduction: str = "mean",
+) -> Tensor:
+    """SimCLR's NT-Xent over the ``2B`` views ``z = cat(z1, z2)``: with ``s = z @ z.T / T``,
+    view ``i``'s positive is its other view and its negatives the other ``2B - 2`` (itself
+    excluded): ``l_i = logsumexp_{j != i} s_ij - s_i,pos(i)``.
+
+    Args:
+        z1, z2: ``(B, D)`` features of the two views, row ``i`` of each from example ``i``
+            (normalise them first for SimCLR's cosine similarities).
+        temperature: ``T > 0``, a number or a 0-dim tensor (a learnable one gets ``dL/dT``).
+        reduction: ``"mean"`` or ``"sum"`` over the ``2B`` views, or ``"none"``: ``(2B,)``.
+
+    Returns:
+        fp32 loss (fp64 for fp64 features), exact gradients for ``z1``, ``z2`` and
+        ``temperature``; the ``2B x 2B`` similarities exist a chunk of rows at a time (made
+        again in the backward pass).
+    """
+    return _contrastive.run_nt_xent(_contrastive.normalise_nt_xent(z1, z2, temperature,
+                                                                   reduction))
+
+
 def distillation_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,

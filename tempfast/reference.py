@@ -109,6 +109,18 @@ def contrastive_loss(a: Tensor, b: Tensor, temperature: float | Tensor = 0.07, *
     return {"mean": rows.mean, "sum": rows.sum}.get(reduction, lambda: rows)()
 
 
+def nt_xent_loss(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.5, *,
+                 reduction: str = "mean") -> Tensor:
+    """SimCLR's NT-Xent with the whole ``2B x 2B`` similarities, the diagonal masked."""
+    z = torch.cat([z1, z2])
+    n = z.shape[0]
+    s = (z @ z.T / temperature).masked_fill(torch.eye(n, dtype=torch.bool, device=z.device),
+                                            float("-inf"))
+    rows = F.cross_entropy(s, (torch.arange(n, device=z.device) + n // 2) % n,
+                           reduction="none")
+    return {"mean": rows.mean, "sum": rows.sum}.get(reduction, lambda: rows)()
+
+
 def distillation_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,

@@ -77,7 +77,8 @@ def test_bad_inputs_get_one_line_errors():
 
 def test_the_module_learns_t_clamps_its_inverse_and_is_in_parameter_groups():
     loss_fn = tempfast.nn.ContrastiveLoss()
-    assert loss_fn.learnable and math.isclose(float(loss_fn.temperature.detach()), 0.07, rel_tol=1e-6)
+    assert loss_fn.learnable
+    assert math.isclose(float(loss_fn.temperature.detach()), 0.07, rel_tol=1e-6)
     a, b = _features(12, 6, torch.float32)
     loss_fn(a, b).backward()
     assert loss_fn.log_temperature.grad is not None and loss_fn.log_temperature.grad != 0
@@ -92,3 +93,39 @@ def test_the_module_learns_t_clamps_its_inverse_and_is_in_parameter_groups():
                       ({"max_inverse_temperature": 0}, "max_inverse_temperature"),
                       ({"symmetric": 1}, "symmetric")):
         raises_one_line((ValueError, TypeError), match, tempfast.nn.ContrastiveLoss, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_nt_xent_matches_the_reference_with_chunks(dtype, reduction, monkeypatch):
+    from tempfast.ops.contrastive import call as contrastive_call
+
+    monkeypatch.setattr(contrastive_call, "nt_xent_chunk_rows", lambda n: 5)  # 2B = 26
+    z1, z2 = _features(13, 8, dtype, seed=5)
+    t_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the accumulation's
+    leaves = [z1.clone().requires_grad_(True), z2.clone().requires_grad_(True),
+              torch.tensor(0.3, dtype=t_dtype, requires_grad=True)]
+    loss = tempfast.nt_xent_loss(*leaves, reduction=reduction)
+    upstream = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+    (loss * upstream.to(loss.dtype)).sum().backward()
+    refs = [z1.double().requires_grad_(True), z2.double().requires_grad_(True),
+            torch.tensor(0.3, dtype=torch.float64, requires_grad=True)]
+    expected = reference.nt_xent_loss(*refs, reduction=reduction)
+    (expected * upstream.double()).sum().backward()
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_close(loss, expected, tol, "loss")
+    for got, ref, what in zip(leaves, refs, ("z1", "z2", "T"), strict=True):
+        assert got.grad.dtype == got.dtype
+        assert_close(got.grad, ref.grad, tol * 4, f"d{what}", floor=1e-6)
+
+
+def test_nt_xent_one_example_and_bad_inputs():
+    z1, z2 = _features(1, 4, torch.float32)
+    assert tempfast.nt_xent_loss(z1, z2).item() == 0.0  # each view's only candidate
+    a, b = _features(4, 3, torch.float32)
+    for args, match in (((a, b[:2]), "z2: expected the shape of z1"),
+                        ((a, b, -1.0), "temperature: must be finite and > 0"),
+                        ((a, b, torch.tensor(0.0)), "temperature"),
+                        ((a, torch.full_like(b, float("inf"))), "z2: features must be finite")):
+        raises_one_line((ValueError, TypeError), match, tempfast.nt_xent_loss, *args)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ... import _checks
-from .op import contrastive_rows
+from .op import NtXent, contrastive_rows, nt_xent_chunk_rows
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -34,19 +34,29 @@ class ContrastiveCall(NamedTuple):
 def normalise(a: Tensor, b: Tensor, temperature: float | Tensor, symmetric: bool,
               reduction: str) -> ContrastiveCall:
     """Check every argument once (a one-line error naming the first bad one)."""
-    for name, x in (("a", a), ("b", b)):
+    _check_pair(("a", a), ("b", b), temperature, reduction)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    return ContrastiveCall(a, b, temperature, symmetric, reduction)
+
+
+def _check_pair(first: tuple[str, Tensor], second: tuple[str, Tensor],
+                temperature: float | Tensor, reduction: str) -> None:
+    """The checks both losses share: two ``(B, D)`` feature tensors alike, finite (CPU), a
+    batch, the temperature, the reduction."""
+    (na, a), (nb, b) = first, second
+    for name, x in (first, second):
         _checks.check_floating(name, x)
         if x.dim() != 2:
             raise ValueError(f"{name}: expected shape (B, D), got {tuple(x.shape)}")
     if a.shape != b.shape:
-        raise ValueError(f"b: expected the shape of a {tuple(a.shape)}, got {tuple(b.shape)}")
+        raise ValueError(f"{nb}: expected the shape of {na} {tuple(a.shape)}, got "
+                         f"{tuple(b.shape)}")
     if a.shape[0] == 0:
-        raise ValueError("a: the batch is empty (B = 0)")
+        raise ValueError(f"{na}: the batch is empty (B = 0)")
     if b.dtype != a.dtype:
-        raise ValueError(f"b: expected a's dtype {a.dtype}, got {b.dtype}")
-    _checks.check_same_device(a=a, b=b)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+        raise ValueError(f"{nb}: expected {na}'s dtype {a.dtype}, got {b.dtype}")
+    _checks.check_same_device(**{na: a, nb: b})
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(temperature, Tensor):
@@ -59,10 +69,46 @@ def normalise(a: Tensor, b: Tensor, temperature: float | Tensor, symmetric: bool
     elif not (0.0 < temperature < float("inf")):
         raise ValueError(f"temperature: must be finite and > 0, got {temperature}")
     if a.device.type == "cpu":  # a host check (CUDA: no synchronisation; NaN rows instead)
-        for name, x in (("a", a), ("b", b)):
+        for name, x in (first, second):
             if not bool(torch.isfinite(x.detach()).all()):
                 raise ValueError(f"{name}: features must be finite (found NaN or inf)")
-    return ContrastiveCall(a, b, temperature, symmetric, reduction)
+
+
+class NtXentCall(NamedTuple):
+    """An NT-Xent call, normalised: the ``2B`` views ``z = cat(z1, z2)`` ``(2B, D)`` and the
+    temperature a tensor (a number made one, without gradient)."""
+
+    z: Tensor
+    temperature: Tensor
+    reduction: str
+
+
+def normalise_nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor,
+                      reduction: str) -> NtXentCall:
+    """Check every argument once (a one-line error naming the first bad one)."""
+    _check_pair(("z1", z1), ("z2", z2), temperature, reduction)
+    if isinstance(temperature, Tensor):
+        if temperature.device.type == "cpu":
+            _checks.check_temperature_values(temperature.detach())
+        t = temperature
+    else:
+        t = torch.tensor(float(temperature), dtype=_checks.accumulation_dtype(z1.dtype),
+                         device=z1.device)
+    return NtXentCall(torch.cat([z1, z2]), t, reduction)
+
+
+def run_nt_xent(call: NtXentCall) -> Tensor:
+    """The loss of ``call``: fp32 (fp64 for fp64 views), a scalar or ``(2B,)``."""
+    rows = NtXent.apply(call.z, call.temperature, nt_xent_chunk_rows(call.z.shape[0]))
+    return _reduce(rows, call.reduction)
+
+
+def _reduce(rows: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "sum":
+        return rows.sum()
+    return rows
 
 
 def route(call: ContrastiveCall) -> str:
@@ -73,9 +119,5 @@ def route(call: ContrastiveCall) -> str:
 
 def run(call: ContrastiveCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 features), a scalar or ``(B,)``."""
-    rows = contrastive_rows(call.a, call.b, call.temperature, call.symmetric)
-    if call.reduction == "mean":
-        return rows.mean()
-    if call.reduction == "sum":
-        return rows.sum()
-    return rows
+    return _reduce(contrastive_rows(call.a, call.b, call.temperature, call.symmetric),
+                   call.reduction)
