@@ -42,35 +42,43 @@ class _StaleCheck:
     (``torch.optim.optimizer.register_optimizer_step_pre_hook``, registered at the first
     forward pass of a learnable temperature). At a step of an optimiser that has stepped
     before (so every optimiser of a training step has stepped at least once), a watched
-    parameter that has a gradient and is in no parameter group of any optimiser seen stepping
-    warns once. An optimiser that holds it with a zero learning rate (warm-up) holds it: not
-    stale. No device synchronisation: the check reads the parameter's identity and ``.grad``."""
+    parameter that received a gradient since the last optimiser step and is in no parameter
+    group of any optimiser seen stepping warns once. An optimiser that holds it with a zero
+    learning rate (warm-up) holds it: not stale; a temperature that gets no new gradient (an
+    old module, an evaluation) is not looked at. No device synchronisation: the check reads
+    the parameter's identity and a flag set by its gradient hook."""
 
     def __init__(self) -> None:
-        self.params: WeakIdKeyDictionary = WeakIdKeyDictionary()  # param -> warned
+        self.params: WeakIdKeyDictionary = WeakIdKeyDictionary()  # param -> settled
+        self.fresh: WeakIdKeyDictionary = WeakIdKeyDictionary()  # gradients since a step
         self.stepped: weakref.WeakSet = weakref.WeakSet()
         self.handle = None
 
     def watch(self, param: Tensor) -> None:
         if param not in self.params:
             self.params[param] = False
+            param.register_post_accumulate_grad_hook(self._got_gradient)
         if self.handle is None:
             from torch.optim.optimizer import register_optimizer_step_pre_hook
 
             self.handle = register_optimizer_step_pre_hook(self)
 
+    def _got_gradient(self, param: Tensor) -> None:
+        if not self.params.get(param, True):
+            self.fresh[param] = True
+
     def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         again = optimizer in self.stepped
         self.stepped.add(optimizer)
+        fresh = [p for p in list(self.fresh.keys()) if not self.params.get(p, True)]
+        if again:
+            self.fresh.clear()
         if not again:
             return
-        for param, warned in list(self.params.items()):
-            if warned or param.grad is None or not param.requires_grad:
+        for param in fresh:
+            self.params[param] = True  # settled: held, or reported now
+            if not param.requires_grad or any(_holds(opt, param) for opt in self.stepped):
                 continue
-            if any(_holds(opt, param) for opt in self.stepped):
-                self.params[param] = True  # an optimiser updates it: never report it
-                continue
-            self.params[param] = True
             warnings.warn(
                 "a learnable temperature has a gradient but is in none of the optimisers' "
                 "parameter groups: it never changes. Build the optimiser from "
