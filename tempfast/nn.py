@@ -71,8 +71,7 @@ class _StaleCheck:
         again = optimizer in self.stepped
         self.stepped.add(optimizer)
         fresh = [p for p in list(self.fresh.keys()) if not self.params.get(p, True)]
-        if again:
-            self.fresh.clear()
+        self.fresh.clear()  # gradients count until the next step, of any optimiser
         if not again:
             return
         for param in fresh:

@@ -182,3 +182,20 @@ def test_module_rejects_bad_temperature():
         tempfast.nn.LinearTemperatureCrossEntropy(4, 3, temperature=torch.ones(2))
     module = tempfast.nn.TemperatureSoftmax(torch.tensor(2.0))
     assert float(module.temperature) == pytest.approx(2.0)
+
+
+def test_an_earlier_temperature_with_a_gradient_does_not_warn_at_another_runs_optimiser():
+    """A learnable T that got a gradient once (an earlier experiment, never in an optimiser)
+    and is still alive is not reported when another run's optimiser steps (seen across tests
+    in one process)."""
+    torch.manual_seed(0)
+    old = TemperatureCrossEntropyLoss(3.0, learnable=True)
+    x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    old(x, y).backward()  # a gradient, and no optimiser for it
+    model = torch.nn.Linear(4, 3)
+    loss_fn = TemperatureCrossEntropyLoss(2.0, learnable=True)
+    opt = torch.optim.SGD(tempfast.nn.parameter_groups(model, loss_fn), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(loss_fn, opt, model, 3)
+    assert old.log_temperature.grad is not None
