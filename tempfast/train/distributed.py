@@ -9,6 +9,7 @@ its own shard of each epoch (see ``DataBundle.epoch_plan``).
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,8 +90,13 @@ def setup(device: str) -> Context:
 
 def teardown(ctx: Context) -> None:
     """Leave the process group: every rank first waits for the others (no rank may exit while
-    another still talks to it), then the group is destroyed."""
+    another still talks to it), then the group is destroyed. Garbage is collected first: a
+    DDP model in a reference cycle keeps its reducer, and the reducer the gloo group, alive
+    past ``destroy_process_group`` until the interpreter's exit, where destroying the group's
+    worker threads can abort the process ("terminate called without an active exception",
+    seen once in CI after a finished run)."""
     if ctx.distributed and dist.is_initialized():
+        gc.collect()
         try:
             dist.barrier()
         finally:
