@@ -110,3 +110,26 @@ def test_softmax_and_distillation_workers_match_one_thread(two_threads, monkeypa
         serial = _grads_of(fn, *args)
     for a, b in zip(parallel, serial, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_workers_keep_the_callers_inference_mode_and_autocast(two_threads, monkeypatch):
+    """New threads start without the caller's thread-local modes: under inference_mode the
+    work buffers are inference tensors, updated in place by the workers."""
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 1 << 10)
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(300, 37, generator=g) * 3).to(torch.bfloat16)
+    y = torch.randint(0, 37, (300,), generator=g)
+    with on_path("torch"):
+        with torch.inference_mode():
+            parallel = tempfast.cross_entropy(x, y, 2.0, reduction="none")
+            soft = tempfast.softmax(x, 2.0)
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            serial = tempfast.cross_entropy(x, y, 2.0, reduction="none")
+            assert torch.equal(tempfast.softmax(x, 2.0), soft)
+    assert torch.equal(parallel, serial)
+    seen = []
+    torch.set_num_threads(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        chunked.for_chunks(4, 1, lambda r0, r1, w: seen.append(torch.is_autocast_enabled("cpu")))
+    assert seen == [True] * 4

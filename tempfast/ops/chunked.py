@@ -55,7 +55,9 @@ def for_chunks(n_rows: int, step: int, body: Callable[[int, int, int], None]) ->
     pending = iter(starts)
     lock = threading.Lock()
     errors: list[BaseException] = []
-    grad = torch.is_grad_enabled()
+    # the caller's thread-local modes, which new threads do not inherit
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    autocast_on, autocast_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 
     def take() -> int | None:
         with lock:
@@ -65,7 +67,8 @@ def for_chunks(n_rows: int, step: int, body: Callable[[int, int, int], None]) ->
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # this thread's intra-op threads only (OpenMP's per thread)
         try:
-            with torch.set_grad_enabled(grad):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                    torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_on):
                 while (r0 := take()) is not None:
                     body(r0, min(r0 + step, n_rows), worker)
         except BaseException as exc:  # re-raised by the caller
