@@ -21,6 +21,7 @@ Output: one line per epoch on rank 0 (loss, test accuracy, temperature), one lin
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import tempfile
 import time
@@ -127,6 +128,7 @@ def _check(features: nn.Module, head: LinearTemperatureCrossEntropy, x: torch.Te
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     rank, world, device, store_dir = _join_group()
+    finished = False
     try:
         data = load_data("synthetic", seed=args.seed, num_classes=args.num_classes, img_size=8)
         start, width = shard_range(args.num_classes, rank, world)
@@ -175,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"epoch {epoch + 1}/{args.epochs}  loss {total / seen:.4f}  "
                       f"test acc {acc:.1%}  T {head.temperature.item():.4g}  "
                       f"{time.perf_counter() - t0:.1f} s", flush=True)
+        finished = True
     finally:
+        if finished:  # as tempfast.train.distributed.teardown: no group kept alive by a
+            gc.collect()  # cycle past its destruction, no rank leaving while another talks
+            dist.barrier()
         dist.destroy_process_group()
         if store_dir is not None:
             for name in os.listdir(store_dir):

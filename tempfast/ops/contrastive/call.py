@@ -4,7 +4,8 @@ and its loss (:func:`run`), on the fused linear head.
 With ``s = a @ b.T / T`` (``B x B``, row ``i`` of ``a`` matching row ``i`` of ``b``), the loss
 of row ``i`` is ``l_i = CE(s_i, i)`` (``a``'s direction) or, symmetric (CLIP),
 ``(CE(s_i, i) + CE(s_:,i, i)) / 2`` (the column: ``b``'s direction). ``reduction``: the mean
-or sum of ``l_i``, or ``l`` itself (``"none"``, shape ``(B,)``).
+or sum of ``l_i``, or ``l`` itself (``"none"``, shape ``(B,)``). SimCLR's NT-Xent
+(:func:`normalise_nt_xent`, :func:`run_nt_xent`) shares the checks and the reductions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class ContrastiveCall(NamedTuple):
-    """A contrastive call, normalised: ``a`` and ``b`` ``(B, D)``, same dtype and device; the
-    temperature a number (``t_value``) or a 0-dim tensor (``temperature``)."""
+    """A contrastive call, normalised: ``a`` and ``b`` ``(B, D)``, same dtype and device;
+    ``temperature`` a number or a 0-dim tensor."""
 
     a: Tensor
     b: Tensor
