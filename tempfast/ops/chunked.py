@@ -32,11 +32,10 @@ LN2 = 0.6931471805599453
 compute_dtype = accumulation_dtype  # the chunks compute in the ops' accumulation dtype
 
 
-def row_chunks(n_rows: int, n_cols: int) -> tuple[range, int]:
-    """Chunk starts and the chunk height (rows) that keep a chunk near CHUNK_ELEMENTS values
-    (and its per-row temporaries small: at most MAX_CHUNK_ROWS rows)."""
-    step = max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_cols, 1)))
-    return range(0, n_rows, step), step
+def chunk_rows(n_cols: int) -> int:
+    """The chunk height (rows) that keeps a chunk near CHUNK_ELEMENTS values (and its per-row
+    temporaries small: at most MAX_CHUNK_ROWS rows); :func:`for_chunks` walks the chunks."""
+    return max(1, min(MAX_CHUNK_ROWS, CHUNK_ELEMENTS // max(n_cols, 1)))
 
 
 def for_chunks(n_rows: int, step: int, body: Callable[[int, int, int], None]) -> None:
@@ -47,7 +46,7 @@ def for_chunks(n_rows: int, step: int, body: Callable[[int, int, int], None]) ->
     are indexed by ``worker``. Chunks must write disjoint rows. A worker's exception is raised
     in the caller once every worker has stopped (the others take no new chunk)."""
     starts = range(0, n_rows, step)
-    workers = min(torch.get_num_threads(), len(starts))
+    workers = worker_count(n_rows, step)
     if workers <= 1:
         for r0 in starts:
             body(r0, min(r0 + step, n_rows), 0)

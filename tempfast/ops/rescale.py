@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunked import compute_dtype, for_chunks, row_chunks, rows_of
+from .chunked import chunk_rows, compute_dtype, for_chunks, rows_of
 from .dispatch import runs_triton
 from .launch import quiet_interpreter
 
@@ -25,7 +25,7 @@ def rescale_(buf: Tensor, g: Tensor) -> None:
     if g.numel() == 1 and g.device.type == "cpu" and float(g) == 1.0:
         return
     n_rows, n_cols = buf.shape
-    _, step = row_chunks(n_rows, n_cols)
+    step = chunk_rows(n_cols)
     cdt = compute_dtype(buf.dtype)
 
     def chunk(r0: int, r1: int, worker: int) -> None:

@@ -16,10 +16,10 @@ from torch import Tensor
 from ..chunked import (
     LN2,
     LOG2E,
+    chunk_rows,
     compute_dtype,
     for_chunks,
     inverse_temperature,
-    row_chunks,
     rows_of,
     temperature_tensor,
     worker_count,
@@ -63,7 +63,7 @@ def ce_rows(
     dt_row = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=device)
     w = weight.to(cdt) if weight is not None else None
     total_weight = w.sum() if w is not None else float(n_cols)
-    _, step = row_chunks(n_rows, n_cols)
+    step = chunk_rows(n_cols)
     # The exponentials are computed in a work buffer: the gradient buffer itself when it has
     # the compute dtype and does not alias the logits (no final copy), else one reused buffer.
     direct = (grad_out is not None and grad_out.dtype == cdt

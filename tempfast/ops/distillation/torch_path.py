@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import accumulation_dtype
-from ..chunked import for_chunks, inverse_temperature, row_chunks, rows_of
+from ..chunked import chunk_rows, for_chunks, inverse_temperature, rows_of
 
 
 def _wsum(p: Tensor, x: Tensor) -> Tensor:
@@ -38,7 +38,7 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
                          device=dev)
     dt = torch.empty(n_rows if compute_dt else 0, dtype=cdt, device=dev)
     ce_scale = ce_scale.to(cdt) if ce_scale is not None else None
-    _, step = row_chunks(n_rows, n_cols)
+    step = chunk_rows(n_cols)
 
     def chunk(r0: int, r1: int, worker: int) -> None:
         temp = rows_of(temperature, r0, r1, cdt)

@@ -14,12 +14,12 @@ from ..._checks import check_temperature_values
 from ..chunked import (
     LN2,
     LOG2E,
+    chunk_rows,
     compute_dtype,
     conversion_buffer,
     for_chunks,
     in_compute_dtype,
     inverse_temperature,
-    row_chunks,
     rows_of,
     temperature_tensor,
     worker_count,
@@ -32,7 +32,7 @@ def softmax_forward(x: Tensor, t: Tensor | None, log: bool, t_value: float = 0.0
     ``(x k - m - log2 sum(e)) ln 2``."""
     n_rows, n_cols = x.shape
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _, step = row_chunks(n_rows, n_cols)
+    step = chunk_rows(n_cols)
     cdt = compute_dtype(x.dtype)
     t = temperature_tensor(t, t_value, cdt, x.device)
     direct = y.dtype == cdt  # build the result in the output itself (no final copy)
@@ -76,7 +76,7 @@ def softmax_backward(y: Tensor, dy: Tensor, t: Tensor | None, log: bool, x: Tens
     t = temperature_tensor(t, t_value, cdt, y.device)
     dx = torch.empty_like(y, memory_format=torch.contiguous_format)
     dt_row = torch.empty(n_rows if x is not None else 0, dtype=cdt, device=y.device)
-    _, step = row_chunks(n_rows, n_cols)
+    step = chunk_rows(n_cols)
     backward = torch.ops.aten._log_softmax_backward_data if log \
         else torch.ops.aten._softmax_backward_data
     out_name = "out" if log else "grad_input"  # the two ops name their out= argument apart
