@@ -28,7 +28,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import _checks
 from . import functional as F
 from .ops.class_parallel import argmax as parallel_argmax
-from .ops.contrastive.call import REDUCTIONS as CONTRASTIVE_REDUCTIONS
+from .ops.contrastive.call import check_options as check_contrastive_options
 from .ops.distillation.call import check_reduction as check_distillation_reduction
 from .ops.linear_cross_entropy import default_chunk_rows
 
@@ -379,11 +379,7 @@ class ContrastiveLoss(_Temperature):
                 raise ValueError("max_inverse_temperature: expected a number > 0 or None, got "
                                  f"{max_inverse_temperature!r}")
             max_inverse_temperature = float(max_inverse_temperature)
-        if not isinstance(symmetric, bool):
-            raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
-        if reduction not in CONTRASTIVE_REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {CONTRASTIVE_REDUCTIONS}, got "
-                             f"{reduction!r}")
+        check_contrastive_options(symmetric, reduction)
         self.max_inverse_temperature = max_inverse_temperature
         self.symmetric = symmetric
         self.reduction = reduction

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ... import _checks
+from ..autograd import reduce_rows
 from .op import NtXent, contrastive_rows, nt_xent_chunk_rows
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -35,16 +36,28 @@ class ContrastiveCall(NamedTuple):
 def normalise(a: Tensor, b: Tensor, temperature: float | Tensor, symmetric: bool,
               reduction: str) -> ContrastiveCall:
     """Check every argument once (a one-line error naming the first bad one)."""
-    _check_pair(("a", a), ("b", b), temperature, reduction)
-    if not isinstance(symmetric, bool):
-        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    _check_pair(("a", a), ("b", b), temperature)
+    check_options(symmetric, reduction)
     return ContrastiveCall(a, b, temperature, symmetric, reduction)
 
 
+def check_options(symmetric: bool, reduction: str) -> None:
+    """``symmetric`` a bool, ``reduction`` one of :data:`REDUCTIONS` (also checked by
+    :class:`tempfast.nn.ContrastiveLoss` when it is built)."""
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric: expected a bool, got {type(symmetric).__name__}")
+    check_reduction(reduction)
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
 def _check_pair(first: tuple[str, Tensor], second: tuple[str, Tensor],
-                temperature: float | Tensor, reduction: str) -> None:
+                temperature: float | Tensor) -> None:
     """The checks both losses share: two ``(B, D)`` feature tensors alike, finite (CPU), a
-    batch, the temperature, the reduction."""
+    batch, the temperature."""
     (na, a), (nb, b) = first, second
     for name, x in (first, second):
         _checks.check_floating(name, x)
@@ -58,8 +71,6 @@ def _check_pair(first: tuple[str, Tensor], second: tuple[str, Tensor],
     if b.dtype != a.dtype:
         raise ValueError(f"{nb}: expected {na}'s dtype {a.dtype}, got {b.dtype}")
     _checks.check_same_device(**{na: a, nb: b})
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     if isinstance(temperature, Tensor):
         if temperature.dim() != 0:
             raise ValueError("temperature: expected a number or a 0-dim tensor, got shape "
@@ -87,7 +98,8 @@ class NtXentCall(NamedTuple):
 def normalise_nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor,
                       reduction: str) -> NtXentCall:
     """Check every argument once (a one-line error naming the first bad one)."""
-    _check_pair(("z1", z1), ("z2", z2), temperature, reduction)
+    _check_pair(("z1", z1), ("z2", z2), temperature)
+    check_reduction(reduction)
     if isinstance(temperature, Tensor):
         if temperature.device.type == "cpu":
             _checks.check_temperature_values(temperature.detach())
@@ -101,15 +113,7 @@ def normalise_nt_xent(z1: Tensor, z2: Tensor, temperature: float | Tensor,
 def run_nt_xent(call: NtXentCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 views), a scalar or ``(2B,)``."""
     rows = NtXent.apply(call.z, call.temperature, nt_xent_chunk_rows(call.z.shape[0]))
-    return _reduce(rows, call.reduction)
-
-
-def _reduce(rows: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
+    return reduce_rows(rows, rows.shape[0], call.reduction)
 
 
 def route(call: ContrastiveCall) -> str:
@@ -120,5 +124,5 @@ def route(call: ContrastiveCall) -> str:
 
 def run(call: ContrastiveCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 features), a scalar or ``(B,)``."""
-    return _reduce(contrastive_rows(call.a, call.b, call.temperature, call.symmetric),
-                   call.reduction)
+    rows = contrastive_rows(call.a, call.b, call.temperature, call.symmetric)
+    return reduce_rows(rows, rows.shape[0], call.reduction)
