@@ -156,6 +156,7 @@ def contrastive_loss(
     *,
     symmetric: bool = True,
     reduction: str = "mean",
+    process_group=None,
 ) -> Tensor:
     """CLIP's loss: ``s = a @ b.T / T``, ``CE(s, arange(B))``, averaged with ``CE(s.T,
     arange(B))`` when ``symmetric``, without the ``B x B`` matrix.
@@ -168,13 +169,21 @@ def contrastive_loss(
         symmetric: average the two directions (CLIP); False: ``a``'s direction only.
         reduction: ``"mean"`` or ``"sum"`` over rows, or ``"none"``: ``(B,)``, row ``i``'s
             loss (the mean of its two directions when symmetric).
+        process_group: a ``torch.distributed`` group over which the batch is split: each rank
+            passes its own rows (``B_r`` of ``a`` and of ``b``, uneven counts and empty ranks
+            allowed, in rank order) and gets the loss over the global batch (the same value on
+            every rank; ``"none"``: its own rows'); the gradients of its rows and of ``T``
+            equal the single-process gradients of the global loss. One all-gather of each
+            feature tensor, no global ``B x B`` on any rank. Under DDP, which averages
+            parameter gradients, see the README's "Contrastive losses over ranks".
 
     Returns:
         fp32 loss (fp64 for fp64 features). Gradients flow to ``a``, ``b`` and ``temperature``
-        exactly; the similarities exist a chunk of rows at a time (the fused linear head's
-        chunks, :func:`linear_cross_entropy`).
+        exactly; the similarities exist a chunk of rows at a time (one process: the fused
+        linear head's chunks, :func:`linear_cross_entropy`).
     """
-    return _contrastive.run(_contrastive.normalise(a, b, temperature, symmetric, reduction))
+    return _contrastive.run(_contrastive.normalise(a, b, temperature, symmetric, reduction,
+                                                   process_group))
 
 
 def nt_xent_loss(
@@ -183,6 +192,7 @@ def nt_xent_loss(
     temperature: float | Tensor = 0.5,
     *,
     reduction: str = "mean",
+    process_group=None,
 ) -> Tensor:
     """SimCLR's NT-Xent over the ``2B`` views ``z = cat(z1, z2)``: with ``s = z @ z.T / T``,
     view ``i``'s positive is its other view and its negatives the other ``2B - 2`` (itself
@@ -193,6 +203,10 @@ def nt_xent_loss(
             (normalise them first for SimCLR's cosine similarities).
         temperature: ``T > 0``, a number or a 0-dim tensor (a learnable one gets ``dL/dT``).
         reduction: ``"mean"`` or ``"sum"`` over the ``2B`` views, or ``"none"``: ``(2B,)``.
+        process_group: the batch split over a ``torch.distributed`` group, as in
+            :func:`contrastive_loss`: each rank passes its ``B_r`` examples' two views and
+            gets the loss over the global ``2B`` views (``"none"``: its own ``2 B_r``, first
+            views then second).
 
     Returns:
         fp32 loss (fp64 for fp64 features), exact gradients for ``z1``, ``z2`` and
@@ -200,7 +214,7 @@ def nt_xent_loss(
         again in the backward pass).
     """
     return _contrastive.run_nt_xent(_contrastive.normalise_nt_xent(z1, z2, temperature,
-                                                                   reduction))
+                                                                   reduction, process_group))
 
 
 def distillation_loss(

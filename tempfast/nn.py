@@ -366,12 +366,13 @@ class ContrastiveLoss(_Temperature):
     ``log_temperature``; :func:`parameter_groups` keeps it out of weight decay). CLIP's clamp
     of the inverse temperature (its ``logit_scale``) at ``max_inverse_temperature`` applies in
     the forward pass: ``T = max(exp(log_temperature), 1 / max_inverse_temperature)``, with no
-    gradient to ``log T`` while clamped (``None``: no clamp).
+    gradient to ``log T`` while clamped (``None``: no clamp). ``process_group``: the batch
+    split over ranks, as in :func:`tempfast.contrastive_loss`.
     """
 
     def __init__(self, temperature: float = 0.07, learnable: bool = True,
                  max_inverse_temperature: float | None = 100.0, symmetric: bool = True,
-                 reduction: str = "mean") -> None:
+                 reduction: str = "mean", process_group=None) -> None:
         super().__init__(temperature, learnable)
         if max_inverse_temperature is not None:
             if isinstance(max_inverse_temperature, bool) or not isinstance(
@@ -383,6 +384,7 @@ class ContrastiveLoss(_Temperature):
         self.max_inverse_temperature = max_inverse_temperature
         self.symmetric = symmetric
         self.reduction = reduction
+        self.process_group = process_group
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         t = self._forward_temperature()
@@ -390,7 +392,8 @@ class ContrastiveLoss(_Temperature):
             t = t.clamp_min(1.0 / self.max_inverse_temperature)
         dtype = _checks.accumulation_dtype(a.dtype)
         return F.contrastive_loss(a, b, t if t.dtype == dtype else t.to(dtype),
-                                  symmetric=self.symmetric, reduction=self.reduction)
+                                  symmetric=self.symmetric, reduction=self.reduction,
+                                  process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, max_inverse_temperature="

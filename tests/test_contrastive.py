@@ -1,12 +1,19 @@
-"""tempfast.contrastive_loss and tempfast.nn.ContrastiveLoss (CLIP's loss) against the float64
-reference with the whole B x B matrix, on both paths, with gradients for a, b and T."""
+"""tempfast.contrastive_loss and tempfast.nn.ContrastiveLoss (CLIP's loss) and
+tempfast.nt_xent_loss against the float64 reference with the whole B x B matrix, on both paths,
+with gradients for a, b and T; and with the batch split over 2 and 3 gloo processes (uneven,
+one rank empty)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import math
+import traceback
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import tempfast
 from tempfast import reference
@@ -100,7 +107,7 @@ def test_the_module_learns_t_clamps_its_inverse_and_is_in_parameter_groups():
 def test_nt_xent_matches_the_reference_with_chunks(dtype, reduction, monkeypatch):
     from tempfast.ops.contrastive import call as contrastive_call
 
-    monkeypatch.setattr(contrastive_call, "nt_xent_chunk_rows", lambda n: 5)  # 2B = 26
+    monkeypatch.setattr(contrastive_call, "chunk_rows", lambda local, total: 5)  # 2B = 26
     z1, z2 = _features(13, 8, dtype, seed=5)
     t_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the accumulation's
     leaves = [z1.clone().requires_grad_(True), z2.clone().requires_grad_(True),
@@ -129,3 +136,88 @@ def test_nt_xent_one_example_and_bad_inputs():
                         ((a, b, torch.tensor(0.0)), "temperature"),
                         ((a, torch.full_like(b, float("inf"))), "z2: features must be finite")):
         raises_one_line((ValueError, TypeError), match, tempfast.nt_xent_loss, *args)
+
+
+def _sharded_cases(rank, widths):
+    """Each loss with this rank's rows of the global batch against the reference on the whole
+    batch: the loss, this rank's rows' gradients and dL/dT (an upstream gradient per row for
+    ``"none"``); chunks of 2 rows."""
+    from tempfast.ops.contrastive import call as contrastive_call
+
+    contrastive_call.chunk_rows = lambda local, total: 2
+    lo = sum(widths[:rank])
+    mine = slice(lo, lo + widths[rank])
+    total = sum(widths)
+    for dtype in (torch.float64, torch.float32):
+        tol = 1e-10 if dtype == torch.float64 else 2e-5
+        a, b = _features(total, 6, dtype, seed=7)
+        cases = [("clip", dict(symmetric=True)), ("clip", dict(symmetric=False)),
+                 ("nt_xent", {})]
+        for (name, kw), reduction in ((c, r) for c in cases for r in ("mean", "sum", "none")):
+            ours = getattr(tempfast, f"{name}_loss" if name == "nt_xent" else
+                           "contrastive_loss")
+            ref = getattr(reference, f"{name}_loss" if name == "nt_xent" else
+                          "contrastive_loss")
+            t = torch.tensor(0.2, dtype=dtype, requires_grad=True)
+            x, y = a[mine].clone().requires_grad_(True), b[mine].clone().requires_grad_(True)
+            loss = ours(x, y, t, reduction=reduction, process_group=dist.group.WORLD, **kw)
+            rx, ry = (v.double().clone().requires_grad_(True) for v in (a, b))
+            rt = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+            expected = ref(rx, ry, rt, reduction=reduction, **kw)
+            what = f"rank {rank} {name} {kw} {reduction} {dtype}"
+            if reduction == "none":
+                n = expected.numel()
+                up = torch.linspace(0.5, 1.5, n, dtype=torch.float64)
+                rows = torch.arange(n).view(-1, total)[:, mine].reshape(-1)  # this rank's rows
+                assert_close(loss, expected[rows], tol, what)
+                (loss * up[rows].to(loss.dtype)).sum().backward()
+                (expected * up).sum().backward()
+            else:
+                assert_close(loss, expected, tol, what)
+                loss.backward()
+                expected.backward()
+            for got, full, w in ((x.grad, rx.grad[mine], "da"), (y.grad, ry.grad[mine], "db"),
+                                 (t.grad, rt.grad, "dT")):
+                assert_close(got, full, tol * 4, f"{what} {w}", floor=1e-8)
+    a, b = _features(total, 6, torch.float32, seed=8)
+    sharded, single = (tempfast.nn.ContrastiveLoss(0.2, process_group=group)
+                       for group in (dist.group.WORLD, None))
+    sharded(a[mine], b[mine]).backward()
+    single(a, b).backward()
+    assert_close(sharded.log_temperature.grad, single.log_temperature.grad, 2e-5, "module dT")
+
+
+def _sharded_worker(rank, world, init_file, widths, errors):
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=120))
+        torch.set_num_threads(1)
+        _sharded_cases(rank, widths)
+        dist.barrier()
+    except BaseException:
+        errors.put(f"rank {rank}: {traceback.format_exc()}")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("widths", [(3, 4), (5, 0, 2)], ids=["2-uneven", "3-with-an-empty-rank"])
+def test_sharded_losses_equal_the_single_process_loss(widths, tmp_path):
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    with contextlib.suppress(mp.ProcessRaisedException):  # the queue says what failed
+        mp.spawn(_sharded_worker, args=(len(widths), str(tmp_path / "init"), widths, errors),
+                 nprocs=len(widths), join=True)
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    assert not messages, "\n".join(messages)
+
+
+def test_process_group_must_be_initialised():
+    a, b = _features(3, 2, torch.float32)
+    for op in (tempfast.contrastive_loss, tempfast.nt_xent_loss):
+        raises_one_line(ValueError, "process_group: torch.distributed is not initialised", op,
+                        a, b, process_group=object())
