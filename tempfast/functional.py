@@ -17,6 +17,7 @@ Layout: ``cross_entropy`` takes torch's (classes at dim 1 of ``(N, C, d1, ...)``
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .ops import contrastive as _contrastive
@@ -120,6 +121,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     process_group=None,
     start: int | None = None,
+    accum_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)`` without the full logits.
 
@@ -131,21 +133,27 @@ def linear_cross_entropy(
         temperature: ``T > 0``: a number, a 0-dim tensor or one value per row (shape ``(*)``); a
             tensor that requires grad gets ``dL/dT`` as in :func:`cross_entropy`.
         ignore_index, reduction, label_smoothing: as in :func:`cross_entropy`.
-        chunk_size: rows per chunk (default: about 2^26 logits per chunk). Peak extra memory is
-            ``chunk_size * C`` logits + ``4 C H`` bytes (fp32 weight gradient) + ``N H``
-            (hidden gradient) + ``4 C`` bytes, whatever ``N * C``.
+        chunk_size: rows per chunk (default: a chunk of about 2^26 logits, or up to a quarter
+            of the weight gradient accumulator's bytes when that is more: 2048 rows at
+            H = 4096 in bf16). Peak extra memory is ``chunk_size * C`` logits + ``4 C H``
+            bytes (fp32 weight gradient) + ``N H`` (hidden gradient) + ``4 C`` bytes,
+            whatever ``N * C``.
         process_group, start: class-parallel: ``weight`` and ``bias`` are this rank's rows of
             the classifier (see :mod:`tempfast.ops.class_parallel`).
+        accum_dtype: the weight gradient's accumulator across chunks: None (fp32; fp64 for
+            fp64 inputs) or the weight's own dtype, which saves ``2 C H`` bytes for 16-bit
+            weights at a precision cost that grows with the number of chunks (measured in
+            kernels/README.md); not with ``process_group``.
 
     Returns:
         fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``. Gradients flow to
         ``hidden``, ``weight``, ``bias`` and ``temperature``; the weight and bias gradients are
-        accumulated in fp32 across chunks.
+        accumulated in fp32 across chunks unless ``accum_dtype`` says otherwise.
     """
     call = _linear.normalise(
         hidden, weight, target, bias, temperature, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size,
-        process_group=process_group, start=start)
+        process_group=process_group, start=start, accum_dtype=accum_dtype)
     return _linear.run(call)
 
 

@@ -55,7 +55,7 @@ def check(path, hidden, weight, bias, target, temperature=1.0, *, t_grad=False,
                   for a in (hidden, weight, bias)]
     t_ref = temperature.double().requires_grad_(t_grad) \
         if isinstance(temperature, torch.Tensor) else temperature
-    ref_kwargs = {k: v for k, v in kwargs.items() if k != "chunk_size"}
+    ref_kwargs = {k: v for k, v in kwargs.items() if k not in ("chunk_size", "accum_dtype")}
     expected = reference.linear_cross_entropy(ref_leaves[0], ref_leaves[1], target,
                                               ref_leaves[2], t_ref, **ref_kwargs)
     expected.backward(upstream.to(expected.dtype))
@@ -186,6 +186,7 @@ def test_module_loss_logits_slice_and_predict():
     ({"label_smoothing": 2.0}, ValueError, "^label_smoothing"),
     ({"hidden": torch.zeros(4, 8, dtype=torch.long)}, TypeError, "^hidden"),
     ({"start": 2}, ValueError, "^start: only meaningful with process_group"),
+    ({"accum_dtype": torch.float16}, ValueError, "^accum_dtype: expected None, torch.float32"),
 ])
 def test_bad_inputs_raise_one_line_errors(kwargs, exc, match):
     args = {"hidden": torch.randn(4, 8), "weight": torch.randn(5, 8),
@@ -249,3 +250,34 @@ def test_a_call_without_a_process_group_takes_the_custom_op_route():
                             reduction="mean", label_smoothing=0.0, chunk_size=None)
     assert linear.route(call) == "custom_op"
     assert call.chunk == 6 and call.temperature.shape == (1,)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_the_weight_gradient_accumulates_in_the_weights_dtype_on_request(path, reduction):
+    """``accum_dtype=weight.dtype``: a bf16 accumulator across 9 chunks, within bf16's
+    tolerance of the reference; the custom op returns the weight gradient in bf16."""
+    hidden, weight, bias, target = _inputs(70, 16, 50, torch.bfloat16, seed=5)
+    check(path, hidden, weight, bias, target, 2.0, chunk_size=8, reduction=reduction,
+          accum_dtype=torch.bfloat16)
+    from tempfast.ops.linear_cross_entropy import op
+
+    with on_path(path):
+        out = op.linear_cross_entropy_2d(hidden, weight, None, target, torch.ones(1), -100, 0.0,
+                                         "sum", 8, [True, True, False], False, True)
+    assert out[3].dtype == torch.bfloat16 and out[2].dtype == torch.bfloat16
+
+
+def test_a_wide_hidden_gets_chunks_of_a_quarter_of_the_weight_gradient():
+    """Default chunk: about 2^26 logits, or up to a quarter of the weight gradient's bytes."""
+    from tempfast.ops.linear_cross_entropy.op import default_chunk_rows
+
+    assert default_chunk_rows(8192, 262144, 4096, 2, 4) == 2048  # 1 GiB of bf16 logits
+    assert default_chunk_rows(8192, 32000, 4096, 2, 4) == 2097  # 2^26 logits
+    assert default_chunk_rows(8192, 65536, 1024, 4, 4) == 1024  # the CPU memory case
+    assert default_chunk_rows(8192, 262144, 4096, 2, 2) == 1024  # a bf16 accumulator
+    assert default_chunk_rows(100, 1000, 4096, 2, 4) == 100
+    hidden, weight, _, target = _inputs(6, 4096, 20, torch.bfloat16)
+    call = linear.normalise(hidden, weight, target, None, 1.0, ignore_index=-100,
+                            reduction="mean", label_smoothing=0.0, chunk_size=None)
+    assert call.chunk == 6

@@ -19,7 +19,7 @@ from torch import Tensor
 from ... import _checks
 from ..autograd import reduce_rows
 from ..class_parallel.call import check_group
-from .op import contrastive_rows
+from .op import contrastive_loss
 from .sharded import Batch, GlobalSum, NtXent, ShardedContrastive, batch_of, chunk_rows
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -142,7 +142,7 @@ def _reduce(rows: Tensor, batch: Batch, count: int, reduction: str) -> Tensor:
 
 def route(call: ContrastiveCall) -> str:
     """``linear_head`` (one process: both directions on the fused linear head,
-    :func:`.op.contrastive_rows`) or ``sharded`` (a process group: :mod:`.sharded`)."""
+    :func:`.op.contrastive_loss`) or ``sharded`` (a process group: :mod:`.sharded`)."""
     return "linear_head" if call.process_group is None else "sharded"
 
 
@@ -150,8 +150,8 @@ def run(call: ContrastiveCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 features), a scalar or this rank's
     ``(B_r,)``."""
     if call.process_group is None:
-        rows = contrastive_rows(call.a, call.b, call.temperature, call.symmetric)
-        return reduce_rows(rows, rows.shape[0], call.reduction)
+        return contrastive_loss(call.a, call.b, call.temperature, call.symmetric,
+                                call.reduction)
     batch = batch_of(call.process_group, call.a.shape[0], call.a.device, "a")
     rows = ShardedContrastive.apply(call.a, call.b, _temperature_tensor(call.temperature, call.a),
                                     batch, call.symmetric, chunk_rows(batch.local, batch.size))

@@ -10,20 +10,25 @@ from torch import Tensor
 from .. import linear_cross_entropy as _linear
 
 
-def direction_rows(hidden: Tensor, weight: Tensor, temperature: float | Tensor) -> Tensor:
-    """``CE(hidden @ weight.T / T, arange(B))`` per row ``(B,)``: the head's chunks hold at
-    most a chunk of rows of the ``B x B`` similarities."""
+def direction(hidden: Tensor, weight: Tensor, temperature: float | Tensor,
+              reduction: str) -> Tensor:
+    """``CE(hidden @ weight.T / T, arange(B))``, per row ``(B,)`` or summed: the head's chunks
+    hold at most a chunk of rows of the ``B x B`` similarities. Summed, the head forms the
+    gradients in its forward pass (three GEMMs per chunk); per row, its backward pass makes
+    the similarities again (four)."""
     target = torch.arange(hidden.shape[0], device=hidden.device)
     return _linear.run(_linear.normalise(hidden, weight, target, None, temperature,
-                                         ignore_index=-100, reduction="none",
+                                         ignore_index=-100, reduction=reduction,
                                          label_smoothing=0.0, chunk_size=None,
                                          process_group=None, start=None))
 
 
-def contrastive_rows(a: Tensor, b: Tensor, temperature: float | Tensor,
-                     symmetric: bool) -> Tensor:
-    """Row ``i``'s loss: ``a``'s direction, or the mean of both directions."""
-    rows = direction_rows(a, b, temperature)
+def contrastive_loss(a: Tensor, b: Tensor, temperature: float | Tensor, symmetric: bool,
+                     reduction: str) -> Tensor:
+    """Row ``i``'s loss (``"none"``: ``a``'s direction, or the mean of both directions), or
+    their sum or mean (from each direction's summed head)."""
+    per_row = reduction == "none"
+    loss = direction(a, b, temperature, "none" if per_row else "sum")
     if symmetric:
-        rows = (rows + direction_rows(b, a, temperature)) * 0.5
-    return rows
+        loss = (loss + direction(b, a, temperature, "none" if per_row else "sum")) * 0.5
+    return loss / a.shape[0] if reduction == "mean" else loss

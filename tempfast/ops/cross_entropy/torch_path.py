@@ -152,6 +152,28 @@ def ce_rows(
     return loss, lse, dt_row
 
 
+# Where a chunk's summed loss and dL/dT lie in its workspace row (:func:`chunk_workspaces`).
+CHUNK_SUMS_AT = 0
+
+
+def chunk_workspaces(logits: Tensor, n_chunks: int) -> tuple[None, Tensor]:
+    """The triton path's contract: one row per chunk holding its summed loss and dL/dT."""
+    return None, torch.zeros(n_chunks, 2, dtype=compute_dtype(logits.dtype),
+                             device=logits.device)
+
+
+def ce_chunk_sums(logits: Tensor, target: Tensor, t: Tensor, ignore_index: int,
+                  label_smoothing: float, compute_dt: bool, ws: Tensor, cfg: None) -> None:
+    """One chunk of a chunked sum: the gradient of the rows' summed loss written over
+    ``logits``; the summed loss and (``compute_dt``) dL/dT into ``ws[0]``, ``ws[1]``."""
+    one = torch.ones(1, dtype=ws.dtype, device=ws.device)
+    loss, _lse, dt = ce_rows(logits, target, t, None, ignore_index, label_smoothing, one,
+                             logits, compute_dt)
+    ws[0] = loss.sum()
+    if compute_dt:
+        ws[1] = dt.sum()
+
+
 def mean_divisor(target: Tensor, weight: Tensor | None, ignore_index: int, num_classes: int,
                  dtype: torch.dtype) -> Tensor:
     """The divisor of ``reduction="mean"``, as torch defines it (0-dim): class indices: the

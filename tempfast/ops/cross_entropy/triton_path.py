@@ -122,10 +122,12 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                weight: Tensor | None, ignore_index: int, label_smoothing: float, *,
                grad_out: Tensor | None,
                grad_scale: Tensor | None, compute_dt: bool, reduce: str | None,
-               defer: bool = False, cfg: LaunchConfig | None = None) -> CEResult:
+               defer: bool = False, cfg: LaunchConfig | None = None,
+               ws: Tensor | None = None) -> CEResult:
     """Launch the cross-entropy kernels over ``x (N, C)``; ``reduce``: ``None`` (per-row
     outputs only), ``"sum"`` or ``"mean"`` (with the gradient scaled by the prep kernel's
-    factor; ``grad_scale`` is then ignored)."""
+    factor; ``grad_scale`` is then ignored). ``ws``: a workspace to use (at least the layout's
+    size, e.g. from :func:`chunk_workspaces`), else one is allocated."""
     n_rows, n_cols = x.shape
     probs = target.dim() == 2
     q = unit_col_stride(_prob_target(target, x.dtype)) if probs else None
@@ -139,7 +141,8 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
     # on the compiled kernel): size the partials for the largest grid of either path.
     programs = items if slices else cdiv(n_rows, cfg.block_n)
     layout = Layout(n_rows, programs if reduce is not None else 0, items)
-    ws = torch.empty(layout.size, dtype=torch.float32, device=x.device)
+    if ws is None:
+        ws = torch.empty(layout.size, dtype=torch.float32, device=x.device)
     w = weight.float().contiguous() if weight is not None else ws
     y = ws if probs else target.contiguous()
     t_arg, stride_t = (ws, 0) if t_value > 0 else (t.contiguous(), stride_of(t))
@@ -200,6 +203,33 @@ def ce_rows(
                      grad_out=grad_out, grad_scale=grad_scale, compute_dt=compute_dt,
                      reduce=None)
     return res.row(0), res.row(1), res.row(2) if compute_dt else res.ws[:0]
+
+
+# Where a chunk's summed loss and dL/dT lie in its workspace (side by side).
+CHUNK_SUMS_AT = common.WS_LOSS.value
+assert common.WS_DT.value == CHUNK_SUMS_AT + 1
+
+
+def chunk_workspaces(logits: Tensor, n_chunks: int) -> tuple[LaunchConfig, Tensor]:
+    """The launch configuration of the first (largest) of ``n_chunks`` chunks of rows like
+    ``logits`` (their gradient written over them), and one workspace per chunk: ``(n_chunks,
+    size)`` rows of one allocation, each large enough for any chunk of at most as many rows."""
+    cfg = config_for(logits, 1, logits)
+    n_rows = logits.shape[0]
+    items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
+    programs = items if items else cdiv(n_rows, cfg.block_n)
+    size = Layout(n_rows, programs, items).size
+    return cfg, torch.empty(n_chunks, size, dtype=torch.float32, device=logits.device)
+
+
+def ce_chunk_sums(logits: Tensor, target: Tensor, t: Tensor, ignore_index: int,
+                  label_smoothing: float, compute_dt: bool, ws: Tensor,
+                  cfg: LaunchConfig) -> None:
+    """One chunk of a chunked sum: the gradient of the rows' summed loss written over
+    ``logits``, the summed loss and (``compute_dt``) dL/dT at ``ws[CHUNK_SUMS_AT + {0, 1}]``;
+    ``t`` one temperature ``(1,)``. No torch op: the launches write into ``ws``."""
+    _ce_launch(logits, target, t, 0.0, None, ignore_index, label_smoothing, grad_out=logits,
+               grad_scale=None, compute_dt=compute_dt, reduce="sum", cfg=cfg, ws=ws)
 
 
 def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,

@@ -43,12 +43,13 @@ class LinearCall(NamedTuple):
     rows_shape: torch.Size
     process_group: ProcessGroup | None = None  # class-parallel: the ranks that share the classes
     start: int | None = None  # class-parallel: this rank's first class, if given
+    accumulate_in_weight_dtype: bool = False  # the weight gradient's accumulator dtype
 
 
 def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
               temperature: float | Tensor, *, ignore_index: int, reduction: str,
               label_smoothing: float, chunk_size: int | None, process_group=None,
-              start: int | None = None) -> LinearCall:
+              start: int | None = None, accum_dtype: torch.dtype | None = None) -> LinearCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
     them into a :class:`LinearCall`. With ``process_group``, ``weight`` and ``bias`` are this
     rank's rows of a class-parallel head (``C_r``, possibly 0)."""
@@ -92,13 +93,31 @@ def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | Non
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size: expected an int >= 1, got {chunk_size!r}")
-    t = _checks.temperature_rows(temperature, rows_shape, hidden.device,
-                                 _checks.accumulation_dtype(hidden.dtype))
+    acc = _checks.accumulation_dtype(hidden.dtype)
+    in_weight_dtype = _check_accum_dtype(accum_dtype, acc, weight.dtype, sharded)
+    t = _checks.temperature_rows(temperature, rows_shape, hidden.device, acc)
     n_rows = math.prod(rows_shape)
-    chunk = default_chunk_rows(n_rows, weight.shape[0]) if chunk_size is None else chunk_size
+    if chunk_size is None:
+        accum_size = torch.empty((), dtype=weight.dtype if in_weight_dtype else acc).element_size()
+        chunk_size = default_chunk_rows(n_rows, weight.shape[0], hidden.shape[-1],
+                                        hidden.element_size(), accum_size)
     return LinearCall(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
                       target.reshape(-1).long(), t, ignore_index, label_smoothing, reduction,
-                      chunk, rows_shape, process_group, start)
+                      chunk_size, rows_shape, process_group, start, in_weight_dtype)
+
+
+def _check_accum_dtype(accum_dtype: torch.dtype | None, acc: torch.dtype,
+                       weight_dtype: torch.dtype, sharded: bool) -> bool:
+    """Whether the weight gradient accumulates in the weight's own dtype (``accum_dtype`` the
+    weight's dtype, not the default fp32 / fp64), or a one-line error."""
+    if accum_dtype is None or accum_dtype == acc:
+        return False
+    if accum_dtype != weight_dtype:
+        raise ValueError(f"accum_dtype: expected None, {acc} or the weight's dtype "
+                         f"{weight_dtype}, got {accum_dtype}")
+    if sharded:
+        raise ValueError("accum_dtype: the class-parallel head accumulates in fp32 only")
+    return True
 
 
 def route(call: LinearCall) -> str:
@@ -117,5 +136,5 @@ def run(call: LinearCall) -> Tensor:
     loss = linear_cross_entropy_2d(
         call.hidden, call.weight, call.bias, call.target, call.temperature, call.ignore_index,
         call.label_smoothing, call.reduction, call.chunk, fused,
-        grad_on and call.temperature.requires_grad)[0]
+        grad_on and call.temperature.requires_grad, call.accumulate_in_weight_dtype)[0]
     return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
