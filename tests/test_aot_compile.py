@@ -161,6 +161,10 @@ def test_the_checkers_catch_spills_narrow_rows_extra_launches_and_ops(triton_cac
     assert any("Triton launches" in v for v in found)
     assert any("move the N x C data" in v for v in found)
     assert any("torch ops" in v for v in found)
+    head = {"id": "linear-test", "op": "linear_ce_fwd_bwd", "dtype": "bf16",
+            "host": {"gpu_call_ops": {"forward": budgets.MAX_LINEAR_TORCH_OPS_GPU,
+                                      "backward": 1}}}
+    assert any("per linear head" in v for v in budgets.case_violations(head))
     cpu = {"tempfast": {"forward": budgets.MAX_CE_TORCH_OPS_CPU, "backward": 1}}
     assert budgets.cpu_path_violations(cpu)
 

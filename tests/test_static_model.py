@@ -94,3 +94,50 @@ def test_a_reread_beyond_the_l2_comes_from_hbm_in_the_share_the_l2_cannot_hold()
     assert cost.reread_hbm_bytes == pytest.approx(total / 2, rel=0.01)
     small, r_small = _liger_like(8192, 32000, registers=64)
     assert model.launch_cost(small, r_small, H100).reread_hbm_bytes == 0
+
+
+def test_a_gemm_is_timed_by_its_flops_at_the_stated_rate_or_its_bytes_when_thin():
+    from bench.static.record import Gemm
+
+    square = Gemm("forward", 8192, 8192, 8192, 2, 2, False)
+    expected = square.flops / (model.GEMM_EFFICIENCY * 989e12) + model.LAUNCH_S
+    assert model.gemm_time(square, H100) == pytest.approx(expected)
+    assert square.flops / (model.gemm_time(square, H100) - model.LAUNCH_S) == \
+        pytest.approx(781e12, rel=0.01)  # the measured rate the fraction stands for
+    thin = Gemm("forward", 8192, 8192, 1, 2, 4, True)  # an outer product: all bytes
+    assert thin.bytes == 2 * 8192 * 2 + 2 * 8192 * 8192 * 4
+    assert model.gemm_time(thin, H100) == pytest.approx(thin.bytes / H100.copy_bw
+                                                        + model.LAUNCH_S)
+    fp32 = Gemm("forward", 4096, 4096, 4096, 4, 4, False)
+    assert H100.gemm_rate(4) == pytest.approx(model.GEMM_EFFICIENCY * 67e12)
+    assert model.gemm_time(fp32, H100) > 10 * model.gemm_time(
+        Gemm("forward", 4096, 4096, 4096, 2, 2, False), H100)
+
+
+def test_the_heads_floor_counts_their_unavoidable_products_and_bytes():
+    from bench.static.analysis import head_floor, head_flops_and_bytes
+    from bench.static.workloads import Workload
+
+    n, h, c = 8192, 4096, 32000
+    flops, nbytes = head_flops_and_bytes(Workload("linear_ce_fwd_bwd", "bf16", n, c, h))
+    assert flops == 6 * n * h * c
+    assert nbytes == 2 * (n * h + c * h) * 2
+    clip = Workload("contrastive_fwd_bwd", "bf16", 4096, 4096, 768)
+    assert head_flops_and_bytes(clip) == (6 * 4096 ** 2 * 768, 4 * 4096 * 768 * 2)
+    assert head_flops_and_bytes(Workload("ce_fwd_bwd", "bf16", n, c)) is None
+    w = Workload("linear_ce_fwd_bwd", "bf16", n, c, h)
+    assert head_floor(w, H100) == pytest.approx(flops / H100.gemm_rate(2)
+                                                + nbytes / H100.copy_bw)
+
+
+def test_the_sass_reading_counts_tensor_core_instructions():
+    from bench.static.compile import parse_sass
+
+    text = "\n".join([
+        "        /*0000*/                   LDG.E.128 R4, desc[UR4][R2.64] ;",
+        "        /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR8], R24 ;",
+        "        /*0020*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;",
+        "        /*0030*/                   FFMA R1, R2, R3, R1 ;",
+        "        /*0040*/                   EXIT ;",
+    ])
+    assert parse_sass(text).mma == 2

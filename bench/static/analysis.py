@@ -20,7 +20,13 @@ import torch
 from . import host, model, peers
 from .compile import ARCHES, KernelReading, read_launch
 from .record import Launch, triton_version
-from .workloads import Workload, headline_workloads, peak_rss_bytes, record
+from .workloads import (
+    Workload,
+    contrastive_workloads,
+    headline_workloads,
+    peak_rss_bytes,
+    record,
+)
 
 MODEL_ARCH = 90  # the time model uses the sm_90a binaries (H100 / H200)
 
@@ -86,7 +92,7 @@ def launch_entry(launch: Launch, count: int, readings: dict, elements: int) -> d
             "accesses": _access_summary(launch, r), "sass_instructions": instr_per_program,
             "hot_loops": [{"instructions": lp.instructions, **lp.accesses}
                           for lp in model.hot_loops(launch, r)],
-            "local_accesses": r.sass.local_accesses, "mufu": r.sass.mufu,
+            "local_accesses": r.sass.local_accesses, "mufu": r.sass.mufu, "mma": r.sass.mma,
         }
         if arch == MODEL_ARCH:
             warp_instr = model.warp_instructions(launch, r)
@@ -108,7 +114,9 @@ def _jsonable(d: dict) -> dict:
 
 
 def side_kernels(ops_by_name: dict[str, int]) -> int:
-    return sum(n for op, n in ops_by_name.items() if model.launches_kernel(op))
+    """Torch ops that run a GPU kernel of their own (matrix products apart: timed as GEMMs)."""
+    return sum(n for op, n in ops_by_name.items()
+               if model.launches_kernel(op) and not model.is_gemm(op))
 
 
 def case_entry(w: Workload, launches: list[Launch], readings: dict, ops: dict | None = None,
@@ -124,23 +132,76 @@ def case_entry(w: Workload, launches: list[Launch], readings: dict, ops: dict | 
             "triton_launches": {p: sum(e["count"] for e in entries if e["phase"] == p)
                                 for p in ("forward", "backward")}}
     if ops is not None:
-        case["host"] = ops
+        case["host"] = {k: v for k, v in ops.items() if k != "gemms"}
     side = sum(ops.get("side_kernels", {}).values()) if ops else 0
+    gemms = ops.get("gemms", []) if ops else []
+    side_bytes = sum(ops.get("side_bytes", {}).values()) if ops else 0
+    if gemms:
+        case["gemms"] = _gemm_summary(gemms)
     case["predicted"] = {}
     for gpu in model.GPUS:
         t_launches = sum(e["gpus"][gpu.name]["t"] for e in entries)
         extra_bytes = extra_passes * 2 * elements * w.itemsize
         t_extra = extra_bytes / gpu.copy_bw + extra_passes * model.LAUNCH_S
-        t_side = side * model.LAUNCH_S
-        t = t_launches + t_extra + t_side
+        t_side = side * model.LAUNCH_S + side_bytes / gpu.copy_bw
+        t_gemm = sum(model.gemm_time(g, gpu) for g in gemms)
+        t = t_launches + t_extra + t_side + t_gemm
         floor = w.floor_bytes / gpu.copy_bw
-        case["predicted"][gpu.name] = {
+        entry = {
             "t": t, "t_triton": t_launches, "t_side_kernels": t_side, "t_extra_passes": t_extra,
+            "t_gemm": t_gemm, "side_bytes": side_bytes,
             "hbm_bytes": sum(e["gpus"][gpu.name]["hbm_bytes"] for e in entries) + extra_bytes,
             "floor_t": floor, "fraction_of_floor": floor / t if t else None,
             "bound": _bound(entries, gpu.name)}
+        head = head_floor(w, gpu)
+        if head is not None:  # the GEMM floor of a head; the CE part against its own floor
+            entry.update(head_floor_t=head, fraction_of_head_floor=head / t,
+                         ce_part_fraction=floor / (t - t_gemm) if t > t_gemm else None)
+        case["predicted"][gpu.name] = entry
     case["instructions_per_element"] = sum(e["instructions_per_element"] for e in entries)
     return case
+
+
+def head_flops_and_bytes(w: Workload) -> tuple[int, int] | None:
+    """The floor of a head with matrix products: its unavoidable FLOPs and bytes, or None.
+
+    * the linear head (``N x H`` hidden, ``C x H`` weight): the logits and the two gradient
+      products, ``6 N H C``; the inputs read once and their gradients written once;
+    * CLIP's loss (``B x D`` features ``a``, ``b``): the similarities made once and shared by
+      both directions, and the two gradient products, ``6 B^2 D``; bytes as above;
+    * NT-Xent (``2B x D`` views ``z``): ``s = z z^T`` and ``dz = (ds + ds^T) z``,
+      ``4 (2B)^2 D``; ``z`` read, ``dz`` written.
+    """
+    e = w.itemsize
+    if w.op == "linear_ce_fwd_bwd":
+        return (6 * w.rows * w.hidden * w.classes,
+                2 * (w.rows * w.hidden + w.classes * w.hidden) * e)
+    if w.op == "contrastive_fwd_bwd":
+        return 6 * w.rows * w.rows * w.hidden, 4 * w.rows * w.hidden * e
+    if w.op == "nt_xent_fwd_bwd":
+        return 4 * w.classes * w.classes * w.hidden, 2 * w.classes * w.hidden * e
+    return None
+
+
+def head_floor(w: Workload, gpu: model.Gpu) -> float | None:
+    """:func:`head_flops_and_bytes` in seconds: FLOPs at the GEMM rate plus bytes at the copy
+    bandwidth."""
+    fb = head_flops_and_bytes(w)
+    if fb is None:
+        return None
+    flops, nbytes = fb
+    return flops / gpu.gemm_rate(w.itemsize) + nbytes / gpu.copy_bw
+
+
+def _gemm_summary(gemms: list) -> dict:
+    """The logged matrix products: count and FLOPs per phase, and the distinct shapes."""
+    out: dict = {"count": {}, "flops": {}, "shapes": {}}
+    for g in gemms:
+        out["count"][g.phase] = out["count"].get(g.phase, 0) + 1
+        out["flops"][g.phase] = out["flops"].get(g.phase, 0) + g.flops
+        key = f"{g.m}x{g.k} @ {g.k}x{g.n}"
+        out["shapes"][key] = out["shapes"].get(key, 0) + 1
+    return out
 
 
 def _bound(entries: list[dict], gpu: str) -> str:
@@ -154,7 +215,8 @@ def host_counts(rec) -> dict:
     """Aten ops per phase as recorded around the Triton launches, with the host-memory value
     checks (which a GPU call skips) apart, and the ops that would run a GPU kernel."""
     out = {"aten_ops": dict(rec.ops), "host_value_check_ops": dict(rec.host_check_ops),
-           "custom_ops": dict(rec.custom_ops), "side_kernels": {}, "gpu_call_ops": {}}
+           "custom_ops": dict(rec.custom_ops), "side_kernels": {}, "gpu_call_ops": {},
+           "gemms": rec.gemms, "side_bytes": rec.side_bytes}
     for phase in ("forward", "backward"):
         out["gpu_call_ops"][phase] = rec.ops[phase] - rec.host_check_ops[phase]
         out["side_kernels"][phase] = side_kernels(rec.ops_by_name[phase])
@@ -165,7 +227,8 @@ def host_counts(rec) -> dict:
 def run(workloads: list[Workload] | None = None, jobs: int = 1, with_host_time: bool = True,
         with_peers: bool = True) -> dict:
     """The whole report as a JSON-able dict."""
-    workloads = workloads if workloads is not None else headline_workloads()
+    workloads = workloads if workloads is not None else \
+        headline_workloads() + contrastive_workloads()
     recordings = [record(w) for w in workloads]
     peer_launches: dict[str, list] = {}
     if with_peers:

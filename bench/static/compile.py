@@ -71,6 +71,7 @@ class SassReading:
     tail_exit: int | None = None  # the first predicated EXIT after the body's last atomic
     before_tail: int = 0  # body instructions up to it (all of them if none)
     syncs: int = 0  # BAR and SHFL instructions in the body
+    mma: int = 0  # tensor-core instructions (HMMA, HGMMA, IMMA, ...: a tl.dot) in the body
 
     def outermost(self) -> list[Loop]:
         """Loops contained in no other loop."""
@@ -161,7 +162,10 @@ def parse_sass(text: str) -> SassReading:
     return SassReading(len(body), len(rest), innermost, _accesses(ops),
                        sum(bool(re.search(r"\b(LDL|STL)\b", op)) for op in ops),
                        sum(bool(re.search(r"\bMUFU\b", op)) for op in ops), loops, tail_exit,
-                       before, _syncs(ops))
+                       before, _syncs(ops), sum(bool(_MMA.search(op)) for op in ops))
+
+
+_MMA = re.compile(r"\b(HMMA|HGMMA|IMMA|IGMMA|DMMA|QGMMA|BMMA)\b")
 
 
 def _syncs(ops: list[str]) -> int:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils._pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tempfast
@@ -48,8 +49,16 @@ def _in_host_value_check() -> bool:
     return False
 
 
+def _tensor_bytes(*trees) -> int:
+    return sum(x.numel() * x.element_size() for tree in trees
+               for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor))
+
+
 class OpCounter(TorchDispatchMode):
-    """Counts aten ops (``ops``) and tempfast custom ops (``custom``) per phase."""
+    """Counts aten ops (``ops``) and tempfast custom ops (``custom``) per phase, and the bytes
+    of the tensors that the ops which compute on a GPU (:func:`bench.static.model.
+    launches_kernel`, matrix products apart: the model times those from their shapes) read
+    and write (``side_bytes``: each positional argument and the result once)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -57,14 +66,22 @@ class OpCounter(TorchDispatchMode):
         self.ops: Counter[tuple[str, str]] = Counter()
         self.custom: Counter[tuple[str, str]] = Counter()
         self.host_checks: Counter[tuple[str, str]] = Counter()  # value checks (host tensors)
+        self.side_bytes: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from .model import is_gemm, launches_kernel
+
         kwargs = kwargs or {}
         if func.namespace in ("aten", "prim", "prims"):
-            self.ops[(self.phase, str(func))] += 1
-            if _in_host_value_check():
-                self.host_checks[(self.phase, str(func))] += 1
-            return func(*args, **kwargs)
+            name = str(func)
+            self.ops[(self.phase, name)] += 1
+            host_check = _in_host_value_check()
+            if host_check:
+                self.host_checks[(self.phase, name)] += 1
+            out = func(*args, **kwargs)
+            if not host_check and launches_kernel(name) and not is_gemm(name):
+                self.side_bytes[self.phase] += _tensor_bytes(args, out)  # out= is the result
+            return out
         self.custom[(self.phase, str(func))] += 1
         for key in _CUSTOM_KEYS:
             if torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), key):

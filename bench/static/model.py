@@ -84,6 +84,17 @@ LATENCY_SOURCE = ("pointer-chase latency, H100 SXM: L1 40, L2 291, DRAM 700 cycl
                   "round trip is taken as an L1 hit")
 
 
+# cuBLAS matrix products, as a fraction of the dense tensor-core peak (989 TFLOP/s in bf16 on
+# the H100 SXM and the H200: same chip and clock): 8192^3 bf16 products on random data ran at
+# 769-798 TFLOP/s on the H100 and 788 on the H200 lent to this project (the device tool's
+# KINDS.md, sessions of 2026-10-28 to 2026-11-13): 780 / 989 = 0.79. The fp32 products (no
+# TF32: torch's default) are taken at the same fraction of the 67 TFLOP/s fp32 peak (assumed).
+GEMM_EFFICIENCY = 0.79
+GEMM_SOURCE = ("cuBLAS at 79% of the dense peak: 8192^3 bf16 products measured 769-798 "
+               "TFLOP/s (H100) and 788 (H200) on the machines lent to this project (device "
+               "tool, KINDS.md); fp32 (no TF32) assumed at the same fraction")
+
+
 @dataclass(frozen=True)
 class Gpu:
     name: str
@@ -93,6 +104,13 @@ class Gpu:
     copy_bw: float  # bytes / s, a device-to-device copy
     clock_hz: float
     copy_note: str
+    tensor_flops: float = 989e12  # dense bf16 / fp16 tensor-core peak, FLOP / s
+    fp32_flops: float = 67e12  # fp32 FMA peak (no tensor cores)
+
+    def gemm_rate(self, itemsize: int) -> float:
+        """FLOP / s of a cuBLAS product with operands of ``itemsize`` bytes."""
+        peak = self.tensor_flops if itemsize <= 2 else self.fp32_flops
+        return GEMM_EFFICIENCY * peak
 
     @property
     def issue_rate(self) -> float:
@@ -522,7 +540,25 @@ NO_KERNEL_OPS = ("empty", "empty_like", "empty_strided", "new_empty", "new_empty
                  "resolve_conj", "resolve_neg")
 
 
+GEMM_OPS = ("mm", "addmm", "addmm_", "matmul", "bmm", "baddbmm", "linear")
+
+
+def gemm_time(gemm, gpu: Gpu) -> float:
+    """One cuBLAS product (:class:`bench.static.record.Gemm`): its FLOPs at
+    :data:`GEMM_EFFICIENCY` of the peak, or its bytes at the copy bandwidth when that is
+    longer (a thin product), plus a launch."""
+    return max(gemm.flops / gpu.gemm_rate(gemm.itemsize), gemm.bytes / gpu.copy_bw) + LAUNCH_S
+
+
+def _base(op: str) -> str:
+    return op.split(".")[1] if op.count(".") >= 1 else op
+
+
 def launches_kernel(op: str) -> bool:
     """Whether an aten op name (``aten.sum.default``) runs a kernel on a GPU."""
-    base = op.split(".")[1] if op.count(".") >= 1 else op
-    return base not in NO_KERNEL_OPS
+    return _base(op) not in NO_KERNEL_OPS
+
+
+def is_gemm(op: str) -> bool:
+    """Whether an aten op name is a matrix product (timed by :func:`gemm_time`)."""
+    return _base(op) in GEMM_OPS

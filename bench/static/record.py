@@ -207,40 +207,103 @@ def launch_of(fn: JITFunction, args: tuple, kwargs: dict) -> Launch:
                   attrs, options)
 
 
-def _shape_only_mm(a, b):
-    return a.new_empty((a.shape[0], b.shape[1]))
+@dataclass(frozen=True)
+class Gemm:
+    """One matrix product a call made: ``(m x k) @ (k x n)``, operands of ``itemsize`` bytes,
+    the result of ``out_itemsize`` bytes (read too when accumulated into: ``accumulates``)."""
+
+    phase: str
+    m: int
+    n: int
+    k: int
+    itemsize: int
+    out_itemsize: int
+    accumulates: bool
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.n * self.k
+
+    @property
+    def bytes(self) -> int:
+        """Operands read once, the result written (and read when accumulated into)."""
+        out = self.m * self.n * self.out_itemsize * (2 if self.accumulates else 1)
+        return (self.m * self.k + self.k * self.n) * self.itemsize + out
 
 
-def _shape_only_mm_out(a, b, *, out):
-    return out
+@dataclass
+class GemmLog:
+    """The matrix products of a recorded call, with the phase they ran in."""
+
+    phase: str = ""
+    gemms: list[Gemm] = field(default_factory=list)
+
+    def add(self, a, b, out_dtype, accumulates: bool):
+        out_size = torch.empty((), dtype=out_dtype).element_size()
+        self.gemms.append(Gemm(self.phase, a.shape[0], b.shape[1], a.shape[1], a.element_size(),
+                               out_size, accumulates))
 
 
-def _shape_only_addmm(c, a, b, *, beta=1, alpha=1):
-    return a.new_empty((a.shape[0], b.shape[1]))
+def _stubs(log: GemmLog) -> dict:
+    """Shape-only stand-ins of aten's matrix products that log each product."""
 
+    def mm(a, b):
+        log.add(a, b, a.dtype, False)
+        return a.new_empty((a.shape[0], b.shape[1]))
 
-def _shape_only_addmm_(c, a, b, *, beta=1, alpha=1):
-    return c
+    def mm_out(a, b, *, out):
+        log.add(a, b, out.dtype, False)
+        return out
+
+    def addmm(c, a, b, *, beta=1, alpha=1):
+        log.add(a, b, a.dtype, False)
+        return a.new_empty((a.shape[0], b.shape[1]))
+
+    def addmm_(c, a, b, *, beta=1, alpha=1):
+        log.add(a, b, c.dtype, beta != 0)
+        return c
+
+    def addmm_out(c, a, b, *, beta=1, alpha=1, out):
+        log.add(a, b, out.dtype, beta != 0)
+        return out
+
+    def addmm_dtype_out(c, a, b, out_dtype, *, beta=1, alpha=1, out):
+        log.add(a, b, out.dtype, beta != 0)
+        return out
+
+    def mul_out(a, b, *, out):  # the weight gradient's conversion: C x H, values unused
+        return out
+
+    return {"mm": mm, "mm.out": mm_out, "addmm": addmm, "addmm_": addmm_,
+            "addmm.out": addmm_out, "addmm.dtype_out": addmm_dtype_out, "mul.out": mul_out}
 
 
 @contextlib.contextmanager
-def no_gemm() -> Iterator[None]:
-    """Replace aten's CPU matrix products with shape-only stubs (results uninitialised).
+def no_gemm(log: GemmLog | None = None) -> Iterator[GemmLog]:
+    """Replace aten's CPU matrix products (and ``mul.out``, the head's ``C x H`` weight
+    gradient conversion) with shape-only stubs (results uninitialised) that log each
+    product's shape (:class:`GemmLog`), and let the fused linear head accumulate
+    16-bit products into fp32 as cuBLAS does (``addmm(..., out_dtype=float32)``), so that its
+    ops are those of a GPU call.
 
-    The fused linear head's GEMMs would take minutes on a CPU; the model covers only its
-    cross-entropy part, whose launches depend on the logits' shape, not their values. The
+    The linear head's GEMMs would take minutes on a CPU; the model reads the cross-entropy's
+    launches, whose shapes, not values, it needs, and times the GEMMs from their shapes. The
     stubs sit below autograd and below any dispatch mode, so the op layer sees a plain eager
     call."""
+    from tempfast.ops.linear_cross_entropy import op as linear_op
+
+    log = log if log is not None else GemmLog()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lib = torch.library.Library("aten", "IMPL")
-        lib.impl("mm", _shape_only_mm, "CPU")
-        lib.impl("mm.out", _shape_only_mm_out, "CPU")
-        lib.impl("addmm", _shape_only_addmm, "CPU")
-        lib.impl("addmm_", _shape_only_addmm_, "CPU")
+        for name, fn in _stubs(log).items():
+            lib.impl(name, fn, "CPU")
+    original = linear_op._gemm_accumulates_in_fp32
+    linear_op._gemm_accumulates_in_fp32 = lambda device: True
     try:
-        yield
+        yield log
     finally:
+        linear_op._gemm_accumulates_in_fp32 = original
         lib._destroy()
 
 

@@ -1,7 +1,10 @@
 """The headline cases the static model reads, and the recording of their launches.
 
 A case is one public op call at one shape: ``op`` (as in :data:`bench.cases.OPS`, plus
-``linear_ce_fwd_bwd``, the fused linear head's cross-entropy part), dtype, ``N`` and ``C``.
+``linear_ce_fwd_bwd``, the fused linear head at ``H = LINEAR_HIDDEN``, and
+``contrastive_fwd_bwd`` / ``nt_xent_fwd_bwd``, CLIP's and SimCLR's losses over a batch of
+``N = C`` at ``D = CONTRASTIVE_DIM``), dtype, ``N`` and ``C``. The matrix products are not run
+(:func:`bench.static.record.no_gemm`): their shapes are logged and timed by the model.
 :func:`record` runs it with the Triton backend forced and every launch intercepted
 (:mod:`bench.static.record`), the forward and the backward separately, counting the torch ops
 each dispatches (:class:`bench.static.host.OpCounter`). The upstream gradient is that of
@@ -13,20 +16,23 @@ from __future__ import annotations
 import contextlib
 import gc
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..cases import DTYPES, FLOOR_UNITS, TEMPERATURE
 from .host import OpCounter
-from .record import Launch, LaunchRecorder, no_gemm
+from .record import GemmLog, Launch, LaunchRecorder, no_gemm
 from .residency import triton_on_cpu
 
 HEADLINE_ROWS = 8192
 HEADLINE_CLASSES = (1000, 4096, 32000, 128256, 262144)
 HEADLINE_OPS = ("ce_fwd_bwd", "ce_learnable_t_fwd_bwd", "linear_ce_fwd_bwd", "softmax_fwd",
                 "softmax_fwd_bwd", "kd_fwd_bwd")
-LINEAR_HIDDEN = 64  # the head's GEMMs are not run (no_gemm); H only sizes the hidden tensors
+LINEAR_HIDDEN = 4096  # the head's GEMMs are not run (no_gemm); H sizes the chunks and GEMMs
+CONTRASTIVE_DIM = 768
+CONTRASTIVE_BATCHES = (4096, 16384, 65536)
+GEMM_OPS = ("linear_ce_fwd_bwd", "contrastive_fwd_bwd", "nt_xent_fwd_bwd")
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,12 @@ class Workload:
     dtype: str
     rows: int
     classes: int
+    hidden: int = 0  # H (the linear head) or D (contrastive features); 0: no matrix product
 
     @property
     def id(self) -> str:
-        return f"{self.op}-C{self.classes}-N{self.rows}-{self.dtype}"
+        tail = f"-H{self.hidden}" if self.hidden else ""
+        return f"{self.op}-C{self.classes}-N{self.rows}{tail}-{self.dtype}"
 
     @property
     def itemsize(self) -> int:
@@ -61,6 +69,8 @@ class Recording:
     ops_by_name: dict[str, dict[str, int]]  # phase -> op -> count, as a GPU call dispatches
     custom_ops: dict[str, int]
     host_check_ops: dict[str, int]  # ops of host-memory value checks (skipped on a GPU)
+    gemms: list = field(default_factory=list)  # bench.static.record.Gemm, in call order
+    side_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes of torch ops
 
     def launches_in(self, phase: str) -> list[Launch]:
         return [launch for launch in self.launches if launch.phase == phase]
@@ -72,7 +82,16 @@ def headline_workloads(dtypes: tuple[str, ...] = ("bf16", "fp32"),
                        rows: int = HEADLINE_ROWS) -> list[Workload]:
     """Cross-entropy first (the headline), then the fused head, then softmax, then
     distillation."""
-    return [Workload(op, dtype, rows, c) for op in ops for dtype in dtypes for c in classes]
+    return [Workload(op, dtype, rows, c, LINEAR_HIDDEN if op == "linear_ce_fwd_bwd" else 0)
+            for op in ops for dtype in dtypes for c in classes]
+
+
+def contrastive_workloads(batches: tuple[int, ...] = CONTRASTIVE_BATCHES) -> list[Workload]:
+    """CLIP's loss at every batch, SimCLR's at the smallest (its chunks are PyTorch ops the
+    recording runs on the CPU), bf16, ``D = CONTRASTIVE_DIM``."""
+    clip = [Workload("contrastive_fwd_bwd", "bf16", b, b, CONTRASTIVE_DIM) for b in batches]
+    return [*clip, Workload("nt_xent_fwd_bwd", "bf16", batches[0], 2 * batches[0],
+                            CONTRASTIVE_DIM)]
 
 
 def _inputs(w: Workload):
@@ -80,9 +99,13 @@ def _inputs(w: Workload):
     dtype = DTYPES[w.dtype]
     y = torch.zeros(w.rows, dtype=torch.int64)
     if w.op == "linear_ce_fwd_bwd":
-        h = torch.empty(w.rows, LINEAR_HIDDEN, dtype=dtype).requires_grad_(True)
-        weight = torch.empty(w.classes, LINEAR_HIDDEN, dtype=dtype).requires_grad_(True)
+        h = torch.empty(w.rows, w.hidden, dtype=dtype).requires_grad_(True)
+        weight = torch.empty(w.classes, w.hidden, dtype=dtype).requires_grad_(True)
         return (h, weight, y), None
+    if w.op in ("contrastive_fwd_bwd", "nt_xent_fwd_bwd"):  # zeros: the CPU checks read them
+        return tuple(torch.zeros(w.rows if w.op == "contrastive_fwd_bwd" else w.classes // 2,
+                                 w.hidden, dtype=dtype).requires_grad_(True)
+                     for _ in range(2)), None
     x = torch.empty(w.rows, w.classes, dtype=dtype).requires_grad_(w.op != "softmax_fwd")
     if w.op == "kd_fwd_bwd":  # the teacher's logits need no gradient
         return (x, torch.empty(w.rows, w.classes, dtype=dtype)), None
@@ -105,6 +128,10 @@ def _call(w: Workload, inputs):
         return tempfast.linear_cross_entropy(h, weight, y, temperature=t)
     if w.op == "kd_fwd_bwd":
         return tempfast.distillation_loss(*inputs, t)
+    if w.op == "contrastive_fwd_bwd":
+        return tempfast.contrastive_loss(*inputs, 0.07)
+    if w.op == "nt_xent_fwd_bwd":
+        return tempfast.nt_xent_loss(*inputs, 0.5)
     x, y = inputs
     return tempfast.cross_entropy(x, y, t)
 
@@ -114,12 +141,13 @@ def record(w: Workload) -> Recording:
     recorder = LaunchRecorder()
     counter = OpCounter()
     inputs, dy = _inputs(w)
-    gemm = no_gemm() if w.op == "linear_ce_fwd_bwd" else contextlib.nullcontext()
+    log = GemmLog()
+    gemm = no_gemm(log) if w.op in GEMM_OPS else contextlib.nullcontext()
     with triton_on_cpu(), gemm, recorder.active(), counter.counting():
-        counter.phase = recorder.phase = "forward"
+        counter.phase = recorder.phase = log.phase = "forward"
         out = _call(w, inputs)
         if w.op != "softmax_fwd":
-            counter.phase = recorder.phase = "backward"
+            counter.phase = recorder.phase = log.phase = "backward"
             out.backward(dy) if dy is not None else out.backward()
     del out, inputs, dy
     gc.collect()
@@ -129,7 +157,7 @@ def record(w: Workload) -> Recording:
                      {p: sum(n for (q, _), n in counter.custom.items() if q == p)
                       for p in phases},
                      {p: sum(n for (q, _), n in counter.host_checks.items() if q == p)
-                      for p in phases})
+                      for p in phases}, log.gemms, dict(counter.side_bytes))
 
 
 def peak_rss_bytes() -> int:
