@@ -254,6 +254,9 @@ class LinearTemperatureCrossEntropy(_Temperature):
     rows are available on request (``logits_rows=``), and :meth:`predict` returns the argmax
     class chunk by chunk, for accuracy without the full logits.
 
+    ``accum_dtype``: the weight gradient's accumulator across chunks (as in
+    :func:`tempfast.functional.linear_cross_entropy`: fp32 by default).
+
     With ``process_group`` the head is class-parallel: ``num_classes`` is this rank's share
     (its rows of the weight; ranks in class order, see :mod:`tempfast.ops.class_parallel`),
     the loss and the features' gradient are those of the whole head, and :meth:`predict`
@@ -264,13 +267,14 @@ class LinearTemperatureCrossEntropy(_Temperature):
                  learnable: bool = False, bias: bool = True, *, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0,
                  chunk_size: int | None = None, process_group=None, start: int | None = None,
-                 device=None, dtype=None) -> None:
+                 accum_dtype: torch.dtype | None = None, device=None, dtype=None) -> None:
         super().__init__(temperature, learnable)
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
         self.chunk_size = chunk_size
+        self.accum_dtype = accum_dtype
         self.process_group = process_group
         self.start = start
 
@@ -291,7 +295,7 @@ class LinearTemperatureCrossEntropy(_Temperature):
         if weight.dtype != hidden.dtype:
             weight = weight.to(hidden.dtype)
             bias = bias.to(hidden.dtype) if bias is not None else None
-        sharded = ({} if self.process_group is None else
+        sharded = ({"accum_dtype": self.accum_dtype} if self.process_group is None else
                    {"process_group": self.process_group, "start": self.start})
         loss = F.linear_cross_entropy(
             hidden, weight, target, bias, self._forward_temperature(),

@@ -266,6 +266,13 @@ def test_the_weight_gradient_accumulates_in_the_weights_dtype_on_request(path, r
         out = op.linear_cross_entropy_2d(hidden, weight, None, target, torch.ones(1), -100, 0.0,
                                          "sum", 8, [True, True, False], False, True)
     assert out[3].dtype == torch.bfloat16 and out[2].dtype == torch.bfloat16
+    head = LinearTemperatureCrossEntropy(16, 50, 2.0, chunk_size=8,
+                                         accum_dtype=torch.bfloat16).bfloat16()
+    w = head.weight.detach().clone().requires_grad_(True)
+    head(hidden, target).backward()
+    tempfast.linear_cross_entropy(hidden, w, target, head.bias.detach(), 2.0, chunk_size=8,
+                                  accum_dtype=torch.bfloat16).backward()
+    assert torch.equal(head.weight.grad, w.grad)
 
 
 def test_a_wide_hidden_gets_chunks_of_a_quarter_of_the_weight_gradient():

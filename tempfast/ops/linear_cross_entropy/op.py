@@ -4,24 +4,29 @@ chunks. It has no kernel of its own: each chunk runs the cross-entropy's rows
 (:mod:`tempfast.ops.cross_entropy`, either path) over logits from a matrix product.
 
 For ``hidden (N, H)``, ``weight (C, H)``, ``bias (C,)`` the logits ``z = hidden @ weight.T +
-bias`` are never materialised whole. Rows are processed ``chunk`` at a time:
+bias`` are never materialised whole. Rows are processed ``chunk`` at a time
+(:func:`default_chunk_rows`):
 
     z_c      = hidden_c @ weight.T + bias             (chunk x C, cuBLAS / torch)
-    z_c     <- s (p - q) / T, written over z_c        (the core cross-entropy kernel, in place)
+    z_c     <- (p - q) / T, written over z_c          (the core cross-entropy kernel, in place)
     dhidden_c = z_c @ weight                          (chunk x H)
     dweight += z_c.T @ hidden_c                       (fp32 accumulator, C x H)
     dbias   += z_c.sum(0)                             (fp32 accumulator)
 
-Peak extra memory: ``chunk * C`` logits in the input dtype, ``C * H * 4`` bytes for the fp32
-weight gradient (plus, for 16-bit inputs where cuBLAS cannot add a 16-bit product straight into
-fp32, one ``C x H`` 16-bit product per chunk, and the ``C x H`` gradient in the weight's dtype
-that backward returns), ``N * H`` for the hidden gradient and ``C * 4`` for the bias gradient --
-independent of ``N * C``.
+A mean or sum with one temperature takes the lean pass (:func:`_summed_pass`): the gradients
+of the rows' *sum* are formed in the forward pass, the cross-entropy of each chunk writes the
+chunk's summed loss and dL/dT into its row of one workspace, and nothing but the three GEMMs
+runs per chunk on the host; the backward pass applies the mean's ``1 / N`` and the upstream
+gradient (``dhidden * s``, ``dweight`` converted to the weight's dtype in the same pass).
+``reduction="none"`` and a temperature per row take the per-row pass (:func:`_chunked_pass`):
+with ``"none"`` the forward pass computes losses only and the backward pass makes each chunk's
+logits again with its rows' upstream gradients.
 
-With ``reduction`` mean or sum the gradients are computed in the forward pass (one pass over the
-logits) and the backward pass only applies the upstream gradient. With ``"none"`` the forward pass
-computes losses only and the backward pass recomputes each chunk with its rows' upstream
-gradients.
+Peak extra memory: ``chunk * C`` logits in the input dtype, ``C * H * 4`` bytes for the fp32
+weight gradient (``accum_dtype=weight.dtype``: in the weight's dtype; plus, for 16-bit inputs
+where cuBLAS cannot add a 16-bit product straight into fp32, one ``C x H`` 16-bit product per
+chunk) and the ``C x H`` gradient in the weight's dtype that backward returns, ``N * H`` for
+the hidden gradient and ``C * 4`` for the bias gradient -- independent of ``N * C``.
 """
 
 from __future__ import annotations
