@@ -193,8 +193,14 @@ def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label
     return loss_rows, dt_rows, dh, dw, db
 
 
-def _accum_dtype(hidden: Tensor, weight: Tensor, in_weight_dtype: bool) -> torch.dtype:
-    return weight.dtype if in_weight_dtype else accumulation_dtype(hidden.dtype)
+def _accum_dtype(hidden: Tensor, weight: Tensor, in_weight_dtype: bool,
+                 chunk: int) -> torch.dtype:
+    """The weight gradient's accumulator: the weight's dtype on request, or when one chunk
+    holds every row of a bf16 head (one product, accumulated in fp32 inside the GEMM and
+    rounded once, as eager does: nothing is added across chunks; bf16 has fp32's range, so
+    the unscaled sum cannot overflow, which fp16's could); else fp32 (fp64 for fp64)."""
+    one_product = weight.dtype == torch.bfloat16 and hidden.shape[0] <= chunk
+    return weight.dtype if in_weight_dtype or one_product else accumulation_dtype(hidden.dtype)
 
 
 @torch.library.custom_op("tempfast::linear_cross_entropy", mutates_args=())
@@ -216,14 +222,15 @@ def linear_cross_entropy_2d(
     rows' *sum* (an upstream gradient of 1 on every row's loss, the mean's factor left to the
     backward), computed for the inputs flagged in ``fused_grads`` (hidden, weight, bias), else
     empty; ``dweight`` is in the accumulation dtype (fp32; fp64 for fp64 inputs; the weight's
-    with ``accumulate_in_weight_dtype``), ``dbias`` fp32 / fp64. ``dt``: the sum of the rows'
+    with ``accumulate_in_weight_dtype`` or for a bf16 head in one chunk: :func:`_accum_dtype`),
+    ``dbias`` fp32 / fp64. ``dt``: the sum of the rows'
     dL/dT at index 1 of a ``(2,)`` tensor (one temperature), or per row ``(N,)``;
     ``row_factor`` the derivative of the loss by each row's loss (``1 / divisor`` for the mean,
     its divisor taken as 1 when no row counts: every row's gradient is 0 then; else 1)."""
     check_temperature_values(temperature)
     check_class_indices(target, weight.shape[0], ignore_index)
     acc = accumulation_dtype(hidden.dtype)
-    accum = _accum_dtype(hidden, weight, accumulate_in_weight_dtype)
+    accum = _accum_dtype(hidden, weight, accumulate_in_weight_dtype, chunk)
     if reduction == "mean":
         divisor = (target != ignore_index).sum(dtype=acc)
         row_factor = divisor.clamp_min(1.0).reciprocal()  # rows are 0 when nothing counts
@@ -250,12 +257,12 @@ def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, 
     dt_size = 2 if summed else (n_rows if compute_dt else 0)
     return (hidden.new_empty(n_rows if reduction == "none" else (), **acc),
             hidden.new_empty(dt_size, **acc),
-            *_fake_grads(hidden, weight, fused_grads, accumulate_in_weight_dtype),
+            *_fake_grads(hidden, weight, fused_grads, accumulate_in_weight_dtype, chunk),
             hidden.new_empty((), **acc))
 
 
-def _fake_grads(hidden: Tensor, weight: Tensor, needs: list[bool],
-                in_weight_dtype: bool) -> tuple[Tensor, ...]:
+def _fake_grads(hidden: Tensor, weight: Tensor, needs: list[bool], in_weight_dtype: bool,
+                chunk: int) -> tuple[Tensor, ...]:
     """The shapes and dtypes of ``(dhidden, dweight, dbias)`` for the fake (meta) kernels:
     hidden's dtype for dhidden, the accumulation dtypes for dweight / dbias, empty if not
     needed."""
@@ -263,7 +270,7 @@ def _fake_grads(hidden: Tensor, weight: Tensor, needs: list[bool],
     need_h, need_w, need_b = needs
     return (torch.empty_like(hidden) if need_h else hidden.new_empty(0),
             weight.new_empty(weight.shape if need_w else 0,
-                             dtype=_accum_dtype(hidden, weight, in_weight_dtype)),
+                             dtype=_accum_dtype(hidden, weight, in_weight_dtype, chunk)),
             weight.new_empty(weight.shape[0] if need_b else 0, **acc))
 
 
@@ -283,7 +290,7 @@ def linear_cross_entropy_backward_2d(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Recompute the gradients ``(dhidden, dweight, dbias)`` chunk by chunk, each row scaled by
     ``grad_scale`` (``(1,)`` or ``(N,)``)."""
-    accum = _accum_dtype(hidden, weight, accumulate_in_weight_dtype)
+    accum = _accum_dtype(hidden, weight, accumulate_in_weight_dtype, chunk)
     _, _, dh, dw, db = _chunked_pass(hidden, weight, bias, target, temperature, ignore_index,
                                      label_smoothing, chunk, grad_scale, needs, False, False,
                                      accum)
@@ -293,7 +300,7 @@ def linear_cross_entropy_backward_2d(
 @linear_cross_entropy_backward_2d.register_fake
 def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
       grad_scale, needs, accumulate_in_weight_dtype):
-    return _fake_grads(hidden, weight, needs, accumulate_in_weight_dtype)
+    return _fake_grads(hidden, weight, needs, accumulate_in_weight_dtype, chunk)
 
 
 def _setup_context(ctx, inputs, output) -> None:
