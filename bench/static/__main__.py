@@ -5,8 +5,9 @@
 
 Writes ``<out>/static-<date>[-SUFFIX].json`` and ``.md`` and prints the markdown. ``--json PATH``
 writes only that JSON file (the GPU script's prediction column). ``--quick``: bf16, C = 32000
-and 262144 only (else every headline case and the contrastive losses). Must run without ``TRITON_INTERPRET`` (the real compiler); set
-``TRITON_CACHE_DIR`` to keep compiled kernels between runs.
+and 262144 only (else every headline case and the contrastive losses). Must run without
+``TRITON_INTERPRET`` (the real compiler); set ``TRITON_CACHE_DIR`` to keep compiled kernels
+between runs.
 """
 
 from __future__ import annotations

@@ -255,6 +255,10 @@ def _stubs(log: GemmLog) -> dict:
         log.add(a, b, out.dtype, False)
         return out
 
+    def mm_dtype(a, b, out_dtype):
+        log.add(a, b, out_dtype, False)
+        return a.new_empty((a.shape[0], b.shape[1]), dtype=out_dtype)
+
     def addmm(c, a, b, *, beta=1, alpha=1):
         log.add(a, b, a.dtype, False)
         return a.new_empty((a.shape[0], b.shape[1]))
@@ -274,7 +278,7 @@ def _stubs(log: GemmLog) -> dict:
     def mul_out(a, b, *, out):  # the weight gradient's conversion: C x H, values unused
         return out
 
-    return {"mm": mm, "mm.out": mm_out, "addmm": addmm, "addmm_": addmm_,
+    return {"mm": mm, "mm.out": mm_out, "mm.dtype": mm_dtype, "addmm": addmm, "addmm_": addmm_,
             "addmm.out": addmm_out, "addmm.dtype_out": addmm_dtype_out, "mul.out": mul_out}
 
 
@@ -298,12 +302,12 @@ def no_gemm(log: GemmLog | None = None) -> Iterator[GemmLog]:
         lib = torch.library.Library("aten", "IMPL")
         for name, fn in _stubs(log).items():
             lib.impl(name, fn, "CPU")
-    original = linear_op._gemm_accumulates_in_fp32
-    linear_op._gemm_accumulates_in_fp32 = lambda device: True
+    original = linear_op.gemm_accumulates_in_fp32
+    linear_op.gemm_accumulates_in_fp32 = lambda device: True
     try:
         yield log
     finally:
-        linear_op._gemm_accumulates_in_fp32 = original
+        linear_op.gemm_accumulates_in_fp32 = original
         lib._destroy()
 
 

@@ -41,6 +41,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..linear_cross_entropy import op as linear_op
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -110,6 +112,25 @@ class GlobalSum(torch.autograd.Function):
         return g, None
 
 
+def _fp32_products(x: Tensor, cdt: torch.dtype) -> bool:
+    """Whether products of 16-bit ``x`` can run on the tensor cores with a ``cdt`` (fp32)
+    result (cuBLAS's ``out_dtype``: CUDA), rather than on copies in ``cdt``."""
+    return (x.dtype in (torch.float16, torch.bfloat16) and cdt == torch.float32
+            and linear_op.gemm_accumulates_in_fp32(x.device))
+
+
+def _operand(x: Tensor, cdt: torch.dtype) -> Tensor:
+    """``x`` as the products take it: its own 16-bit dtype where :func:`_fp32_products`,
+    else converted to ``cdt`` once."""
+    return x if _fp32_products(x, cdt) else x.to(cdt)
+
+
+def _product(x: Tensor, y: Tensor, cdt: torch.dtype) -> Tensor:
+    """``x @ y`` in ``cdt``: 16-bit operands multiplied on the tensor cores with an fp32
+    result, else a product in ``cdt`` (the operands already are)."""
+    return torch.mm(x, y, out_dtype=cdt) if x.dtype != cdt else x @ y
+
+
 def _chunks(n: int, step: int):
     for r0 in range(0, n, step):
         yield r0, min(r0 + step, n)
@@ -132,7 +153,7 @@ class ShardedContrastive(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, temperature: Tensor, batch: Batch, symmetric: bool,
                 step: int) -> Tensor:
         cdt = temperature.dtype
-        ac, bc, t = a.to(cdt), b.to(cdt), temperature
+        ac, bc, t = _operand(a, cdt), _operand(b, cdt), temperature
         a_all, b_all = gather_rows(ac, batch), gather_rows(bc, batch)
         own = torch.arange(batch.start, batch.start + batch.local, device=a.device)
         lse_a, loss = _direction(ac, b_all, t, own, step)
@@ -152,26 +173,26 @@ class ShardedContrastive(torch.autograd.Function):
         a, b, a_all, b_all, t, lse_a, lse_b = ctx.saved_tensors
         batch, symmetric, step = ctx.options
         cdt = t.dtype
-        ac, bc = a.to(cdt), b.to(cdt)
+        ac, bc = _operand(a, cdt), _operand(b, cdt)
         g_all = gather_rows(g_rows.to(cdt).contiguous(), batch)
         w_a = 0.5 if symmetric else 1.0
         g_a, g_b = g_all * w_a, g_all * 0.5
         lo = batch.start
-        da, db = torch.empty_like(ac), torch.empty_like(bc)
+        da, db = (torch.empty(x.shape, dtype=cdt, device=x.device) for x in (a, b))
         dt = torch.zeros((), dtype=cdt, device=a.device)
         for r0, r1 in _chunks(batch.local, step):
             hot = torch.arange(lo + r0, lo + r1, device=a.device)
-            s = ac[r0:r1] @ b_all.T / t                     # s_ij, i own rows, all j
+            s = _product(ac[r0:r1], b_all.T, cdt) / t      # s_ij, i own rows, all j
             ds = _softmax_grad(s, lse_a[hot, None], g_a[hot, None], hot)
             if symmetric:
                 ds += _softmax_grad(s, lse_b[None, :], g_b[None, :], hot)
-            da[r0:r1] = ds @ b_all / t
+            da[r0:r1] = _product(ds.to(b_all.dtype), b_all, cdt) / t
             dt -= (ds * s).sum() / t
-            s = bc[r0:r1] @ a_all.T / t                     # s_ij for own columns j, all i
+            s = _product(bc[r0:r1], a_all.T, cdt) / t      # s_ij for own columns j, all i
             ds = _softmax_grad(s, lse_a[None, :], g_a[None, :], hot)
             if symmetric:
                 ds += _softmax_grad(s, lse_b[hot, None], g_b[hot, None], hot)
-            db[r0:r1] = ds @ a_all / t
+            db[r0:r1] = _product(ds.to(a_all.dtype), a_all, cdt) / t
         grad_t = sum_over_ranks(dt, batch) if ctx.needs_input_grad[2] else None
         return da.to(a.dtype), db.to(b.dtype), grad_t, None, None, None
 
@@ -180,10 +201,10 @@ def _direction(x: Tensor, y_all: Tensor, t: Tensor, own: Tensor,
                step: int) -> tuple[Tensor, Tensor]:
     """``(lse, loss)`` of the rows of ``x`` against all of ``y_all``: ``lse_i =
     logsumexp_j x_i . y_j / T``, ``loss_i = lse_i - x_i . y_own(i) / T``."""
-    lse = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    lse = torch.empty(x.shape[0], dtype=t.dtype, device=x.device)
     loss = torch.empty_like(lse)
     for r0, r1 in _chunks(x.shape[0], step):
-        s = x[r0:r1] @ y_all.T / t
+        s = _product(x[r0:r1], y_all.T, t.dtype) / t
         lse[r0:r1] = torch.logsumexp(s, 1)
         loss[r0:r1] = lse[r0:r1] - s[torch.arange(r1 - r0, device=x.device), own[r0:r1]]
     return lse, loss
@@ -196,7 +217,7 @@ class NtXent(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, temperature: Tensor, batch: Batch, step: int) -> Tensor:
         cdt = temperature.dtype
-        zc, t = z.to(cdt), temperature
+        zc, t = _operand(z, cdt), temperature
         z_all, own = _views(zc, batch)
         n = z_all.shape[0]
         rows = torch.empty(zc.shape[0], dtype=cdt, device=z.device)
@@ -215,10 +236,10 @@ class NtXent(torch.autograd.Function):
         z, t, z_all, own, lse_all = ctx.saved_tensors
         batch, step = ctx.options
         cdt = t.dtype
-        zc = z.to(cdt)
+        zc = _operand(z, cdt)
         g_all = _gather_views(g_rows.to(cdt).contiguous(), batch)
         n = z_all.shape[0]
-        dz = torch.empty_like(zc)
+        dz = torch.empty(z.shape, dtype=cdt, device=z.device)
         dt = torch.zeros((), dtype=cdt, device=z.device)
         for r0, r1 in _chunks(zc.shape[0], step):
             mine = own[r0:r1]
@@ -228,7 +249,7 @@ class NtXent(torch.autograd.Function):
             mirrored = _softmax_grad(s, lse_all[None, :], g_all[None, :], pos)
             s[torch.arange(r1 - r0, device=z.device), mine] = 0.0  # ds is 0 there (no -inf)
             dt -= (ds * s).sum() / t  # each view's own row: every (i, j) once over the ranks
-            dz[r0:r1] = (ds + mirrored) @ z_all / t
+            dz[r0:r1] = _product((ds + mirrored).to(z_all.dtype), z_all, cdt) / t
         grad_t = sum_over_ranks(dt, batch) if ctx.needs_input_grad[1] else None
         return dz.to(z.dtype), grad_t, None, None
 
@@ -251,7 +272,7 @@ def _gather_views(x: Tensor, batch: Batch) -> Tensor:
 def _similarities(rows: Tensor, z_all: Tensor, t: Tensor, mine: Tensor) -> Tensor:
     """``rows @ z_all.T / T`` with each row's own similarity (global index ``mine``) at
     ``-inf``."""
-    s = rows @ z_all.T / t
+    s = _product(rows, z_all.T, t.dtype) / t
     s[torch.arange(rows.shape[0], device=rows.device), mine] = float("-inf")
     return s
 

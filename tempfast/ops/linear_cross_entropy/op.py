@@ -68,7 +68,7 @@ def _chunk_logits(hidden: Tensor, weight_t: Tensor, bias: Tensor | None) -> Tens
 
 
 @functools.lru_cache(maxsize=8)
-def _gemm_accumulates_in_fp32(device: torch.device) -> bool:
+def gemm_accumulates_in_fp32(device: torch.device) -> bool:
     """Whether ``torch.addmm(acc, a, b, out_dtype=float32, out=acc)`` works for 16-bit ``a``,
     ``b`` on ``device`` (cuBLAS in recent PyTorch): 16-bit products added straight into the
     fp32 accumulator, without a ``C x H`` 16-bit temporary."""
@@ -90,7 +90,7 @@ def _accumulate_weight_grad(acc: Tensor, grad_logits: Tensor, hidden: Tensor,
     beta = 0.0 if first else 1.0
     if grad_logits.dtype == acc.dtype:
         torch.addmm(acc, grad_logits.t(), hidden, beta=beta, out=acc)
-    elif _gemm_accumulates_in_fp32(acc.device):
+    elif gemm_accumulates_in_fp32(acc.device):
         torch.addmm(acc, grad_logits.t(), hidden, beta=beta, out_dtype=acc.dtype, out=acc)
     elif first:
         acc.copy_(grad_logits.t() @ hidden)
