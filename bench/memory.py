@@ -3,10 +3,10 @@
 * CUDA: ``torch.cuda.max_memory_allocated()`` during the step minus the memory allocated
   before it (inputs and the previous step's gradients already freed).
 * CPU: peak resident set size, measured in a worker subprocess (``python -m bench.memory``,
-  one JSON request ``{"kind": "op" | "linear", "spec": {...}}`` per line on stdin, one JSON
-  answer per line on stdout). For each spec the worker builds the case, runs one step to warm
-  up (compilation, thread pools; for a memory-only fused-head spec, a step of its first
-  64 rows), drops its gradients, resets the kernel's peak-RSS mark (``5`` into
+  one JSON request ``{"kind": "op" | "linear" | "contrastive", "spec": {...}}`` per line on
+  stdin, one JSON answer per line on stdout). For each spec the worker builds the case, runs
+  one step to warm up (compilation, thread pools; for a memory-only fused-head spec, a step of
+  its first 64 rows), drops its gradients, resets the kernel's peak-RSS mark (``5`` into
   ``/proc/self/clear_refs``), reads ``VmRSS``, runs one step and reads ``VmHWM``: extra =
   ``VmHWM - VmRSS``. glibc's mmap threshold is pinned at 64 KiB, so every freed tensor goes
   back to the OS and cannot hide the next allocation. The resolution is about 1 MiB
@@ -34,7 +34,7 @@ from typing import IO
 
 import torch
 
-from . import linear
+from . import contrastive, linear
 from .cases import Case, Spec
 from .timing import apply_threads
 
@@ -65,15 +65,23 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _request(spec: Spec | linear.LinearSpec) -> str:
-    kind = "linear" if isinstance(spec, linear.LinearSpec) else "op"
+AnySpec = Spec | linear.LinearSpec | contrastive.ContrastiveSpec
+AnyCase = Case | linear.LinearCase | contrastive.ContrastiveCase
+
+
+def _request(spec: AnySpec) -> str:
+    kind = ("linear" if isinstance(spec, linear.LinearSpec)
+            else "contrastive" if isinstance(spec, contrastive.ContrastiveSpec) else "op")
     return json.dumps({"kind": kind, "spec": dataclasses.asdict(spec)})
 
 
-def _build(request: dict) -> tuple[Case | linear.LinearCase, Callable[[], object]]:
+def _build(request: dict) -> tuple[AnyCase, Callable[[], object]]:
     """The case of a request and its warm-up."""
     if request["kind"] == "op":
         case = Case(Spec(**request["spec"]))
+        return case, case.step
+    if request["kind"] == "contrastive":
+        case = contrastive.ContrastiveCase(contrastive.ContrastiveSpec(**request["spec"]))
         return case, case.step
     spec = linear.LinearSpec(**request["spec"])
     case = linear.LinearCase(spec)
@@ -129,7 +137,7 @@ class RssProbe:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=self._stderr, text=True)
 
-    def measure(self, spec: Spec | linear.LinearSpec) -> dict:
+    def measure(self, spec: AnySpec) -> dict:
         """The worker's answer for ``spec`` (see the module's docstring)."""
         if self._proc is None:
             self._proc = self._start()

@@ -4,7 +4,8 @@
 
 Tables: the run (machine, versions, load), a summary per op and dtype (tempfast against each
 provider, by class count), the fused linear head (time, TFLOP/s, peak memory, speedups; the
-CPU memory case at the issue's size), the performance targets, the details of every group
+CPU memory case at the issue's size), the contrastive losses (the same numbers; a baseline
+that ran out of memory reads OOM), the performance targets, the details of every group
 (time, GB/s or TFLOP/s, share of the copy bandwidth, peak extra memory, speedups), the
 trainer groups, and the skipped cases with their reasons. Times are the medians of the
 rounds (``--stat min``: their minimum, steadier on a shared machine); ``vs X`` is ``time of X
@@ -14,6 +15,7 @@ rounds (``--stat min``: their minimum, steadier on a shared machine); ``vs X`` i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections import defaultdict
@@ -23,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from . import linear, summary
+from . import contrastive, linear, summary
 from .cases import OPS, PROVIDERS
 
 PROVIDER_NAMES = {
@@ -165,7 +167,8 @@ def _linear_cases(benchmarks: list[dict], memory_only: bool) -> dict[str, dict[s
     groups: dict[str, dict[str, dict]] = defaultdict(dict)
     for bench in benchmarks:
         info = bench.get("extra_info") or {}
-        if "flops" in info and "provider" in info and bool(info.get("memory_only")) == memory_only:
+        if info.get("op") in (linear.OP, linear.MEMORY_OP) and "provider" in info \
+                and bool(info.get("memory_only")) == memory_only:
             groups[bench["group"]][info["provider"]] = info
     def order(item: tuple[str, dict]) -> tuple:
         info = next(iter(item[1].values()))
@@ -214,7 +217,48 @@ def linear_memory_table(groups: dict[str, dict[str, dict]]) -> Table:
     return table
 
 
+def _contrastive_cases(benchmarks: list[dict]) -> dict[str, dict[str, dict]]:
+    """``group -> {provider: extra_info}`` of the contrastive cases, by device, op and B."""
+    groups: dict[str, dict[str, dict]] = defaultdict(dict)
+    for bench in benchmarks:
+        info = bench.get("extra_info") or {}
+        if info.get("op") in contrastive.OPS and "provider" in info:
+            groups[bench["group"]][info["provider"]] = info
+    def order(item: tuple[str, dict]) -> tuple:
+        info = next(iter(item[1].values()))
+        return (info["device"], contrastive.OPS.index(info["op"]), info["dtype"], info["batch"])
+    return dict(sorted(groups.items(), key=order))
+
+
+def contrastive_summary_table(groups: dict[str, dict[str, dict]],
+                              out_of_memory: set[str]) -> Table:
+    """One row per contrastive shape: tempfast's time and TFLOP/s, its speedups, every
+    provider's peak extra memory; ``OOM`` for a baseline skipped as out of memory (its id in
+    ``out_of_memory``)."""
+    others = [p for p in contrastive.PROVIDERS if p != "tempfast"]
+    table = Table(f"{', '.join(contrastive.OPS)}: tempfast (flops: CLIP 6 B^2 D, "
+                  "NT-Xent 4 (2B)^2 D)",
+                  ["op", "B", "D", "dtype", "device", "tempfast", "TFLOP/s"]
+                  + [f"vs {LINEAR_SHORT[p]}" for p in others]
+                  + [f"peak MiB {LINEAR_SHORT.get(p, p)}" for p in contrastive.PROVIDERS])
+    for cases in groups.values():
+        spec = contrastive.ContrastiveSpec.from_info(next(iter(cases.values())))
+        oom = {p for p in contrastive.BASELINES
+               if dataclasses.replace(spec, provider=p).id in out_of_memory}
+        ours = cases.get("tempfast", {})
+        speed = ours.get("speedup_vs", {})
+        table.rows.append(
+            [spec.op, str(spec.batch), str(spec.dim), spec.dtype, spec.device,
+             _time(ours.get("time_s")), _tflops(ours.get("tflops"))]
+            + ["OOM" if p in oom else _ratio(speed.get(p)) for p in others]
+            + ["OOM" if p in oom else _mib(cases.get(p, {}).get("peak_extra_bytes"))
+               for p in contrastive.PROVIDERS])
+    return table
+
+
 def linear_detail_tables(groups: dict[str, dict[str, dict]]) -> list[Table]:
+    """Per fused-head or contrastive group: each provider's time, TFLOP/s, peak extra
+    memory and speedups."""
     tables = []
     for group, cases in groups.items():
         present = [p for p in linear.PROVIDERS if p in cases]
@@ -269,10 +313,14 @@ def build(data: dict, stat: str = "median") -> list[Table]:
     groups = _op_cases(benchmarks)
     heads = _linear_cases(benchmarks, memory_only=False)
     memory_only = _linear_cases(benchmarks, memory_only=True)
+    contrastive_groups = _contrastive_cases(benchmarks)
+    out_of_memory = contrastive.out_of_memory_ids(data.get("tempfast_bench", {}).get("skipped", []))
     tables = [run_table(data), *summary_tables(groups), linear_summary_table(heads),
-              linear_memory_table(memory_only), target_table(benchmarks),
-              *trainer_tables(benchmarks), *detail_tables(groups),
-              *linear_detail_tables(heads), skipped_table(data)]
+              linear_memory_table(memory_only),
+              contrastive_summary_table(contrastive_groups, out_of_memory),
+              target_table(benchmarks), *trainer_tables(benchmarks), *detail_tables(groups),
+              *linear_detail_tables(heads), *linear_detail_tables(contrastive_groups),
+              skipped_table(data)]
     return [t for t in tables if t.rows]
 
 
@@ -280,8 +328,9 @@ def to_markdown(tables: list[Table], stat: str = "median") -> str:
     lines = ["## tempfast benchmark results", "",
              f"Times are the {stat} of each case's rounds; `vs X` = time of X / time of the "
              "row (above 1: the row is faster); `% of copy BW` = (floor bytes / time) / "
-             "copy bandwidth measured in the same run; TFLOP/s (fused linear head) = "
-             "6 N H C / time; peak MiB = peak extra memory of one step.", ""]
+             "copy bandwidth measured in the same run; TFLOP/s = 6 N H C / time (fused linear "
+             "head), 6 B^2 D / time (CLIP), 4 (2B)^2 D / time (NT-Xent); OOM = out of "
+             "memory; peak MiB = peak extra memory of one step.", ""]
     for table in tables:
         lines += [f"{'#' * table.level} {table.title}", "",
                   "| " + " | ".join(table.headers) + " |",
