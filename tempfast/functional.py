@@ -133,7 +133,7 @@ def linear_cross_entropy(
         temperature: ``T > 0``: a number, a 0-dim tensor or one value per row (shape ``(*)``); a
             tensor that requires grad gets ``dL/dT`` as in :func:`cross_entropy`.
         ignore_index, reduction, label_smoothing: as in :func:`cross_entropy`.
-        chunk_size: rows per chunk (default: a chunk of about 2^26 logits, or up to a quarter
+        chunk_size: rows per chunk (default: a chunk of about 2^25 logits, or up to a quarter
             of the weight gradient accumulator's bytes when that is more: 2048 rows at
             H = 4096 in bf16). Peak extra memory is ``chunk_size * C`` logits + ``4 C H``
             bytes (fp32 weight gradient) + ``N H`` (hidden gradient) + ``4 C`` bytes,

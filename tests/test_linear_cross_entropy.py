@@ -280,8 +280,9 @@ def test_a_wide_hidden_gets_chunks_of_a_quarter_of_the_weight_gradient():
     from tempfast.ops.linear_cross_entropy.op import default_chunk_rows
 
     assert default_chunk_rows(8192, 262144, 4096, 2, 4) == 2048  # 1 GiB of bf16 logits
-    assert default_chunk_rows(8192, 32000, 4096, 2, 4) == 2097  # 2^26 logits
-    assert default_chunk_rows(8192, 65536, 1024, 4, 4) == 1024  # the CPU memory case
+    assert default_chunk_rows(8192, 32000, 4096, 2, 4) == 2048
+    assert default_chunk_rows(8192, 4096, 1024, 2, 4) == 8192  # 2^25 logits
+    assert default_chunk_rows(8192, 65536, 1024, 4, 4) == 512  # the CPU memory case
     assert default_chunk_rows(8192, 262144, 4096, 2, 2) == 1024  # a bf16 accumulator
     assert default_chunk_rows(100, 1000, 4096, 2, 4) == 100
     hidden, weight, _, target = _inputs(6, 4096, 20, torch.bfloat16)

@@ -45,7 +45,7 @@ from ..autograd import (
 )
 from ..cross_entropy.op import impl_for
 
-CHUNK_ELEMENTS = 1 << 26  # a chunk holds at least about 64M logits (128 MiB in bf16) ...
+CHUNK_ELEMENTS = 1 << 25  # a chunk holds at least about 32M logits (64 MiB in bf16) ...
 WEIGHT_GRAD_SHARE = 4  # ... or up to a quarter of the weight gradient accumulator's bytes
 
 
