@@ -146,3 +146,41 @@ def temperature_for(kind, n_rows: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed + 1)
         return torch.rand(n_rows, generator=g) * 3.75 + 0.25
     return kind
+
+
+def _gloo_worker(rank: int, world: int, init_file: str, cases, args: tuple, errors) -> None:
+    import datetime
+    import traceback
+
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=120))
+        torch.set_num_threads(1)
+        cases(rank, *args)
+        dist.barrier()
+    except BaseException:
+        errors.put(f"rank {rank}: {traceback.format_exc()}")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_on_gloo_ranks(world: int, init_file: str, cases, *args) -> None:
+    """``cases(rank, *args)`` on ``world`` spawned gloo processes (one thread each); fails with
+    every failing rank's traceback."""
+    import contextlib
+
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    with contextlib.suppress(mp.ProcessRaisedException):  # the queue says what failed
+        mp.spawn(_gloo_worker, args=(world, init_file, cases, args, errors), nprocs=world,
+                 join=True)
+    messages = []
+    while not errors.empty():
+        messages.append(errors.get())
+    assert not messages, "\n".join(messages)

@@ -6,17 +6,15 @@ per-row and learnable temperatures, torch's layout, and the class-sharded linear
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import os
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import tempfast
+
+from .harness import run_on_gloo_ranks
 
 TOL = {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -157,23 +155,12 @@ def _start_checks(rank, widths):
         tempfast.cross_entropy(z, bad, process_group=dist.group.WORLD)
 
 
-def _worker(rank, world, init_file, widths, backends, errors):
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=120))
-        torch.set_num_threads(1)
-        for backend in backends:
-            _ce_cases(rank, widths, backend)
-            _linear_cases(rank, widths, backend)
-        _module_cases(rank, widths)
-        _start_checks(rank, widths)
-        dist.barrier()
-    except BaseException:
-        errors.put(f"rank {rank}: {traceback.format_exc()}")
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+def _all_cases(rank, widths, backends):
+    for backend in backends:
+        _ce_cases(rank, widths, backend)
+        _linear_cases(rank, widths, backend)
+    _module_cases(rank, widths)
+    _start_checks(rank, widths)
 
 
 # The class-parallel op is PyTorch ops on every backend (it has no kernel of its own); the
@@ -185,15 +172,7 @@ BACKENDS = ["torch"]
 @pytest.mark.parametrize("widths", [(6, 6), (5, 0, 8), (1, 9, 3)],
                          ids=["2-even", "3-with-an-empty-rank", "3-uneven"])
 def test_sharded_op_equals_the_single_process_op(widths, tmp_path):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    with contextlib.suppress(mp.ProcessRaisedException):  # the queue says what failed
-        mp.spawn(_worker, args=(len(widths), str(tmp_path / "init"), widths, BACKENDS, errors),
-                 nprocs=len(widths), join=True)
-    messages = []
-    while not errors.empty():
-        messages.append(errors.get())
-    assert not messages, "\n".join(messages)
+    run_on_gloo_ranks(len(widths), str(tmp_path / "init"), _all_cases, widths, BACKENDS)
 
 
 def test_process_group_needs_an_initialised_group():

@@ -5,21 +5,24 @@ one rank empty)."""
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import math
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import tempfast
 from tempfast import reference
 from tempfast.ops.linear_cross_entropy import op as linear_op
 
-from .harness import LOSS_TOL, REL_TOL, assert_close, on_path, raises_one_line
+from .harness import (
+    LOSS_TOL,
+    REL_TOL,
+    assert_close,
+    on_path,
+    raises_one_line,
+    run_on_gloo_ranks,
+)
 
 
 def _features(b, d, dtype, seed=0):
@@ -187,33 +190,10 @@ def _sharded_cases(rank, widths):
     assert_close(sharded.log_temperature.grad, single.log_temperature.grad, 2e-5, "module dT")
 
 
-def _sharded_worker(rank, world, init_file, widths, errors):
-    try:
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                world_size=world, timeout=datetime.timedelta(seconds=120))
-        torch.set_num_threads(1)
-        _sharded_cases(rank, widths)
-        dist.barrier()
-    except BaseException:
-        errors.put(f"rank {rank}: {traceback.format_exc()}")
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("widths", [(3, 4), (5, 0, 2)], ids=["2-uneven", "3-with-an-empty-rank"])
 def test_sharded_losses_equal_the_single_process_loss(widths, tmp_path):
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    with contextlib.suppress(mp.ProcessRaisedException):  # the queue says what failed
-        mp.spawn(_sharded_worker, args=(len(widths), str(tmp_path / "init"), widths, errors),
-                 nprocs=len(widths), join=True)
-    messages = []
-    while not errors.empty():
-        messages.append(errors.get())
-    assert not messages, "\n".join(messages)
+    run_on_gloo_ranks(len(widths), str(tmp_path / "init"), _sharded_cases, widths)
 
 
 def test_process_group_must_be_initialised():
