@@ -289,3 +289,22 @@ def test_a_wide_hidden_gets_chunks_of_a_quarter_of_the_weight_gradient():
     call = linear.normalise(hidden, weight, target, None, 1.0, ignore_index=-100,
                             reduction="mean", label_smoothing=0.0, chunk_size=None)
     assert call.chunk == 6
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_no_rows_give_torchs_empty_results_and_zero_gradients(path):
+    """N = 0: the sum is 0, the mean NaN (as ``F.cross_entropy`` gives), ``"none"`` empty; the
+    gradients are zeros of the inputs' shapes (no launch may leave a sum unwritten)."""
+    weight = torch.randn(5, 8, requires_grad=True)
+    for reduction, expected in (("sum", 0.0), ("mean", float("nan")), ("none", None)):
+        hidden = torch.empty(0, 8, requires_grad=True)
+        with on_path(path):
+            loss = tempfast.linear_cross_entropy(hidden, weight, torch.empty(0, dtype=torch.long),
+                                                 reduction=reduction)
+        (loss.sum() if reduction == "none" else loss).backward()
+        if expected is None:
+            assert loss.shape == (0,)
+        else:
+            torch.testing.assert_close(loss, torch.tensor(expected), equal_nan=True)
+        assert hidden.grad.shape == (0, 8) and torch.equal(weight.grad, torch.zeros(5, 8))
+        weight.grad = None

@@ -136,8 +136,9 @@ def _summed_pass(hidden, weight, bias, target, temperature, ignore_index, label_
     n_classes = weight.shape[0]
     impl = impl_for(hidden)
     dh, dw, db = _gradient_buffers(hidden, weight, needs, accum, n_classes)
-    h_parts, y_parts = hidden.split(chunk), target.split(chunk)
-    dh_parts = dh.split(chunk) if needs[0] else [None] * len(h_parts)
+    # No rows, no chunk (``split`` would give one empty chunk, whose launch writes no sums).
+    h_parts, y_parts = (hidden.split(chunk), target.split(chunk)) if hidden.shape[0] else ((), ())
+    dh_parts = dh.split(chunk) if needs[0] and h_parts else [None] * len(h_parts)
     weight_t = weight.t()
     sums = rows = cfg = None
     for k, (h, y) in enumerate(zip(h_parts, y_parts, strict=True)):
