@@ -6,11 +6,13 @@ metric over its seeds, their mean and sample standard deviation (``ddof = 1``; 0
 Verdict rule for "temperatures above 1 improve metric m" (:func:`versus_t1`), for a metric
 that is an accuracy over ``N`` test images:
 
-* every cell with T > 1 is compared with T = 1: ``diff = mean(T) - mean(T = 1)``, and
-  ``se`` the larger of two noise estimates: the binomial one of the pooled test images
-  (``n = seeds x N`` trials per cell, ``sqrt(p (1 - p) (1 / n_1 + 1 / n_2))`` at the pooled
-  accuracy ``p``) and the one between seeds (``sqrt(s_1^2 / k_1 + s_2^2 / k_2)``); ``z =
-  diff / se`` and a two-sided p-value;
+* every cell with T > 1 is compared with T = 1: ``diff = mean(T) - mean(T = 1)``, tested
+  with **Welch's t-test over the seeds** (:func:`experiments.stats.welch`: the seeds are the
+  units, so test images reused across seeds and temperatures count once, inside each seed's
+  accuracy). Where Welch's test is undefined (one seed in a cell, or no spread in either)
+  the binomial noise of the pooled test images stands in (``n = seeds x N`` trials per cell,
+  ``sqrt(p (1 - p) (1 / n_1 + 1 / n_2))`` at the pooled accuracy ``p``, normal tails): it
+  ignores that the images are the same, so it is only a floor;
 * the p-values are corrected for the number of temperatures tried by Holm's step-down method
   (picking the best of six temperatures is six comparisons, not one);
 * ``best`` is the cell with T > 1 whose mean is highest. **supported** if its corrected
@@ -19,7 +21,11 @@ that is an accuracy over ``N`` test images:
   The difference is also given in test images (``diff x N``).
 
 ``ALPHA = 0.05`` and ``MIN_DIFF = 0.005`` (half a percentage point). Two or three seeds estimate
-the between-seed spread poorly; the verdicts describe these runs, not the paper at its scale.
+the between-seed spread poorly (Welch's degrees of freedom say how poorly); the verdicts
+describe these runs, not the paper at its scale. Beside each verdict: the **minimum detectable
+effect** of the deciding test (80% power at the Holm level of its comparisons) and the
+**trend test** (:func:`experiments.stats.trend`): the slope of the metric against ``log T``
+over every seed of every T >= 1, one test for "higher T, higher metric" with no best-of-k.
 
 Under-trained cells (:func:`underfit`): temperatures whose mean clean accuracy is more than
 ``UNDERFIT_GAP`` (10 points) below the best cell of the same training mode. With a fixed
@@ -40,6 +46,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import stats
 
 Z = 2.0
 ALPHA = 0.05
@@ -135,8 +143,10 @@ def accuracy_se(a: Cell, b: Cell, n_images: int | None) -> float:
 class Verdict:
     """Outcome of :func:`versus_t1`; ``label`` is ``supported``, ``not supported``,
     ``contradicted`` or ``not measured``; ``p`` and ``p_holm`` the best cell's raw and
-    Holm-corrected p-values over ``comparisons`` temperatures; ``images`` the difference in
-    test images."""
+    Holm-corrected p-values over ``comparisons`` temperatures, from ``test`` (``welch`` or
+    ``binomial``) at ``df`` degrees of freedom; ``mde`` that test's minimum detectable effect
+    at the Holm level; ``images`` the difference in test images; ``trend`` the slope test
+    against ``log T`` over T >= 1."""
 
     label: str
     best: Cell | None = None
@@ -147,6 +157,21 @@ class Verdict:
     p_holm: float = 1.0
     comparisons: int = 0
     images: float | None = None
+    test: str = ""
+    df: float | None = None
+    mde: float | None = None
+    trend: stats.Test | None = None
+
+
+def compare(a: Cell, b: Cell, n_images: int | None) -> stats.Test:
+    """``mean(a) - mean(b)``: Welch's t-test over the seeds where it is defined (two or more
+    seeds in each cell, some spread), else the binomial floor of the pooled test images
+    (normal tails; the between-seed spread alone when ``n_images`` is unknown)."""
+    welch = stats.welch(list(a.values), list(b.values))
+    if a.n >= 2 and b.n >= 2 and welch.se > 0:
+        return welch
+    diff, se = a.mean - b.mean, accuracy_se(a, b, n_images)
+    return stats.Test("binomial", diff, se, two_sided_p(diff, se))
 
 
 def versus_t1(cs: list[Cell], n_images: int | None = None) -> Verdict:
@@ -156,22 +181,22 @@ def versus_t1(cs: list[Cell], n_images: int | None = None) -> Verdict:
     above = [c for c in cs if c.temp > 1.0]
     if base is None or not above:
         return Verdict("not measured")
-    tests = []
-    for c in above:
-        diff, se = c.mean - base.mean, accuracy_se(c, base, n_images)
-        tests.append((c, diff, se, two_sided_p(diff, se)))
-    adjusted = holm([t[3] for t in tests])
+    tests = [(c, compare(c, base, n_images)) for c in above]
+    adjusted = holm([t.p for _, t in tests])
     i = max(range(len(tests)), key=lambda k: tests[k][0].mean)
-    best, diff, se, p = tests[i]
+    best, test = tests[i]
     significant = adjusted[i] < ALPHA
-    if significant and diff > MIN_DIFF:
+    if significant and test.effect > MIN_DIFF:
         label = "supported"
-    elif significant and diff < -MIN_DIFF:
+    elif significant and test.effect < -MIN_DIFF:
         label = "contradicted"
     else:
         label = "not supported"
-    return Verdict(label, best, base, diff, se, p, adjusted[i], len(tests),
-                   None if n_images is None else diff * n_images)
+    trend = stats.trend([base.temp] + [c.temp for c in above],
+                        [list(base.values)] + [list(c.values) for c in above])
+    return Verdict(label, best, base, test.effect, test.se, test.p, adjusted[i], len(tests),
+                   None if n_images is None else test.effect * n_images, test.name, test.df,
+                   test.mde(comparisons=len(tests)), trend)
 
 
 def best_cell(cs: list[Cell]) -> Cell | None:

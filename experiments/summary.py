@@ -18,7 +18,7 @@ from . import report, table
 
 SHORT_ARMS = {"none": "plain CE(z / T)", "loss": "loss x T", "lr": "lr x T"}
 HEADER = ["data", "arm", "claim", "training", "metric", "attack family", "verdict",
-          "best T > 1 vs T = 1 (%)"]
+          "best T > 1 vs T = 1 (%)", "test, p, detectable effect (80% power), trend in log T"]
 
 
 def summary_rows(folder: str | Path) -> list[list[str]]:

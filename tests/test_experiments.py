@@ -116,12 +116,13 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     assert "| 1 | 91.0 ± 1.4 | 81.0 ± 1.4 | 11.0 ± 1.4 |" in text
     assert "| 8 | 96.0 ± 1.4 | 86.0 ± 1.4 | 61.0 ± 1.4 |" in text
     assert "| 2/2 (2 / 0) | 90.0 ± 0.0 | 80 ± 0 | 5 ± 0 |" in text
-    assert "| 1 | standard training | clean accuracy | clean | supported | T = 8: 96.0 ± 1.4 " \
-           "vs 91.0 ± 1.4 |" in text
+    # clean: +5 points, but Welch's t over two seeds each is 3.5 on 2 degrees of freedom
+    assert "| 1 | standard training | clean accuracy | clean | not supported | T = 8: 96.0 ± " \
+           "1.4 vs 91.0 ± 1.4 |" in text
     assert "PGD with CE on raw logits: **supported**" in text
     assert "the diagnostics' runs): **not supported**" in text
     # 5 points of 360 images; one comparison, so Holm leaves p as it is
-    assert "(difference +5.00 points, +18.0 of 360 test images; p = " in text
+    assert "(difference +5.00 points, +18.0 of 360 test images; Welch t (2.0 df): p = " in text
     assert "after Holm's correction over 1 temperatures" in text
     assert "it comes from the attack failing (gradient masking)" in text
     assert "runs per reason: CE far above the scale-invariant attacks: 2." in text
@@ -140,7 +141,8 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     report.write_report(tmp_path, with_plots=False)
     text = (tmp_path / "REPORT.md").read_text()
     assert "## Arm: loss x T" in text and "## Arm: plain CE(z / T)" in text
-    assert "| loss x T | 1 | standard training | clean accuracy | clean | contradicted | " \
+    # -11 points, but one cell has no spread: Welch's t on 1 degree of freedom, p = 0.058
+    assert "| loss x T | 1 | standard training | clean accuracy | clean | not supported | " \
            "T = 8: 80.0 ± 0.0 vs 91.0 ± 1.4 |" in text
     # the logit growth is told per arm, never averaged over the arms
     for r in arm:
@@ -223,11 +225,15 @@ def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("| data | arm | claim |")
     claim_1 = [line for line in lines if "| clean accuracy |" in line]
+    # 6 points over two seeds each 1 point apart: Welch's t = 8.5 on 2 degrees of freedom;
+    # the trend's slope is 6 points over 3 doublings of T
+    stats = ("Welch t (2.0 df): p 0.014, 0.014 Holm; detectable 3.8 pts; trend {:+.2f} pts "
+             "per doubling of T, p 0.014 |")
     assert claim_1 == [
         "| digits | plain CE(z / T) | 1 | standard training | clean accuracy | clean | supported "
-        "| T = 8: 96.5 ± 0.7 vs 90.5 ± 0.7 |",
+        "| T = 8: 96.5 ± 0.7 vs 90.5 ± 0.7 | " + stats.format(2.0),
         "| fashion-mnist | plain CE(z / T) | 1 | standard training | clean accuracy | clean | "
-        "contradicted | T = 8: 83.5 ± 0.7 vs 89.5 ± 0.7 |"]
+        "contradicted | T = 8: 83.5 ± 0.7 vs 89.5 ± 0.7 | " + stats.format(-2.0)]
     out = tmp_path / "summary.md"
     assert summary.main([str(digits), "--output", str(out)]) == 0
     assert out.read_text().count("| digits |") == 4  # claims 1, 2 and 3 (raw and adaptive)
