@@ -167,7 +167,10 @@ def clean_metric(rows: list[dict]) -> str:
 
 
 def _versus(rows: list[dict], metric: str, adv: str) -> Verdict:
-    return versus_t1(cells(rows, metric, adv), _n_images(rows, metric))
+    """The verdict of ``metric`` in mode ``adv``, inconclusive where its deciding cell or
+    T = 1 is under-trained (:func:`experiments.claims.honest`)."""
+    v = versus_t1(cells(rows, metric, adv), _n_images(rows, metric))
+    return claims.honest(v, {c.temp for c in claims.underfit(rows, adv)})
 
 
 def _fmt_t(t: float) -> str:
