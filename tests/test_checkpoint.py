@@ -44,6 +44,19 @@ def test_save_load_restore_round_trip(tmp_path):
     assert torch.equal(restored(x), model(x))
 
 
+def test_a_vit_restores_with_its_recorded_patch_size_or_the_rule_of_older_checkpoints():
+    """A checkpoint records the patch size; one written before it did (no ``patch_size`` in
+    ``model_config``) was built with ``img_size // 8`` (3 px at 28 px) and restores so."""
+    torch.manual_seed(0)
+    config = {"name": "vit_tiny_patch16_224", "num_classes": 10, "in_chans": 1, "img_size": 28,
+              "mean": [0.3], "std": [0.4]}
+    x = torch.rand(2, 1, 28, 28)
+    for patch, recorded in ((7, {"patch_size": 7}), (None, {"patch_size": None}), (3, {})):
+        model = build_model(**config, patch_size=patch, strict=bool(recorded)).eval()
+        ckpt = {"model": model.state_dict(), "model_config": {**config, **recorded}}
+        assert torch.equal(restore_model(ckpt, "cpu")(x), model(x))
+
+
 def test_failed_write_leaves_the_old_file_intact(tmp_path):
     path = tmp_path / "last.pt"
     path.write_bytes(b"old")

@@ -52,6 +52,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--model", help="small_cnn, small_cnn_pool or a timm model name (data: "
                    "small_cnn for digits/synthetic, small_cnn_pool for fashion-mnist/mnist, "
                    "resnet18 otherwise)")
+    g.add_argument("--patch-size", type=int,
+                   help="vision transformers: patch size in pixels, dividing the image size "
+                        "(default: the divisor nearest image size / 8: 4 for 28 px)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g = p.add_argument_group("temperature")

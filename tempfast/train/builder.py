@@ -31,7 +31,8 @@ def model_config(cfg: TrainConfig, bundle: DataBundle) -> dict:
     """What :func:`~tempfast.train.models.build_model` needs to rebuild the classifier (kept in
     every checkpoint)."""
     return {"name": cfg.model, "num_classes": bundle.num_classes, "in_chans": bundle.in_chans,
-            "img_size": bundle.img_size, "mean": list(bundle.mean), "std": list(bundle.std)}
+            "img_size": bundle.img_size, "mean": list(bundle.mean), "std": list(bundle.std),
+            "patch_size": cfg.patch_size}
 
 
 @dataclass
@@ -77,7 +78,7 @@ def build(cfg: TrainConfig, bundle: DataBundle, ctx: D.Context, steps_per_epoch:
     generator is reseeded with ``seed + rank`` for what it draws alone (PGD starts)."""
     seed_all(cfg.seed)
     classifier = build_model(cfg.model, bundle.num_classes, bundle.in_chans, bundle.img_size,
-                             bundle.mean, bundle.std).to(ctx.device)
+                             bundle.mean, bundle.std, cfg.patch_size).to(ctx.device)
     if cfg.channels_last:
         classifier.to(memory_format=torch.channels_last)
     if cfg.fused_head:

@@ -9,7 +9,8 @@ key             value
 ==============  =============================================================================
 format          ``"tempfast-train/1"``
 model           the model's ``state_dict`` (no DDP / torch.compile prefixes)
-model_config    ``name, num_classes, in_chans, img_size, mean, std`` for :func:`build_model`
+model_config    ``name, num_classes, in_chans, img_size, mean, std, patch_size`` for
+                :func:`build_model`
 criterion       the loss module's ``state_dict`` (``log_temperature``)
 temperature     the current temperature ``T`` (float; the learned value with --learn-temp)
 optimizer       ``optimizer.state_dict()``; ``scheduler``, ``scaler`` likewise (or None)
@@ -43,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, os_reason
-from .models import build_model
+from .models import SMALL_CNNS, build_model, legacy_patch_size
 
 FORMAT = "tempfast-train/1"
 RESTORE_KEYS = ("model", "model_config")
@@ -191,13 +192,27 @@ def _load_failure(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _patch_size(cfg: dict) -> int | None:
+    """The patch size a checkpoint's model was built with: recorded (None: the default rule),
+    or, for a vision transformer saved before it was recorded, the rule of that time."""
+    if "patch_size" in cfg:
+        return cfg["patch_size"]
+    if cfg["name"] in SMALL_CNNS:
+        return None
+    import timm
+
+    vit = hasattr(timm.create_model(cfg["name"], pretrained=False), "patch_embed")
+    return legacy_patch_size(cfg["img_size"]) if vit else None
+
+
 def restore_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild the model stored in ``ckpt`` (see ``model_config``), load its weights, move it
     to ``device`` and return it in eval mode."""
     cfg = ckpt["model_config"]
     try:
         model = build_model(cfg["name"], cfg["num_classes"], cfg["in_chans"], cfg["img_size"],
-                            cfg["mean"], cfg["std"])
+                            cfg["mean"], cfg["std"], _patch_size(cfg),
+                            strict="patch_size" in cfg)
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"checkpoint model_config is not usable ({type(exc).__name__}: "
                          f"{exc})") from None

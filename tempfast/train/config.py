@@ -46,7 +46,7 @@ CHOICES = {"opt": tuple(OPT_DEFAULTS), "sched": ("cosine", "step", "none"),
 AT_LEAST = {"steps": 1, "epochs": 1, "batch_size": 1, "eval_every": 0, "warmup_epochs": 0,
             "train_subset": 1,
             "eval_examples": 1, "eval_adv_examples": 0, "eval_steps": 1, "eval_restarts": 1,
-            "workers": 0, "threads": 1}
+            "workers": 0, "threads": 1, "patch_size": 1}
 
 
 @dataclass
@@ -78,6 +78,7 @@ class TrainConfig:
     img_size: int | None = None
     workers: int | None = None
     model: str | None = None
+    patch_size: int | None = None
     temp: float = 1.0
     learn_temp: bool = False
     temp_compensation: str = "loss"

@@ -8,7 +8,10 @@ on [0, 1] images and never need to know the data statistics.
 and for 28x28 images) or any timm model name (built with ``pretrained=False``: no network). For
 images of 64 px or less the timm stem is adapted to small inputs: the first convolution becomes
 3x3 stride 1, the stem's max-pool is removed; vision transformers get ``img_size`` set to the
-data and a patch size of ``img_size // 8`` (so 32 px -> 4 px patches, 8 x 8 tokens). """
+data and ``patch_size`` (``build_model``'s argument, else :func:`default_patch_size`: the
+divisor of the image size nearest a eighth of it, so 32 px -> 4 px patches, 8 x 8 tokens, and
+28 px -> 4 px, 7 x 7 tokens). A patch size must divide the image size: timm's patch embedding
+would otherwise drop the last rows and columns of pixels unseen. """
 
 from __future__ import annotations
 
@@ -135,7 +138,21 @@ def _adapt_stem(model: nn.Module) -> None:
             _set_submodule(model, path, nn.Identity())
 
 
-def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int) -> nn.Module:
+def default_patch_size(img_size: int) -> int:
+    """The divisor of ``img_size`` nearest ``img_size / 8`` (the smaller on a tie): 8 x 8
+    tokens where the size allows, every pixel inside a patch."""
+    divisors = [d for d in range(1, img_size + 1) if img_size % d == 0]
+    return min(divisors, key=lambda d: (abs(d - img_size / 8), d))
+
+
+def legacy_patch_size(img_size: int) -> int | None:
+    """The patch size of checkpoints written before ``patch_size`` was recorded:
+    ``img_size // 8`` for small images (timm's own patch size for larger ones: None)."""
+    return max(1, img_size // 8) if img_size <= SMALL_INPUT else None
+
+
+def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int,
+                patch_size: int | None) -> nn.Module:
     import timm
 
     check_model_name(name)
@@ -143,15 +160,32 @@ def _timm_model(name: str, num_classes: int, in_chans: int, img_size: int) -> nn
     model = timm.create_model(name, **kwargs)
     if hasattr(model, "patch_embed"):
         extra = {"img_size": img_size}
-        if img_size <= SMALL_INPUT:
-            extra["patch_size"] = max(1, img_size // 8)
+        if patch_size is None and img_size <= SMALL_INPUT:
+            patch_size = default_patch_size(img_size)
+        if patch_size is not None:
+            extra["patch_size"] = patch_size
         try:
             return timm.create_model(name, **kwargs, **extra)
         except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
             raise UsageError(f"model {name!r} cannot take {img_size} px images: {exc}") from None
+    if patch_size is not None:
+        raise SettingError("patch_size", f"is for vision transformers only: {name!r} has none")
     if img_size <= SMALL_INPUT:
         _adapt_stem(model)
     return model
+
+
+def check_patch_size(patch_size: int | None, img_size: int) -> None:
+    """Raise :class:`~tempfast.errors.SettingError` (``patch_size``) unless ``patch_size`` is
+    None or a positive divisor of ``img_size``."""
+    if patch_size is None:
+        return
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+        raise SettingError("patch_size", f"must be a positive int, got {patch_size!r}")
+    if img_size % patch_size:
+        raise SettingError("patch_size", f"{patch_size} does not divide the {img_size} px "
+                                         f"images (the last {img_size % patch_size} rows and "
+                                         "columns would go unseen)")
 
 
 def check_model_name(name: str) -> None:
@@ -169,17 +203,27 @@ def check_model_name(name: str) -> None:
 
 
 def build_model(name: str, num_classes: int, in_chans: int, img_size: int,
-                mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    """A :class:`Classifier` for ``(B, in_chans, img_size, img_size)`` images in [0, 1].
+                mean: Sequence[float], std: Sequence[float],
+                patch_size: int | None = None, *, strict: bool = True) -> nn.Module:
+    """A :class:`Classifier` for ``(B, in_chans, img_size, img_size)`` images in [0, 1];
+    ``patch_size``: a vision transformer's (None: :func:`default_patch_size` for small images).
+    ``strict=False`` accepts a patch size that does not divide the images (only to rebuild a
+    checkpoint written before that was refused).
 
     Raises:
-        SettingError: unknown model name; UsageError: a model that cannot take the images.
+        SettingError: unknown model name, a patch size that does not divide the images or a
+            model without patches; UsageError: a model that cannot take the images.
     """
     if len(mean) != in_chans or len(std) != in_chans:
         raise ValueError(f"mean/std: expected {in_chans} values each, got {len(mean)}, "
                          f"{len(std)}")
+    if strict:
+        check_patch_size(patch_size, img_size)
     if name in SMALL_CNNS:
+        if patch_size is not None:
+            raise SettingError("patch_size", f"is for vision transformers only: {name!r} has "
+                                             "none")
         net = SmallCNN(in_chans, num_classes, **SMALL_CNNS[name])
     else:
-        net = _timm_model(name, num_classes, in_chans, img_size)
+        net = _timm_model(name, num_classes, in_chans, img_size, patch_size)
     return Classifier(Normalize(mean, std), net)
