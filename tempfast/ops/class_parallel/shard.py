@@ -50,6 +50,16 @@ class ShardLayout:
 _LAYOUTS: dict[tuple[int, int], tuple[object, ShardLayout]] = {}
 
 
+def rank_counts(group: dist.ProcessGroup, count: int, device: torch.device) -> tuple[int, ...]:
+    """Every rank's ``count`` in rank order, from one all-gather (on ``device`` for NCCL, the
+    CPU otherwise); the counts reach the host."""
+    where = device if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    mine = torch.tensor([count], dtype=torch.int64, device=where)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, mine, group=group)
+    return tuple(int(c.item()) for c in gathered)
+
+
 def shard_layout(group: dist.ProcessGroup, local_classes: int, device: torch.device,
                  start: int | None = None) -> ShardLayout:
     """The class ranges of ``group``'s ranks, from one all-gather of their widths (on the
@@ -62,13 +72,7 @@ def shard_layout(group: dist.ProcessGroup, local_classes: int, device: torch.dev
     key = (id(group), local_classes)
     cached = _LAYOUTS.get(key)
     if cached is None or cached[0] is not group:
-        world = dist.get_world_size(group)
-        backend = dist.get_backend(group)
-        where = device if backend == "nccl" else torch.device("cpu")
-        mine = torch.tensor([local_classes], dtype=torch.int64, device=where)
-        gathered = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(gathered, mine, group=group)
-        widths = tuple(int(w.item()) for w in gathered)  # once per group and width
+        widths = rank_counts(group, local_classes, device)  # once per group and width
         rank = dist.get_rank(group)
         layout = ShardLayout(sum(widths[:rank]), sum(widths), widths, rank)
         if layout.num_classes == 0:

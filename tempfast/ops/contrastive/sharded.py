@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ..class_parallel.shard import rank_counts
 from ..linear_cross_entropy import op as linear_op
 
 
@@ -67,12 +68,7 @@ def batch_of(group: dist.ProcessGroup | None, rows: int, device: torch.device,
     device on NCCL). One process: all rows."""
     if group is None:
         return Batch(None, 0, rows, (rows,), 0)
-    world = dist.get_world_size(group)
-    where = device if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    mine = torch.tensor([rows], dtype=torch.int64, device=where)
-    gathered = [torch.empty_like(mine) for _ in range(world)]
-    dist.all_gather(gathered, mine, group=group)
-    widths = tuple(int(w.item()) for w in gathered)
+    widths = rank_counts(group, rows, device)
     if sum(widths) == 0:
         raise ValueError(f"{name}: the batch is empty on every rank of the process group")
     rank = dist.get_rank(group)
@@ -136,12 +132,11 @@ def _chunks(n: int, step: int):
         yield r0, min(r0 + step, n)
 
 
-def _softmax_grad(s: Tensor, lse: Tensor, g: Tensor, hot: Tensor | None) -> Tensor:
+def _softmax_grad(s: Tensor, lse: Tensor, g: Tensor, hot: Tensor) -> Tensor:
     """``g (exp(s - lse) - onehot)``: ``s (R, K)``, ``lse`` and ``g`` broadcastable to it,
-    ``hot`` the column of each row's 1 (``(R,)``, or None when none is in the block)."""
+    ``hot`` the column of each row's 1 ``(R,)``."""
     ds = torch.exp(s - lse)
-    if hot is not None:
-        ds[torch.arange(s.shape[0], device=s.device), hot] -= 1.0
+    ds[torch.arange(s.shape[0], device=s.device), hot] -= 1.0
     return ds.mul_(g)
 
 
