@@ -117,6 +117,20 @@ class CEResult:
         return common.WS_DT.value, 1
 
 
+def _programs(n_rows: int, cfg: LaunchConfig) -> int:
+    """The largest grid of either path: one program per work item (slices) or per
+    ``block_n`` rows. The workspace is allocated before the programs are known (the
+    cooperative grid depends on the compiled kernel), so its partials are sized for this."""
+    return n_rows * cfg.n_slices if cfg.path == "slices" else cdiv(n_rows, cfg.block_n)
+
+
+def _layout(n_rows: int, cfg: LaunchConfig, reduce: bool) -> Layout:
+    """The workspace layout of a launch over ``n_rows`` rows (per-program partials only when
+    it reduces)."""
+    items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
+    return Layout(n_rows, _programs(n_rows, cfg) if reduce else 0, items)
+
+
 @quiet_interpreter
 def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                weight: Tensor | None, ignore_index: int, label_smoothing: float, *,
@@ -136,11 +150,8 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
     flags = {"PROB": probs, "HAS_WEIGHT": weight is not None, "SMOOTH": label_smoothing > 0,
              "COMPUTE_GRAD": grad, "COMPUTE_DT": compute_dt, "REDUCE": reduce is not None}
     slices = cfg.path == "slices"
-    items = n_rows * cfg.n_slices if slices else 0
-    # The workspace is allocated before the programs are known (the cooperative grid depends
-    # on the compiled kernel): size the partials for the largest grid of either path.
-    programs = items if slices else cdiv(n_rows, cfg.block_n)
-    layout = Layout(n_rows, programs if reduce is not None else 0, items)
+    layout = _layout(n_rows, cfg, reduce is not None)
+    items, programs = layout.items, _programs(n_rows, cfg)
     if ws is None:
         ws = torch.empty(layout.size, dtype=torch.float32, device=x.device)
     w = weight.float().contiguous() if weight is not None else ws
@@ -215,10 +226,7 @@ def chunk_workspaces(logits: Tensor, n_chunks: int) -> tuple[LaunchConfig, Tenso
     ``logits`` (their gradient written over them), and one workspace per chunk: ``(n_chunks,
     size)`` rows of one allocation, each large enough for any chunk of at most as many rows."""
     cfg = config_for(logits, 1, logits)
-    n_rows = logits.shape[0]
-    items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
-    programs = items if items else cdiv(n_rows, cfg.block_n)
-    size = Layout(n_rows, programs, items).size
+    size = _layout(logits.shape[0], cfg, reduce=True).size
     return cfg, torch.empty(n_chunks, size, dtype=torch.float32, device=logits.device)
 
 
