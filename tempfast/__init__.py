@@ -16,6 +16,7 @@ from .functional import (
     log_softmax,
     nt_xent_loss,
     softmax,
+    token_logprobs,
 )
 
 # Submodules with heavier imports, reachable as attributes (``tempfast.calibration.X`` after
@@ -47,5 +48,6 @@ __all__ = [
     "nt_xent_loss",
     "reference",
     "softmax",
+    "token_logprobs",
     "use_backend",
 ]

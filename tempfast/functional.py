@@ -271,3 +271,40 @@ def distillation_loss(
     call = _distillation.normalise(student_logits, teacher_logits, temperature, target=target,
                                    alpha=alpha, reduction=reduction, ignore_index=ignore_index)
     return _distillation.run(call)
+
+
+def token_logprobs(
+    logits: Tensor,
+    target: Tensor,
+    temperature: float | Tensor = 1.0,
+    *,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Per-token log-probabilities (and entropy) at a temperature, as RL fine-tuning needs them.
+
+    With ``a = softcap * tanh(logits / softcap)`` (``a = logits`` when ``softcap`` is None) and
+    ``p = softmax(a / T)`` over the last dimension: returns ``logp = log p[target]`` and, with
+    ``return_entropy=True``, ``(logp, entropy)`` with ``entropy = -sum p log p``, both fp32
+    (fp64 for fp64 logits) and shaped like ``target``. Positions equal to ``ignore_index``
+    give 0 in both (and no gradient). ``logp <= 0`` and ``0 <= entropy <= log V`` always.
+
+    Args:
+        logits: ``(..., V)``, classes last (``(B, S, V)`` as language models hold them).
+        target: ``(...)`` integer class indices (the sampled tokens).
+        temperature: a number, a 0-dim tensor, or one value per token (``target``'s shape);
+            differentiable when it requires grad.
+        softcap: the cap ``c`` of ``c * tanh(z / c)``, applied before dividing by ``T``
+            (Gemma-2's final-logit soft-capping); None for none.
+        ignore_index: positions with this target are ignored.
+        return_entropy: also return the entropy. Without it no entropy work is done; with it
+            and no gradient reaching the entropy, its backward terms are skipped too.
+
+    The logits are read once forward and once backward (the gradient written once), and
+    never divided, copied or materialised as probabilities.
+    """
+    from .ops import token_logprobs as _token
+
+    return _token.run(_token.normalise(logits, target, temperature, softcap, ignore_index,
+                                       return_entropy))

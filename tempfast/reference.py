@@ -169,3 +169,20 @@ def distillation_loss(
 
 
 distillation_loss_reference = distillation_loss  # its earlier name, kept for existing imports
+
+
+def token_logprobs(logits: Tensor, target: Tensor, temperature: float | Tensor = 1.0, *,
+                   softcap: float | None = None, ignore_index: int = -100,
+                   return_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """``log softmax(c(z) / T)[target]`` (and the entropy ``-sum p log p``) over the last
+    dimension, ``c(z) = softcap * tanh(z / softcap)``; 0 at ignored positions."""
+    a = logits if softcap is None else softcap * torch.tanh(logits / softcap)
+    log_p = torch.log_softmax(a / _per_row(temperature, a, a.dim() - 1), -1)
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    logp = torch.where(valid, log_p.gather(-1, safe.unsqueeze(-1)).squeeze(-1), 0.0)
+    if not return_entropy:
+        return logp
+    p = log_p.exp()
+    entropy = -(p * torch.where(p > 0, log_p, 0.0)).sum(-1)  # (no 0 * inf, nor in backward)
+    return logp, torch.where(valid, entropy, 0.0)

@@ -182,7 +182,7 @@ def all_calls() -> list[tuple]:
     for dtype, n_dt, width in itertools.product(DTYPES, (0, 1, rows), (cols, cols + 1,
                                                                       cols + 8)):
         calls.append(("apply", dtype, rows, width, {"N_DT": n_dt, "DEFER": n_dt == 1}))
-    return calls + distill_calls()
+    return calls + distill_calls() + token_calls()
 
 
 def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
@@ -206,6 +206,8 @@ def _call(kind: str, dtype: str, rows: int, cols: int, opts: dict) -> None:
                                      t_value)
         elif kind == "distill":
             _call_distill(x, t, opts)
+        elif kind == "token":
+            _call_token(x, t, t_value, opts)
         elif kind == "apply":
             ws = torch.zeros(common.WS_HEADER.value + 3 * rows)
             n_dt = opts.get("N_DT", 0)
@@ -391,6 +393,51 @@ def _call_distill(x: torch.Tensor, t: torch.Tensor, opts: dict) -> None:
     extras = opts.get("EXTRAS", False)
     distill_rows(x, torch.empty_like(x), t, torch.zeros(rows, dtype=torch.int64) if extras
                  else None, -100, 0.5, torch.ones(1) if extras else None, extras, extras)
+
+
+# --------------------------------------------------------------------------------------------
+# The token kernels (kernels/token_logprobs.py): every BLOCK_C token_config can choose, one
+# slice per row (FINAL, many rows) and several (the finish launch), forward with the entropy and
+# backward with its terms and dL/dT, in bf16 and fp32; on the widest tile every flag
+# combination, fp16, rows a multiple of 16 bytes only and of neither, one row, a per-token T
+# and a temperature by value.
+# --------------------------------------------------------------------------------------------
+TOKEN_FLAGS = ("SOFTCAP", "ENTROPY", "HAS_GH", "COMPUTE_DT")
+
+
+def token_calls() -> list[tuple]:
+    from tempfast.kernels.token_logprobs import TOKEN_TILE
+
+    everything = dict.fromkeys(TOKEN_FLAGS, True)
+    calls = []
+    for i in range(4, TOKEN_TILE.bit_length()):
+        cols = 1 << i
+        rows = 4 * 132 * (TOKEN_TILE // cols if cols < 256 else 1)  # row programs fill the SMs
+        calls.append(("token", "bf16", rows, cols, everything))
+    wide = 2 * TOKEN_TILE
+    for rows in (16, 1024):  # slices and the finish launch; one slice per row (FINAL)
+        calls += [("token", "bf16", rows, wide, dict(zip(TOKEN_FLAGS, v, strict=True)))
+                  for v in itertools.product((False, True), repeat=len(TOKEN_FLAGS))]
+        calls += [("token", "fp16", rows, wide, everything),
+                  ("token", "bf16", rows, wide - 8, everything),
+                  ("token", "bf16", rows, wide - 1, everything),
+                  ("token", "fp32", rows, wide, {**everything, "PER_ROW_T": True}),
+                  ("token", "bf16", rows, wide, {**everything, "T_VALUE": True})]
+    calls.append(("token", "bf16", 1, wide, everything))
+    return calls
+
+
+def _call_token(x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> None:
+    from tempfast.ops.token_logprobs import triton_path as token
+
+    rows = x.shape[0]
+    y = torch.zeros(rows, dtype=torch.int64)
+    cap = 30.0 if opts["SOFTCAP"] else 0.0
+    t = None if t_value else t
+    _lp, _h, lse = token.token_forward(x, y, t, t_value, cap, -100, opts["ENTROPY"])
+    g = torch.ones(rows)
+    token.token_backward(x, y, t, t_value, cap, -100, torch.zeros(rows), lse, g,
+                         g if opts["HAS_GH"] else None, g, opts["COMPUTE_DT"])
 
 
 if __name__ == "__main__":
