@@ -28,6 +28,14 @@ program, and combines the slices' partial statistics (see :mod:`.common` and
 and zeroes the counters first; :func:`grad_apply_kernel` (in :mod:`.rescale`) applies the
 upstream gradient in the backward pass.
 
+Soft-capping (``SOFTCAP``, the cap ``cap``) replaces ``z`` by ``a = cap tanh(z / cap)``
+everywhere above (:func:`.common.soft_cap`) and multiplies the gradient by ``da/dz``. The
+z-loss adds ``zl lse^2`` to a counted row's loss, ``zl`` = ``z_loss`` times
+:func:`z_coefficient`'s factor (``ws[WS_Z_SCALE]``: a weighted mean averages it over the rows
+counted, not their weights); its gradient ``2 zl lse p / T`` and its dL/dT
+``-2 zl lse sum(p a) / T^2`` come from replacing ``cs`` by ``cs + 2 zl lse`` in the gradient
+and dL/dT above.
+
 Ignored rows give exactly 0 everywhere, even when their logits or temperature are not finite
 (their logits are not read). A class index outside ``[0, C)`` (not ignored), or a temperature
 that is not finite and positive, gives NaN for that row: nothing is read out of bounds. All
@@ -62,6 +70,7 @@ from .common import (
     WS_LOSS,
     WS_LOSS_DIV,
     WS_ROW_FACTOR,
+    WS_Z_SCALE,
     arrive_and_wait,
     arrive_last,
     col_mask,
@@ -72,6 +81,7 @@ from .common import (
     row_offset,
     row_temperature,
     safe_max,
+    soft_cap,
     temperature_scale,
     work_item,
 )
@@ -143,10 +153,37 @@ def _tile_terms(x, e, k, m, mask, c, w, PROB: tl.constexpr, HAS_WEIGHT: tl.const
 
 
 @triton.jit
-def _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps, n_cols,
+def _capped(x, mask, cap, SOFTCAP: tl.constexpr):
+    """A tile's soft-capped logits (``-inf`` kept outside ``mask``) and their slope."""
+    a, slope = soft_cap(x, cap, SOFTCAP)
+    if SOFTCAP:
+        a = tl.where(mask, a, -float("inf"))
+    return a, slope
+
+
+@triton.jit
+def _target_slope(a_y, cap, SOFTCAP: tl.constexpr):
+    """``da/dz`` at the target from its capped logit: ``1 - (a_y / cap)^2`` (or 1)."""
+    if SOFTCAP:
+        th = a_y / cap
+        return 1.0 - th * th
+    return tl.full(a_y.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def z_coefficient(z_loss, z_ptr, z_off):
+    """The z-loss's coefficient: ``z_loss`` times ``z_ptr[z_off]`` (the launch's factor, see
+    ``WS_Z_SCALE``), or ``z_loss`` itself when ``z_off < 0``."""
+    return z_loss * tl.load(z_ptr + z_off, mask=z_off >= 0, other=1.0)
+
+
+@triton.jit
+def _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps, n_cols, zl,
                 PROB: tl.constexpr, SMOOTH: tl.constexpr):
     """Finish a row from its sums (relative to the row max ``m``): ``(loss, lse, dt, cs)``,
-    adding the class-index term. Ignored rows: loss and dL/dT exactly 0."""
+    adding the class-index term and the z-loss ``zl lse^2`` (its gradient ``2 zl lse p / T``
+    joins the ``cs p`` term: the returned ``cs`` is ``cs + 2 zl lse``). Ignored rows: loss and
+    dL/dT exactly 0."""
     if not PROB:
         sw = tl.where(valid, eps / n_cols, 0.0)
         index_c = (1.0 - eps) * w_y
@@ -160,8 +197,10 @@ def _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps, n_cols,
             d = d_y
             cz = index_c * z_y
     inv_t = k * LN2
-    loss = tl.where(valid, (cs * log2_s + d) * LN2, 0.0)
     lse = (m + log2_s) * LN2
+    z_lse = tl.where(valid, lse, 0.0)
+    loss = tl.where(valid, (cs * log2_s + d) * LN2 + zl * z_lse * z_lse, 0.0)
+    cs = cs + 2.0 * zl * z_lse
     dt = tl.where(valid, (cz - cs * (ez / s)) * inv_t * inv_t, 0.0)
     return loss, lse, dt, cs
 
@@ -183,10 +222,11 @@ def _grad_tile(e, f, h, c, w, valid, eps, n_cols, PROB: tl.constexpr,
 
 
 @triton.jit
-def _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, owner,
+def _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, owner, slope_y,
                  HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Overwrite ``g[row, y]`` with ``e_y f - c_y h`` (``owner``: the program holding column
-    ``y``), after a CTA barrier so that it lands after the tile store of the same column."""
+    """Overwrite ``g[row, y]`` with ``(e_y f - c_y h) slope_y`` (``owner``: the program
+    holding column ``y``), after a CTA barrier so that it lands after the tile store of the
+    same column."""
     tl.debug_barrier()
     c_y = (1.0 - eps) * w_y
     if SMOOTH:
@@ -194,18 +234,18 @@ def _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, owner,
             c_y += (eps / n_cols) * w_y
         else:
             c_y += tl.where(valid, eps / n_cols, 0.0)
-    g_y = tl.exp2(z_y * k - m) * f - c_y * h
+    g_y = (tl.exp2(z_y * k - m) * f - c_y * h) * slope_y
     tl.store(g_rows + y, g_y.to(g_rows.dtype.element_ty), mask=valid & owner)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["z_off"])
 def ce_rows_kernel(
     x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, q_ptr, stride_q, w_ptr,
     g_ptr, stride_g, scale_ptr, scale_off, stride_scale, ws_ptr, part_off,
-    n_rows, n_cols, ignore_index, eps,
+    n_rows, n_cols, ignore_index, eps, cap, z_loss, z_ptr, z_off,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, REDUCE: tl.constexpr,
-    VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    SOFTCAP: tl.constexpr, VEC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Grid ``cdiv(N, BLOCK_N)``: ``BLOCK_N`` whole rows per program (``C <= BLOCK_C``), each
     logit read once, each gradient element written once. ``VEC``: the row strides and ``C``
@@ -228,9 +268,10 @@ def ce_rows_kernel(
     mask = valid[:, None] & cmask[None, :]
     x_rows = x_ptr + row_offset(rows, stride_x, VEC)
     x = tl.load(x_rows[:, None] + cols[None, :], mask=mask, other=-float("inf"))
-    x = x.to(tl.float32)
+    x, slope = _capped(x.to(tl.float32), mask, cap, SOFTCAP)
     if not PROB:
-        z_y = tl.load(x_rows + y, mask=valid, other=0.0).to(tl.float32)
+        z_y, _slope_y = soft_cap(tl.load(x_rows + y, mask=valid, other=0.0).to(tl.float32), cap,
+                                 SOFTCAP)
     m = safe_max(tl.max(x, axis=1) * k)
     e = tl.exp2(x * k[:, None] - m[:, None])
     s = tl.sum(e, axis=1)
@@ -245,7 +286,7 @@ def ce_rows_kernel(
                           HAS_WEIGHT, SMOOTH)
     cs, d, cz, ez = _tile_terms(x, e, k, m, mask, c, w, PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT)
     loss, lse, dt, cs = _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y, eps,
-                                    n_cols, PROB, SMOOTH)
+                                    n_cols, z_coefficient(z_loss, z_ptr, z_off), PROB, SMOOTH)
     out = ws_ptr + WS_HEADER + rows
     tl.store(out, loss, mask=row_mask)
     tl.store(out + n_rows, lse, mask=row_mask)
@@ -258,12 +299,14 @@ def ce_rows_kernel(
         h = tl.where(valid, scale * k * LN2, 0.0)
         f = tl.where(valid, h * cs / s, 0.0)
         g = _grad_tile(e, f, h, c, w, valid, eps, n_cols, PROB, HAS_WEIGHT, SMOOTH)
+        if SOFTCAP:
+            g = g * slope
         g_rows = g_ptr + row_offset(rows, stride_g, VEC)
         tl.store(g_rows[:, None] + cols[None, :], g.to(g_ptr.dtype.element_ty),
                  mask=row_mask[:, None] & cmask[None, :])
         if not PROB:
             _index_fixup(g_rows, y, valid, z_y, k, m, f, h, w_y, eps, n_cols, valid,
-                         HAS_WEIGHT, SMOOTH)
+                         _target_slope(z_y, cap, SOFTCAP), HAS_WEIGHT, SMOOTH)
     if REDUCE:
         n_programs = tl.num_programs(0)
         tl.store(ws_ptr + part_off + pid, tl.sum(loss, axis=0))
@@ -285,14 +328,16 @@ def _finish_reduce(ws_ptr, part_off, n_parts, COMPUTE_DT: tl.constexpr):
 
 
 @triton.jit
-def _slice_stats(x_row, q_row, w_ptr, cols, col_mask, k, valid, eps, n_cols,
+def _slice_stats(x_row, q_row, w_ptr, cols, col_mask, k, valid, eps, n_cols, cap,
                  PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
-                 COMPUTE_DT: tl.constexpr):
+                 COMPUTE_DT: tl.constexpr, SOFTCAP: tl.constexpr):
     """Load one slice of one row (a ``[1, BLOCK_C]`` tile) and its statistics relative to the
-    slice's own max: ``(x, e, c, w, m_raw, m, s, cs, d, cz, ez)`` (``m_raw``: the slice max of
-    ``u``, ``-inf`` if it has none; ``m = safe_max(m_raw)``)."""
+    slice's own max: ``(slope, e, c, w, m_raw, m, s, cs, d, cz, ez)`` (``slope``: the cap's
+    slope; ``m_raw``: the slice max of ``u``, ``-inf`` if it has none; ``m =
+    safe_max(m_raw)``)."""
     mask = valid[:, None] & col_mask[None, :]
     x = tl.load(x_row + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    x, slope = _capped(x, mask, cap, SOFTCAP)
     m_raw = tl.max(x, axis=1) * k
     m = safe_max(m_raw)
     e = tl.exp2(x * k[:, None] - m[:, None])
@@ -305,7 +350,7 @@ def _slice_stats(x_row, q_row, w_ptr, cols, col_mask, k, valid, eps, n_cols,
         c = _prob_weights(q_row + cols[None, :], w_ptr, cols, mask, col_mask, eps, n_cols,
                           HAS_WEIGHT, SMOOTH)
     cs, d, cz, ez = _tile_terms(x, e, k, m, mask, c, w, PROB, HAS_WEIGHT, SMOOTH, COMPUTE_DT)
-    return x, e, c, w, m_raw, m, s, cs, d, cz, ez
+    return slope, e, c, w, m_raw, m, s, cs, d, cz, ez
 
 
 @triton.jit
@@ -340,14 +385,16 @@ def _combine_partials(row_part, n_slices, BLOCK_S: tl.constexpr):
     return m_ref + one, s + one, cs + one, d + one, cz + one, ez + one
 
 
-@triton.jit(do_not_specialize=["max_polls", "poll_add", "repair"])
+@triton.jit(do_not_specialize=["z_off", "max_polls", "poll_add", "repair"])
 def ce_slices_kernel(
     x_ptr, stride_x, t_ptr, stride_t, t_value, y_ptr, q_ptr, stride_q, w_ptr,
     g_ptr, stride_g, scale_ptr, scale_off, stride_scale, ws_ptr, part_off, slice_off,
-    sync_off, n_rows, n_cols, n_slices, n_items, ignore_index, eps, max_polls, poll_add, repair,
+    sync_off, n_rows, n_cols, n_slices, n_items, ignore_index, eps, cap, z_loss, z_ptr, z_off,
+    max_polls, poll_add, repair,
     PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
     COMPUTE_GRAD: tl.constexpr, COMPUTE_DT: tl.constexpr, REDUCE: tl.constexpr,
-    PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    SOFTCAP: tl.constexpr, PHASE: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Rows cut into ``n_slices`` slices of ``BLOCK_C`` columns; work item ``i`` is slice
     ``i % n_slices`` of row ``i // n_slices`` (``n_items = N * n_slices``). A slice's partial
@@ -413,12 +460,12 @@ def ce_slices_kernel(
         else:
             z_y = tl.zeros((1,), tl.float32)
             if not PROB:
-                z_y = tl.load(x_row + y, mask=valid, other=0.0)
-                z_y = z_y.to(tl.float32)
+                z_y, _slope_y = soft_cap(tl.load(x_row + y, mask=valid, other=0.0).to(tl.float32),
+                                         cap, SOFTCAP)
         if PHASE != 2:
-            _x, e, c, w, m_raw, m_l, s_l, cs_l, d_l, cz_l, ez_l = _slice_stats(
-                x_row, q_row, w_ptr, cols, cmask, k, valid, eps, n_cols, PROB, HAS_WEIGHT,
-                SMOOTH, COMPUTE_DT)
+            slope, e, c, w, m_raw, m_l, s_l, cs_l, d_l, cz_l, ez_l = _slice_stats(
+                x_row, q_row, w_ptr, cols, cmask, k, valid, eps, n_cols, cap, PROB, HAS_WEIGHT,
+                SMOOTH, COMPUTE_DT, SOFTCAP)
             _store_partials(part, m_raw, s_l, cs_l, d_l, cz_l, ez_l, z_y)
         finish = PHASE != 1
         if PHASE == 0:
@@ -429,7 +476,8 @@ def ce_slices_kernel(
             m, s, cs, d, cz, ez = _combine_partials(row_part, n_slices, BLOCK_S)
             log2_s = tl.log2(s)
             loss, lse, dt, cs = _row_totals(k, m, log2_s, s, cs, d, cz, ez, valid, w_y, z_y,
-                                            eps, n_cols, PROB, SMOOTH)
+                                            eps, n_cols, z_coefficient(z_loss, z_ptr, z_off),
+                                            PROB, SMOOTH)
             first = sl == 0
             out = ws_ptr + WS_HEADER + rows
             if REDUCE:
@@ -443,8 +491,9 @@ def ce_slices_kernel(
                 dt_acc += dt
             if COMPUTE_GRAD:
                 if PHASE == 2:
-                    e, c, w = _reload_slice(x_row, q_row, w_ptr, cols, cmask, k, m, valid, eps,
-                                            n_cols, PROB, HAS_WEIGHT, SMOOTH)
+                    slope, e, c, w = _reload_slice(x_row, q_row, w_ptr, cols, cmask, k, m, valid,
+                                                   eps, n_cols, cap, PROB, HAS_WEIGHT, SMOOTH,
+                                                   SOFTCAP)
                     e_factor = 1.0
                 else:
                     e_factor = tl.exp2(m_l - m)
@@ -453,12 +502,15 @@ def ce_slices_kernel(
                 f = tl.where(valid, h * cs / s, 0.0)
                 g = _grad_tile(e, f * e_factor, h, c, w, valid, eps, n_cols, PROB, HAS_WEIGHT,
                                SMOOTH)
+                if SOFTCAP:
+                    g = g * slope
                 g_row = g_ptr + row_offset(row, stride_g, VEC)
                 tl.store(g_row + cols[None, :], g.to(g_ptr.dtype.element_ty),
                          mask=cmask[None, :] & (rows < n_rows)[:, None])
                 if not PROB:
                     _index_fixup(g_row + tl.zeros((1,), tl.int64), y, valid, z_y, k, m, f, h,
-                                 w_y, eps, n_cols, (y // BLOCK_C) == sl, HAS_WEIGHT, SMOOTH)
+                                 w_y, eps, n_cols, (y // BLOCK_C) == sl,
+                                 _target_slope(z_y, cap, SOFTCAP), HAS_WEIGHT, SMOOTH)
         turn += tl.num_programs(0)
         item = work_item(sync, turn, sync_off + n_rows, n_items, repair, PHASE)
     if REDUCE and PHASE != 1:
@@ -471,12 +523,14 @@ def ce_slices_kernel(
 
 
 @triton.jit
-def _reload_slice(x_row, q_row, w_ptr, cols, col_mask, k, m, valid, eps, n_cols,
-                  PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr):
-    """Phase 2: read a slice again: ``(e, c, w)`` with ``e = 2^(u - M)`` for the row max
-    ``M``."""
+def _reload_slice(x_row, q_row, w_ptr, cols, col_mask, k, m, valid, eps, n_cols, cap,
+                  PROB: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr,
+                  SOFTCAP: tl.constexpr):
+    """Phase 2: read a slice again: ``(slope, e, c, w)`` with ``e = 2^(u - M)`` for the row
+    max ``M``."""
     mask = valid[:, None] & col_mask[None, :]
     x = tl.load(x_row + cols[None, :], mask=mask, other=-float("inf")).to(tl.float32)
+    x, slope = _capped(x, mask, cap, SOFTCAP)
     e = tl.exp2(x * k[:, None] - m[:, None])
     w = tl.zeros((cols.shape[0],), tl.float32)
     if HAS_WEIGHT:
@@ -485,7 +539,7 @@ def _reload_slice(x_row, q_row, w_ptr, cols, col_mask, k, m, valid, eps, n_cols,
     if PROB:
         c = _prob_weights(q_row + cols[None, :], w_ptr, cols, mask, col_mask, eps, n_cols,
                           HAS_WEIGHT, SMOOTH)
-    return e, c, w
+    return slope, e, c, w
 
 
 @triton.jit
@@ -507,6 +561,7 @@ def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignor
         o = i * BLOCK + offs
         tl.store(sync + zero_off + o, tl.zeros((BLOCK,), tl.int32), mask=o < n_zero)
     acc = tl.zeros((BLOCK,), tl.float32)
+    count = tl.zeros((BLOCK,), tl.float32)
     for i in range(0, n_divisor_chunks):
         o = i * BLOCK + offs
         # (int64 class indices; ``y_ptr`` is a stand-in for probability targets, never read)
@@ -515,11 +570,16 @@ def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignor
         if HAS_WEIGHT:
             safe = tl.minimum(tl.maximum(y, 0), n_cols - 1)
             acc += tl.where(ok, tl.load(w_ptr + safe, mask=ok, other=0.0).to(tl.float32), 0.0)
+            count += tl.where(ok, 1.0, 0.0)
         else:
             acc += tl.where(ok, 1.0, 0.0)
     divisor = tl.sum(acc, axis=0)
     if n_divisor_chunks == 0:
         divisor = tl.zeros((), tl.float32) + n_rows
+    # the z-loss is averaged over the rows counted, not over their weights
+    rows_counted = tl.sum(count, axis=0)
+    z_mean = tl.where(rows_counted == 0.0, 0.0, divisor / rows_counted)
+    z_scale = tl.where(HAS_WEIGHT & (n_divisor_chunks > 0) & (mean != 0), z_mean, 1.0)
     if mean:
         loss_div = divisor
         row_factor = tl.where(divisor == 0.0, 0.0, 1.0 / divisor)
@@ -528,4 +588,5 @@ def ce_prep_kernel(y_ptr, w_ptr, ws_ptr, zero_off, n_zero, n_rows, n_cols, ignor
         row_factor = 1.0
     tl.store(ws_ptr + WS_LOSS_DIV, loss_div)
     tl.store(ws_ptr + WS_ROW_FACTOR, row_factor)
+    tl.store(ws_ptr + WS_Z_SCALE, z_scale)
     tl.store(ws_ptr + WS_GRAD_SCALE, tl.where(defer != 0, 1.0, row_factor))

@@ -50,6 +50,7 @@ from .common import (
     row_offset,
     row_temperature,
     safe_max,
+    soft_cap,
     temperature_scale,
 )
 from .heuristics import DEFAULT_NUM_SMS, LaunchConfig, cdiv, next_pow2
@@ -59,7 +60,6 @@ TOKEN_WARPS = 8
 TOKEN_FILL = 4  # programs per SM the grid aims for before slicing rows
 TOKEN_PARTIALS = tl.constexpr(3)  # forward partials per (row, slice): m, s, t
 FINISH_ELEMENTS = 1024  # partials a program of the finish kernel combines at once
-TANH_SERIES = tl.constexpr(0.0625)  # below this |v|, tanh(v) from its series
 
 
 def token_config(n_rows: int, n_cols: int, num_sms: int | None = None,
@@ -89,27 +89,6 @@ def token_slice_len(n_cols: int, n_slices: int, block_c: int) -> int:
 def finish_rows(n_slices: int) -> int:
     """Rows per program of :func:`token_finish_kernel`."""
     return max(1, FINISH_ELEMENTS // next_pow2(n_slices))
-
-
-@triton.jit
-def soft_cap(x, cap, SOFTCAP: tl.constexpr):
-    """``(a, da/dx)``: ``a = cap tanh(x / cap)`` and ``1 - tanh^2`` with ``SOFTCAP``, else
-    ``(x, 1)``. tanh from ``exp2`` (``(1 - e) / (1 + e)``, ``e = 2^(-2 log2(e) |v|)``), and from
-    its series ``v - v^3/3 + 2 v^5/15 - 17 v^7/315`` below :data:`TANH_SERIES` (the quotient
-    loses digits there); ``-inf`` gives ``-cap`` with slope 0."""
-    a = x
-    slope = tl.full(x.shape, 1.0, tl.float32)
-    if SOFTCAP:
-        v = x / cap
-        av = tl.abs(v)
-        e = tl.exp2(av * (-2.0 * LOG2E))
-        big = (1.0 - e) / (1.0 + e)
-        v2 = v * v
-        small = v * (1.0 + v2 * (-1.0 / 3.0 + v2 * (2.0 / 15.0 - v2 * (17.0 / 315.0))))
-        th = tl.where(av < TANH_SERIES, small, tl.where(v < 0.0, -big, big))
-        a = cap * th
-        slope = 1.0 - th * th
-    return a, slope
 
 
 @triton.jit

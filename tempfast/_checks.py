@@ -66,6 +66,18 @@ def check_label_smoothing(label_smoothing: float) -> float:
     return check_fraction("label_smoothing", label_smoothing)
 
 
+def check_softcap(softcap: float | None) -> float:
+    """``softcap`` as a float (0.0 for ``None``); a one-line error unless finite and > 0."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, Real):
+        raise TypeError(f"softcap: expected a float or None, got {type(softcap).__name__}")
+    value = float(softcap)
+    if not math.isfinite(value) or value <= 0.0:
+        raise ValueError(f"softcap: must be finite and > 0 (or None), got {value}")
+    return value
+
+
 def check_ignore_index(ignore_index: int) -> int:
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index: expected an int, got {type(ignore_index).__name__}")

@@ -63,7 +63,10 @@ def cross_entropy(
     inplace_backward: bool = False,
     process_group=None,
     start: int | None = None,
-) -> Tensor:
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``F.cross_entropy(logits / T, target, ...)``, fused: torch's arguments and layout.
 
     Args:
@@ -96,16 +99,25 @@ def cross_entropy(
             :mod:`tempfast.ops.class_parallel`).
         start: with ``process_group``, this rank's first class (optional: learned once from the
             ranks' widths).
+        softcap: ``c``: the logits become ``c * tanh(logits / c)`` before they are divided by
+            ``T`` (Gemma-2's final-logit soft-capping); None for none.
+        z_loss: the coefficient of the z-loss ``z_loss * lse(a / T)^2`` (PaLM), added per row
+            that is not ignored: unweighted by ``weight`` and label smoothing, summed for
+            ``"sum"``, averaged over those rows for ``"mean"`` (as Liger and flash-attn do);
+            its gradient and dL/dT are fused with the cross-entropy's.
+        return_z_loss: also return the z-term alone (reduced as the loss; for logging).
 
     Returns:
         fp32 loss: a scalar, or the target's shape (the logits' without the class dimension)
-        for ``reduction="none"``.
+        for ``reduction="none"``; with ``return_z_loss`` the pair ``(loss, z_term)``, the loss
+        including the z-term.
 
     A class index outside ``[0, C)`` that is not ``ignore_index`` raises ``ValueError`` for CPU
     tensors; on CUDA (no host synchronisation) that row's loss and gradient are NaN.
     """
     return _cross_entropy.loss(logits, target, temperature, weight, ignore_index, reduction,
-                               label_smoothing, class_dim, inplace_backward, process_group, start)
+                               label_smoothing, class_dim, inplace_backward, process_group, start,
+                               softcap, z_loss, return_z_loss)
 
 
 def linear_cross_entropy(

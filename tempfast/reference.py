@@ -45,12 +45,17 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     class_dim: int | None = None,
-) -> Tensor:
-    """``F.cross_entropy(logits / T, target, ...)``, classes at ``class_dim`` (``None``:
-    torch's layout, dim 1 of ``(N, C, d1, ...)``, dim 0 of ``(C,)``; ``-1``: class-last).
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_z_loss: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``F.cross_entropy(a / T, target, ...) + z_loss * lse(a / T)^2`` with ``a = softcap *
+    tanh(logits / softcap)`` (or the logits), classes at ``class_dim`` (``None``: torch's
+    layout, dim 1 of ``(N, C, d1, ...)``, dim 0 of ``(C,)``; ``-1``: class-last).
 
     target: the logits' shape without the class dimension (class indices) or the logits' shape
-    (probabilities); the loss has the target-index shape for ``reduction="none"``.
+    (probabilities); the loss has the target-index shape for ``reduction="none"``. The z-term
+    counts the rows that are not ignored, unweighted: summed, or averaged over those rows.
     """
     cdim = (0 if logits.dim() == 1 else 1) if class_dim is None else class_dim % logits.dim()
     probs = target.shape == logits.shape and target.dtype.is_floating_point
@@ -59,6 +64,8 @@ def cross_entropy(
         target = target.movedim(cdim, -1)
     num_classes = logits.shape[-1]
     rows_shape = logits.shape[:-1]
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     scaled = logits / _per_row(temperature, logits, logits.dim() - 1)
     flat_target = target.reshape(-1, num_classes) if probs else target.reshape(-1)
     loss = F.cross_entropy(
@@ -69,7 +76,17 @@ def cross_entropy(
         reduction=reduction,
         label_smoothing=label_smoothing,
     )
-    return loss.reshape(rows_shape) if reduction == "none" else loss
+    counted = torch.ones(flat_target.shape[0], dtype=torch.bool, device=logits.device) if probs \
+        else flat_target != ignore_index
+    z_rows = torch.where(counted, torch.logsumexp(scaled.reshape(-1, num_classes), -1) ** 2, 0.0)
+    z_rows = z_loss * z_rows
+    if reduction == "none":
+        z_term = z_rows.reshape(rows_shape)
+        loss = loss.reshape(rows_shape)
+    else:
+        z_term = z_rows.sum() if reduction == "sum" else z_rows.sum() / counted.sum()
+    loss = loss + z_term
+    return (loss, z_term) if return_z_loss else loss
 
 
 def linear_cross_entropy(

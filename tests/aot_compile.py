@@ -165,6 +165,13 @@ def all_calls() -> list[tuple]:
         rows, cols = _preferred(variants)
         combos = [("ce", "bf16", rows, cols, dict(zip(CE_FLAGS, values, strict=True)))
                   for values in itertools.product((False, True), repeat=len(CE_FLAGS))]
+        # soft-capping (its own constexpr; the z-loss is a run-time scalar): the plain and the
+        # everything variants, reduced or not, class indices and probabilities, both dtypes
+        everything = dict.fromkeys(CE_FLAGS, True)
+        combos += [("ce", d, rows, cols, {**base, "SOFTCAP": True, "Z_LOSS": True})
+                   for d in ("bf16", "fp32")
+                   for base in (BASE_CE, {**BASE_CE, "REDUCE": False}, everything,
+                                {**everything, "PROB": False}, {**everything, "REDUCE": False})]
         calls += _with_fallback(combos, path)
     # 4. the backward's gradient apply: every tile shape, every dtype and width variant,
     # with and without dL/dT, deferred mean or not
@@ -232,14 +239,17 @@ def _call_ce(x: torch.Tensor, t: torch.Tensor, t_value: float, opts: dict) -> No
     grad = None
     if opts["COMPUTE_GRAD"]:
         grad = x if opts.get("INPLACE") else torch.empty_like(x)
+    softcap = 30.0 if opts.get("SOFTCAP") else 0.0
+    z_loss = 1e-4 if opts.get("Z_LOSS") else 0.0
     if opts["REDUCE"]:
         ce.ce_reduced(x, target, t, t_value, weight, -100, label_smoothing,
                       "sum" if opts.get("SUM") else "mean", grad, opts["COMPUTE_DT"],
-                      x.dtype == torch.float16)
+                      x.dtype == torch.float16, softcap, z_loss)
     else:
         scale = torch.ones(rows if opts.get("PER_ROW_SCALE") else 1) if grad is not None \
             else None
-        ce.ce_rows(x, target, t, weight, -100, label_smoothing, scale, grad, opts["COMPUTE_DT"])
+        ce.ce_rows(x, target, t, weight, -100, label_smoothing, scale, grad, opts["COMPUTE_DT"],
+                   softcap, z_loss)
 
 
 def record_calls(calls: list[tuple]) -> list:

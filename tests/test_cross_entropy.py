@@ -1011,3 +1011,106 @@ def test_the_interpreter_shows_the_user_no_numpy_warning():
         tempfast.distillation_loss(logits_like(3, 10, torch.float32).requires_grad_(),
                                    logits_like(3, 10, torch.float32, seed=1), t).backward()
     assert t.grad is not None and torch.isfinite(t.grad)
+
+
+# --------------------------------------------------------------------------------------------
+# Soft-capping and the z-loss (issue 25): CE(c(z) / T) + z_loss * lse(c(z) / T)^2.
+# --------------------------------------------------------------------------------------------
+CAPPED_CASES = [  # (classes, reduction, label_smoothing, weighted, probability targets)
+    (50, "mean", 0.0, False, False),
+    (300, "mean", 0.1, True, False),
+    (300, "none", 0.0, True, False),
+    (5000, "sum", 0.1, False, False),
+    (40, "mean", 0.1, True, True),
+]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("num_classes", "reduction", "label_smoothing", "weighted", "probs"),
+                         CAPPED_CASES)
+@pytest.mark.parametrize(("softcap", "z_loss"), [(30.0, 0.0), (None, 1e-3), (20.0, 1e-2)])
+def test_softcap_and_z_loss_match_the_oracle(path, num_classes, reduction, label_smoothing,
+                                             weighted, probs, softcap, z_loss):
+    logits = logits_like(6, num_classes, torch.float32, scale=20.0)
+    target = harness.targets(6, num_classes)
+    if probs:
+        target = torch.softmax(logits_like(6, num_classes, torch.float32, seed=3), -1)
+    else:
+        target[1] = -100
+    weight = torch.rand(num_classes, generator=torch.Generator().manual_seed(2)) + 0.5 \
+        if weighted else None
+    check_against_reference(path, logits, target, torch.tensor(2.0), t_grad=True,
+                            reduction=reduction, label_smoothing=label_smoothing, weight=weight,
+                            softcap=softcap, z_loss=z_loss)
+
+
+@pytest.mark.parametrize("kernel_path", harness.KERNEL_PATHS)
+def test_softcap_and_z_loss_on_every_kernel_path(monkeypatch, kernel_path):
+    c = 700
+    harness.force_config(monkeypatch, triton_path, harness.forced(kernel_path, c))
+    logits = logits_like(5, c, torch.bfloat16, scale=20.0)
+    target = harness.targets(5, c)
+    check_against_reference("triton", logits, target, torch.tensor(0.7), t_grad=True,
+                            softcap=15.0, z_loss=1e-2)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_return_z_loss_gives_the_z_term_alone(path, reduction):
+    """The z-term is unweighted and averaged over the rows not ignored; the loss includes
+    it. Routes: eager fused (mean, sum), the custom op (none), in-place."""
+    logits = logits_like(7, 30, torch.float32, scale=5.0)
+    target = harness.targets(7, 30)
+    target[2] = -100
+    weight = torch.rand(30, generator=torch.Generator().manual_seed(4)) + 0.5
+    loss, z = run_path(path, tempfast.cross_entropy, logits.clone().requires_grad_(True),
+                       target, 2.0, weight=weight, reduction=reduction, softcap=10.0,
+                       z_loss=0.1, return_z_loss=True)
+    exp_loss, exp_z = reference.cross_entropy(logits.double(), target, 2.0,
+                                              weight=weight.double(), reduction=reduction,
+                                              softcap=10.0, z_loss=0.1, return_z_loss=True)
+    assert_close(loss, exp_loss, LOSS_TOL, "loss")
+    assert_close(z, exp_z, LOSS_TOL, "z-term")
+    assert not z.requires_grad
+    lse = torch.logsumexp(10.0 * torch.tanh(logits.double() / 10.0) / 2.0, -1)
+    rows = torch.where(target != -100, 0.1 * lse ** 2, 0.0)
+    by_hand = {"none": rows, "sum": rows.sum(), "mean": rows.sum() / 6}[reduction]
+    assert_close(z, by_hand, LOSS_TOL, "z-term by hand")
+    x = logits.clone().mul(1.0).requires_grad_(True)
+    y = x * 1.0
+    loss_inplace, z_inplace = run_path(path, tempfast.cross_entropy, y, target, 2.0,
+                                       weight=weight, reduction=reduction, softcap=10.0,
+                                       z_loss=0.1, return_z_loss=True, inplace_backward=True)
+    assert_close(z_inplace, exp_z, LOSS_TOL, "z-term in place")
+    loss_inplace.sum().backward()
+
+
+def test_softcap_and_z_loss_compile_without_breaks():
+    logits = logits_like(8, 40, torch.float32, scale=20.0).requires_grad_(True)
+    target = harness.targets(8, 40)
+
+    def step(x, y):
+        return tempfast.cross_entropy(x, y, 2.0, softcap=30.0, z_loss=1e-3)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(logits, target)
+    loss.backward()
+    grad = logits.grad.clone()
+    logits.grad = None
+    expected = step(logits, target)
+    expected.backward()
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    assert_close(grad, logits.grad, 1e-6, "grad", floor=1e-3)
+
+
+@pytest.mark.parametrize(("kwargs", "name", "error"), [
+    ({"softcap": 0.0}, "softcap", ValueError),
+    ({"softcap": "30"}, "softcap", TypeError),
+    ({"z_loss": -1e-4}, "z_loss", ValueError),
+    ({"z_loss": float("nan")}, "z_loss", ValueError),
+    ({"return_z_loss": 1}, "return_z_loss", TypeError),
+])
+def test_bad_softcap_and_z_loss_get_one_line_errors(kwargs, name, error):
+    message = raises_one_line(error, name, tempfast.cross_entropy, torch.zeros(4, 6),
+                              torch.zeros(4, dtype=torch.long), **kwargs)
+    assert message.startswith(name)

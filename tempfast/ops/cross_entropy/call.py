@@ -63,6 +63,9 @@ class CrossEntropyCall(NamedTuple):
     inplace_backward: bool
     process_group: ProcessGroup | None = None  # class-parallel: the ranks that share the classes
     start: int | None = None  # class-parallel: this rank's first class, if given
+    softcap: float = 0.0  # the cap of ``softcap tanh(z / softcap)`` before ``/ T``; 0: none
+    z_loss: float = 0.0  # the z-loss's coefficient
+    return_z_loss: bool = False  # also return the z-term (for logging)
 
     @property
     def probs(self) -> bool:
@@ -79,30 +82,58 @@ class CrossEntropyCall(NamedTuple):
 def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
               weight: Tensor | None, ignore_index: int, reduction: str,
               label_smoothing: float, class_dim: int | None, inplace_backward: bool,
-              process_group=None, start: int | None = None) -> CrossEntropyCall:
+              process_group=None, start: int | None = None, softcap: float | None = None,
+              z_loss: float = 0.0, return_z_loss: bool = False) -> CrossEntropyCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
     them into a :class:`CrossEntropyCall`.
 
     With ``process_group`` the logits are this rank's classes (possibly none), the class
     indices global and ``weight`` holds every class (checked against the group's class count
     by the class-parallel route, once it knows it)."""
-    return _checked_call(logits, target, temperature, weight, ignore_index, reduction,
+    call = _checked_call(logits, target, temperature, weight, ignore_index, reduction,
                          label_smoothing, class_dim, inplace_backward, process_group, start)
+    extras = check_extras(softcap, z_loss, return_z_loss)
+    if extras and process_group is not None:
+        raise ValueError(f"{next(iter(extras))}: not supported with process_group yet")
+    return call._replace(**extras) if extras else call
+
+
+def check_extras(softcap: float | None, z_loss: float, return_z_loss: bool) -> dict:
+    """``softcap``, ``z_loss`` and ``return_z_loss`` checked: the fields of a
+    :class:`CrossEntropyCall` that differ from their defaults."""
+    extras = {}
+    cap = _checks.check_softcap(softcap)
+    if cap:
+        extras["softcap"] = cap
+    if isinstance(z_loss, bool) or not isinstance(z_loss, int | float):
+        raise TypeError(f"z_loss: expected a float, got {type(z_loss).__name__}")
+    if not math.isfinite(z_loss) or z_loss < 0:
+        raise ValueError(f"z_loss: must be finite and >= 0, got {z_loss}")
+    if z_loss:
+        extras["z_loss"] = float(z_loss)
+    if not isinstance(return_z_loss, bool):
+        raise TypeError(f"return_z_loss: expected a bool, got {type(return_z_loss).__name__}")
+    if return_z_loss:
+        extras["return_z_loss"] = True
+    return extras
 
 
 def loss(logits: Tensor, target: Tensor, temperature: float | Tensor, weight: Tensor | None,
          ignore_index: int, reduction: str, label_smoothing: float, class_dim: int | None,
-         inplace_backward: bool, process_group=None, start: int | None = None) -> Tensor:
+         inplace_backward: bool, process_group=None, start: int | None = None,
+         softcap: float | None = None, z_loss: float = 0.0,
+         return_z_loss: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The loss of ``tempfast.cross_entropy``'s arguments: the plain call's (:func:`plain_loss`)
     when it is one, else :func:`run` of :func:`normalise`."""
     if (weight is None and class_dim is None and not inplace_backward and process_group is None
-            and start is None):
+            and start is None and softcap is None and not z_loss and not return_z_loss):
         plain = plain_loss(logits, target, temperature, ignore_index, reduction,
                            label_smoothing)
         if plain is not None:
             return plain
     return run(normalise(logits, target, temperature, weight, ignore_index, reduction,
-                         label_smoothing, class_dim, inplace_backward, process_group, start))
+                         label_smoothing, class_dim, inplace_backward, process_group, start,
+                         softcap, z_loss, return_z_loss))
 
 
 def plain_loss(logits: Tensor, target: Tensor, temperature: float | Tensor, ignore_index: int,
@@ -197,7 +228,8 @@ def route(call: CrossEntropyCall) -> str:
     if call.process_group is not None:
         return "class_parallel"
     eager = is_eager(call.logits)
-    if eager and not call.inplace_backward and small_on_cpu(call.logits, call.t_grad):
+    plain = not (call.inplace_backward or call.softcap or call.z_loss or call.return_z_loss)
+    if eager and plain and small_on_cpu(call.logits, call.t_grad):
         return "aten"
     reduced = call.reduction != "none" and call.logits.shape[0] > 0
     if call.inplace_backward:
@@ -208,29 +240,51 @@ def route(call: CrossEntropyCall) -> str:
     return "custom_op"
 
 
-def run(call: CrossEntropyCall) -> Tensor:
-    """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``."""
+def run(call: CrossEntropyCall) -> Tensor | tuple[Tensor, Tensor]:
+    """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``; with
+    ``return_z_loss`` the pair ``(loss, z-term)``, the z-term reduced as the loss."""
     way = route(call)
     if way == "aten":
         return _aten(call)
     if way == "class_parallel":
         return class_parallel.run(call)
     t, t_value = call.temperature, call.t_value
+    lse = None
     if way in ("fused", "fused_inplace"):
         loss = FusedCrossEntropy.apply(call.logits, t, call, way == "fused_inplace")
+        if call.return_z_loss:
+            loss, lse = loss
     else:
         tensor_t = _checks.temperature_tensor(t, t_value, call.logits)
         if way == "inplace_op":
-            loss = CrossEntropyInplace.apply(call.logits, tensor_t, call)
+            loss, lse = CrossEntropyInplace.apply(call.logits, tensor_t, call)
         else:
             grad_on = torch.is_grad_enabled()
             target_grad = call.probs and call.target.requires_grad and grad_on
             fused = (grad_on and call.logits.requires_grad and call.reduction != "none"
                      and not target_grad)
-            loss = cross_entropy_2d(call.logits, call.target, tensor_t, call.weight,
-                                    call.ignore_index, call.label_smoothing, call.reduction,
-                                    fused, call.t_grad)[0]
-    return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
+            loss, lse = cross_entropy_2d(call.logits, call.target, tensor_t, call.weight,
+                                         call.ignore_index, call.label_smoothing,
+                                         call.reduction, fused, call.t_grad, call.softcap,
+                                         call.z_loss)[:2]
+    loss = loss.reshape(call.rows_shape) if call.reduction == "none" else loss
+    if not call.return_z_loss:
+        return loss
+    return loss, z_term(lse.detach(), call)
+
+
+def z_term(lse: Tensor, call: CrossEntropyCall) -> Tensor:
+    """The z-loss alone, ``z_loss * lse^2``, over the rows that count (not ignored), reduced
+    as the loss: per row, summed, or averaged over those rows (not weighted)."""
+    counted = None if call.probs else call.target != call.ignore_index
+    rows = lse * lse if counted is None else torch.where(counted, lse * lse, 0.0)
+    rows = call.z_loss * rows
+    if call.reduction == "none":
+        return rows.reshape(call.rows_shape)
+    total = rows.sum()
+    if call.reduction == "sum":
+        return total
+    return total / (rows.numel() if counted is None else counted.sum())
 
 
 def _explain_plain_failure(logits: Tensor, target: Tensor, temperature: float,

@@ -45,7 +45,7 @@ from ..autograd import (
 )
 from ..dispatch import runs_triton
 from . import torch_path
-from .torch_path import mean_divisor
+from .torch_path import mean_divisor, z_loss_scale
 
 if TYPE_CHECKING:
     from .call import CrossEntropyCall
@@ -80,6 +80,8 @@ def cross_entropy_2d(
     reduction: str,
     fused_grad: bool,
     compute_dt: bool,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(loss, lse, grad, dt_rows, divisor)``.
 
@@ -87,7 +89,7 @@ def cross_entropy_2d(
     gradient for an incoming gradient of 1, ``(N, C)`` in the logits' dtype, when
     ``fused_grad`` (else empty). ``dt_rows``: ``(N,)`` d(loss_row)/dT when ``compute_dt`` (else
     empty). ``divisor``: the mean's divisor (scalar). Everything but ``grad`` is fp32 (fp64 for
-    fp64 logits).
+    fp64 logits). ``softcap`` (0: none) and ``z_loss``: see ``kernels/cross_entropy.py``.
     """
     _check_values(logits, target, temperature, ignore_index)
     n_rows, n_cols = logits.shape
@@ -99,9 +101,11 @@ def cross_entropy_2d(
         return (reduce_rows(loss_rows, divisor, reduction), loss_rows.clone(), grad,
                 loss_rows.clone(), divisor)
     scale = fused_scale(divisor, reduction, logits.dtype)
+    z_scale = z_loss_scale(target, weight, ignore_index, divisor, reduction) if z_loss else None
     loss_rows, lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing,
-        scale if fused_grad else None, grad if fused_grad else None, compute_dt,
+        scale if fused_grad else None, grad if fused_grad else None, compute_dt, softcap,
+        z_loss, z_scale,
     )
     # the rows may be views of one workspace: outputs of a custom op must not alias
     return (reduce_rows(loss_rows, divisor, reduction), lse.clone(), grad, dt_rows.clone(),
@@ -110,7 +114,7 @@ def cross_entropy_2d(
 
 @cross_entropy_2d.register_fake
 def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
-      fused_grad, compute_dt):
+      fused_grad, compute_dt, softcap=0.0, z_loss=0.0):
     n_rows = logits.shape[0]
     f32 = {"dtype": accumulation_dtype(logits.dtype)}
     loss = logits.new_empty(n_rows if reduction == "none" else (), **f32)
@@ -129,25 +133,34 @@ def cross_entropy_backward_2d(
     ignore_index: int,
     label_smoothing: float,
     scale: Tensor,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
+    z_scale: Tensor | None = None,
 ) -> Tensor:
     """The logits' gradient ``scale / T * (s * p - c)`` recomputed from the logits (``scale``:
-    the upstream gradient per row, ``(1,)`` or ``(N,)``)."""
+    the upstream gradient per row, ``(1,)`` or ``(N,)``; ``z_scale``: the z-loss's factor)."""
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     if logits.numel():
         impl_for(logits).ce_rows(logits, target, temperature, weight, ignore_index,
-                                 label_smoothing, scale, grad, False)
+                                 label_smoothing, scale, grad, False, softcap, z_loss, z_scale)
     return grad
 
 
 @cross_entropy_backward_2d.register_fake
-def _(logits, target, temperature, weight, ignore_index, label_smoothing, scale):
+def _(logits, target, temperature, weight, ignore_index, label_smoothing, scale, softcap=0.0,
+      z_loss=0.0, z_scale=None):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse: Tensor,
-                 label_smoothing: float, scale: Tensor, target: Tensor) -> Tensor:
-    """d loss / d q for probability targets: ``-g (1 - eps) w (z / T - lse)``."""
-    logp = logits.to(lse.dtype) / temperature.reshape(-1, 1) - lse.unsqueeze(1)
+                 label_smoothing: float, scale: Tensor, target: Tensor,
+                 softcap: float) -> Tensor:
+    """d loss / d q for probability targets: ``-g (1 - eps) w (a / T - lse)`` (``a`` the
+    soft-capped logits)."""
+    a = logits.to(lse.dtype)
+    if softcap:
+        a = softcap * torch.tanh(a / softcap)
+    logp = a / temperature.reshape(-1, 1) - lse.unsqueeze(1)
     scale = scale.unsqueeze(1) * (label_smoothing - 1.0)
     grad = logp * scale if weight is None else logp * scale * weight.to(lse.dtype)
     return grad.to(target.dtype)
@@ -155,14 +168,14 @@ def _target_grad(logits: Tensor, temperature: Tensor, weight: Tensor | None, lse
 
 def _setup_context(ctx, inputs, output) -> None:
     (logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
-     fused_grad, _compute_dt) = inputs
+     fused_grad, _compute_dt, softcap, z_loss) = inputs
     _loss, lse, grad, dt_rows, divisor = output
     ctx.mark_non_differentiable(lse, grad, dt_rows, divisor)
     # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
     # gradient for every other output (an N x C buffer for ``grad``) on each backward.
     ctx.set_materialize_grads(False)
     ctx.fused = fused_grad
-    ctx.options = (ignore_index, label_smoothing, reduction)
+    ctx.options = (ignore_index, label_smoothing, reduction, softcap, z_loss)
     if fused_grad:
         ctx.save_for_backward(grad, dt_rows, divisor, temperature)
     else:
@@ -171,9 +184,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_divisor):
     if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
-        return (None,) * 9
+        return (None,) * 11
     refuse_double_backward("cross_entropy", g_loss)
-    ignore_index, label_smoothing, reduction = ctx.options
+    ignore_index, label_smoothing, reduction, softcap, z_loss = ctx.options
     need_logits, need_target, need_t = ctx.needs_input_grad[:3]
     grad_logits = grad_target = grad_t = None
     if ctx.fused:
@@ -186,14 +199,17 @@ def _backward(ctx, g_loss, _g_lse, _g_grad, _g_dt, _g_divisor):
         logits, target, temperature, weight, lse, dt_rows, divisor = ctx.saved_tensors
         scale = row_scale(g_loss, divisor, reduction)
         if need_logits:
+            z_scale = z_loss_scale(target, weight, ignore_index, divisor, reduction) \
+                if z_loss else None
             grad_logits = cross_entropy_backward_2d(logits, target, temperature, weight,
-                                                    ignore_index, label_smoothing, scale)
+                                                    ignore_index, label_smoothing, scale,
+                                                    softcap, z_loss, z_scale)
         if need_target:
             grad_target = _target_grad(logits, temperature, weight, lse, label_smoothing, scale,
-                                       target)
+                                       target, softcap)
     if need_t:
         grad_t = temperature_grad(dt_rows, scale, temperature)
-    return grad_logits, grad_target, grad_t, None, None, None, None, None, None
+    return (grad_logits, grad_target, grad_t) + (None,) * 8
 
 
 cross_entropy_2d.register_autograd(_backward, setup_context=_setup_context)
@@ -212,30 +228,36 @@ def cross_entropy_inplace_2d(
     label_smoothing: float,
     reduction: str,
     compute_dt: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Like ``cross_entropy`` with ``fused_grad``, but the gradient overwrites ``logits``.
-    Returns ``(loss, dt_rows, divisor)``."""
+    Returns ``(loss, dt_rows, divisor, lse)``."""
     _check_values(logits, target, temperature, ignore_index)
     n_cols = logits.shape[1]
     divisor = mean_divisor(target, weight, ignore_index, n_cols, accumulation_dtype(logits.dtype))
     scale = fused_scale(divisor, reduction, logits.dtype)
     if logits.shape[0] == 0:
         loss_rows = logits.new_zeros(0, dtype=divisor.dtype)
-        return reduce_rows(loss_rows, divisor, reduction), loss_rows.clone(), divisor
-    loss_rows, _lse, dt_rows = impl_for(logits).ce_rows(
+        return (reduce_rows(loss_rows, divisor, reduction), loss_rows.clone(), divisor,
+                loss_rows.clone())
+    z_scale = z_loss_scale(target, weight, ignore_index, divisor, reduction) if z_loss else None
+    loss_rows, lse, dt_rows = impl_for(logits).ce_rows(
         logits, target, temperature, weight, ignore_index, label_smoothing, scale, logits,
-        compute_dt,
+        compute_dt, softcap, z_loss, z_scale,
     )
-    return reduce_rows(loss_rows.clone(), divisor, reduction), dt_rows.clone(), divisor
+    return (reduce_rows(loss_rows.clone(), divisor, reduction), dt_rows.clone(), divisor,
+            lse.clone())
 
 
 @cross_entropy_inplace_2d.register_fake
 def _(logits, target, temperature, weight, ignore_index, label_smoothing, reduction,
-      compute_dt):
+      compute_dt, softcap=0.0, z_loss=0.0):
     n_rows = logits.shape[0]
     f32 = {"dtype": accumulation_dtype(logits.dtype)}
     return (logits.new_empty(n_rows if reduction == "none" else (), **f32),
-            logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32))
+            logits.new_empty(n_rows if compute_dt else 0, **f32), logits.new_empty((), **f32),
+            logits.new_empty(n_rows, **f32))
 
 
 class CrossEntropyInplace(torch.autograd.Function):
@@ -245,17 +267,20 @@ class CrossEntropyInplace(torch.autograd.Function):
     tensor; the other arguments come from ``call``."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, temperature: Tensor, call: CrossEntropyCall) -> Tensor:
-        loss, dt_rows, divisor = cross_entropy_inplace_2d(
+    def forward(ctx, logits: Tensor, temperature: Tensor,
+                call: CrossEntropyCall) -> tuple[Tensor, Tensor]:
+        loss, dt_rows, divisor, lse = cross_entropy_inplace_2d(
             logits, call.target, temperature, call.weight, call.ignore_index,
-            call.label_smoothing, call.reduction, ctx.needs_input_grad[1],
+            call.label_smoothing, call.reduction, ctx.needs_input_grad[1], call.softcap,
+            call.z_loss,
         )
         ctx.reduction = call.reduction
         ctx.save_for_backward(logits, dt_rows, divisor, temperature)
-        return loss
+        ctx.mark_non_differentiable(lse)
+        return loss, lse
 
     @staticmethod
-    def backward(ctx, g_loss):
+    def backward(ctx, g_loss, _g_lse):
         refuse_double_backward("cross_entropy", g_loss)
         buf, dt_rows, divisor, temperature = ctx.saved_tensors
         grad = apply_upstream(ctx, buf, fused_upstream(g_loss, divisor, ctx.reduction, buf.dtype))
@@ -275,11 +300,12 @@ class FusedCrossEntropy(torch.autograd.Function):
     with ``inplace``), the backward pass applies the upstream gradient (the path's
     ``apply_upstream_``). ``temperature``: a tensor (one value, possibly 0-dim, or one per
     row) or None, the number ``call.t_value`` then passed by value; the other arguments come
-    from ``call``."""
+    from ``call``. Returns the loss, and with ``call.return_z_loss`` the rows' log-sum-exps
+    too (not differentiable)."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, temperature: Tensor | None, call: CrossEntropyCall,
-                inplace: bool) -> Tensor:
+                inplace: bool) -> Tensor | tuple[Tensor, Tensor]:
         if temperature is not None:
             check_temperature_values(temperature)
         if not call.probs:
@@ -294,7 +320,7 @@ class FusedCrossEntropy(torch.autograd.Function):
             grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
         res = impl.ce_reduced(logits, call.target, temperature, call.t_value, call.weight,
                               call.ignore_index, call.label_smoothing, call.reduction, grad,
-                              compute_dt, defer)
+                              compute_dt, defer, call.softcap, call.z_loss)
         if inplace:
             torch.autograd.graph.increment_version(logits)
         # saved, not held: after a backward that frees the graph, autograd can hand the buffer
@@ -305,10 +331,14 @@ class FusedCrossEntropy(torch.autograd.Function):
         if compute_dt:
             ctx.t_grad = "scalar" if temperature.numel() == 1 else "rows"
             ctx.t_shape = temperature.shape
-        return res.loss
+        if not call.return_z_loss:
+            return res.loss
+        lse = res.lse
+        ctx.mark_non_differentiable(lse)
+        return res.loss, lse
 
     @staticmethod
-    def backward(ctx, g_loss):
+    def backward(ctx, g_loss, *_g_lse):
         refuse_double_backward("cross_entropy", g_loss)
         impl, res, defer = ctx.state
         (grad,) = ctx.saved_tensors

@@ -37,6 +37,9 @@ def ce_rows(
     grad_scale: Tensor | None,
     grad_out: Tensor | None,
     compute_dt: bool,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
+    z_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-row temperature cross-entropy; optionally the scaled gradient, written to ``grad_out``.
 
@@ -50,7 +53,10 @@ def ce_rows(
 
     with ``u = z log2(e) / t``, ``m = max u`` and ``S = sum 2^(u - m)``. The loss is computed in
     the second form (every term >= 0: never negative, full precision on confident rows; see
-    :mod:`tempfast.kernels.cross_entropy`).
+    :mod:`tempfast.kernels.cross_entropy`). With ``softcap`` (0: none) ``z`` is
+    ``softcap tanh(z / softcap)`` throughout and the gradient takes its slope; ``z_loss``
+    (times ``z_scale``, a one-value tensor, when given) adds ``zl lse^2`` to each counted row
+    and ``2 zl lse`` to ``s`` in the gradient and dL/dT.
 
     Returns ``(loss_rows, lse, dt_rows)``, each ``(N,)`` (``dt_rows`` empty unless asked).
     """
@@ -72,9 +78,15 @@ def ce_rows(
                                              device=device)
              for _ in range(worker_count(n_rows, step))]
 
+    zl = z_loss * z_scale.to(cdt) if z_scale is not None else z_loss
+
     def chunk(r0: int, r1: int, worker: int) -> None:
         work = works[worker]
         z = logits[r0:r1]  # in its own dtype: every use below computes in cdt
+        slope = None
+        if softcap:
+            th = torch.tanh(z.to(cdt) / softcap)
+            z, slope = softcap * th, 1.0 - th * th
         inv_t = inverse_temperature(rows_of(t, r0, r1, cdt))
         k = inv_t * LOG2E  # base 2: exp2 is several times faster than exp on CPUs
         e = grad_out[r0:r1] if direct else work[: r1 - r0]
@@ -119,6 +131,10 @@ def ce_rows(
         log2_s = s.log2()[:, 0]
         row_lse = (m[:, 0] + log2_s) * LN2
         row_loss = (c_sum * log2_s + gap) * LN2
+        if z_loss:
+            z_lse = row_lse if valid is None else torch.where(valid, row_lse, 0.0)
+            row_loss = row_loss + zl * z_lse * z_lse
+            c_sum = c_sum + 2.0 * zl * z_lse
         loss[r0:r1] = row_loss if valid is None else torch.where(valid, row_loss, 0.0)
         lse[r0:r1] = row_lse
         if compute_dt:  # sum(p z) = sum(e z) / s; nansum: masked classes (0 * -inf) add 0
@@ -143,6 +159,8 @@ def ce_rows(
                 g.addcmul_(row_scale, w.unsqueeze(0), value=-label_smoothing / n_cols)
             elif label_smoothing > 0:
                 g.sub_(row_scale * (label_smoothing / n_cols))
+        if slope is not None:
+            g.mul_(slope)
         if valid is not None and (device.type != "cpu" or not bool(valid.all())):
             g.masked_fill_(~valid.unsqueeze(1), 0.0)  # exactly 0, even from +inf logits
         if not direct:
@@ -156,19 +174,20 @@ def ce_rows(
 CHUNK_SUMS_AT = 0
 
 
-def chunk_workspaces(logits: Tensor, n_chunks: int) -> tuple[None, Tensor]:
+def chunk_workspaces(logits: Tensor, n_chunks: int, softcap: float = 0.0) -> tuple[None, Tensor]:
     """The triton path's contract: one row per chunk holding its summed loss and dL/dT."""
     return None, torch.zeros(n_chunks, 2, dtype=compute_dtype(logits.dtype),
                              device=logits.device)
 
 
 def ce_chunk_sums(logits: Tensor, target: Tensor, t: Tensor, ignore_index: int,
-                  label_smoothing: float, compute_dt: bool, ws: Tensor, cfg: None) -> None:
+                  label_smoothing: float, compute_dt: bool, ws: Tensor, cfg: None,
+                  softcap: float = 0.0, z_loss: float = 0.0) -> None:
     """One chunk of a chunked sum: the gradient of the rows' summed loss written over
     ``logits``; the summed loss and (``compute_dt``) dL/dT into ``ws[0]``, ``ws[1]``."""
     one = torch.ones(1, dtype=ws.dtype, device=ws.device)
     loss, _lse, dt = ce_rows(logits, target, t, None, ignore_index, label_smoothing, one,
-                             logits, compute_dt)
+                             logits, compute_dt, softcap, z_loss)
     ws[0] = loss.sum()
     if compute_dt:
         ws[1] = dt.sum()
@@ -188,6 +207,17 @@ def mean_divisor(target: Tensor, weight: Tensor | None, ignore_index: int, num_c
     return (weight.to(dtype)[safe] * valid).sum()
 
 
+def z_loss_scale(target: Tensor, weight: Tensor | None, ignore_index: int, divisor: Tensor,
+                 reduction: str) -> Tensor | None:
+    """The z-loss's factor under the loss's reduction (``None``: 1): a weighted mean divides
+    the rows' losses by their weights' sum, the z-loss by the rows counted, so each row's
+    z-term carries ``divisor / rows counted`` (0-dim)."""
+    if reduction != "mean" or weight is None or target.dim() == 2:
+        return None
+    counted = (target != ignore_index).sum().to(divisor.dtype)
+    return torch.where(counted == 0, 0.0, divisor / counted)
+
+
 @dataclass
 class Reduced:
     """What a reduced (mean / sum) forward leaves for its backward pass: the loss, per-row
@@ -198,6 +228,7 @@ class Reduced:
     dt: Tensor
     divisor: Tensor
     row_factor: Tensor
+    lse: Tensor
 
     def dt_rows(self) -> Tensor:
         return self.dt
@@ -209,7 +240,7 @@ class Reduced:
 def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                weight: Tensor | None, ignore_index: int, label_smoothing: float,
                reduction: str, grad_out: Tensor | None, compute_dt: bool,
-               defer: bool) -> Reduced:
+               defer: bool, softcap: float = 0.0, z_loss: float = 0.0) -> Reduced:
     """A mean or sum cross-entropy (see :func:`.triton_path.ce_reduced`): the gradient for an
     upstream gradient of 1 goes to ``grad_out`` (without the mean's factor when ``defer``)."""
     cdt = compute_dtype(logits.dtype)
@@ -224,9 +255,10 @@ def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
     scale = None
     if grad_out is not None:
         scale = (divisor.new_ones(()) if defer else row_factor).reshape(1)
-    loss_rows, _lse, dt_rows = ce_rows(logits, target, t, weight, ignore_index, label_smoothing,
-                                       scale, grad_out, compute_dt)
-    return Reduced(loss_rows.sum() / divisor, dt_rows * row_factor, divisor, row_factor)
+    z_scale = z_loss_scale(target, weight, ignore_index, divisor, reduction) if z_loss else None
+    loss_rows, lse, dt_rows = ce_rows(logits, target, t, weight, ignore_index, label_smoothing,
+                                      scale, grad_out, compute_dt, softcap, z_loss, z_scale)
+    return Reduced(loss_rows.sum() / divisor, dt_rows * row_factor, divisor, row_factor, lse)
 
 
 def apply_upstream_(buf: Tensor | None, g: Tensor, res: Reduced, t_grad: str | None,

@@ -110,11 +110,22 @@ class CEResult:
         """Their sum (0-dim): dL/dT of a scalar temperature."""
         return self.ws[common.WS_DT.value]
 
+    @property
+    def lse(self) -> Tensor:
+        """Per-row log-sum-exp of ``a / T`` (the z-loss's, for ``return_z_loss``)."""
+        return self.row(1)
+
     def dt_slot(self, per_row: bool) -> tuple[int, int]:
         """``(offset, count)`` of dL/dT in the workspace: per row, or the sum."""
         if per_row:
             return self.layout.rows + 2 * self.layout.n_rows, self.layout.n_rows
         return common.WS_DT.value, 1
+
+
+def _inputs(softcap: float) -> int:
+    """The row-sized register arrays a program holds, for the block sizes: the logits, and the
+    cap's slope when soft-capping (kept from the load to the gradient's store)."""
+    return 2 if softcap else 1
 
 
 def _programs(n_rows: int, cfg: LaunchConfig) -> int:
@@ -137,18 +148,22 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                grad_out: Tensor | None,
                grad_scale: Tensor | None, compute_dt: bool, reduce: str | None,
                defer: bool = False, cfg: LaunchConfig | None = None,
-               ws: Tensor | None = None) -> CEResult:
+               ws: Tensor | None = None, softcap: float = 0.0, z_loss: float = 0.0,
+               z_scale: Tensor | None = None) -> CEResult:
     """Launch the cross-entropy kernels over ``x (N, C)``; ``reduce``: ``None`` (per-row
     outputs only), ``"sum"`` or ``"mean"`` (with the gradient scaled by the prep kernel's
     factor; ``grad_scale`` is then ignored). ``ws``: a workspace to use (at least the layout's
-    size, e.g. from :func:`chunk_workspaces`), else one is allocated."""
+    size, e.g. from :func:`chunk_workspaces`), else one is allocated. ``softcap`` (0: none) and
+    ``z_loss`` as in ``kernels/cross_entropy.py``; the z-loss's factor is the prep kernel's
+    when reducing, else ``z_scale`` (a one-value tensor) or 1."""
     n_rows, n_cols = x.shape
     probs = target.dim() == 2
     q = unit_col_stride(_prob_target(target, x.dtype)) if probs else None
     grad = grad_out is not None
-    cfg = cfg or config_for(x, 1, *(a for a in (q, grad_out) if a is not None))
+    cfg = cfg or config_for(x, _inputs(softcap), *(a for a in (q, grad_out) if a is not None))
     flags = {"PROB": probs, "HAS_WEIGHT": weight is not None, "SMOOTH": label_smoothing > 0,
-             "COMPUTE_GRAD": grad, "COMPUTE_DT": compute_dt, "REDUCE": reduce is not None}
+             "COMPUTE_GRAD": grad, "COMPUTE_DT": compute_dt, "REDUCE": reduce is not None,
+             "SOFTCAP": softcap > 0}
     slices = cfg.path == "slices"
     layout = _layout(n_rows, cfg, reduce is not None)
     items, programs = layout.items, _programs(n_rows, cfg)
@@ -169,14 +184,18 @@ def _ce_launch(x: Tensor, target: Tensor, t: Tensor | None, t_value: float,
     head = (x, x.stride(0), t_arg, stride_t, float(t_value), y, q_arg,
             q.stride(0) if probs else 0, w, g, g.stride(0), scale, scale_off, stride_scale, ws,
             layout.part)
-    tail = (ignore_index, float(label_smoothing))
+    if reduce is not None:
+        z_ptr, z_off = ws, common.WS_Z_SCALE.value
+    else:
+        z_ptr, z_off = (z_scale.float(), 0) if z_scale is not None else (ws, -1)
+    tail = (ignore_index, float(label_smoothing), float(softcap), float(z_loss), z_ptr, z_off)
     grid = None
     if slices:
         kernel = kernels.ce_slices_kernel
         args = (*head, layout.slices, layout.sync, n_rows, n_cols, cfg.n_slices, items, *tail)
         kernel_kw = {**flags, "VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": cfg.block_s,
                      "num_warps": cfg.num_warps}
-        if compute_dt and x.element_size() == 2:
+        if compute_dt and x.element_size() == 2 and not softcap:  # (the slope needs more)
             kernel_kw["maxnreg"] = DT_SLICES_MAX_REGISTERS
         grid = cooperative_grid(kernel, args, kernel_kw, cfg.n_slices, items, x.device)
     if reduce is not None or grid is not None:
@@ -206,13 +225,16 @@ def ce_rows(
     grad_scale: Tensor | None,
     grad_out: Tensor | None,
     compute_dt: bool,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
+    z_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """See :func:`.torch_path.ce_rows`."""
     aliased = grad_out is not None and grad_out.data_ptr() == logits.data_ptr()
     x = logits if aliased else unit_col_stride(logits)
     res = _ce_launch(x, target, t, 0.0, weight, ignore_index, label_smoothing,
                      grad_out=grad_out, grad_scale=grad_scale, compute_dt=compute_dt,
-                     reduce=None)
+                     reduce=None, softcap=softcap, z_loss=z_loss, z_scale=z_scale)
     return res.row(0), res.row(1), res.row(2) if compute_dt else res.ws[:0]
 
 
@@ -221,29 +243,31 @@ CHUNK_SUMS_AT = common.WS_LOSS.value
 assert common.WS_DT.value == CHUNK_SUMS_AT + 1
 
 
-def chunk_workspaces(logits: Tensor, n_chunks: int) -> tuple[LaunchConfig, Tensor]:
+def chunk_workspaces(logits: Tensor, n_chunks: int,
+                     softcap: float = 0.0) -> tuple[LaunchConfig, Tensor]:
     """The launch configuration of the first (largest) of ``n_chunks`` chunks of rows like
     ``logits`` (their gradient written over them), and one workspace per chunk: ``(n_chunks,
     size)`` rows of one allocation, each large enough for any chunk of at most as many rows."""
-    cfg = config_for(logits, 1, logits)
+    cfg = config_for(logits, _inputs(softcap), logits)
     size = _layout(logits.shape[0], cfg, reduce=True).size
     return cfg, torch.empty(n_chunks, size, dtype=torch.float32, device=logits.device)
 
 
 def ce_chunk_sums(logits: Tensor, target: Tensor, t: Tensor, ignore_index: int,
                   label_smoothing: float, compute_dt: bool, ws: Tensor,
-                  cfg: LaunchConfig) -> None:
+                  cfg: LaunchConfig, softcap: float = 0.0, z_loss: float = 0.0) -> None:
     """One chunk of a chunked sum: the gradient of the rows' summed loss written over
     ``logits``, the summed loss and (``compute_dt``) dL/dT at ``ws[CHUNK_SUMS_AT + {0, 1}]``;
     ``t`` one temperature ``(1,)``. No torch op: the launches write into ``ws``."""
     _ce_launch(logits, target, t, 0.0, None, ignore_index, label_smoothing, grad_out=logits,
-               grad_scale=None, compute_dt=compute_dt, reduce="sum", cfg=cfg, ws=ws)
+               grad_scale=None, compute_dt=compute_dt, reduce="sum", cfg=cfg, ws=ws,
+               softcap=softcap, z_loss=z_loss)
 
 
 def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
                weight: Tensor | None, ignore_index: int, label_smoothing: float,
                reduction: str, grad_out: Tensor | None, compute_dt: bool,
-               defer: bool) -> CEResult:
+               defer: bool, softcap: float = 0.0, z_loss: float = 0.0) -> CEResult:
     """A mean or sum cross-entropy in two launches, nothing else on the device: the loss at
     ``ws[WS_LOSS]``, with ``compute_dt`` dL/dT at ``ws[WS_DT]`` (summed) and per row (scaled
     by ``ws[WS_ROW_FACTOR]``), and, with ``grad_out``, the gradient for an upstream gradient of
@@ -252,7 +276,7 @@ def ce_reduced(logits: Tensor, target: Tensor, t: Tensor | None, t_value: float,
     x = logits if aliased else unit_col_stride(logits)
     return _ce_launch(x, target, t, t_value, weight, ignore_index, label_smoothing,
                       grad_out=grad_out, grad_scale=None, compute_dt=compute_dt,
-                      reduce=reduction, defer=defer)
+                      reduce=reduction, defer=defer, softcap=softcap, z_loss=z_loss)
 
 
 def apply_upstream_(buf: Tensor | None, g: Tensor, res: CEResult, t_grad: str | None,

@@ -13,7 +13,6 @@ Routes:
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -41,18 +40,6 @@ class TokenCall(NamedTuple):
     out_shape: torch.Size
 
 
-def check_softcap(softcap: float | None) -> float:
-    """``softcap`` as a float (0.0 for ``None``); a one-line error unless finite and > 0."""
-    if softcap is None:
-        return 0.0
-    if isinstance(softcap, bool) or not isinstance(softcap, Real):
-        raise TypeError(f"softcap: expected a float or None, got {type(softcap).__name__}")
-    value = float(softcap)
-    if not math.isfinite(value) or value <= 0.0:
-        raise ValueError(f"softcap: must be finite and > 0 (or None), got {value}")
-    return value
-
-
 def check_token_target(target: Tensor, logits: Tensor) -> None:
     """Class indices of every position of class-last ``logits (..., V)``: an integer tensor
     of shape ``logits.shape[:-1]``."""
@@ -76,7 +63,7 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
     check_token_target(target, logits)
     _checks.check_same_device(logits=logits, target=target)
     ignore_index = _checks.check_ignore_index(ignore_index)
-    cap = check_softcap(softcap)
+    cap = _checks.check_softcap(softcap)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
     n_cols = logits.shape[-1]
