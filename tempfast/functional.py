@@ -134,6 +134,8 @@ def linear_cross_entropy(
     process_group=None,
     start: int | None = None,
     accum_dtype: torch.dtype | None = None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Tensor:
     """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)`` without the full logits.
 
@@ -156,6 +158,7 @@ def linear_cross_entropy(
             fp64 inputs) or the weight's own dtype, which saves ``2 C H`` bytes for 16-bit
             weights at a precision cost that grows with the number of chunks (measured in
             kernels/README.md); not with ``process_group``.
+        softcap, z_loss: as in :func:`cross_entropy` (fused in each chunk's kernel).
 
     Returns:
         fp32 loss: a scalar, or shape ``(*)`` for ``reduction="none"``. Gradients flow to
@@ -165,7 +168,8 @@ def linear_cross_entropy(
     call = _linear.normalise(
         hidden, weight, target, bias, temperature, ignore_index=ignore_index,
         reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size,
-        process_group=process_group, start=start, accum_dtype=accum_dtype)
+        process_group=process_group, start=start, accum_dtype=accum_dtype, softcap=softcap,
+        z_loss=z_loss)
     return _linear.run(call)
 
 

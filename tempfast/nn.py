@@ -198,6 +198,9 @@ class TemperatureCrossEntropyLoss(_Temperature):
 
     With ``process_group``, the logits are this rank's slice of the classes (class-parallel,
     see :mod:`tempfast.ops.class_parallel`; ``start``: this rank's first class, optional).
+
+    ``softcap``, ``z_loss`` and ``return_z_loss`` as in :func:`tempfast.cross_entropy` (with
+    ``return_z_loss`` the module returns ``(loss, z_term)``).
     """
 
     def __init__(
@@ -213,9 +216,15 @@ class TemperatureCrossEntropyLoss(_Temperature):
         inplace_backward: bool = False,
         process_group=None,
         start: int | None = None,
+        softcap: float | None = None,
+        z_loss: float = 0.0,
+        return_z_loss: bool = False,
     ) -> None:
         super().__init__(temperature, learnable)
         self.register_buffer("weight", weight)
+        self.softcap = softcap
+        self.z_loss = z_loss
+        self.return_z_loss = return_z_loss
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -224,9 +233,11 @@ class TemperatureCrossEntropyLoss(_Temperature):
         self.process_group = process_group
         self.start = start
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         sharded = ({} if self.process_group is None else
                    {"process_group": self.process_group, "start": self.start})
+        extras = {k: v for k, v in (("softcap", self.softcap), ("z_loss", self.z_loss),
+                                    ("return_z_loss", self.return_z_loss)) if v}
         return F.cross_entropy(
             logits,
             target,
@@ -238,6 +249,7 @@ class TemperatureCrossEntropyLoss(_Temperature):
             class_dim=self.class_dim,
             inplace_backward=self.inplace_backward,
             **sharded,
+            **extras,
         )
 
     def extra_repr(self) -> str:
@@ -255,7 +267,8 @@ class LinearTemperatureCrossEntropy(_Temperature):
     class chunk by chunk, for accuracy without the full logits.
 
     ``accum_dtype``: the weight gradient's accumulator across chunks (as in
-    :func:`tempfast.functional.linear_cross_entropy`: fp32 by default).
+    :func:`tempfast.functional.linear_cross_entropy`: fp32 by default). ``softcap`` and
+    ``z_loss``: as in :func:`tempfast.cross_entropy`.
 
     With ``process_group`` the head is class-parallel: ``num_classes`` is this rank's share
     (its rows of the weight; ranks in class order, see :mod:`tempfast.ops.class_parallel`),
@@ -267,9 +280,12 @@ class LinearTemperatureCrossEntropy(_Temperature):
                  learnable: bool = False, bias: bool = True, *, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0,
                  chunk_size: int | None = None, process_group=None, start: int | None = None,
-                 accum_dtype: torch.dtype | None = None, device=None, dtype=None) -> None:
+                 accum_dtype: torch.dtype | None = None, softcap: float | None = None,
+                 z_loss: float = 0.0, device=None, dtype=None) -> None:
         super().__init__(temperature, learnable)
         self.linear = nn.Linear(in_features, num_classes, bias=bias, device=device, dtype=dtype)
+        self.softcap = softcap
+        self.z_loss = z_loss
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = label_smoothing
@@ -297,6 +313,8 @@ class LinearTemperatureCrossEntropy(_Temperature):
             bias = bias.to(hidden.dtype) if bias is not None else None
         sharded = ({"accum_dtype": self.accum_dtype} if self.process_group is None else
                    {"process_group": self.process_group, "start": self.start})
+        if self.softcap or self.z_loss:
+            sharded.update(softcap=self.softcap, z_loss=self.z_loss)
         loss = F.linear_cross_entropy(
             hidden, weight, target, bias, self._forward_temperature(),
             ignore_index=self.ignore_index, reduction=self.reduction,

@@ -99,9 +99,12 @@ def linear_cross_entropy(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
 ) -> Tensor:
     """``F.cross_entropy((hidden @ weight.T + bias) / T, target, ...)``: hidden ``(*, H)``,
-    weight ``(C, H)``, bias ``(C,)``, target ``(*)``."""
+    weight ``(C, H)``, bias ``(C,)``, target ``(*)`` (``softcap``, ``z_loss``: as in
+    :func:`cross_entropy`)."""
     logits = F.linear(hidden, weight, bias)
     return cross_entropy(
         logits,
@@ -111,6 +114,8 @@ def linear_cross_entropy(
         reduction=reduction,
         label_smoothing=label_smoothing,
         class_dim=-1,
+        softcap=softcap,
+        z_loss=z_loss,
     )
 
 

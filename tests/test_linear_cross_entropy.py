@@ -308,3 +308,16 @@ def test_no_rows_give_torchs_empty_results_and_zero_gradients(path):
             torch.testing.assert_close(loss, torch.tensor(expected), equal_nan=True)
         assert hidden.grad.shape == (0, 8) and torch.equal(weight.grad, torch.zeros(5, 8))
         weight.grad = None
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("temperature", ["scalar", "rows"])
+def test_softcap_and_z_loss_in_every_chunk(path, reduction, temperature):
+    """The summed pass (mean, one T) and the per-row pass (none, or a T per row), with chunks
+    that do not divide the rows."""
+    hidden, weight, bias, target = _inputs(13, 32, 300, torch.float32)
+    hidden = hidden * 8.0
+    t = torch.tensor(1.5) if temperature == "scalar" else torch.rand(13) + 0.5
+    check(path, hidden, weight, bias, target, t, t_grad=True, reduction=reduction,
+          chunk_size=5, softcap=4.0, z_loss=1e-2)

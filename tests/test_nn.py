@@ -199,3 +199,22 @@ def test_an_earlier_temperature_with_a_gradient_does_not_warn_at_another_runs_op
         warnings.simplefilter("error")
         _train(loss_fn, opt, model, 3)
     assert old.log_temperature.grad is not None
+
+
+def test_cross_entropy_modules_take_softcap_and_z_loss():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 20) * 10, torch.randint(0, 20, (6,))
+    loss_fn = tempfast.nn.TemperatureCrossEntropyLoss(2.0, softcap=5.0, z_loss=1e-2,
+                                                      return_z_loss=True)
+    loss, z = loss_fn(logits, target)
+    expected = tempfast.reference.cross_entropy(logits.double(), target, 2.0, softcap=5.0,
+                                                z_loss=1e-2, return_z_loss=True)
+    assert torch.allclose(loss.double(), expected[0], atol=1e-5)
+    assert torch.allclose(z.double(), expected[1], atol=1e-6)
+    head = tempfast.nn.LinearTemperatureCrossEntropy(8, 20, 2.0, softcap=5.0, z_loss=1e-2)
+    hidden = torch.randn(6, 8)
+    expected = tempfast.reference.linear_cross_entropy(hidden.double(),
+                                                       head.weight.double().detach(), target,
+                                                       head.bias.double().detach(), 2.0,
+                                                       softcap=5.0, z_loss=1e-2)
+    assert torch.allclose(head(hidden, target).double(), expected, atol=1e-5)

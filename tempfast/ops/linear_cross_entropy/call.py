@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ... import _checks
 from .. import class_parallel
+from ..cross_entropy.call import check_extras
 from .op import default_chunk_rows, linear_cross_entropy_2d
 
 if TYPE_CHECKING:
@@ -44,12 +45,15 @@ class LinearCall(NamedTuple):
     process_group: ProcessGroup | None = None  # class-parallel: the ranks that share the classes
     start: int | None = None  # class-parallel: this rank's first class, if given
     accumulate_in_weight_dtype: bool = False  # the weight gradient's accumulator dtype
+    softcap: float = 0.0  # the cap of ``softcap tanh(z / softcap)`` before ``/ T``; 0: none
+    z_loss: float = 0.0  # the z-loss's coefficient
 
 
 def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
               temperature: float | Tensor, *, ignore_index: int, reduction: str,
               label_smoothing: float, chunk_size: int | None, process_group=None,
-              start: int | None = None, accum_dtype: torch.dtype | None = None) -> LinearCall:
+              start: int | None = None, accum_dtype: torch.dtype | None = None,
+              softcap: float | None = None, z_loss: float = 0.0) -> LinearCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
     them into a :class:`LinearCall`. With ``process_group``, ``weight`` and ``bias`` are this
     rank's rows of a class-parallel head (``C_r``, possibly 0)."""
@@ -101,9 +105,12 @@ def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | Non
         accum_size = torch.empty((), dtype=weight.dtype if in_weight_dtype else acc).element_size()
         chunk_size = default_chunk_rows(n_rows, weight.shape[0], hidden.shape[-1],
                                         hidden.element_size(), accum_size)
+    extras = check_extras(softcap, z_loss, False)
+    if extras and sharded:
+        raise ValueError(f"{next(iter(extras))}: not supported with process_group yet")
     return LinearCall(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
                       target.reshape(-1).long(), t, ignore_index, label_smoothing, reduction,
-                      chunk_size, rows_shape, process_group, start, in_weight_dtype)
+                      chunk_size, rows_shape, process_group, start, in_weight_dtype, **extras)
 
 
 def _check_accum_dtype(accum_dtype: torch.dtype | None, acc: torch.dtype,
@@ -136,5 +143,6 @@ def run(call: LinearCall) -> Tensor:
     loss = linear_cross_entropy_2d(
         call.hidden, call.weight, call.bias, call.target, call.temperature, call.ignore_index,
         call.label_smoothing, call.reduction, call.chunk, fused,
-        grad_on and call.temperature.requires_grad, call.accumulate_in_weight_dtype)[0]
+        grad_on and call.temperature.requires_grad, call.accumulate_in_weight_dtype,
+        call.softcap, call.z_loss)[0]
     return loss.reshape(call.rows_shape) if call.reduction == "none" else loss

@@ -126,7 +126,7 @@ def _fold_chunk_gradient(logits: Tensor, h: Tensor, weight: Tensor, dh_part: Ten
 
 
 def _summed_pass(hidden, weight, bias, target, temperature, ignore_index, label_smoothing,
-                 chunk, needs, compute_dt, accum):
+                 chunk, needs, compute_dt, accum, softcap, z_loss):
     """The lean pass of a mean or sum with one temperature: per chunk one GEMM for the logits,
     the cross-entropy (the gradient of the rows' sum written over the logits, the chunk's
     loss and dL/dT summed on the device into its row of one workspace) and the two gradient
@@ -144,10 +144,10 @@ def _summed_pass(hidden, weight, bias, target, temperature, ignore_index, label_
     for k, (h, y) in enumerate(zip(h_parts, y_parts, strict=True)):
         logits = _chunk_logits(h, weight_t, bias)
         if sums is None:
-            cfg, sums = impl.chunk_workspaces(logits, len(h_parts))
+            cfg, sums = impl.chunk_workspaces(logits, len(h_parts), softcap)
             rows = sums.unbind(0)
         impl.ce_chunk_sums(logits, y, temperature, ignore_index, label_smoothing, compute_dt,
-                           rows[k], cfg)
+                           rows[k], cfg, softcap, z_loss)
         _fold_chunk_gradient(logits, h, weight, dh_parts[k], dw, db, k == 0, needs)
         del logits  # free this chunk before the next one is allocated
     acc = accumulation_dtype(hidden.dtype)
@@ -158,7 +158,7 @@ def _summed_pass(hidden, weight, bias, target, temperature, ignore_index, label_
 
 
 def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label_smoothing,
-                  chunk, grad_scale, needs, compute_loss, compute_dt, accum):
+                  chunk, grad_scale, needs, compute_loss, compute_dt, accum, softcap, z_loss):
     """One pass over the rows with per-row outputs (``reduction="none"``, or one temperature
     per row): per-row losses / dL/dT and, when ``grad_scale`` is given, the gradients scaled
     by it (``(1,)`` or ``(N,)``). Returns ``(loss_rows, dt_rows, dh, dw, db)``."""
@@ -182,7 +182,7 @@ def _chunked_pass(hidden, weight, bias, target, temperature, ignore_index, label
             scale = grad_scale if grad_scale.numel() == 1 else grad_scale[r0:r1]
         loss_c, _lse, dt_c = impl.ce_rows(logits, target[r0:r1], t, None, ignore_index,
                                           label_smoothing, scale, logits if grads else None,
-                                          compute_dt)
+                                          compute_dt, softcap, z_loss)
         if compute_loss:
             loss_rows[r0:r1] = loss_c
         if compute_dt:
@@ -218,6 +218,8 @@ def linear_cross_entropy_2d(
     fused_grads: list[bool],
     compute_dt: bool,
     accumulate_in_weight_dtype: bool,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(loss, dt, dhidden, dweight, dbias, row_factor)``. The gradients are those of the
     rows' *sum* (an upstream gradient of 1 on every row's loss, the mean's factor left to the
@@ -227,7 +229,9 @@ def linear_cross_entropy_2d(
     ``dbias`` fp32 / fp64. ``dt``: the sum of the rows'
     dL/dT at index 1 of a ``(2,)`` tensor (one temperature), or per row ``(N,)``;
     ``row_factor`` the derivative of the loss by each row's loss (``1 / divisor`` for the mean,
-    its divisor taken as 1 when no row counts: every row's gradient is 0 then; else 1)."""
+    its divisor taken as 1 when no row counts: every row's gradient is 0 then; else 1).
+    ``softcap`` (0: none) and ``z_loss``: as in ``tempfast.cross_entropy`` (no class weights
+    here, so the mean's divisor is the rows counted, the z-loss's too)."""
     check_temperature_values(temperature)
     check_class_indices(target, weight.shape[0], ignore_index)
     acc = accumulation_dtype(hidden.dtype)
@@ -239,19 +243,20 @@ def linear_cross_entropy_2d(
         divisor, row_factor = None, torch.ones((), dtype=acc, device=hidden.device)
     if reduction != "none" and temperature.numel() == 1:
         sums, dh, dw, db = _summed_pass(hidden, weight, bias, target, temperature, ignore_index,
-                                        label_smoothing, chunk, fused_grads, compute_dt, accum)
+                                        label_smoothing, chunk, fused_grads, compute_dt, accum,
+                                        softcap, z_loss)
         loss = sums[0] / divisor if reduction == "mean" else sums[0].clone()  # no alias of dt
         return loss, sums, dh, dw, db, row_factor
     scale = torch.ones(1, dtype=acc, device=hidden.device) if any(fused_grads) else None
     loss_rows, dt_rows, dh, dw, db = _chunked_pass(
         hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk, scale,
-        fused_grads, True, compute_dt, accum)
+        fused_grads, True, compute_dt, accum, softcap, z_loss)
     return reduce_rows(loss_rows, divisor, reduction), dt_rows, dh, dw, db, row_factor
 
 
 @linear_cross_entropy_2d.register_fake
 def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, reduction, chunk,
-      fused_grads, compute_dt, accumulate_in_weight_dtype):
+      fused_grads, compute_dt, accumulate_in_weight_dtype, softcap=0.0, z_loss=0.0):
     n_rows = hidden.shape[0]
     acc = {"dtype": accumulation_dtype(hidden.dtype)}
     summed = reduction != "none" and temperature.numel() == 1
@@ -288,32 +293,35 @@ def linear_cross_entropy_backward_2d(
     grad_scale: Tensor,
     needs: list[bool],
     accumulate_in_weight_dtype: bool,
+    softcap: float = 0.0,
+    z_loss: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Recompute the gradients ``(dhidden, dweight, dbias)`` chunk by chunk, each row scaled by
     ``grad_scale`` (``(1,)`` or ``(N,)``)."""
     accum = _accum_dtype(hidden, weight, accumulate_in_weight_dtype, chunk)
     _, _, dh, dw, db = _chunked_pass(hidden, weight, bias, target, temperature, ignore_index,
                                      label_smoothing, chunk, grad_scale, needs, False, False,
-                                     accum)
+                                     accum, softcap, z_loss)
     return dh, dw, db
 
 
 @linear_cross_entropy_backward_2d.register_fake
 def _(hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
-      grad_scale, needs, accumulate_in_weight_dtype):
+      grad_scale, needs, accumulate_in_weight_dtype, softcap=0.0, z_loss=0.0):
     return _fake_grads(hidden, weight, needs, accumulate_in_weight_dtype, chunk)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     (hidden, weight, bias, target, temperature, ignore_index, label_smoothing, reduction, chunk,
-     fused_grads, _compute_dt, in_weight_dtype) = inputs
+     fused_grads, _compute_dt, in_weight_dtype, softcap, z_loss) = inputs
     _loss, dt, dh, dw, db, row_factor = output
     ctx.mark_non_differentiable(dt, dh, dw, db, row_factor)
     # Only the loss is differentiated: without this, autograd would allocate and zero-fill a
     # gradient for every other output (an N x C buffer for ``grad``) on each backward.
     ctx.set_materialize_grads(False)
     ctx.fused = any(fused_grads)
-    ctx.options = (ignore_index, label_smoothing, reduction, chunk, in_weight_dtype)
+    ctx.options = (ignore_index, label_smoothing, reduction, chunk, in_weight_dtype, softcap,
+                   z_loss)
     ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
     if ctx.fused:
         ctx.save_for_backward(dh, dw, db, dt, row_factor, temperature)
@@ -332,9 +340,10 @@ def _weight_grad(ctx, buf: Tensor, scale: Tensor, dtype: torch.dtype, key: str) 
 
 def _backward(ctx, g_loss, *_unused):
     if g_loss is None:  # the loss was not differentiated (only its side outputs were used)
-        return (None,) * 12
+        return (None,) * 14
     refuse_double_backward("linear_cross_entropy", g_loss)
-    ignore_index, label_smoothing, reduction, chunk, in_weight_dtype = ctx.options
+    ignore_index, label_smoothing, reduction, chunk, in_weight_dtype, softcap, z_loss = \
+        ctx.options
     need_h, need_w, need_b, _, need_t = ctx.needs_input_grad[:5]
     w_dtype, b_dtype = ctx.dtypes
     grad_h = grad_w = grad_b = None
@@ -352,7 +361,7 @@ def _backward(ctx, g_loss, *_unused):
         scale = g_loss.detach().to(row_factor.dtype) * row_factor
         dh, dw, db = linear_cross_entropy_backward_2d(
             hidden, weight, bias, target, temperature, ignore_index, label_smoothing, chunk,
-            scale.reshape(-1), [need_h, need_w, need_b], in_weight_dtype)
+            scale.reshape(-1), [need_h, need_w, need_b], in_weight_dtype, softcap, z_loss)
         grad_h = dh if need_h else None
         grad_w = dw.to(w_dtype) if need_w else None
         grad_b = db.to(b_dtype) if need_b else None
@@ -361,7 +370,7 @@ def _backward(ctx, g_loss, *_unused):
         summed = reduction != "none" and temperature.numel() == 1
         grad_t = (dt[1:] * scale).reshape(temperature.shape) if summed \
             else temperature_grad(dt, scale.reshape(-1), temperature)
-    return grad_h, grad_w, grad_b, None, grad_t, None, None, None, None, None, None, None
+    return (grad_h, grad_w, grad_b, None, grad_t) + (None,) * 9
 
 
 linear_cross_entropy_2d.register_autograd(_backward, setup_context=_setup_context)
