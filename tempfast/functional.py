@@ -324,3 +324,46 @@ def token_logprobs(
 
     return _token.run(_token.normalise(logits, target, temperature, softcap, ignore_index,
                                        return_entropy))
+
+
+def linear_token_logprobs(
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    bias: Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    *,
+    softcap: float | None = None,
+    ignore_index: int = -100,
+    return_entropy: bool = False,
+    process_group=None,
+    chunk_size: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`token_logprobs` of ``hidden @ weight.T + bias`` without the ``N x V`` logits.
+
+    Args:
+        hidden: ``(*, H)`` last hidden states (``(B, S, H)``).
+        weight: ``(V, H)`` the output embedding (the LM head), same dtype as ``hidden``.
+        target: ``(*)`` integer token ids.
+        bias: optional ``(V,)``.
+        temperature, softcap, ignore_index, return_entropy: as in :func:`token_logprobs`.
+        process_group: the vocabulary split over a ``torch.distributed`` group: ``weight``
+            (and ``bias``) are this rank's row block (ranks in vocabulary order), ``target``
+            holds global token ids; results and gradients equal the unsharded call's.
+        chunk_size: rows per chunk (default: the linear head's, see
+            :func:`linear_cross_entropy`).
+
+    Returns ``logp`` (or ``(logp, entropy)``), fp32, shaped like ``target``; gradients flow
+    to ``hidden``, ``weight``, ``bias`` and ``temperature``. The logits are made twice per
+    chunk (forward and backward: four matrix products per chunk in all).
+    """
+    from .ops import linear_cross_entropy as _linear_head
+    from .ops.token_logprobs import linear as _linear_token
+
+    call = _linear_head.normalise(
+        hidden, weight, target, bias, temperature, ignore_index=ignore_index, reduction="none",
+        label_smoothing=0.0, chunk_size=chunk_size, process_group=process_group,
+        softcap=softcap, token_stats=True)
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
+    return _linear_token.run(call, return_entropy)

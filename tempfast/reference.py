@@ -208,3 +208,12 @@ def token_logprobs(logits: Tensor, target: Tensor, temperature: float | Tensor =
     p = log_p.exp()
     entropy = -(p * torch.where(p > 0, log_p, 0.0)).sum(-1)  # (no 0 * inf, nor in backward)
     return logp, torch.where(valid, entropy, 0.0)
+
+
+def linear_token_logprobs(hidden: Tensor, weight: Tensor, target: Tensor,
+                          bias: Tensor | None = None, temperature: float | Tensor = 1.0, *,
+                          softcap: float | None = None, ignore_index: int = -100,
+                          return_entropy: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`token_logprobs` of ``F.linear(hidden, weight, bias)``."""
+    return token_logprobs(F.linear(hidden, weight, bias), target, temperature, softcap=softcap,
+                          ignore_index=ignore_index, return_entropy=return_entropy)

@@ -262,3 +262,78 @@ def test_bad_inputs_get_one_line_errors(kwargs, name, error):
     logits, target = args.pop("logits"), args.pop("target")
     message = raises_one_line(error, name, tempfast.token_logprobs, logits, target, **args)
     assert message.startswith(name)
+
+
+# --------------------------------------------------------------------------------------------
+# linear_token_logprobs: from the hidden state, chunked, and with the vocabulary sharded.
+# --------------------------------------------------------------------------------------------
+def _head(n, h, v, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64)
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64) / h ** 0.5 * 4
+    bias = torch.randn(v, generator=g, dtype=torch.float64)
+    target = torch.randint(0, v, (n,), generator=g)
+    target[1] = -100
+    return hidden, weight, bias, target
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("softcap", [None, 6.0])
+def test_linear_token_logprobs_match_the_oracle(path, softcap):
+    hidden, weight, bias, target = _head(11, 16, 300)
+    t = torch.rand(11, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    leaves = [x.float().requires_grad_(True) for x in (hidden, weight, bias, t)]
+    lp, h = run_path(path, tempfast.linear_token_logprobs, leaves[0], leaves[1], target,
+                     leaves[2], leaves[3], softcap=softcap, return_entropy=True, chunk_size=4)
+    ref = [x.clone().requires_grad_(True) for x in (hidden, weight, bias, t)]
+    from tempfast.reference import linear_token_logprobs as oracle
+
+    exp_lp, exp_h = oracle(ref[0], ref[1], target, ref[2], ref[3], softcap=softcap,
+                           return_entropy=True)
+    ups = [torch.randn(11, generator=torch.Generator().manual_seed(s)) for s in (2, 3)]
+    ((lp * ups[0]).sum() + (h * ups[1]).sum()).backward()
+    ((exp_lp * ups[0].double()).sum() + (exp_h * ups[1].double()).sum()).backward()
+    assert_close(lp, exp_lp, LOSS_TOL, "logp")
+    assert_close(h, exp_h, LOSS_TOL, "entropy")
+    for name, a, b in zip(("hidden", "weight", "bias", "temperature"), leaves, ref,
+                          strict=True):
+        assert_close(a.grad, b.grad, T_GRAD_TOL, f"grad {name}", floor=1e-2)
+
+
+def _sharded_cases(rank: int, widths: tuple[int, ...]) -> None:
+    import torch.distributed as dist
+
+    hidden, weight, bias, target = _head(9, 12, sum(widths))
+    target[2] = sum(widths) - 1
+    t = torch.tensor(1.7, dtype=torch.float64)
+    start = sum(widths[:rank])
+    block = slice(start, start + widths[rank])
+    for softcap in (None, 5.0):
+        ref = [x.clone().requires_grad_(True) for x in (hidden, weight, bias, t)]
+        from tempfast.reference import linear_token_logprobs as oracle
+
+        exp_lp, exp_h = oracle(ref[0], ref[1], target, ref[2], ref[3], softcap=softcap,
+                               return_entropy=True)
+        ups = [torch.randn(9, generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+               for s in (2, 3)]
+        ((exp_lp * ups[0]).sum() + (exp_h * ups[1]).sum()).backward()
+        mine = [hidden.clone().requires_grad_(True), weight[block].clone().requires_grad_(True),
+                bias[block].clone().requires_grad_(True), t.clone().requires_grad_(True)]
+        lp, h = tempfast.linear_token_logprobs(mine[0], mine[1], target, mine[2], mine[3],
+                                               softcap=softcap, return_entropy=True,
+                                               process_group=dist.group.WORLD, chunk_size=4)
+        ((lp * ups[0]).sum() + (h * ups[1]).sum()).backward()
+        tol = 1e-10
+        assert_close(lp, exp_lp, tol, "logp")
+        assert_close(h, exp_h, tol, "entropy")
+        assert_close(mine[0].grad, ref[0].grad, tol, "grad hidden", floor=1e-3)
+        assert_close(mine[1].grad, ref[1].grad[block], tol, "grad weight", floor=1e-3)
+        assert_close(mine[2].grad, ref[2].grad[block], tol, "grad bias", floor=1e-3)
+        assert_close(mine[3].grad, ref[3].grad, tol, "grad temperature", floor=1e-3)
+
+
+@pytest.mark.parametrize("widths", [(120, 180), (100, 0, 77)])
+def test_linear_token_logprobs_over_a_sharded_vocabulary_equal_the_whole(tmp_path, widths):
+    from .harness import run_on_gloo_ranks
+
+    run_on_gloo_ranks(len(widths), str(tmp_path / "init"), _sharded_cases, widths)

@@ -30,17 +30,17 @@ def impl_for(x: Tensor):
     return torch_path
 
 
-def _check_values(x: Tensor, target: Tensor, temperature: Tensor | None,
-                  ignore_index: int) -> None:
+def check_values(n_cols: int, target: Tensor, temperature: Tensor | None,
+                 ignore_index: int) -> None:
     """The values a host-memory call reads (a CUDA call gives NaN rows instead)."""
     if temperature is not None:
         check_temperature_values(temperature)
-    check_class_indices(target, x.shape[1], ignore_index)
+    check_class_indices(target, n_cols, ignore_index)
 
 
 def _forward(x: Tensor, target: Tensor, temperature: Tensor | None, t_value: float,
              softcap: float, ignore_index: int, entropy: bool) -> tuple[Tensor, Tensor, Tensor]:
-    _check_values(x, target, temperature, ignore_index)
+    check_values(x.shape[1], target, temperature, ignore_index)
     return impl_for(x).token_forward(x, target, temperature, t_value, softcap, ignore_index,
                                      entropy)
 
@@ -50,15 +50,23 @@ def temperature_grad(x: Tensor, target: Tensor, temperature: Tensor | None, t_va
                      grads: tuple[Tensor | None, Tensor | None, Tensor | None],
                      compute_dt: bool) -> tuple[Tensor, Tensor]:
     """``(dL/dx, dL/dT per row)`` from the forward's ``saved = (logp, H, lse)`` and the
-    upstream ``grads = (g_lp, g_H, g_lse)`` (``None``: no gradient);
-    ``dL/dT = (g_H S2 - g_lp (logp - S1) - g_lse (lse + S1)) / T`` per row (empty without
-    ``compute_dt``)."""
+    upstream ``grads = (g_lp, g_H, g_lse)`` (``None``: no gradient); dL/dT per row by
+    :func:`dt_from_sums` (empty without ``compute_dt``)."""
     logp, h, lse = saved
     g_lp, g_h, g_lse = grads
     gx, sums = impl_for(x).token_backward(x, target, temperature, t_value, softcap,
                                           ignore_index, h, lse, g_lp, g_h, g_lse, compute_dt)
     if not compute_dt:
         return gx, sums.new_zeros(0)
+    return gx, dt_from_sums(logp, h, lse, sums, grads, temperature, t_value)
+
+
+def dt_from_sums(logp: Tensor, h: Tensor, lse: Tensor, sums: Tensor,
+                 grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+                 temperature: Tensor | None, t_value: float) -> Tensor:
+    """dL/dT per row, ``(g_H S2 - g_lp (logp - S1) - g_lse (lse + S1)) / T``, from the
+    backward's sums ``S (N, 2)`` (``kernels/token_logprobs.py``)."""
+    g_lp, g_h, g_lse = grads
     s1 = sums[:, 0]
     dt = torch.zeros_like(s1)
     if g_lp is not None:
@@ -67,7 +75,7 @@ def temperature_grad(x: Tensor, target: Tensor, temperature: Tensor | None, t_va
         dt = dt - g_lse.to(dt.dtype) * (lse + s1)
     if g_h is not None:
         dt = dt + g_h.to(dt.dtype) * sums[:, 1]
-    return gx, dt / (temperature.to(dt.dtype) if temperature is not None else t_value)
+    return dt / (temperature.to(dt.dtype) if temperature is not None else t_value)
 
 
 def _dt_of(dt_rows: Tensor, temperature: Tensor) -> Tensor:
