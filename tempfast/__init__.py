@@ -22,7 +22,7 @@ from .functional import (
 
 # Submodules with heavier imports, reachable as attributes (``tempfast.calibration.X`` after
 # ``import tempfast``) but imported on first use, so that ``import tempfast`` stays light.
-_LAZY_SUBMODULES = ("calibration", "distillation", "parallel", "robust", "train")
+_LAZY_SUBMODULES = ("calibration", "distillation", "hf", "parallel", "robust", "train")
 
 
 def __getattr__(name: str):

@@ -25,6 +25,8 @@ from .ops import cross_entropy as _cross_entropy
 from .ops import distillation as _distillation
 from .ops import linear_cross_entropy as _linear
 from .ops import softmax as _softmax
+from .ops import token_logprobs as _token
+from .ops.token_logprobs import linear as _token_linear
 
 
 def softmax(x: Tensor, temperature: float | Tensor = 1.0, dim: int = -1) -> Tensor:
@@ -320,8 +322,6 @@ def token_logprobs(
     The logits are read once forward and once backward (the gradient written once), and
     never divided, copied or materialised as probabilities.
     """
-    from .ops import token_logprobs as _token
-
     return _token.run(_token.normalise(logits, target, temperature, softcap, ignore_index,
                                        return_entropy))
 
@@ -357,13 +357,6 @@ def linear_token_logprobs(
     to ``hidden``, ``weight``, ``bias`` and ``temperature``. The logits are made twice per
     chunk (forward and backward: four matrix products per chunk in all).
     """
-    from .ops import linear_cross_entropy as _linear_head
-    from .ops.token_logprobs import linear as _linear_token
-
-    call = _linear_head.normalise(
-        hidden, weight, target, bias, temperature, ignore_index=ignore_index, reduction="none",
-        label_smoothing=0.0, chunk_size=chunk_size, process_group=process_group,
-        softcap=softcap, token_stats=True)
-    if not isinstance(return_entropy, bool):
-        raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
-    return _linear_token.run(call, return_entropy)
+    return _token_linear.run(_token_linear.normalise(
+        hidden, weight, target, bias, temperature, softcap=softcap, ignore_index=ignore_index,
+        return_entropy=return_entropy, process_group=process_group, chunk_size=chunk_size))

@@ -18,10 +18,14 @@ the token kernels' backward on its shard with the upstream gradients rewritten f
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
 from ..._checks import accumulation_dtype
+from .. import linear_cross_entropy as linear_head
+from ..linear_cross_entropy import LinearCall
 from ..linear_cross_entropy.op import _chunk_logits, default_chunk_rows
 from .op import _dt_of, check_values, dt_from_sums, impl_for
 
@@ -134,10 +138,30 @@ class LinearTokenStats(torch.autograd.Function):
         return dh, dw, db, None, dt, *none[5:]
 
 
-def run(call, entropy: bool) -> Tensor | tuple[Tensor, Tensor]:
-    """``logp`` (and, with ``entropy``, ``(logp, H)``) of a normalised linear-head call
-    (:class:`tempfast.ops.linear_cross_entropy.LinearCall`, ``reduction="none"``), shaped like
-    its target."""
+class LinearTokenCall(NamedTuple):
+    """A ``linear_token_logprobs`` call, normalised: the linear head's call (its checks and
+    shapes, ``reduction="none"``) and whether the entropy is returned."""
+
+    head: LinearCall
+    entropy: bool
+
+
+def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | None,
+              temperature: float | Tensor, *, softcap: float | None, ignore_index: int,
+              return_entropy: bool, process_group, chunk_size: int | None) -> LinearTokenCall:
+    """Check every argument once (the linear head's checks, and ``return_entropy``)."""
+    head = linear_head.normalise(
+        hidden, weight, target, bias, temperature, ignore_index=ignore_index, reduction="none",
+        label_smoothing=0.0, chunk_size=chunk_size, process_group=process_group,
+        softcap=softcap, token_stats=True)
+    if not isinstance(return_entropy, bool):
+        raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
+    return LinearTokenCall(head, return_entropy)
+
+
+def run(token_call: LinearTokenCall) -> Tensor | tuple[Tensor, Tensor]:
+    """``logp`` (and, with the entropy, ``(logp, H)``), shaped like the target."""
+    call, entropy = token_call
     if call.process_group is not None:
         from .sharded import run_sharded
 
