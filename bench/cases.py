@@ -56,7 +56,8 @@ CLASS_COUNTS = {"cuda": (10, 100, 1000, 32000, 128256, 262144), "cpu": (10, 1000
 KD_CLASS_COUNTS = {"cuda": (1000, 32000, 128256), "cpu": (1000, 32000)}  # a distillation head
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FLOOR_UNITS = {"softmax_fwd": 2, "softmax_fwd_bwd": 5, "ce_fwd": 1, "ce_fwd_bwd": 2,
-               "ce_learnable_t_fwd_bwd": 2, "kd_fwd_bwd": 3}
+               "ce_learnable_t_fwd_bwd": 2, "kd_fwd_bwd": 3, "token_logprobs_fwd": 1,
+               "token_logprobs_fwd_bwd": 3, "ce_softcap_fwd_bwd": 2, "ce_z_loss_fwd_bwd": 2}
 COPY_UNITS = 2
 CPU_ELEMENTS = 1 << 21
 GPU_ELEMENTS = 1 << 28

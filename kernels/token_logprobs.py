@@ -154,16 +154,18 @@ def token_stats_kernel(
     for c0 in range(start, stop, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         mask = valid[:, None] & col_mask(cols, stop, VEC)[None, :]
-        x = tl.load(x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        a, _slope = soft_cap(x, cap, SOFTCAP)
-        u = tl.where(mask, a * k[:, None], -float("inf"))
+        x = tl.load(x_rows[:, None] + cols[None, :], mask=mask, other=-float("inf"))
+        a, _slope = soft_cap(x.to(tl.float32), cap, SOFTCAP)
+        u = a * k[:, None]
+        if SOFTCAP:  # (the cap made the padding finite)
+            u = tl.where(mask, u, -float("inf"))
         m_new = tl.maximum(m, tl.max(u, axis=1))
         ref = safe_max(m_new)
         alpha = tl.where(m == -float("inf"), 0.0, tl.exp2(m - ref))
         d = u - ref[:, None]
         e = tl.exp2(d)
-        if ENTROPY:
-            t = alpha * (t + (safe_max(m) - ref) * s) + tl.sum(tl.where(e > 0.0, e * d, 0.0),
+        if ENTROPY:  # e d with d >= -FLT_MAX: 0, not NaN, where e = 0 (d = -inf)
+            t = alpha * (t + (safe_max(m) - ref) * s) + tl.sum(e * tl.maximum(d, -3.0e38),
                                                                axis=1)
         s = alpha * s + tl.sum(e, axis=1)
         m = m_new

@@ -5,7 +5,8 @@
 
 Writes ``<out>/static-<date>[-SUFFIX].json`` and ``.md`` and prints the markdown. ``--json PATH``
 writes only that JSON file (the GPU script's prediction column). ``--quick``: bf16, C = 32000
-and 262144 only (else every headline case and the contrastive losses). Must run without
+and 262144 only (else every headline case, the language-model cases and the contrastive
+losses). Must run without
 ``TRITON_INTERPRET`` (the real compiler); set ``TRITON_CACHE_DIR`` to keep compiled kernels
 between runs.
 """
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     ws = workloads.headline_workloads(("bf16",), (32000, 262144)) if args.quick \
-        else workloads.headline_workloads() + workloads.contrastive_workloads()
+        else (workloads.headline_workloads() + workloads.lm_workloads()
+              + workloads.contrastive_workloads())
     data = analysis.run(ws, jobs=args.jobs, with_host_time=not args.no_host_time)
     data["meta"]["date"] = args.date
     text = json.dumps(data, indent=1, sort_keys=False, default=str)

@@ -259,6 +259,13 @@ def _apply_loops(launch: Launch, loops: list[Loop]) -> list[Loop]:
     return [] if "tiles_per_program" in launch.constants else loops[-1:]
 
 
+def _slice_tiles(launch: Launch) -> int:
+    """Trips of the tile loop of a token kernel: its slice's columns over ``BLOCK_C``."""
+    cols = min(int(launch.scalars.get("slice_len", launch.constants.get("slice_len", 1))),
+               int(launch.scalars.get("n_cols", launch.constants.get("n_cols", 1))))
+    return _cdiv(cols, int(launch.constants["BLOCK_C"]))
+
+
 _LOOPS = {  # the ``loops`` entry of a TRAFFIC table (traffic.py) -> how to read the SASS
     "none": {},
     "items": {"loops": lambda c: 1, "trips": _items_per_program, "select": "outer"},
@@ -268,6 +275,8 @@ _LOOPS = {  # the ``loops`` entry of a TRAFFIC table (traffic.py) -> how to read
     # the partials' combine of a two-phase slices launch (distillation): short loops over
     # n_slices / BLOCK_S chunks (one trip at the headline sizes), counted once, not checked
     "combine": {"loops": lambda c: -1},
+    "slice_tiles": {"loops": lambda c: 1, "trips": _slice_tiles,
+                    "hot": lambda loop: bool(loop.accesses["LDG"])},
 }
 
 

@@ -7,7 +7,9 @@ the condition (terms joined by ``&``: ``FLAG`` a true constexpr, ``!FLAG``, ``NA
 ``NAME!=v`` an integer constexpr, a run-time flag such as ``teacher_grad`` from the launch's
 scalars, ``moves``: the launch moves data at all); and ``loops``, how its SASS loops run
 (``none``: loop-free; ``items``: the persistent work-item loop; ``tiles``: the apply's
-grid-stride loop; ``small``: one program; ``combine``: the distillation's combine of partials).
+grid-stride loop; ``small``: one program; ``combine``: the distillation's combine of partials;
+``slice_tiles``: a loop over the ``BLOCK_C`` tiles of the program's slice of ``slice_len``
+columns).
 
 The slices kernels' repair launch (``PHASE == 2`` with the run-time flag ``repair``, after
 every cooperative ``PHASE == 0`` launch) finishes only the work items whose bounded wait gave
@@ -79,4 +81,11 @@ DISTILLATION = {  # kernels/distillation.py; ``teacher_grad`` is a run-time flag
     "kd_combine_kernel": {"passes": (), "loops": "combine"},
 }
 
-TRAFFIC = {**CROSS_ENTROPY, **SOFTMAX, **RESCALE, **DISTILLATION}
+TOKEN_LOGPROBS = {  # kernels/token_logprobs.py: a loop over the tiles of each program's slice
+    "token_stats_kernel": {"passes": (("x_ptr", "read"),), "loops": "slice_tiles"},
+    "token_finish_kernel": {"passes": (), "loops": "none"},
+    "token_grad_kernel": {"passes": (("x_ptr", "read"), ("gx_ptr", "write")),
+                          "loops": "slice_tiles"},
+}
+
+TRAFFIC = {**CROSS_ENTROPY, **SOFTMAX, **RESCALE, **DISTILLATION, **TOKEN_LOGPROBS}

@@ -33,6 +33,15 @@ LINEAR_HIDDEN = 4096  # the head's GEMMs are not run (no_gemm); H sizes the chun
 CONTRASTIVE_DIM = 768
 CONTRASTIVE_BATCHES = (4096, 16384, 65536)
 GEMM_OPS = ("linear_ce_fwd_bwd", "contrastive_fwd_bwd", "nt_xent_fwd_bwd")
+# The language-model workloads of issue 25 (bf16, N = 8192): per-token log-probabilities and
+# entropy (forward; forward + backward with both upstream gradients non-zero), and the
+# cross-entropy soft-capped or with a z-loss beside the plain one, at these vocabularies.
+LM_OPS = ("token_logprobs_fwd", "token_logprobs_fwd_bwd", "ce_softcap_fwd_bwd",
+          "ce_z_loss_fwd_bwd", "ce_fwd_bwd")
+LM_CLASSES = (32000, 128256, 151936, 262144)
+SOFTCAP = 30.0
+Z_LOSS = 1e-4
+ENTROPY_WEIGHT = 0.01  # the entropy's upstream gradient (its bonus in a policy-gradient loss)
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,13 @@ def headline_workloads(dtypes: tuple[str, ...] = ("bf16", "fp32"),
             for op in ops for dtype in dtypes for c in classes]
 
 
+def lm_workloads(classes: tuple[int, ...] = LM_CLASSES) -> list[Workload]:
+    """The language-model workloads (:data:`LM_OPS`), bf16, ``N = HEADLINE_ROWS``; the plain
+    cross-entropy only where the headline cases do not have it (C = 151936)."""
+    return [Workload(op, "bf16", HEADLINE_ROWS, c) for op in LM_OPS for c in classes
+            if op != "ce_fwd_bwd" or c not in HEADLINE_CLASSES]
+
+
 def contrastive_workloads(batches: tuple[int, ...] = CONTRASTIVE_BATCHES) -> list[Workload]:
     """CLIP's loss at every batch, SimCLR's at the smallest (its chunks are PyTorch ops the
     recording runs on the CPU), bf16, ``D = CONTRASTIVE_DIM``."""
@@ -106,7 +122,8 @@ def _inputs(w: Workload):
         return tuple(torch.zeros(w.rows if w.op == "contrastive_fwd_bwd" else w.classes // 2,
                                  w.hidden, dtype=dtype).requires_grad_(True)
                      for _ in range(2)), None
-    x = torch.empty(w.rows, w.classes, dtype=dtype).requires_grad_(w.op != "softmax_fwd")
+    x = torch.empty(w.rows, w.classes, dtype=dtype).requires_grad_(
+        w.op not in ("softmax_fwd", "token_logprobs_fwd"))
     if w.op == "kd_fwd_bwd":  # the teacher's logits need no gradient
         return (x, torch.empty(w.rows, w.classes, dtype=dtype)), None
     if w.op.startswith("softmax"):
@@ -130,6 +147,13 @@ def _call(w: Workload, inputs):
         return tempfast.distillation_loss(*inputs, t)
     if w.op == "contrastive_fwd_bwd":
         return tempfast.contrastive_loss(*inputs, 0.07)
+    if w.op.startswith("token_logprobs"):
+        logp, entropy = tempfast.token_logprobs(*inputs, t, return_entropy=True)
+        return logp.sum() + ENTROPY_WEIGHT * entropy.sum()
+    if w.op == "ce_softcap_fwd_bwd":
+        return tempfast.cross_entropy(*inputs, t, softcap=SOFTCAP)
+    if w.op == "ce_z_loss_fwd_bwd":
+        return tempfast.cross_entropy(*inputs, t, z_loss=Z_LOSS)
     if w.op == "nt_xent_fwd_bwd":
         return tempfast.nt_xent_loss(*inputs, 0.5)
     x, y = inputs
@@ -146,7 +170,7 @@ def record(w: Workload) -> Recording:
     with triton_on_cpu(), gemm, recorder.active(), counter.counting():
         counter.phase = recorder.phase = log.phase = "forward"
         out = _call(w, inputs)
-        if w.op != "softmax_fwd":
+        if w.op not in ("softmax_fwd", "token_logprobs_fwd"):
             counter.phase = recorder.phase = log.phase = "backward"
             out.backward(dy) if dy is not None else out.backward()
     del out, inputs, dy
