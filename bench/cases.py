@@ -13,6 +13,12 @@ ce_fwd                     ``loss = CE(x / T, y)`` (mean), no grad        1 N C 
 ce_fwd_bwd                 ``loss = CE(x / T, y); loss.backward()``       2 N C e
 ce_learnable_t_fwd_bwd     as ce_fwd_bwd, ``T`` a 0-dim tensor with grad  2 N C e
 kd_fwd_bwd                 ``loss = KD(x, t_x, T); loss.backward()``      3 N C e
+token_logprobs_fwd         ``logp, H = token_logprobs(x, y, T)``          1 N C e
+token_logprobs_fwd_bwd     and ``backward`` of ``(logp, H)`` with         3 N C e
+                           upstream gradients 1 and 0.01 (an entropy
+                           bonus)
+ce_softcap_fwd_bwd         ``CE(30 tanh(x / 30) / T, y)``, backward       2 N C e
+ce_z_loss_fwd_bwd          ``CE(x / T, y) + 1e-4 mean(lse(x / T)^2)``     2 N C e
 =========================  =============================================  ===========
 
 The floor is the memory traffic no implementation can avoid: softmax reads ``x`` and writes
@@ -31,6 +37,13 @@ the exact shape before timing), ``liger_x_div_t`` (Liger-Kernel's cross entropy 
 applied to ``x / T``: Liger has no temperature argument, so the division is part of its time)
 and ``liger_t1`` (Liger's kernel on ``x`` itself, i.e. at T = 1: the fair peer, since ``x / T``
 adds two elementwise passes that are not Liger's; checked against the reference at T = 1).
+
+The language-model ops (issue 25) compare tempfast with what users write today: eager and
+compiled ``log_softmax(x / T)`` + ``gather`` and the entropy from the probabilities
+(``-(p * log p).sum(-1)``), ``tanh`` before ``/ T`` for the soft cap, ``logsumexp`` for the
+z-loss; Liger where it has the operation: its cross-entropy's ``softcap=`` (at T = 1 only:
+Liger caps its input, and ``cap(x / T)`` is not ``cap(x) / T``) and ``lse_square_scale=``
+(both forms); it has no per-token log-probability / entropy op of this form.
 """
 
 from __future__ import annotations
@@ -49,11 +62,17 @@ from tempfast import backend, reference
 
 TEMPERATURE = 8.0
 OPS = ("softmax_fwd", "softmax_fwd_bwd", "ce_fwd", "ce_fwd_bwd", "ce_learnable_t_fwd_bwd",
-       "kd_fwd_bwd")
+       "kd_fwd_bwd", "token_logprobs_fwd", "token_logprobs_fwd_bwd", "ce_softcap_fwd_bwd",
+       "ce_z_loss_fwd_bwd")
+LM_OPS = OPS[6:]  # the language-model workloads
 PROVIDERS = ("copy", "tempfast", "torch_eager", "torch_compile", "liger_x_div_t", "liger_t1")
 LIGER_PROVIDERS = ("liger_x_div_t", "liger_t1")
 CLASS_COUNTS = {"cuda": (10, 100, 1000, 32000, 128256, 262144), "cpu": (10, 1000, 32000, 262144)}
 KD_CLASS_COUNTS = {"cuda": (1000, 32000, 128256), "cpu": (1000, 32000)}  # a distillation head
+LM_CLASS_COUNTS = {"cuda": (32000, 128256, 151936, 262144), "cpu": (1000, 32000)}
+SOFTCAP = 30.0
+Z_LOSS = 1e-4
+ENTROPY_WEIGHT = 0.01  # the entropy's upstream gradient in the token_logprobs_fwd_bwd step
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 FLOOR_UNITS = {"softmax_fwd": 2, "softmax_fwd_bwd": 5, "ce_fwd": 1, "ce_fwd_bwd": 2,
                "ce_learnable_t_fwd_bwd": 2, "kd_fwd_bwd": 3, "token_logprobs_fwd": 1,
@@ -190,12 +209,17 @@ def is_headline(spec: Spec) -> bool:
 def all_specs(device: str) -> list[Spec]:
     """Every case, headline shapes first, then bf16 before fp32, by op, C and provider."""
     specs = [Spec(g, p, c, rows_for(c, device), d, device)
-             for g in OPS for d in DTYPES
-             for c in (KD_CLASS_COUNTS if g.startswith("kd") else CLASS_COUNTS)[device]
+             for g in OPS for d in DTYPES for c in _class_counts(g)[device]
              for p in PROVIDERS]
     return sorted(specs, key=lambda s: (not is_headline(s), list(DTYPES).index(s.dtype),
                                         OPS.index(s.op), s.classes,
                                         PROVIDERS.index(s.provider)))
+
+
+def _class_counts(op: str) -> dict[str, tuple[int, ...]]:
+    if op.startswith("kd"):
+        return KD_CLASS_COUNTS
+    return LM_CLASS_COUNTS if op in LM_OPS else CLASS_COUNTS
 
 
 def liger_functions() -> tuple[Callable, Callable] | None:
@@ -219,6 +243,10 @@ def skip_reason(spec: Spec) -> str | None:
         return "Liger at T = 1 has no temperature to learn"
     if spec.provider in LIGER_PROVIDERS and spec.op.startswith("kd"):
         return "Liger-Kernel has no temperature KL distillation loss of this form"
+    if spec.provider in LIGER_PROVIDERS and spec.op.startswith("token"):
+        return "Liger-Kernel has no per-token log-probability and entropy op of this form"
+    if spec.provider == "liger_x_div_t" and spec.op == "ce_softcap_fwd_bwd":
+        return "Liger caps its input: cap(x / T) is not cap(x) / T (liger_t1 is the peer)"
     if spec.provider in LIGER_PROVIDERS:
         if spec.device != "cuda":
             return ("Liger-Kernel is Triton-only: on CPU only the Triton interpreter could run "
@@ -244,6 +272,42 @@ def _eager_distillation(x: Tensor, teacher: Tensor, t: float | Tensor) -> Tensor
                     reduction="batchmean") * t ** 2
 
 
+def _eager_token_logprobs(x: Tensor, y: Tensor, t: float | Tensor) -> tuple[Tensor, Tensor]:
+    log_p = torch.log_softmax(x.float() / t, -1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    return log_p.gather(-1, y[:, None])[:, 0], entropy
+
+
+def _eager_softcap_cross_entropy(x: Tensor, y: Tensor, t: float | Tensor) -> Tensor:
+    return F.cross_entropy(SOFTCAP * torch.tanh(x / SOFTCAP) / t, y)
+
+
+def _eager_z_loss_cross_entropy(x: Tensor, y: Tensor, t: float | Tensor) -> Tensor:
+    scaled = x / t
+    return F.cross_entropy(scaled, y) + Z_LOSS * torch.logsumexp(scaled.float(), -1).pow(2).mean()
+
+
+_EAGER_LM = {"token_logprobs_fwd": _eager_token_logprobs,
+             "token_logprobs_fwd_bwd": _eager_token_logprobs,
+             "ce_softcap_fwd_bwd": _eager_softcap_cross_entropy,
+             "ce_z_loss_fwd_bwd": _eager_z_loss_cross_entropy}
+
+
+def _tempfast_lm(op: str) -> Callable:
+    if op.startswith("token"):
+        return lambda x, y, t: tempfast.token_logprobs(x, y, t, return_entropy=True)
+    if op == "ce_softcap_fwd_bwd":
+        return lambda x, y, t: tempfast.cross_entropy(x, y, t, softcap=SOFTCAP)
+    return lambda x, y, t: tempfast.cross_entropy(x, y, t, z_loss=Z_LOSS)
+
+
+def _liger_lm(op: str, liger_ce: Callable, divide: bool) -> Callable:
+    extra = {"softcap": SOFTCAP} if op == "ce_softcap_fwd_bwd" else {"lse_square_scale": Z_LOSS}
+    if divide:
+        return lambda x, y, t: liger_ce(x / t, y, **extra)
+    return lambda x, y, t: liger_ce(x, y, **extra)
+
+
 def _row_chunks(rows: int, classes: int) -> Iterator[slice]:
     step = max(1, REFERENCE_CHUNK_ELEMENTS // classes)
     for start in range(0, rows, step):
@@ -260,6 +324,8 @@ class Case:
         shape = (spec.rows, spec.classes)
         self.softmax = spec.op.startswith("softmax")
         self.kd = spec.op.startswith("kd")
+        self.lm = spec.op in LM_OPS
+        self.token = spec.op.startswith("token")
         self.backward = spec.op.endswith("_bwd") and spec.provider != "copy"
         self.x = torch.randn(shape, generator=gen, device=device, dtype=DTYPES[spec.dtype])
         self.x.mul_(TEMPERATURE).requires_grad_(self.backward)
@@ -277,6 +343,9 @@ class Case:
         if spec.op == "ce_learnable_t_fwd_bwd" and spec.provider != "copy":
             self.t = torch.tensor(TEMPERATURE, device=device, requires_grad=True)
         self.dst = torch.empty_like(self.x) if spec.provider == "copy" else None
+        self.token_grads = (torch.ones(spec.rows, device=device),
+                            torch.full((spec.rows,), ENTROPY_WEIGHT, device=device)) \
+            if self.token else None
         self.forward = self._forward_fn()
 
     def _forward_fn(self) -> Callable[[], Tensor]:
@@ -284,6 +353,17 @@ class Case:
         if provider == "copy":
             src = x.detach()
             return lambda: self.dst.copy_(src)
+        if self.lm:
+            if provider == "tempfast":
+                fn = _tempfast_lm(self.spec.op)
+            elif provider in LIGER_PROVIDERS:
+                fn = _liger_lm(self.spec.op, liger_functions()[0], provider == "liger_x_div_t")
+            else:
+                fn = _EAGER_LM[self.spec.op]
+                if provider == "torch_compile":
+                    torch._dynamo.reset()
+                    fn = torch.compile(fn, dynamic=False)
+            return lambda: fn(x, y, t)
         if self.kd:
             teacher = self.teacher
             if provider == "tempfast":
@@ -322,6 +402,8 @@ class Case:
         out = self.forward()
         if self.softmax:
             out.backward(self.dy)
+        elif self.token:
+            torch.autograd.backward(out, self.token_grads)
         else:
             out.backward()
         return out
@@ -339,6 +421,8 @@ class Case:
             self._check_softmax(out)
         elif self.kd:
             self._check_distillation(out)
+        elif self.token:
+            self._check_token_logprobs(out)
         else:
             self._check_cross_entropy(out)
 
@@ -366,7 +450,10 @@ class Case:
             xc = self.x[rows].detach().float().requires_grad_(self.backward)
             tc = torch.tensor(self.check_t, device=xc.device, requires_grad=True) \
                 if learnable else self.check_t
-            part = reference.cross_entropy(xc, self.y[rows], tc, reduction="sum") / self.spec.rows
+            extra = {"softcap": SOFTCAP} if self.spec.op == "ce_softcap_fwd_bwd" else \
+                {"z_loss": Z_LOSS} if self.spec.op == "ce_z_loss_fwd_bwd" else {}
+            part = reference.cross_entropy(xc, self.y[rows], tc, reduction="sum",
+                                           **extra) / self.spec.rows
             loss += part.detach()
             if self.backward:
                 grads = torch.autograd.grad(part, (xc, tc) if learnable else (xc,))
@@ -376,6 +463,16 @@ class Case:
         self._assert_close("loss", out, loss)
         if learnable:
             self._assert_close("temperature.grad", self.t.grad, dt)
+
+    def _check_token_logprobs(self, out: tuple[Tensor, Tensor]) -> None:
+        for rows in _row_chunks(self.spec.rows, self.spec.classes):
+            xc = self.x[rows].detach().float().requires_grad_(self.backward)
+            ref = reference.token_logprobs(xc, self.y[rows], self.check_t, return_entropy=True)
+            self._assert_close("log-probabilities", out[0][rows], ref[0])
+            self._assert_close("entropy", out[1][rows], ref[1])
+            if self.backward:
+                (grad,) = torch.autograd.grad(ref, xc, tuple(g[rows] for g in self.token_grads))
+                self._assert_close("x.grad", self.x.grad[rows], grad)
 
     def _check_distillation(self, out: Tensor) -> None:
         loss = torch.zeros((), device=self.x.device)

@@ -55,7 +55,7 @@ from .common import (
 )
 from .heuristics import DEFAULT_NUM_SMS, LaunchConfig, cdiv, next_pow2
 
-TOKEN_TILE = 4096  # elements per loop step of a program (16 per thread at 8 warps)
+TOKEN_TILE = 8192  # elements per loop step of a program (32 per thread at 8 warps)
 TOKEN_WARPS = 8
 TOKEN_FILL = 4  # programs per SM the grid aims for before slicing rows
 TOKEN_PARTIALS = tl.constexpr(3)  # forward partials per (row, slice): m, s, t

@@ -8,7 +8,8 @@ A case is one public op call at one shape: ``op`` (as in :data:`bench.cases.OPS`
 :func:`record` runs it with the Triton backend forced and every launch intercepted
 (:mod:`bench.static.record`), the forward and the backward separately, counting the torch ops
 each dispatches (:class:`bench.static.host.OpCounter`). The upstream gradient is that of
-``loss.backward()`` (1) for the cross-entropy ops and a dense ``dy`` for softmax.
+``loss.backward()`` (1) for the cross-entropy ops, a dense ``dy`` for softmax, and for the
+token log-probabilities 1 for each token's and :data:`ENTROPY_WEIGHT` for its entropy.
 """
 
 from __future__ import annotations
@@ -129,6 +130,8 @@ def _inputs(w: Workload):
     if w.op.startswith("softmax"):
         dy = torch.empty(w.rows, w.classes, dtype=dtype) if w.op == "softmax_fwd_bwd" else None
         return (x,), dy
+    if w.op == "token_logprobs_fwd_bwd":  # both upstream gradients non-zero (made here)
+        return (x, y), (torch.ones(w.rows), torch.full((w.rows,), ENTROPY_WEIGHT))
     return (x, y), None
 
 
@@ -148,8 +151,7 @@ def _call(w: Workload, inputs):
     if w.op == "contrastive_fwd_bwd":
         return tempfast.contrastive_loss(*inputs, 0.07)
     if w.op.startswith("token_logprobs"):
-        logp, entropy = tempfast.token_logprobs(*inputs, t, return_entropy=True)
-        return logp.sum() + ENTROPY_WEIGHT * entropy.sum()
+        return tempfast.token_logprobs(*inputs, t, return_entropy=True)
     if w.op == "ce_softcap_fwd_bwd":
         return tempfast.cross_entropy(*inputs, t, softcap=SOFTCAP)
     if w.op == "ce_z_loss_fwd_bwd":
@@ -172,7 +174,7 @@ def record(w: Workload) -> Recording:
         out = _call(w, inputs)
         if w.op not in ("softmax_fwd", "token_logprobs_fwd"):
             counter.phase = recorder.phase = log.phase = "backward"
-            out.backward(dy) if dy is not None else out.backward()
+            torch.autograd.backward(out, dy)
     del out, inputs, dy
     gc.collect()
     phases = ("forward", "backward")
