@@ -252,6 +252,7 @@ def distillation_loss(
     alpha: float = 0.5,
     reduction: str = "batchmean",
     ignore_index: int = -100,
+    teacher_log_probs: bool = False,
 ) -> Tensor:
     """``F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True,
     reduction) * T**2``, fused; with ``target``, ``alpha * that + (1 - alpha) * CE(s, target)``.
@@ -276,6 +277,10 @@ def distillation_loss(
             ``"mean"``, its sum over the rows not ignored divided by their number (NaN when all
             are ignored, as in torch); ``"sum"`` its sum; ``"none"`` per row (0 when ignored).
         ignore_index: the class-index value whose rows have no CE term.
+        teacher_log_probs: the teacher input is already the full-vocabulary
+            ``log softmax(t / T)`` (stored by an inference server, say): it is not divided by
+            ``T`` again, and a ``temperature`` that requires grad is refused (the stored
+            log-probabilities belong to one fixed T). Costs one elementwise pass over it.
 
     Returns:
         the fp32 loss (fp64 for fp64 logits): a scalar, or ``(*,)`` for ``"none"``. No rows:
@@ -287,7 +292,8 @@ def distillation_loss(
     host synchronisation, the row is NaN instead).
     """
     call = _distillation.normalise(student_logits, teacher_logits, temperature, target=target,
-                                   alpha=alpha, reduction=reduction, ignore_index=ignore_index)
+                                   alpha=alpha, reduction=reduction, ignore_index=ignore_index,
+                                   teacher_log_probs=teacher_log_probs)
     return _distillation.run(call)
 
 

@@ -356,14 +356,16 @@ class DistillationLoss(_Temperature):
     With ``learnable=True`` the temperature is trained (``log T``, the parameter
     ``log_temperature``, as for the other modules here: :func:`parameter_groups` keeps it out
     of weight decay and a T the optimiser never updates warns); its gradient comes from the
-    fused kernel.
+    fused kernel. ``teacher_log_probs=True``: the teacher input is ``log softmax(t / T)``
+    already (as in :func:`tempfast.distillation_loss`; not with ``learnable``).
     """
 
     def __init__(self, temperature: float = 1.0, alpha: float = 0.5, *,
                  reduction: str = "batchmean", ignore_index: int = -100,
-                 learnable: bool = False) -> None:
+                 learnable: bool = False, teacher_log_probs: bool = False) -> None:
         super().__init__(temperature, learnable)
         check_distillation_reduction(reduction)
+        self.teacher_log_probs = teacher_log_probs
         self.alpha = _checks.check_fraction("alpha", alpha)
         self.reduction = reduction
         self.ignore_index = _checks.check_ignore_index(ignore_index)
@@ -374,7 +376,8 @@ class DistillationLoss(_Temperature):
         dtype = _checks.accumulation_dtype(student_logits.dtype)
         return F.distillation_loss(student_logits, teacher_logits, t if t.dtype == dtype
                                    else t.to(dtype), target=target, alpha=self.alpha,
-                                   reduction=self.reduction, ignore_index=self.ignore_index)
+                                   reduction=self.reduction, ignore_index=self.ignore_index,
+                                   teacher_log_probs=self.teacher_log_probs)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, alpha={self.alpha}, reduction={self.reduction!r}"

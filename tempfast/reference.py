@@ -152,6 +152,7 @@ def distillation_loss(
     alpha: float = 0.5,
     reduction: str = "batchmean",
     ignore_index: int = -100,
+    teacher_log_probs: bool = False,
 ) -> Tensor:
     """Hinton's distillation loss, classes last (``(*, C)``):
     ``KD = F.kl_div(log_softmax(s / T), log_softmax(t / T), log_target=True) * T**2`` with
@@ -159,7 +160,8 @@ def distillation_loss(
     ``"none"`` (per row, shape ``(*,)``); ``T`` a number or one value per row (``(*,)``),
     its ``T**2`` applied per row. With ``target`` (class indices ``(*,)``):
     ``alpha * KD + (1 - alpha) * CE(s, target)``, the cross-entropy at ``T = 1`` reduced as
-    ``F.cross_entropy`` does (``"batchmean"`` and ``"mean"``: over the rows not ignored)."""
+    ``F.cross_entropy`` does (``"batchmean"`` and ``"mean"``: over the rows not ignored).
+    ``teacher_log_probs``: the teacher is ``log softmax(t / T)`` already (not divided again)."""
     num_classes = student_logits.shape[-1]
     s = student_logits.reshape(-1, num_classes)
     t = teacher_logits.reshape(-1, num_classes)
@@ -170,7 +172,7 @@ def distillation_loss(
     elif isinstance(temp, Tensor):
         temp = temp.reshape(())
     log_ps = torch.log_softmax(s / temp, -1)
-    log_pt = torch.log_softmax(t / temp, -1)
+    log_pt = torch.log_softmax(t if teacher_log_probs else t / temp, -1)
     pointwise = F.kl_div(log_ps, log_pt, log_target=True, reduction="none") * temp**2
     rows = pointwise.sum(-1)
     if reduction == "none":

@@ -382,3 +382,31 @@ def test_reduction_none_is_per_row_and_documented_so():
     row = next(line for line in readme.splitlines() if "tempfast.distillation_loss(" in line)
     assert "one value per row" in row
     assert "one value per row" in tempfast.distillation_loss.__doc__
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("temperature", [2.0, "rows"])
+def test_a_teacher_given_as_log_probabilities_at_the_temperature(path, temperature):
+    """``teacher_log_probs=True``: the teacher input is ``log_softmax(t / T)``, not divided by
+    T again; the loss and the gradients are those of the teacher's logits."""
+    s, t = _inputs(6, 300, torch.float32)
+    temp = harness.temperature_for(temperature, 6)
+    t_rows = temp.reshape(-1, 1) if isinstance(temp, torch.Tensor) else temp
+    log_pt = torch.log_softmax(t.double() / t_rows, -1).float()
+    y = _targets(6, 300, ignored=(2,))
+    xs = s.clone().requires_grad_(True)
+    loss = run_path(path, tempfast.distillation_loss, xs, log_pt, temp, target=y,
+                    teacher_log_probs=True)
+    xs64 = s.double().requires_grad_(True)
+    expected = distillation_loss_reference(xs64, t.double(), temp, target=y)
+    loss.backward()
+    expected.backward()
+    assert_close(loss, expected, LOSS_TOL, "loss")
+    assert_close(xs.grad, xs64.grad, REL_TOL[torch.float32], "grad student", floor=1e-3)
+
+
+def test_teacher_log_probabilities_refuse_a_learnable_temperature():
+    s, t = _inputs(3, 8, torch.float32)
+    harness.raises_one_line(ValueError, "teacher_log_probs", tempfast.distillation_loss, s,
+                            torch.log_softmax(t, -1), torch.tensor(2.0, requires_grad=True),
+                            teacher_log_probs=True)

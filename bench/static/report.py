@@ -34,6 +34,9 @@ BLIND_SPOTS = (
 HEAD_OPS = ("linear_ce_fwd_bwd", "contrastive_fwd_bwd", "nt_xent_fwd_bwd")
 HEAD_RATIO_GOAL = 1.15  # issue 24: the linear head within 1.15x of its GEMM floor
 HEAD_OPS_GOAL = 30  # issue 24: torch ops per forward + backward of the head
+TOKEN_FLOOR_GOAL = 0.90  # issue 25: token log-probabilities at >= 90% of their floor
+CAPPED_RATIO_GOAL = 1.05  # issue 25: softcap / z-loss within 5% of the plain CE's time
+LM_CLASSES = (32000, 128256, 151936, 262144)
 
 
 def _ms(s: float | None) -> str:
@@ -375,6 +378,42 @@ def target_rows(report: dict) -> list[list[str]]:
                      f"eager's"])
     rows += _liger_rows(report)
     rows += _head_target_rows(report)
+    rows += _lm_target_rows(report)
+    return rows
+
+
+def _lm_target_rows(report: dict) -> list[list[str]]:
+    """Issue 25, bf16, N = 8192: token log-probabilities forward at >= 90% of one read of the
+    logits, forward + backward at >= 90% of two reads and a write; the soft-capped and the
+    z-loss CE within 5% of the plain CE's time."""
+    rows = [
+        _floor_row(report, "token_logprobs fwd (log-probabilities and entropy) bf16: >= 90% of "
+                   "one read", "token_logprobs_fwd", ("bf16",), LM_CLASSES, TOKEN_FLOOR_GOAL),
+        _floor_row(report, "token_logprobs fwd+bwd (both upstream gradients non-zero) bf16: "
+                   ">= 90% of two reads and a write", "token_logprobs_fwd_bwd", ("bf16",),
+                   LM_CLASSES, TOKEN_FLOOR_GOAL)]
+    if rows[0][1] == "not in this report":
+        return []
+    for op, label, why in (
+            ("ce_softcap_fwd_bwd", "CE soft-capped (c = 30)",
+             "issue-bound: the cap's tanh is an exp2 and an approximate reciprocal per element "
+             "on the MUFU pipe (a quarter of the ALU rate), plus its slope, kept in registers "
+             "from the load to the gradient's store, which halves the columns a program holds; "
+             "the hardware's tanh.approx would be one instruction but needs inline asm, which "
+             "the interpreter cannot run"),
+            ("ce_z_loss_fwd_bwd", "CE with z-loss", "")):
+        cells, worst = [], 0.0
+        for c in LM_CLASSES:
+            ours, plain = _case(report, op, "bf16", c), _case(report, "ce_fwd_bwd", "bf16", c)
+            if ours is None or plain is None:
+                continue
+            ratio = {g.name: ours["predicted"][g.name]["t"] / plain["predicted"][g.name]["t"]
+                     for g in GPUS}
+            worst = max(worst, *ratio.values())
+            cells.append(f"C={c}: " + "/".join(f"{v:.2f}x" for v in ratio.values()))
+        met = worst <= CAPPED_RATIO_GOAL
+        rows.append([f"{label} bf16 within 5% of the plain CE's time",
+                     "; ".join(cells) + " (H100/H200)", "met" if met else f"missed: {why}"])
     return rows
 
 

@@ -2,7 +2,9 @@
 its route (:func:`route`) and its loss (:func:`run`).
 
 One route, ``custom_op``: every call, eager or traced, runs the custom op
-``tempfast::distillation``, which writes both gradients and dL/dT in the forward pass.
+``tempfast::distillation``, which writes both gradients and dL/dT in the forward pass. A
+teacher given as log-probabilities at ``T`` (``teacher_log_probs``) is multiplied by ``T``
+first (one elementwise pass over it), so that the kernels' ``/ T`` gives it back.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ class DistillationCall(NamedTuple):
     reduction: str
     ignore_index: int
     rows_shape: torch.Size
+    teacher_log_probs: bool = False  # the teacher is log softmax(t / T) already
 
 
 def normalise(student_logits: Tensor, teacher_logits: Tensor, temperature: float | Tensor, *,
               target: Tensor | None, alpha: float, reduction: str,
-              ignore_index: int) -> DistillationCall:
+              ignore_index: int, teacher_log_probs: bool = False) -> DistillationCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
     them into a :class:`DistillationCall`."""
     _checks.check_floating("student_logits", student_logits)
@@ -60,11 +63,18 @@ def normalise(student_logits: Tensor, teacher_logits: Tensor, temperature: float
                               target=target)
     t = _checks.temperature_rows(temperature, rows_shape, student_logits.device,
                                  _checks.accumulation_dtype(student_logits.dtype))
+    if not isinstance(teacher_log_probs, bool):
+        raise TypeError(f"teacher_log_probs: expected a bool, got "
+                        f"{type(teacher_log_probs).__name__}")
+    if teacher_log_probs and t.requires_grad and torch.is_grad_enabled():
+        raise ValueError("teacher_log_probs: the temperature cannot be learned with teacher "
+                         "log-probabilities, which were computed at one fixed T; pass "
+                         "temperature.detach()")
     return DistillationCall(student_logits.reshape(-1, num_classes),
                             teacher_logits.reshape(-1, num_classes), t,
                             None if target is None else target.reshape(-1).long(),
                             alpha if target is not None else 1.0, reduction, ignore_index,
-                            rows_shape)
+                            rows_shape, teacher_log_probs)
 
 
 def check_reduction(reduction: str) -> None:
@@ -82,9 +92,12 @@ def route(call: DistillationCall) -> str:
 def run(call: DistillationCall) -> Tensor:
     """The loss of ``call``: fp32 (fp64 for fp64 logits), a scalar or ``rows_shape``."""
     grad_on = torch.is_grad_enabled()
-    loss = distillation_2d(call.student, call.teacher, call.temperature, call.target,
+    teacher = call.teacher
+    if call.teacher_log_probs:  # softmax(T lt / T) = softmax(lt): the kernels divide by T
+        teacher = teacher * call.temperature.reshape(-1, 1).to(teacher.dtype)
+    loss = distillation_2d(call.student, teacher, call.temperature, call.target,
                            call.ignore_index, call.alpha, call.reduction,
-                           grad_on and call.teacher.requires_grad,
+                           grad_on and teacher.requires_grad,
                            grad_on and call.temperature.requires_grad)[0]
     return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
 
