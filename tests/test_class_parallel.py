@@ -43,7 +43,8 @@ def _ce_cases(rank, widths, backend):
     num = sum(widths)
     mine = _slices(widths)[rank]
     for dtype in (torch.float32, torch.float64):
-        for case in ("plain", "smooth_weight_ignore", "probs", "row_t", "layout", "neg_inf"):
+        for case in ("plain", "smooth_weight_ignore", "probs", "row_t", "layout", "neg_inf",
+                     "softcap_z_loss"):
             for reduction in ("mean", "sum", "none"):
                 n = 7
                 z = torch.randn(n, num, generator=g, dtype=dtype) * 4
@@ -62,6 +63,10 @@ def _ce_cases(rank, widths, backend):
                 elif case == "layout":
                     z = torch.randn(3, num, 4, generator=g, dtype=dtype)
                     y = torch.randint(0, num, (3, 4), generator=g)
+                elif case == "softcap_z_loss":
+                    y[2] = -100
+                    kw = dict(softcap=6.0, z_loss=0.05, label_smoothing=0.1,
+                              weight=torch.rand(num, generator=g, dtype=dtype) + 0.5)
                 elif case == "neg_inf":
                     z[:, : max(1, num // 3)] = float("-inf")
                     y = torch.full((n,), num - 1)
@@ -80,6 +85,15 @@ def _ce_cases(rank, widths, backend):
                 want_gz = fz[:, mine] if case != "layout" else fz[:, mine, :]
                 _close(gz, want_gz, dtype, what + " grad")
                 _close(gt, ft, dtype, what + " dL/dT")
+                if case == "softcap_z_loss":  # the z-term alone, for logging
+                    with tempfast.use_backend(backend):
+                        _, z_got = tempfast.cross_entropy(
+                            zl.detach(), yl, t.detach(), **kw, reduction=reduction,
+                            return_z_loss=True, process_group=dist.group.WORLD)
+                        _, z_want = tempfast.cross_entropy(z, y, t.detach(), **kw,
+                                                           reduction=reduction,
+                                                           return_z_loss=True)
+                    _close(z_got, z_want, dtype, what + " z-term")
 
 
 def _linear_cases(rank, widths, backend):
@@ -98,7 +112,7 @@ def _linear_cases(rank, widths, backend):
         hf, wf, bf = h.clone().requires_grad_(), w.clone().requires_grad_(), \
             b.clone().requires_grad_()
         with tempfast.use_backend(backend):
-            kw = dict(reduction=reduction, label_smoothing=0.1)
+            kw = dict(reduction=reduction, label_smoothing=0.1, softcap=7.0, z_loss=0.02)
             got, (gh, gw, gb, gt) = _grads(
                 tempfast.linear_cross_entropy, (hl, wl, y, bl, t),
                 dict(kw, chunk_size=chunk, process_group=dist.group.WORLD), (hl, wl, bl, t))

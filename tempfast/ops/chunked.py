@@ -107,6 +107,14 @@ def in_compute_dtype(chunk: Tensor, buf: Tensor | None) -> Tensor:
     return buf[: chunk.shape[0]].copy_(chunk)
 
 
+def capped(x: Tensor, softcap: float) -> tuple[Tensor, Tensor | float]:
+    """``(a, da/dx)``: ``softcap tanh(x / softcap)`` and ``1 - tanh^2``, or ``(x, 1)``."""
+    if not softcap:
+        return x, 1.0
+    th = torch.tanh(x / softcap)
+    return softcap * th, 1.0 - th * th
+
+
 def inverse_temperature(t: Tensor) -> Tensor:
     """``1 / t``, NaN where ``t`` is not finite and positive (values on a GPU are not checked
     on the host; this mirrors the kernels' NaN rows)."""

@@ -66,7 +66,7 @@ def route(call: CrossEntropyCall | LinearCall) -> str:
     return "linear_cross_entropy" if hasattr(call, "hidden") else "cross_entropy"
 
 
-def run(call: CrossEntropyCall | LinearCall) -> Tensor:
+def run(call: CrossEntropyCall | LinearCall) -> Tensor | tuple[Tensor, Tensor]:
     """The loss of a class-parallel call (``call.process_group`` set)."""
     if route(call) == "linear_cross_entropy":
         return _linear_cross_entropy(call)
@@ -86,7 +86,15 @@ def _cross_entropy(call: CrossEntropyCall) -> Tensor:
     t = _checks.temperature_tensor(call.temperature, call.t_value, logits).reshape(-1)
     _check_values(t, None if call.probs else call.target, layout.num_classes, call.ignore_index)
     loss = ClassParallelCrossEntropy.apply(logits, t, call, layout, group)
-    return loss.reshape(call.rows_shape) if call.reduction == "none" else loss
+    lse = None
+    if call.return_z_loss:
+        loss, lse = loss
+    loss = loss.reshape(call.rows_shape) if call.reduction == "none" else loss
+    if lse is None:
+        return loss
+    from ..cross_entropy.call import z_term
+
+    return loss, z_term(lse, call)
 
 
 def _linear_cross_entropy(call: LinearCall) -> Tensor:
@@ -111,7 +119,7 @@ def _linear_cross_entropy(call: LinearCall) -> Tensor:
             logits=logits, target=call.target, temperature=t, t_value=0.0, weight=None,
             ignore_index=call.ignore_index, label_smoothing=call.label_smoothing,
             reduction="none", rows_shape=call.rows_shape, inplace_backward=False,
-            process_group=group, start=call.start)
+            process_group=group, start=call.start, softcap=call.softcap, z_loss=call.z_loss)
         loss = ClassParallelCrossEntropy.apply(logits, t, ce_call, layout, group)
         return loss.reshape(call.rows_shape)
     return ClassParallelLinearCrossEntropy.apply(call.hidden, call.weight, call.bias, t, call,

@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..._checks import accumulation_dtype
-from ..cross_entropy.torch_path import mean_divisor
+from ..chunked import capped
+from ..cross_entropy.torch_path import mean_divisor, z_loss_scale
 from .shard import Shard, ShardLayout, bad_rows, forward
 
 if TYPE_CHECKING:
@@ -36,26 +37,35 @@ class ClassParallelCrossEntropy(torch.autograd.Function):
                 group: dist.ProcessGroup) -> Tensor:
         acc = accumulation_dtype(logits.dtype)
         t_col = t.to(acc)[:, None]
-        shard = Shard(logits.to(acc) / t_col, t_col, layout, call.probs, call.target,
-                      call.weight, call.ignore_index, call.label_smoothing)
-        loss, dt, grad, counted, _ = forward(shard, group, ctx.needs_input_grad[0])
+        a, slope = capped(logits.to(acc), call.softcap)
+        factor = torch.ones((), dtype=acc, device=logits.device)
+        z_coef = call.z_loss
+        if call.reduction == "mean":
+            divisor = mean_divisor(call.target, call.weight, call.ignore_index,
+                                   layout.num_classes, acc)
+            factor = 1.0 / divisor
+            z_scale = z_loss_scale(call.target, call.weight, call.ignore_index, divisor,
+                                   "mean") if call.z_loss else None
+            z_coef = z_coef * z_scale if z_scale is not None else z_coef
+        shard = Shard(a / t_col, t_col, layout, call.probs, call.target, call.weight,
+                      call.ignore_index, call.label_smoothing, slope, z_coef)
+        loss, dt, grad, counted, lse = forward(shard, group, ctx.needs_input_grad[0])
         nan = torch.full((), float("nan"), dtype=acc, device=logits.device)
         bad = bad_rows(shard, counted)
         loss = torch.where(bad, nan, loss)
-        factor = torch.ones((), dtype=acc, device=logits.device)
-        if call.reduction == "mean":
-            factor = 1.0 / mean_divisor(call.target, call.weight, call.ignore_index,
-                                        layout.num_classes, acc)
         out = loss if call.reduction == "none" else loss.sum() * factor
         if grad is not None:
             grad = torch.where(bad[:, None], nan, grad).to(logits.dtype)
         dt = torch.where(bad, nan, dt) * factor if ctx.needs_input_grad[1] else None
         ctx.reduction, ctx.scalar_t = call.reduction, t.shape[0] == 1
         ctx.save_for_backward(grad, dt, factor)
-        return out
+        if not call.return_z_loss:
+            return out
+        ctx.mark_non_differentiable(lse)
+        return out, lse
 
     @staticmethod
-    def backward(ctx, g: Tensor):
+    def backward(ctx, g: Tensor, *_g_lse):
         grad, dt, factor = ctx.saved_tensors
         scale = (g * factor)[:, None] if ctx.reduction == "none" else g * factor
         grad_logits = None if grad is None else (grad.to(scale.dtype) * scale).to(grad.dtype)
@@ -109,8 +119,9 @@ class ClassParallelLinearCrossEntropy(torch.autograd.Function):
             h = hidden[lo:hi]
             z = torch.nn.functional.linear(h, weight, bias)
             t_col = (t[lo:hi] if t.shape[0] != 1 else t).to(acc)[:, None]
-            shard = Shard(z.to(acc) / t_col, t_col, layout, False, target[lo:hi], None,
-                          call.ignore_index, call.label_smoothing)
+            a, slope = capped(z.to(acc), call.softcap)
+            shard = Shard(a / t_col, t_col, layout, False, target[lo:hi], None,
+                          call.ignore_index, call.label_smoothing, slope, call.z_loss)
             rows, dt_rows, gz, counted, _ = forward(shard, group, want)
             bad = bad_rows(shard, counted)
             nan = torch.full((), float("nan"), dtype=acc, device=hidden.device)

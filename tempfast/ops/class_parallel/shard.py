@@ -6,12 +6,17 @@ Rank ``r`` holds the logits of classes ``[start_r, start_r + C_r)``: ranges in r
 widths (``C_r >= 0``), ``C = sum C_r``. Every rank holds the same rows, the same class-index
 targets (global indices) or its own slice of probability targets, the same temperature.
 
-Per row, with ``u = z / T``, ``c_j`` the target's coefficients (one-hot, smoothed, weighted as
-in torch; ``cs = sum_j c_j``) and ``M = max_j u_j`` over all ranks::
+Per row, with ``u = z / T`` (``z`` soft-capped first when asked), ``c_j`` the target's
+coefficients (one-hot, smoothed, weighted as in torch; ``cs = sum_j c_j``) and
+``M = max_j u_j`` over all ranks::
 
     s = sum_j exp(u_j - M)            A = sum_j exp(u_j - M) (M - u_j)
     D = sum_j c_j (M - u_j) >= 0      loss = cs ln s + D  (>= 0: s >= 1)
     dL/dz_j = (cs p_j - c_j) / T      dL/dT = (cs A / s - D) / T,   p_j = exp(u_j - M) / s
+
+With a z-loss ``zl lse^2`` (``lse = M + ln s``) the loss gains it, the gradient takes
+``cs + 2 zl lse`` for ``cs`` and dL/dT gains ``2 zl lse (A / s - M) / T``; a soft cap multiplies
+the gradient by its slope.
 
 Each rank computes its classes' share of ``s, A, cs, D``; the forward pass makes **one
 all-reduce of the per-row max and one of the stacked per-row sums** ``(4, N)``; the gradient is
@@ -105,6 +110,8 @@ class Shard:
     weight: Tensor | None
     ignore_index: int
     label_smoothing: float
+    slope: Tensor | float = 1.0  # d a / d z of a soft-capped shard (``(R, C_r)``), else 1
+    z_coef: Tensor | float = 0.0  # the z-loss's coefficient, one value or per row
 
     def coefficients(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor]:
         """``(dense, a_y, y_local, here, counted)``: the target's coefficients on this rank's
@@ -140,14 +147,16 @@ def _local_max(u: Tensor) -> Tensor:
 
 
 def forward(shard: Shard, group: dist.ProcessGroup, want_grad: bool):
-    """Loss rows, dL/dT rows and (``want_grad``) the logits' gradient ``(cs p - c) / T`` of
-    one shard, after the two all-reduces."""
+    """Loss rows, dL/dT rows, (``want_grad``) the logits' gradient ``(cs p - c) / T`` (times
+    the cap's slope), the rows counted and their log-sum-exps, of one shard, after the two
+    all-reduces; with ``z_coef`` the z-loss ``z lse^2`` is in the loss, its gradient and
+    dL/dT."""
     u = shard.u
     m = _local_max(u)
     dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     diff = m[:, None] - u                                   # >= 0
     e = torch.exp(-diff)
-    dense, a_y, y_local, here, counted = shard.coefficients()
+    dense, a_y, y_local, _here, counted = shard.coefficients()
     stats = torch.stack([
         e.sum(dim=1),
         _guarded(e, diff).sum(dim=1),
@@ -163,13 +172,21 @@ def forward(shard: Shard, group: dist.ProcessGroup, want_grad: bool):
     t_rows = shard.t[:, 0]
     loss = cs * torch.log(s) + d
     dt = (cs * big_a / s - d) / t_rows
+    lse = m + torch.log(s)
+    if not isinstance(shard.z_coef, float) or shard.z_coef:
+        # z lse^2: its gradient 2 z lse p / T joins cs p; d lse / dT = (A / s - M) / T
+        z_lse = torch.where(counted, lse, torch.zeros((), dtype=lse.dtype, device=lse.device))
+        zl = shard.z_coef * counted.to(lse.dtype)
+        loss = loss + zl * z_lse * z_lse
+        dt = dt + 2.0 * zl * z_lse * (big_a / s - m) / t_rows
+        cs = cs + 2.0 * zl * z_lse
     grad = None
     if want_grad:
         grad = (cs / s)[:, None] * e - dense
         if a_y is not None and u.shape[1]:
             grad.scatter_add_(1, y_local[:, None], -a_y[:, None])
-        grad = grad / shard.t
-    return loss, dt, grad, counted, here
+        grad = grad * (shard.slope / shard.t)
+    return loss, dt, grad, counted, lse
 
 
 def bad_rows(shard: Shard, counted: Tensor) -> Tensor:

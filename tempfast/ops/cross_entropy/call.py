@@ -93,8 +93,6 @@ def normalise(logits: Tensor, target: Tensor, temperature: float | Tensor,
     call = _checked_call(logits, target, temperature, weight, ignore_index, reduction,
                          label_smoothing, class_dim, inplace_backward, process_group, start)
     extras = check_extras(softcap, z_loss, return_z_loss)
-    if extras and process_group is not None:
-        raise ValueError(f"{next(iter(extras))}: not supported with process_group yet")
     return call._replace(**extras) if extras else call
 
 

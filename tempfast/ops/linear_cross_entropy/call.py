@@ -53,12 +53,10 @@ def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | Non
               temperature: float | Tensor, *, ignore_index: int, reduction: str,
               label_smoothing: float, chunk_size: int | None, process_group=None,
               start: int | None = None, accum_dtype: torch.dtype | None = None,
-              softcap: float | None = None, z_loss: float = 0.0,
-              token_stats: bool = False) -> LinearCall:
+              softcap: float | None = None, z_loss: float = 0.0) -> LinearCall:
     """Check every argument once (a one-line error naming the first bad one) and normalise
     them into a :class:`LinearCall`. With ``process_group``, ``weight`` and ``bias`` are this
-    rank's rows of a class-parallel head (``C_r``, possibly 0). ``token_stats``: the call is
-    ``linear_token_logprobs``'s (which shards a soft-capped head too)."""
+    rank's rows of a class-parallel head (``C_r``, possibly 0)."""
     sharded = process_group is not None
     if sharded:
         process_group = class_parallel.check_group(process_group)
@@ -108,8 +106,6 @@ def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | Non
         chunk_size = default_chunk_rows(n_rows, weight.shape[0], hidden.shape[-1],
                                         hidden.element_size(), accum_size)
     extras = check_extras(softcap, z_loss, False)
-    if extras and sharded and not token_stats:
-        raise ValueError(f"{next(iter(extras))}: not supported with process_group yet")
     return LinearCall(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
                       target.reshape(-1).long(), t, ignore_index, label_smoothing, reduction,
                       chunk_size, rows_shape, process_group, start, in_weight_dtype, **extras)

@@ -153,7 +153,7 @@ def normalise(hidden: Tensor, weight: Tensor, target: Tensor, bias: Tensor | Non
     head = linear_head.normalise(
         hidden, weight, target, bias, temperature, ignore_index=ignore_index, reduction="none",
         label_smoothing=0.0, chunk_size=chunk_size, process_group=process_group,
-        softcap=softcap, token_stats=True)
+        softcap=softcap)
     if not isinstance(return_entropy, bool):
         raise TypeError(f"return_entropy: expected a bool, got {type(return_entropy).__name__}")
     return LinearTokenCall(head, return_entropy)

@@ -15,15 +15,14 @@ import torch
 from torch import Tensor
 
 from ..._checks import accumulation_dtype
-from ..chunked import chunk_rows, for_chunks, inverse_temperature, rows_of, temperature_tensor
-
-
-def capped(x: Tensor, softcap: float) -> tuple[Tensor, Tensor | float]:
-    """``(a, da/dx)``: ``softcap tanh(x / softcap)`` and ``1 - tanh^2``, or ``(x, 1)``."""
-    if not softcap:
-        return x, 1.0
-    th = torch.tanh(x / softcap)
-    return softcap * th, 1.0 - th * th
+from ..chunked import (
+    capped,
+    chunk_rows,
+    for_chunks,
+    inverse_temperature,
+    rows_of,
+    temperature_tensor,
+)
 
 
 def _targets(y: Tensor, ignore_index: int, n_cols: int) -> tuple[Tensor, Tensor, Tensor]:
