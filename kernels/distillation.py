@@ -23,8 +23,11 @@ Two kernels carry a row: :func:`kd_rows_kernel` holds ``BLOCK_N`` whole rows of 
 chip; :func:`kd_slices_kernel` cuts a row into ``n_slices`` slices of ``BLOCK_C`` columns:
 ``PHASE = 1`` stores each slice's partials (``KD_PARTIALS`` per slice, relative to the slice's
 own maxima), :func:`kd_combine_kernel` combines each row's partials in slice order into the
-row's statistics, ``PHASE = 2`` reads the slice again and writes it. A per-slice share of dL/dT
-goes to the workspace; the launcher sums the shares of a row (a fixed order).
+row's statistics, ``PHASE = 2`` reads the slice again and writes it. :func:`kd_coop_slices_kernel`
+reads each slice once: the cooperative launch of ``kernels/README.md`` (bounded wait, repair
+launch), where the row's last slice to arrive combines the partials once and releases the
+row's statistics to the others (used for fp32 inputs: :func:`coop_pays`). A per-slice share of
+dL/dT goes to the workspace; the launcher sums the shares of a row (a fixed order).
 
 ``EXTRAS`` (constexpr) compiles in the hard-label term, the teacher's gradient and dL/dT; inside
 that binary ``has_target``, ``teacher_grad`` and ``compute_dt`` are run-time flags (not
@@ -41,8 +44,19 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, LOG2E, col_mask, rescale_to, row_offset, safe_max, temperature_scale
-from .heuristics import MIN_WARPS, WIDE_ROW, LaunchConfig, cdiv
+from .common import (
+    LN2,
+    LOG2E,
+    arrive_and_wait,
+    col_mask,
+    give_up,
+    rescale_to,
+    row_offset,
+    safe_max,
+    temperature_scale,
+    work_item,
+)
+from .heuristics import MIN_WARPS, WIDE_ROW, LaunchConfig, cdiv, next_pow2
 
 # Partials of a slice: maxima (log2 units, -inf for none) and sums of the teacher (m_t, S_t),
 # the student (m_s, S_s), D = sum e_t (u_t - u_s), A = sum e_t (u_t - m_t), and the
@@ -70,6 +84,11 @@ DISTILL_COMBINE_ROWS = 16  # slices path: rows per program of the combine betwee
 # would spend the issue slots on the row reductions, more would spill
 DISTILL_PER_THREAD = {False: 16, True: 8}
 DISTILL_MAX_WARPS = 16
+# the cooperative one-read launch keeps both slices in registers across its wait and computes
+# the partials, the combine and the outputs in one program: half the slice of the two-launch
+# path, at half the values per thread, so that no configuration spills
+DISTILL_COOP_SLICE = 2048
+DISTILL_COOP_BLOCK_S = (8, 128)  # the cooperative combine's tile: next_pow2(n_slices) within
 
 
 def distill_warps(elements: int, extras: bool = False) -> int:
@@ -94,6 +113,33 @@ def distill_config(n_rows: int, n_cols: int, elem_size: int, vec: int = 1,
                                 distill_warps(block_n * block_c, extras), vec)
     return LaunchConfig("slices", 1, DISTILL_SLICE, cdiv(n_cols, DISTILL_SLICE),
                         distill_warps(DISTILL_SLICE, extras), vec)
+
+
+def coop_pays(elem_size: int) -> bool:
+    """Whether the slices path tries the cooperative one-read launch: for fp32 inputs, where
+    the static model puts it at 0.67-0.77x the two launches' time on the H100 and 0.85-1.00x
+    on the H200 (N = 8192, C = 32000 and 262144); 16-bit inputs save half as many bytes by it
+    and its waits are not hidden (latency-bound: 1.01-1.19x on the H100, 1.18-1.42x on the
+    H200), so they keep the two launches."""
+    return elem_size >= 4
+
+
+def coop_block_s(n_slices: int) -> int:
+    """The partials a row's last slice combines at once (a loop beyond): ``next_pow2(n_slices)``
+    within :data:`DISTILL_COOP_BLOCK_S` (a fixed 64 costs every item of a 16-slice row the
+    combine's code size in the model: the H200 went from 0.85x to 1.06x the two launches)."""
+    low, high = DISTILL_COOP_BLOCK_S
+    return min(high, max(low, next_pow2(n_slices)))
+
+
+def coop_config(n_rows: int, n_cols: int, vec: int = 1, extras: bool = False) -> LaunchConfig:
+    """The cooperative launch's slices: :data:`DISTILL_COOP_SLICE` columns, twice the warps of
+    the two-launch path's per-thread values (8 values of each input per thread for plain KD, 4
+    with ``EXTRAS``)."""
+    del n_rows
+    warps = min(DISTILL_MAX_WARPS, 2 * distill_warps(DISTILL_COOP_SLICE, extras))
+    return LaunchConfig("slices", 1, DISTILL_COOP_SLICE, cdiv(n_cols, DISTILL_COOP_SLICE), warps,
+                        vec)
 
 
 @triton.jit
@@ -266,54 +312,68 @@ def kd_slices_kernel(
     xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
                                 VEC)
     if PHASE == 1:
-        m_s_raw = tl.max(xs, axis=1) * k
-        m_t_raw = tl.max(xt, axis=1) * k
-        m_t = safe_max(m_t_raw)
-        us = xs * k[:, None]
-        ut = xt * k[:, None]
-        et = tl.exp2(ut - m_t[:, None])
-        live = et > 0.0
-        part = ws_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1)
-        tl.store(part + Q_MT, m_t_raw)
-        tl.store(part + Q_ST, tl.sum(et, axis=1))
-        tl.store(part + Q_MS, m_s_raw)
-        tl.store(part + Q_SS, tl.sum(tl.exp2(us - safe_max(m_s_raw)[:, None]), axis=1))
-        tl.store(part + Q_D, tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1))
-        tl.store(part + Q_A, tl.sum(tl.where(live, et * (ut - m_t[:, None]), 0.0), axis=1))
-        if has_target:
-            m1_raw = tl.max(xs, axis=1) * LOG2E
-            tl.store(part + Q_M1, m1_raw)
-            tl.store(part + Q_S1, tl.sum(tl.exp2(xs * LOG2E - safe_max(m1_raw)[:, None]),
-                                         axis=1))
+        _store_partials(ws_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1), xs, xt, k,
+                        has_target)
     else:
         st = ws_ptr + stats_off + rows * KD_PARTIALS
-        m_t = tl.load(st + Q_MT)
-        s_t = tl.load(st + Q_ST)
-        m_s = tl.load(st + Q_MS)
-        s_s = tl.load(st + Q_SS)
-        e_r = tl.load(st + Q_D)
-        e_a = tl.load(st + Q_A)
-        m1 = tl.load(st + Q_M1)
-        s1 = tl.load(st + Q_S1)
-        y = tl.zeros((1,), tl.int32)
-        cs = tl.zeros((1,), tl.float32)
-        ce = cs
-        if EXTRAS:  # noqa: SIM102 (a constexpr guard)
-            if has_target:
-                y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index,
-                                                n_cols, ce_scale_ptr)
-                ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
-        kl, g, gt, dt = _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y,
-                                     cs, cols, kd_scale, has_target, teacher_grad, compute_dt,
-                                     EXTRAS)
-        first = sl == 0
-        _store_outputs(ws_ptr, rows, row_mask, n_rows, cmask, cols, gs_ptr, stride_gs, gt_ptr,
-                       stride_gt, temp, kl, ce, g, gt, dt, first, has_target, teacher_grad,
+        stats = (tl.load(st + Q_MT), tl.load(st + Q_ST), tl.load(st + Q_MS),
+                 tl.load(st + Q_SS), tl.load(st + Q_D), tl.load(st + Q_A), tl.load(st + Q_M1),
+                 tl.load(st + Q_S1))
+        _slice_outputs(xs, xt, k, temp, stats, y_ptr, s_rows, rows, row_mask, sl, item, cols,
+                       cmask, ws_ptr, share_off, gs_ptr, stride_gs, gt_ptr, stride_gt, n_rows,
+                       n_cols, ignore_index, ce_scale_ptr, kd_scale, has_target, teacher_grad,
                        compute_dt, EXTRAS, VEC)
-        if EXTRAS:  # noqa: SIM102 (a constexpr guard)
-            if compute_dt:
-                share = tl.where(first, dt + 2.0 * temp * kl, dt)
-                tl.store(ws_ptr + share_off + item + tl.arange(0, 1), share)
+
+
+@triton.jit
+def _store_partials(part, xs, xt, k, has_target):
+    """A slice's partials (``KD_PARTIALS`` slots at ``part``, relative to its own maxima)."""
+    m_s_raw = tl.max(xs, axis=1) * k
+    m_t_raw = tl.max(xt, axis=1) * k
+    m_t = safe_max(m_t_raw)
+    us = xs * k[:, None]
+    ut = xt * k[:, None]
+    et = tl.exp2(ut - m_t[:, None])
+    live = et > 0.0
+    tl.store(part + Q_MT, m_t_raw)
+    tl.store(part + Q_ST, tl.sum(et, axis=1))
+    tl.store(part + Q_MS, m_s_raw)
+    tl.store(part + Q_SS, tl.sum(tl.exp2(us - safe_max(m_s_raw)[:, None]), axis=1))
+    tl.store(part + Q_D, tl.sum(tl.where(live, et * (ut - us), 0.0), axis=1))
+    tl.store(part + Q_A, tl.sum(tl.where(live, et * (ut - m_t[:, None]), 0.0), axis=1))
+    if has_target:
+        m1_raw = tl.max(xs, axis=1) * LOG2E
+        tl.store(part + Q_M1, m1_raw)
+        tl.store(part + Q_S1, tl.sum(tl.exp2(xs * LOG2E - safe_max(m1_raw)[:, None]), axis=1))
+
+
+@triton.jit
+def _slice_outputs(xs, xt, k, temp, stats, y_ptr, s_rows, rows, row_mask, sl, item, cols, cmask,
+                   ws_ptr, share_off, gs_ptr, stride_gs, gt_ptr, stride_gt, n_rows, n_cols,
+                   ignore_index, ce_scale_ptr, kd_scale, has_target, teacher_grad, compute_dt,
+                   EXTRAS: tl.constexpr, VEC: tl.constexpr):
+    """A slice's gradients (and, from slice 0, the row's losses) and its share of dL/dT at
+    ``ws[share_off + item]``, from the row's ``stats`` (:func:`_combine_rows`' order)."""
+    m_t, s_t, m_s, s_s, e_r, e_a, m1, s1 = stats
+    y = tl.zeros((1,), tl.int32)
+    cs = tl.zeros((1,), tl.float32)
+    ce = cs
+    if EXTRAS:  # noqa: SIM102 (a constexpr guard)
+        if has_target:
+            y, valid, z_y, cs = _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index,
+                                            n_cols, ce_scale_ptr)
+            ce = _hard_label_loss(m1, tl.log2(s1), z_y, valid, cs)
+    kl, g, gt, dt = _row_outputs(xs, xt, k, temp, m_s, m_t, s_s, s_t, e_r, e_a, m1, s1, y,
+                                 cs, cols, kd_scale, has_target, teacher_grad, compute_dt,
+                                 EXTRAS)
+    first = sl == 0
+    _store_outputs(ws_ptr, rows, row_mask, n_rows, cmask, cols, gs_ptr, stride_gs, gt_ptr,
+                   stride_gt, temp, kl, ce, g, gt, dt, first, has_target, teacher_grad,
+                   compute_dt, EXTRAS, VEC)
+    if EXTRAS:  # noqa: SIM102 (a constexpr guard)
+        if compute_dt:
+            share = tl.where(first, dt + 2.0 * temp * kl, dt)
+            tl.store(ws_ptr + share_off + item + tl.arange(0, 1), share)
 
 
 @triton.jit
@@ -326,7 +386,8 @@ def _combine_max(part, rows, row_mask, n_slices, n_chunks, slot, BLOCK_R: tl.con
         o = i * BLOCK_S + offs
         ok = row_mask[:, None] & (o < n_slices)[None, :]
         p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS
-        acc = tl.maximum(acc, tl.load(p + slot, mask=ok, other=-float("inf")))
+        acc = tl.maximum(acc, tl.load(p + slot, mask=ok, other=-float("inf"),
+                                      cache_modifier=".cg"))
     return tl.max(acc, axis=1)
 
 
@@ -340,7 +401,20 @@ def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, n_chunks, h
     ``n_chunks = cdiv(n_slices, BLOCK_S)`` (computed by the launcher)."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_mask = rows < n_rows
-    part = ws_ptr + part_off
+    stats = _combine_rows(ws_ptr + part_off, rows, row_mask, n_slices, n_chunks, has_target,
+                          BLOCK_R, BLOCK_S)
+    out = ws_ptr + stats_off + rows * KD_PARTIALS
+    for slot in tl.static_range(KD_PARTIALS):
+        tl.store(out + slot, stats[slot], mask=row_mask)
+
+
+@triton.jit
+def _combine_rows(part, rows, row_mask, n_slices, n_chunks, has_target, BLOCK_R: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
+    """Combine each row's ``n_slices`` partials at ``part`` (``BLOCK_S`` slices at a time, in
+    slice order) into its statistics ``(M_t, S_t, M_s, S_s, E_pt[r], E_pt[u_t - M_t], M1, S1)``
+    relative to the row maxima (``M`` 0 when the row has no finite logit); ``S1`` is 1
+    without a target. Partials are read past L1 (``.cg``): other programs wrote them."""
     m_t = safe_max(_combine_max(part, rows, row_mask, n_slices, n_chunks, Q_MT, BLOCK_R,
                                     BLOCK_S))
     m_s = safe_max(_combine_max(part, rows, row_mask, n_slices, n_chunks, Q_MS, BLOCK_R,
@@ -359,28 +433,104 @@ def kd_combine_kernel(ws_ptr, part_off, stats_off, n_rows, n_slices, n_chunks, h
         o = i * BLOCK_S + offs
         ok = row_mask[:, None] & (o < n_slices)[None, :]
         p = part + (rows * n_slices)[:, None] * KD_PARTIALS + o[None, :] * KD_PARTIALS
-        mt_i = tl.load(p + Q_MT, mask=ok, other=-float("inf"))
+        mt_i = tl.load(p + Q_MT, mask=ok, other=-float("inf"), cache_modifier=".cg")
         f_t = rescale_to(mt_i, m_t[:, None], ok)
         live = f_t > 0.0
-        st_i = tl.load(p + Q_ST, mask=ok, other=0.0)
+        st_i = tl.load(p + Q_ST, mask=ok, other=0.0, cache_modifier=".cg")
         acc_st += st_i * f_t
-        acc_ss += tl.load(p + Q_SS, mask=ok, other=0.0) \
-            * rescale_to(tl.load(p + Q_MS, mask=ok, other=-float("inf")), m_s[:, None], ok)
-        acc_d += tl.where(live, tl.load(p + Q_D, mask=ok, other=0.0) * f_t, 0.0)
+        acc_ss += tl.load(p + Q_SS, mask=ok, other=0.0, cache_modifier=".cg") \
+            * rescale_to(tl.load(p + Q_MS, mask=ok, other=-float("inf"), cache_modifier=".cg"),
+                         m_s[:, None], ok)
+        acc_d += tl.where(live, tl.load(p + Q_D, mask=ok, other=0.0, cache_modifier=".cg")
+                          * f_t, 0.0)
         shift = st_i * (safe_max(mt_i) - m_t[:, None])
-        acc_a += tl.where(live, (tl.load(p + Q_A, mask=ok, other=0.0) + shift) * f_t, 0.0)
+        acc_a += tl.where(live, (tl.load(p + Q_A, mask=ok, other=0.0, cache_modifier=".cg")
+                                 + shift) * f_t, 0.0)
         if has_target:
-            acc_s1 += tl.load(p + Q_S1, mask=ok, other=0.0) \
-                * rescale_to(tl.load(p + Q_M1, mask=ok, other=-float("inf")), m1[:, None], ok)
+            acc_s1 += tl.load(p + Q_S1, mask=ok, other=0.0, cache_modifier=".cg") \
+                * rescale_to(tl.load(p + Q_M1, mask=ok, other=-float("inf"),
+                                     cache_modifier=".cg"), m1[:, None], ok)
     s_t = tl.sum(acc_st, axis=1)
-    out = ws_ptr + stats_off + rows * KD_PARTIALS
-    tl.store(out + Q_MT, m_t, mask=row_mask)
-    tl.store(out + Q_ST, s_t, mask=row_mask)
-    tl.store(out + Q_MS, m_s, mask=row_mask)
-    tl.store(out + Q_SS, tl.sum(acc_ss, axis=1), mask=row_mask)
     # E_pt[r] with r relative to the row maxima: the raw sum D is of u_t - u_s
-    tl.store(out + Q_D, tl.sum(acc_d, axis=1) / s_t - (m_t - m_s), mask=row_mask)
-    tl.store(out + Q_A, tl.sum(acc_a, axis=1) / s_t, mask=row_mask)
-    tl.store(out + Q_M1, m1, mask=row_mask)
-    tl.store(out + Q_S1, tl.where(has_target != 0, tl.sum(acc_s1, axis=1), 1.0), mask=row_mask)
+    return (m_t, s_t, m_s, tl.sum(acc_ss, axis=1), tl.sum(acc_d, axis=1) / s_t - (m_t - m_s),
+            tl.sum(acc_a, axis=1) / s_t, m1,
+            tl.where(has_target != 0, tl.sum(acc_s1, axis=1), 1.0))
+
+
+@triton.jit(do_not_specialize=[*_FLAGS, "max_polls", "poll_add", "repair"])
+def kd_coop_slices_kernel(
+    s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, y_ptr, ce_scale_ptr,
+    gs_ptr, stride_gs, gt_ptr, stride_gt, out_ptr, part_off, stats_off, share_off, ws_ptr,
+    sync_off, n_rows, n_cols, n_slices, n_items, n_chunks, ignore_index, kd_scale, has_target,
+    teacher_grad, compute_dt, max_polls, poll_add, repair,
+    PHASE: tl.constexpr, EXTRAS: tl.constexpr, VEC: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """The one-read slices launch (the cooperative protocol of ``kernels/README.md``, its
+    helpers in :mod:`.common`): a persistent grid takes work items (row, slice) from a ticket
+    counter; each loads its slice of both inputs, publishes the partials
+    (``out[part_off + item * KD_PARTIALS]``) and arrives at its row's counter
+    (``ws[sync_off + row]``, int32; ``ws`` holds the ticket and the give-up count before the
+    counters, the rows' ready counters after them at ``sync_off + N``, then the repair list;
+    zeroed). The row's last slice to arrive combines the row's partials once, publishes the
+    row's statistics (``out[stats_off + row * KD_PARTIALS]``) and adds ``n_slices`` to the
+    row's ready counter (release, after a CTA barrier); every slice arrives there and waits,
+    at most ``max_polls`` polls, until it reaches ``n_slices`` (which only the last slice's
+    addition can do), then reads the statistics and writes its outputs from the values still
+    in registers. A wait that runs out lists the item; the repair launch (``PHASE == 2`` with
+    ``repair``) reads each listed slice again and writes it (its row's statistics are
+    published by then). ``PHASE == 1`` publishes and arrives without waiting (the tests'
+    stand-in for a row's other programs)."""
+    sync = ws_ptr.to(tl.pointer_type(tl.int32))
+    ready_off = sync_off + n_rows
+    list_off = ready_off + n_rows
+    pid = tl.program_id(0)
+    turn = pid.to(tl.int64)
+    item = work_item(sync, turn, list_off, n_items, repair, PHASE)
+    limit = max_polls
+    while item < n_items:
+        row = (item // n_slices).to(tl.int64)
+        sl = item % n_slices
+        rows = row + tl.arange(0, 1)
+        row_mask = rows < n_rows
+        cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
+        cmask = col_mask(cols, n_cols, VEC)
+        temp = tl.load(temp_ptr + rows * stride_temp).to(tl.float32)
+        k = temperature_scale(temp)
+        xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols,
+                                    cmask, VEC)
+        st = out_ptr + stats_off + row * KD_PARTIALS + tl.arange(0, 1)
+        if PHASE != 2:
+            _store_partials(out_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1), xs, xt,
+                            k, has_target)
+            tl.debug_barrier()
+            arrived = tl.atomic_add(sync + sync_off + row, 1, sem="acq_rel", scope="gpu")
+            if arrived == n_slices - 1:  # the row's last slice: its statistics, once
+                stats = _combine_rows(out_ptr + part_off + row * n_slices * KD_PARTIALS,
+                                      tl.zeros((1,), tl.int64), tl.full((1,), True, tl.int1),
+                                      n_slices, n_chunks, has_target, 1, BLOCK_S)
+                for slot in tl.static_range(KD_PARTIALS):
+                    tl.store(st + slot, stats[slot])
+                tl.debug_barrier()
+                tl.atomic_add(sync + ready_off + row, n_slices, sem="release", scope="gpu")
+        finish = PHASE == 2
+        if PHASE == 0:
+            finish, limit = arrive_and_wait(sync + ready_off + row, n_slices, limit, poll_add)
+            if not finish:
+                give_up(sync, list_off, item)
+        if finish:
+            stats = (tl.load(st + Q_MT, cache_modifier=".cg"),
+                     tl.load(st + Q_ST, cache_modifier=".cg"),
+                     tl.load(st + Q_MS, cache_modifier=".cg"),
+                     tl.load(st + Q_SS, cache_modifier=".cg"),
+                     tl.load(st + Q_D, cache_modifier=".cg"),
+                     tl.load(st + Q_A, cache_modifier=".cg"),
+                     tl.load(st + Q_M1, cache_modifier=".cg"),
+                     tl.load(st + Q_S1, cache_modifier=".cg"))
+            _slice_outputs(xs, xt, k, temp, stats, y_ptr, s_rows, rows, row_mask, sl, item,
+                           cols, cmask, out_ptr, share_off, gs_ptr, stride_gs, gt_ptr,
+                           stride_gt, n_rows, n_cols, ignore_index, ce_scale_ptr, kd_scale,
+                           has_target, teacher_grad, compute_dt, EXTRAS, VEC)
+        turn += tl.num_programs(0)
+        item = work_item(sync, turn, list_off, n_items, repair, PHASE)
 

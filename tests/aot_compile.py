@@ -364,10 +364,11 @@ def main(argv=None) -> int:
 
 # --------------------------------------------------------------------------------------------
 # The distillation kernels (kernels/distillation.py): every configuration distill_config can
-# choose (rows: each BLOCK_C of DISTILL_BLOCKS; slices: both phases and the combine between
-# them), plain KD in fp32 and bf16 and with EXTRAS (the hard-label term, the teacher's
-# gradient, dL/dT: run-time flags inside one binary) in bf16; per path fp16, rows a multiple
-# of 16 bytes only (VEC) and of neither, one row and a per-row temperature (stride 1).
+# choose (rows: each BLOCK_C of DISTILL_BLOCKS; slices: the cooperative one-read launch, and
+# both phases and the combine between them), plain KD in fp32 and bf16 and with EXTRAS (the
+# hard-label term, the teacher's gradient, dL/dT: run-time flags inside one binary) in bf16;
+# per path fp16, rows a multiple of 16 bytes only (VEC) and of neither, one row and a per-row
+# temperature (stride 1).
 # --------------------------------------------------------------------------------------------
 def distill_shapes() -> dict[tuple, tuple[int, int]]:
     """One aligned shape per configuration: ``config_key -> (rows, cols)``."""
@@ -384,11 +385,23 @@ def distill_calls() -> list[tuple]:
     calls = []
     by_path: dict[str, tuple[int, int]] = {}
     for key, (rows, cols) in distill_shapes().items():
-        calls += [("distill", d, rows, cols, {}) for d in ("fp32", "bf16")]
-        calls.append(("distill", "bf16", rows, cols, {"EXTRAS": True}))
+        mine = [("distill", d, rows, cols, {}) for d in ("fp32", "bf16")]
+        mine.append(("distill", "bf16", rows, cols, {"EXTRAS": True}))
+        calls += _with_fallback(mine, key[0])  # slices: the one-read launch and the fallback
         by_path.setdefault(key[0], (rows, cols))
+    # the cooperative one-read launch (fp32): every combine tile it chooses, plain and EXTRAS
+    from tempfast.kernels.distillation import DISTILL_COOP_BLOCK_S, DISTILL_COOP_SLICE
+
+    low, high = DISTILL_COOP_BLOCK_S
+    for block_s in (1 << i for i in range(low.bit_length() - 1, high.bit_length() + 1)):
+        # (the last: two chunks of the widest tile, a combine loop the JIT does not unroll)
+        calls += [("distill", "fp32", 16, block_s * DISTILL_COOP_SLICE, {"EXTRAS": e})
+                  for e in (False, True)]
     for rows, cols in by_path.values():
-        calls += [("distill", "fp16", rows, cols, {}),
+        calls += [("distill", "fp32", rows, cols, {"EXTRAS": True}),
+                  ("distill", "fp32", rows, cols - 1, {}),
+                  ("distill", "fp32", 1, cols, {}),
+                  ("distill", "fp16", rows, cols, {}),
                   ("distill", "bf16", rows, cols - 8, {}),
                   ("distill", "bf16", rows, cols - 1, {}),
                   ("distill", "bf16", 1, cols, {}),

@@ -74,7 +74,8 @@ def test_the_headline_kernels_stay_within_the_budgets(compiled, triton_cache):
     # no kernel accesses its rows narrower than 128 bits where 16-byte rows allow it
     assert report["measured"]["narrow_rows"] == []
     # the memory ordering of every kernel that waits was read from its PTX, on both targets
-    waiting = {"ce_slices_kernel", "softmax_slices_kernel", "softmax_bwd_slices_kernel"}
+    waiting = {"ce_slices_kernel", "softmax_slices_kernel", "softmax_bwd_slices_kernel",
+               "kd_coop_slices_kernel"}
     assert set(report["measured"]["waits_checked"]) == {f"{k} sm_{a}" for k in waiting
                                                         for a in (80, 90)}
 

@@ -9,7 +9,8 @@ test hook of :func:`tempfast.ops.launch.wait_hook`: a ``PHASE = 1`` launch publi
 slice's partials first (standing in for the row's other programs) and each poll then counts
 one more arrival. Both must give what the two-launch path gives, and the fp64 reference.
 Every kernel that waits: the cross-entropy (mean, sum, per-row, in-place, learnable scalar and
-per-row T), the softmax and log-softmax forward and their backward with dL/dT.
+per-row T), the softmax and log-softmax forward and their backward with dL/dT, and the
+distillation (plain, and with a target, the teacher's gradient and a learnable per-row T).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from tempfast.kernels.common import WS_GAVE_UP
 from tempfast.kernels.heuristics import LaunchConfig
 from tempfast.ops import launch
 from tempfast.ops.cross_entropy import triton_path as ce_path
+from tempfast.ops.distillation import triton_path as kd_path
 from tempfast.ops.softmax import triton_path as softmax_path
 
 from .harness import assert_close, logits_like, raises_one_line
@@ -62,7 +64,10 @@ def _run(monkeypatch, fn, cooperative: str, publish_first: bool = False):
     with monkeypatch.context() as m:
         m.setattr(launch, "run_slices", spy)
         m.setattr(ce_path, "run_slices", spy)
+        m.setattr(kd_path, "run_slices", spy)
         m.setattr(ce_path, "config_for", lambda *a, **k: CONFIG)
+        m.setattr(kd_path, "config_for", lambda *a, **k: CONFIG)
+        m.setattr(kd_path.kernels, "coop_config", lambda *a, **k: CONFIG)
         m.setattr(softmax_path, "config_for", lambda *a, **k: CONFIG)
         hook = (1000, 1) if publish_first else (2, 0)
         with launch.wait_hook(*hook), tempfast.use_backend("triton"):
@@ -119,13 +124,40 @@ def _softmax_case(option: str):
     return lambda: run(tempfast), lambda: run(reference, torch.float64)
 
 
+def _kd_case(option: str):
+    """A distillation call: plain KD, or with everything (a hard-label target, the teacher's
+    gradient, a learnable per-row T)."""
+    s0 = logits_like(N_ROWS, N_COLS, torch.float32, seed=7)
+    t0 = logits_like(N_ROWS, N_COLS, torch.float32, seed=8, scale=4.0)
+    y = torch.randint(0, N_COLS, (N_ROWS,), generator=torch.Generator().manual_seed(9))
+    extras = option == "everything"
+
+    def run(op, dtype=torch.float32):
+        s = s0.clone().to(dtype).requires_grad_(True)
+        teacher = t0.clone().to(dtype).requires_grad_(extras)
+        temp = torch.linspace(0.5, 4.0, N_ROWS, dtype=dtype).requires_grad_(True) if extras \
+            else 2.0
+        kw = {"target": y, "reduction": "none"} if extras else {}
+        loss = op(s, teacher, temp, **kw)
+        upstream = torch.linspace(0.5, 1.5, N_ROWS, dtype=loss.dtype) if loss.dim() else 1.0
+        (loss * upstream).sum().backward()
+        return loss.detach(), s.grad, (temp.grad if extras else None)
+
+    return (lambda: run(tempfast.distillation_loss),
+            lambda: run(reference.distillation_loss, torch.float64))
+
+
 CASES = [("ce", o) for o in ("mean", "sum", "none", "inplace", "learnable_t", "per_row_t")] + \
-    [("softmax", o) for o in ("softmax", "log_softmax")]
+    [("softmax", o) for o in ("softmax", "log_softmax")] + \
+    [("kd", o) for o in ("plain", "everything")]
 WAITING = {"ce": {"ce_slices_kernel"},
-           "softmax": {"softmax_slices_kernel", "softmax_bwd_slices_kernel"}}
+           "softmax": {"softmax_slices_kernel", "softmax_bwd_slices_kernel"},
+           "kd": {"kd_coop_slices_kernel"}}
 
 
 def _case(op: str, option: str, **kw):
+    if op == "kd":
+        return _kd_case(option)
     return _ce_case(option, **kw) if op == "ce" else _softmax_case(option)
 
 
@@ -155,7 +187,8 @@ def test_waits_that_give_up_are_repaired_exactly(monkeypatch, op, option):
 
 
 @pytest.mark.parametrize(("op", "option"), [("ce", "mean"), ("ce", "inplace"),
-                                            ("ce", "per_row_t"), ("softmax", "log_softmax")])
+                                            ("ce", "per_row_t"), ("softmax", "log_softmax"),
+                                            ("kd", "everything")])
 def test_waits_that_succeed_after_polling_finish_in_the_one_read_launch(monkeypatch, op,
                                                                         option):
     """The hook's polls bring each row's first slice to completion after ``N_SLICES`` polls

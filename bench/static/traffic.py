@@ -79,6 +79,14 @@ DISTILLATION = {  # kernels/distillation.py; ``teacher_grad`` is a run-time flag
         "loops": "none",
     },
     "kd_combine_kernel": {"passes": (), "loops": "combine"},
+    # the one-read launch (PHASE 0) and its repair launch (PHASE 2, repair set: nothing moves
+    # when no wait gave up), as the cross-entropy's
+    "kd_coop_slices_kernel": {
+        "passes": (("s_ptr", "read", "PHASE!=2"), ("t_ptr", "read", "PHASE!=2"),
+                   ("gs_ptr", "write", "PHASE!=1&!repair"),
+                   ("gt_ptr", "write", "PHASE!=1&EXTRAS&teacher_grad&!repair")),
+        "loops": "items",
+    },
 }
 
 TOKEN_LOGPROBS = {  # kernels/token_logprobs.py: a loop over the tiles of each program's slice

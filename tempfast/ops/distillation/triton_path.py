@@ -1,7 +1,11 @@
 """The Triton path of the distillation loss: the launcher of ``kernels/distillation.py``.
 
 Same contract as :func:`.torch_path.distill_rows`. No host reads of tensor values; the path and
-block sizes come from :func:`tempfast.kernels.distillation.distill_config`. Inputs need unit
+block sizes come from :func:`tempfast.kernels.distillation.distill_config`. The slices path
+reads each input once in its cooperative launch (``kd_coop_slices_kernel``, with the bounded
+wait and the repair launch of the cross-entropy's) for fp32 inputs
+(:func:`tempfast.kernels.distillation.coop_pays`) when the row's slices can be resident at
+once; else, and under the interpreter, two launches and a combine between them. Inputs need unit
 stride along the classes (other layouts are copied once); the row stride is free. One fp32
 workspace holds the per-row outputs (KD loss, CE loss, dL/dT at ``{0, N, 2N} + row``), and on
 the slices path the slices' partials and dL/dT shares.
@@ -12,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...kernels import common
 from ...kernels import distillation as kernels
 from ...kernels.distillation import (
     DISTILL_BLOCK_S,
@@ -20,7 +25,13 @@ from ...kernels.distillation import (
     distill_warps,
 )
 from ...kernels.heuristics import LaunchConfig, cdiv
-from ..launch import quiet_interpreter, row_vector_width, unit_col_stride
+from ..launch import (
+    cooperative_grid,
+    quiet_interpreter,
+    row_vector_width,
+    run_slices,
+    unit_col_stride,
+)
 
 
 def config_for(x: Tensor, n_inputs: int = 2, *others: Tensor,
@@ -46,7 +57,11 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
     flags = (int(target is not None), int(teacher_grad), int(compute_dt))
     extras = any(flags)  # plain KD compiles without the hard-label term, grad_t and dL/dT
     cfg = config_for(s, 2, t, grad_s, g_t, extras=extras)
-    items = n_rows * cfg.n_slices if cfg.path == "slices" else 0
+    slices = cfg.path == "slices"
+    one_read = slices and kernels.coop_pays(s.element_size())
+    coop = kernels.coop_config(n_rows, n_cols, cfg.vec, extras) if one_read else cfg
+    # partials and dL/dT shares sized for either launch (the cooperative one has more slices)
+    items = n_rows * max(cfg.n_slices, coop.n_slices) if slices else 0
     slots = kernels.KD_PARTIALS.value
     part_off = 3 * n_rows
     stats_off = part_off + slots * items
@@ -61,6 +76,9 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
         kernels.kd_rows_kernel[(cdiv(n_rows, cfg.block_n),)](
             *head, n_rows, n_cols, ignore_index, float(kd_scale), *flags, EXTRAS=extras,
             VEC=cfg.vec, BLOCK_N=cfg.block_n, BLOCK_C=cfg.block_c, num_warps=cfg.num_warps)
+    elif one_read and _one_read(head, part_off, stats_off, share_off, n_rows, n_cols, coop,
+                                ignore_index, kd_scale, flags, extras):
+        cfg = coop
     else:
         args = (*head, part_off, stats_off, share_off, n_rows, n_cols, cfg.n_slices,
                 ignore_index, float(kd_scale), *flags)
@@ -81,5 +99,30 @@ def distill_rows(student: Tensor, teacher: Tensor, temperature: Tensor, target: 
     elif cfg.path == "rows":
         dt = ws[2 * n_rows:3 * n_rows]
     else:
-        dt = ws[share_off:share_off + items].view(n_rows, cfg.n_slices).sum(1)
+        used = n_rows * cfg.n_slices
+        dt = ws[share_off:share_off + used].view(n_rows, cfg.n_slices).sum(1)
     return kd, ce, grad_s, grad_t, dt
+
+
+def _one_read(head: tuple, part_off: int, stats_off: int, share_off: int, n_rows: int,
+              n_cols: int, cfg: LaunchConfig, ignore_index: int, kd_scale: float, flags: tuple,
+              extras: bool) -> bool:
+    """The slices path's cooperative one-read launch and its repair launch, when
+    :func:`tempfast.ops.launch.cooperative_grid` allows it (at least ``n_slices`` programs
+    resident at once, or ``TEMPFAST_COOPERATIVE=1``); False: the two launches run instead.
+    The protocol's state (ticket, give-ups, an arrival and a ready counter per row, the repair
+    list) is one zeroed int32 workspace."""
+    items = n_rows * cfg.n_slices
+    sync_off = common.WS_HEADER.value
+    device = head[0].device
+    sync = torch.zeros(sync_off + 2 * n_rows + items, dtype=torch.int32, device=device)
+    block_s = kernels.coop_block_s(cfg.n_slices)
+    args = (*head, part_off, stats_off, share_off, sync, sync_off, n_rows, n_cols, cfg.n_slices,
+            items, cdiv(cfg.n_slices, block_s), ignore_index, float(kd_scale), *flags)
+    kw = {"EXTRAS": extras, "VEC": cfg.vec, "BLOCK_C": cfg.block_c, "BLOCK_S": block_s,
+          "num_warps": cfg.num_warps}
+    grid = cooperative_grid(kernels.kd_coop_slices_kernel, args, kw, cfg.n_slices, items, device)
+    if grid is None:
+        return False
+    run_slices(kernels.kd_coop_slices_kernel, args, kw, grid, items)
+    return True
