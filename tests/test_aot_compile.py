@@ -272,17 +272,34 @@ def test_the_compiled_set_covers_every_configuration_the_heuristics_choose(recor
 def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(recorded):
     """The distillation kernels' launches in the compiled set: every configuration
     ``distill_config`` picks (both phases of the slices path, with and without ``EXTRAS``), the
-    combine kernel, VEC and unaligned rows, a single row and a per-row temperature; at most 12
-    configurations (CI compiles each for two arches and two Triton versions)."""
+    combine kernel, the fp32 one-read launch and its repair launch at every combine tile
+    ``coop_block_s`` picks, VEC and unaligned rows, a single row and a per-row temperature; at
+    most 16 configurations (CI compiles each for two arches and two Triton versions)."""
     import itertools
 
-    from tempfast.kernels.distillation import DISTILL_BLOCK_S, distill_config
+    from tempfast.kernels.distillation import (
+        DISTILL_BLOCK_S,
+        DISTILL_COOP_BLOCK_S,
+        coop_block_s,
+        coop_config,
+        distill_config,
+    )
 
     variants = [v for v in recorded if v["name"].startswith("kd_")]
     have = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
              v["warps"], v["constants"].get("PHASE"), v["constants"].get("EXTRAS"))
             for v in variants}
-    assert {v["constants"].get("BLOCK_S") for v in variants} <= {None, DISTILL_BLOCK_S}
+    low, high = DISTILL_COOP_BLOCK_S
+    tiles = {1 << i for i in range(low.bit_length() - 1, high.bit_length())}
+    assert {v["constants"].get("BLOCK_S") for v in variants} <= {None, DISTILL_BLOCK_S, *tiles}
+    coop = {(v["constants"].get("BLOCK_S"), v["warps"], v["constants"].get("PHASE"),
+             v["constants"].get("EXTRAS")) for v in variants
+            if v["name"] == "kd_coop_slices_kernel"}
+    for c, extras in itertools.product((4097, 32000, 262144, 600000), (False, True)):
+        cfg = coop_config(16, c, extras=extras)
+        for phase in (0, 2):
+            key = (coop_block_s(cfg.n_slices), cfg.num_warps, phase, extras)
+            assert key in coop, key
     assert any(v["name"] == "kd_combine_kernel" for v in variants)
     for n, c in itertools.product((1, 2, 7, 100, 8192), (1, 10, 33, 256, 1000, 4096, 4097,
                                                          32000, 262144)):
@@ -303,4 +320,5 @@ def test_aot_distill_calls_cover_every_configuration_the_heuristics_choose(recor
     assert any(k.get("n_rows") == 1 for k in consts)
     configs = {(v["name"], v["constants"].get("BLOCK_N"), v["constants"].get("BLOCK_C"),
                 v["constants"].get("PHASE"), v["constants"].get("EXTRAS")) for v in variants}
-    assert len(configs) <= 12  # rows: 4 blocks x 2; slices: phase 1, phase 2 x 2, combine
+    # rows: 4 blocks x 2; slices: phase 1, phase 2 x 2, combine; one read: 2 phases x 2
+    assert len(configs) <= 16
