@@ -155,6 +155,21 @@ def _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
 
 
 @triton.jit
+def _load_slice(s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, row, sl, n_rows,
+                n_cols, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Slice ``sl`` of row ``row``: ``(rows, row_mask, cols, cmask, T, k, xs, xt, s_rows)``
+    (shapes ``[1]`` and ``[1, BLOCK_C]``; :func:`_load_pair`'s tiles)."""
+    rows = row + tl.arange(0, 1)
+    row_mask = rows < n_rows
+    cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = col_mask(cols, n_cols, VEC)
+    temp = tl.load(temp_ptr + rows * stride_temp).to(tl.float32)
+    xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
+                                VEC)
+    return rows, row_mask, cols, cmask, temp, temperature_scale(temp), xs, xt, s_rows
+
+
+@triton.jit
 def _hard_label(y_ptr, s_rows, rows, row_mask, ignore_index, n_cols, ce_scale_ptr):
     """``(y, valid, z_y, cs)``: the class index (clamped into ``[0, C)``), whether it counts,
     the student's logit at it, and the CE gradient's factor (0 for an ignored row, NaN for an
@@ -301,16 +316,10 @@ def kd_slices_kernel(
     ``PHASE == 2`` reads the slice again, writes its gradients and its share of dL/dT at
     ``ws[share_off + i]``; slice 0 writes the row's losses."""
     item = tl.program_id(0).to(tl.int64)
-    row = item // n_slices
     sl = (item % n_slices).to(tl.int32)
-    rows = row + tl.arange(0, 1)
-    row_mask = rows < n_rows
-    cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = col_mask(cols, n_cols, VEC)
-    temp = tl.load(temp_ptr + rows * stride_temp).to(tl.float32)
-    k = temperature_scale(temp)
-    xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols, cmask,
-                                VEC)
+    rows, row_mask, cols, cmask, temp, k, xs, xt, s_rows = _load_slice(
+        s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, item // n_slices, sl, n_rows,
+        n_cols, VEC, BLOCK_C)
     if PHASE == 1:
         _store_partials(ws_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1), xs, xt, k,
                         has_target)
@@ -491,14 +500,9 @@ def kd_coop_slices_kernel(
     while item < n_items:
         row = (item // n_slices).to(tl.int64)
         sl = item % n_slices
-        rows = row + tl.arange(0, 1)
-        row_mask = rows < n_rows
-        cols = sl * BLOCK_C + tl.arange(0, BLOCK_C)
-        cmask = col_mask(cols, n_cols, VEC)
-        temp = tl.load(temp_ptr + rows * stride_temp).to(tl.float32)
-        k = temperature_scale(temp)
-        xs, xt, s_rows = _load_pair(s_ptr, stride_s, t_ptr, stride_t, rows, row_mask, cols,
-                                    cmask, VEC)
+        rows, row_mask, cols, cmask, temp, k, xs, xt, s_rows = _load_slice(
+            s_ptr, stride_s, t_ptr, stride_t, temp_ptr, stride_temp, row, sl, n_rows, n_cols,
+            VEC, BLOCK_C)
         st = out_ptr + stats_off + row * KD_PARTIALS + tl.arange(0, 1)
         if PHASE != 2:
             _store_partials(out_ptr + part_off + item * KD_PARTIALS + tl.arange(0, 1), xs, xt,
