@@ -1,5 +1,5 @@
-"""Public ops: temperature-scaled softmax, log-softmax, cross-entropy, the fused linear head and
-the distillation loss.
+"""Public ops: temperature-scaled softmax, log-softmax, cross-entropy, the fused linear head, the
+distillation loss, the contrastive losses and the per-token log-probabilities and entropy.
 
 ``T`` (``temperature``) divides the logits before the softmax. It is a Python number, a 0-dim
 tensor, or one value per row (the shape of the logits without their class dimension for
@@ -325,8 +325,9 @@ def token_logprobs(
         return_entropy: also return the entropy. Without it no entropy work is done; with it
             and no gradient reaching the entropy, its backward terms are skipped too.
 
-    The logits are read once forward and once backward (the gradient written once), and
-    never divided, copied or materialised as probabilities.
+    On CUDA the kernels read the logits once forward and once backward (the gradient written
+    once), never dividing, copying or materialising them as probabilities; CPU tensors take
+    a PyTorch path in chunks of rows.
     """
     return _token.run(_token.normalise(logits, target, temperature, softcap, ignore_index,
                                        return_entropy))
