@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import torch
-from torch import nn
 
 
 class TensorBundle:
@@ -22,17 +21,6 @@ class TensorBundle:
         for i in range(0, n, batch_size):
             j = min(i + batch_size, n)
             yield self.x[i:j].to(device), self.y[i:j].to(device)
-
-
-class Scaled(nn.Module):
-    """``model(x) * factor``: the saturated-softmax model of defensive distillation."""
-
-    def __init__(self, model: nn.Module, factor: float) -> None:
-        super().__init__()
-        self.model, self.factor = model, factor
-
-    def forward(self, x):
-        return self.model(x) * self.factor
 
 
 def write_idx(path, array: np.ndarray, gz: bool) -> None:

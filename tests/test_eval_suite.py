@@ -251,7 +251,7 @@ def test_progress_messages_carry_an_eta_once_work_is_done(digits):
     assert later and all(m.endswith(" left)") for m in later)
 
 
-def test_a_quick_evaluation_says_not_converged_instead_of_escalating(digits, monkeypatch):
+def test_a_quick_evaluation_says_not_escalated_instead_of_escalating(digits, monkeypatch):
     real = ev.masking.run_diagnostics
 
     def suspicious(*args, **kwargs):
@@ -261,7 +261,7 @@ def test_a_quick_evaluation_says_not_converged_instead_of_escalating(digits, mon
     monkeypatch.setattr(ev.masking, "run_diagnostics", suspicious)
     quick = _small_eval(digits, attacks="pgd-ce", escalate=False)
     assert quick["escalation"] is None
-    assert quick["masking"]["verdict"].startswith("not converged")
+    assert quick["masking"]["verdict"].startswith("not escalated")
     full = _small_eval(digits, attacks="pgd-ce")
     assert full["escalation"] is not None
-    assert not full["masking"]["verdict"].startswith("not converged")
+    assert not full["masking"]["verdict"].startswith("not escalated")

@@ -10,63 +10,41 @@ import pytest
 import torch
 from torch import nn
 
-from tempfast.robust.attacks import APGD, PGD, Square, seeded
-from tempfast.robust.bpda import NonDifferentiable
-from tempfast.robust.evaluation import Judge, evaluate, is_stochastic
-
-from ._util import Scaled
+from tempfast.robust.attacks import PGD, Square
+from tempfast.robust.evaluation import evaluate
+from tempfast.robust.masked import (
+    InputNoise,
+    RandomSignGradients,
+    ScaledLogits,
+    quantised,
+    reference_worst_case,
+)
 
 N = 120
 SETTINGS = dict(train_temperature=1.0, eps=0.1, steps=10, n_examples=N, corruptions=False,
                 seed=0, square_queries=300)
 
 
-class Noisy(nn.Module):
-    """Gaussian noise on the input at every forward pass: stochastic gradients."""
-
-    def __init__(self, model: nn.Module, sigma: float) -> None:
-        super().__init__()
-        self.model, self.sigma = model, sigma
-
-    def forward(self, x):
-        return self.model(x + self.sigma * torch.randn_like(x))
-
-
-def _quantised(model: nn.Module) -> nn.Module:
-    """A non-differentiable input quantisation (four levels), declared for BPDA."""
-    return nn.Sequential(NonDifferentiable(lambda x: torch.round(x * 4) / 4), model)
-
-
 def _reference_worst_case(model: nn.Module, x, y, *, bpda=False) -> float:
-    """Per-example worst case of strong attacks: PGD on the margin (50 steps, 2 restarts),
-    APGD-DLR (50 steps), Square (1500 queries); with EOT (16 passes) on a stochastic model and
-    straight-through gradients when ``bpda``."""
-    with seeded(11, x.device):
-        stochastic = is_stochastic(model, x)
-        judge = Judge(model, 32 if stochastic else 1, seed=5)
-        ok = judge(x, y)
-        eot = 16 if stochastic else 1
-        robust = ok.clone()
-        for attack in (PGD(model, 0.1, 0.01, 50, "cw", restarts=2, keep_best=True, eot=eot,
-                           bpda=bpda),
-                       APGD(model, 0.1, 50, "dlr", seed=1, eot=eot, bpda=bpda),
-                       Square(model, 0.1, queries=1500, seed=2)):
-            attacked = x.clone()
-            attacked[ok] = attack(x[ok], y[ok])
-            robust &= judge(attacked, y)
+    """Strong attacks at budgets the test can afford: PGD on the margin (50 steps, 2
+    restarts), APGD-DLR (50 steps), Square (1500 queries), EOT over 32 draws."""
+    robust = reference_worst_case(model, x, y, eps=0.1, steps=50, restarts=2, queries=1500,
+                                  bpda=bpda, seed=11)
     return float(robust.float().mean())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["saturated", "quantised", "stochastic"])
+@pytest.mark.parametrize("kind", ["saturated", "quantised", "stochastic", "random-sign"])
 def test_masked_models_are_reported_within_two_points_of_strong_attacks(digits, kind):
-    model = {"saturated": lambda: Scaled(digits.model(), 1e4),
-             "quantised": lambda: _quantised(digits.model()),
-             "stochastic": lambda: Noisy(digits.model(), 0.1)}[kind]()
+    model = {"saturated": lambda: ScaledLogits(digits.model(), 1e4),
+             "quantised": lambda: quantised(digits.model()),
+             "stochastic": lambda: InputNoise(digits.model(), 0.1),
+             "random-sign": lambda: RandomSignGradients(digits.model())}[kind]()
     result = evaluate(model, digits.test(), **SETTINGS)
     assert result["masking"]["suspected"], "each of these models masks its gradients"
     escalation = result["escalation"]
     assert escalation is not None and escalation["attacks"]
+    assert not any("had not converged" in r for r in result["masking"]["reasons"])
     assert escalation["stochastic"] == (kind == "stochastic")
     assert escalation["bpda"] == (kind == "quantised")
     x, y = digits.batch(N)
@@ -78,7 +56,7 @@ def test_masked_models_are_reported_within_two_points_of_strong_attacks(digits, 
 @pytest.mark.parametrize("factor", [1e4, 1e-3])
 def test_scaling_the_logits_moves_the_worst_case_by_at_most_two_points(digits, factor):
     plain = evaluate(digits.model(), digits.test(), **SETTINGS)["worst_case_acc"]
-    scaled = evaluate(Scaled(digits.model(), factor), digits.test(), **SETTINGS)
+    scaled = evaluate(ScaledLogits(digits.model(), factor), digits.test(), **SETTINGS)
     assert abs(scaled["worst_case_acc"] - plain) <= 0.02, (scaled["worst_case_acc"], plain)
 
 
@@ -95,7 +73,7 @@ def test_the_escalation_is_said_and_recorded(digits):
 
     from tempfast.robust.render import render
 
-    result = evaluate(_quantised(digits.model()), digits.test(), **SETTINGS)
+    result = evaluate(quantised(digits.model()), digits.test(), **SETTINGS)
     assert "BPDA" in result["escalation"]["reason"]
     assert all(name in result["extra_robust_acc"] for name in result["escalation"]["attacks"])
     console = Console(record=True, width=200)

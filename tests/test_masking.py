@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tempfast.robust import masking
+from tempfast.robust import convergence, masking
 from tempfast.robust.evaluation import evaluate
-
-from ._util import Scaled
+from tempfast.robust.masked import ScaledLogits as Scaled
 
 
 def test_detector_flags_model_with_logits_scaled_by_1e4(digits):
@@ -88,8 +87,7 @@ def test_judge_passes_healthy_report():
     (lambda r, a: a.update({"pgd-ce-t": 0.6}), "pgd-ce-t accuracy", True),
     (lambda r, a: r["eps_curve"].insert(2, {"eps": 0.15, "acc": 0.5}), "rises with eps", False),
     (lambda r, a: r["eps_curve"][-1].update(acc=0.3), "still 30.0% at eps 0.2", False),
-    (lambda r, a: r["more_steps"].update(acc=0.3), "more steps lower pgd-cw accuracy", False),
-    (lambda r, a: r["more_restarts"].update(acc=0.3), "more restarts lower", False),
+    (lambda r, a: r.update(stochastic=True), "the forward pass is random", False),
     (lambda r, a: a.update(square=0.2), "square (20.0%) beats the best white-box", False),
     (lambda r, a: r.update(square_only_fraction=0.05), "square alone breaks 5.0%", False),
     (lambda r, a: r["zero_grad_fraction"].update(ce_adaptive=0.3), "ce_adaptive loss", False),
@@ -117,22 +115,79 @@ def test_eps_curve_ending_at_exactly_five_percent_passes():
 
 def test_judge_tolerates_attack_noise():
     report, acc = _healthy_report()
-    report["more_restarts"]["acc"] = 0.4 - 0.015
     acc["square"] = 0.39 - 0.015
     assert not masking.judge(report, acc, n=1000)["suspected"]
     # On few examples one example is a larger step: the tolerance is 2 / n.
-    report["more_restarts"]["acc"] = 0.4 - 0.035
+    acc["square"] = 0.39 - 0.035
     assert not masking.judge(report, acc, n=50)["suspected"]
     assert masking.judge(report, acc, n=1000)["suspected"]
 
 
-def test_more_steps_that_raise_accuracy_are_noise_not_masking():
-    """With each example's best iterate kept, more steps or restarts can only find more; a
-    higher accuracy is a different seed's noise. The warning sign is a fall."""
+def test_an_attack_that_had_not_converged_is_not_masking():
+    """More steps or restarts finding more is a weak attack, reported by the convergence line,
+    not a masking signal; Square is compared with the converged worst case, so a gradient
+    attack that only needed more steps is not taken for a blind one."""
     report, acc = _healthy_report()
-    report["more_steps"]["acc"] = 0.45
-    report["more_restarts"]["acc"] = 0.45
+    report["more_steps"]["acc"] = 0.3
+    report["more_restarts"]["acc"] = 0.3
     assert not masking.judge(report, acc, n=1000)["suspected"]
+    acc["square"] = 0.3
+    assert masking.judge(report, acc, n=1000)["suspected"]
+    report["convergence"] = {"worst_acc": 0.29}
+    assert not masking.judge(report, acc, n=1000)["suspected"]
+
+
+def _fake_run(found: list[float], n: int = 1000):
+    """A ``run`` whose round ``k`` (by key ``roundk``) breaks the first ``found[k - 1] * n``
+    examples beyond round 0's worst case of 40%; returns the calls' budgets."""
+    calls = []
+
+    def run(name, *, eps, alpha, steps, restarts, key):
+        calls.append((name, steps, restarts, key))
+        k = int(key.removeprefix("round"))
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[:round((0.4 - sum(found[:k])) * n)] = True
+        return mask
+
+    return run, calls
+
+
+def _round0(n: int = 1000, base: float = 0.45, worst: float = 0.4) -> list[torch.Tensor]:
+    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(3)]
+    masks[0][:int(base * n)] = True
+    masks[1][:int(worst * n)] = True
+    masks[2][:int(base * n)] = True
+    return masks
+
+
+def test_convergence_raises_the_budget_until_a_round_finds_only_noise():
+    run, calls = _fake_run([0.05, 0.01])
+    report, masks = convergence.converge(run, _round0(), eps=0.1, alpha=0.01, steps=10,
+                                         restarts=1, tol=0.02)
+    assert report["converged"] and report["rounds"] == 2
+    assert [c[1:3] for c in calls] == [(40, 3), (80, 4)]
+    assert list(masks) == ["pgd-cw (40 steps, 3 restarts)", "pgd-cw (80 steps, 4 restarts)"]
+    assert report["worst_acc"] == pytest.approx(0.34)
+    assert "converged after 2 round(s)" in report["line"]
+
+
+def test_convergence_stops_at_the_cap_and_says_so():
+    run, calls = _fake_run([0.05, 0.05, 0.05, 0.05])
+    report, _ = convergence.converge(run, _round0(), eps=0.1, alpha=0.01, steps=10,
+                                     restarts=1, tol=0.02)
+    assert not report["converged"] and report["rounds"] == convergence.CAP_ROUNDS == len(calls)
+    assert calls[-1][1:3] == (160, 5)
+    assert "NOT converged at the cap" in report["line"] and "upper bound" in report["line"]
+
+
+def test_convergence_at_the_suites_budget_runs_nothing_more():
+    run, calls = _fake_run([])
+    report, masks = convergence.converge(run, _round0(worst=0.44), eps=0.1, alpha=0.01,
+                                         steps=10, restarts=1, tol=0.02)
+    assert report["converged"] and report["rounds"] == 0 and not calls and not masks
+    quick, _ = convergence.converge(run, _round0(), eps=0.1, alpha=0.01, steps=10, restarts=1,
+                                    tol=0.02, rounds=0)
+    assert not quick["converged"] and not calls and "quick evaluation" in quick["line"]
 
 
 def test_judge_uses_the_measured_pgd_cw_when_the_suite_lacks_it():

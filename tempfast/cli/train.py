@@ -129,7 +129,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="final evaluation: full (the attack suite, its diagnostics and "
                         "escalation, corruptions, calibration), quick (pgd-ce and apgd-dlr on "
                         "at most 200 images, no corruptions or calibration; masking reads "
-                        "'not converged' instead of escalating), none, or auto (default: full "
+                        "'not escalated' instead of escalating), none, or auto (default: full "
                         "when it costs at most the training's forward and backward passes, "
                         "else quick); --eval-* flags win over the preset")
     g.add_argument("--eval-examples", type=int,

@@ -35,14 +35,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
-from . import checks, masking
+from . import checks, convergence, masking
 from . import corruptions as corr
 from .attacks import build_attack, eval_mode, parse_attacks, seeded
 from .bpda import declares_preprocessing
 
 Progress = Callable[[str], None]
 
-EOT_SAMPLES = 8
+EOT_SAMPLES = 32  # draws whose gradients the escalation averages on a stochastic model
 VOTES = 32  # forward passes whose majority classifies an input of a stochastic model
 
 def derive_seed(seed: int, *keys: str | int) -> int:
@@ -81,8 +81,10 @@ class EvalSettings:
             temperature scaling fitted on one half and reported on the other.
         calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
             same fit half) to report instead of fitting one.
-        escalate: run the stronger attacks when masking is suspected; False (a quick
-            evaluation): the verdict says "not converged" instead.
+        escalate: run the stronger attacks when masking is suspected and raise the attacks'
+            budget until they converge (:mod:`tempfast.robust.convergence`); False (a quick
+            evaluation): the verdict says "not escalated" and the convergence line "not
+            converged" instead.
     """
 
     eps: float
@@ -152,7 +154,8 @@ QUICK_SETTINGS = {
 }
 """``tempfast train --eval quick``: one attack on CE at T and one scale-invariant attack, on at
 most 200 test images, no corruptions or calibration, and no escalation (a suspected masking
-reads "not converged"). Explicit ``--eval-*`` flags win over these."""
+reads "not escalated", unconverged attacks "not converged"). Explicit ``--eval-*`` flags win
+over these."""
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -285,10 +288,13 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
             of them: ``evaluate(model, bundle, eps=0.1, steps=20, train_temperature=8.0)``.
         progress: None, or a callable receiving one-line status messages as work proceeds.
 
-    When the diagnostics suspect masking, the evaluation escalates, says so and records it
-    under ``escalation``: Square with four times the queries and two restarts; on a
-    stochastic model (two forward passes differ) the scale-invariant gradient attacks with
-    gradients averaged over ``eot`` passes (EOT); on a model that declares non-differentiable
+    When more steps or restarts of CW-margin PGD find more, the attacks had not converged: the
+    evaluation raises their budget (:mod:`tempfast.robust.convergence`) and reports it under
+    ``masking["convergence"]``, apart from masking. When the diagnostics suspect masking, the
+    evaluation escalates, says so and records it under ``escalation``: Square with four times
+    the queries and two restarts; on a stochastic model (two forward passes differ) the
+    scale-invariant gradient attacks with gradients averaged over ``eot`` passes (EOT) and
+    ``check_steps`` steps on the averaged gradient; on a model that declares non-differentiable
     preprocessing, those attacks with straight-through gradients (BPDA). Every escalated attack,
     and every diagnostic run at the evaluation's eps, counts in the per-example worst case.
 
@@ -369,14 +375,16 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
             tracker.add(n)
             report, extra = masking.run_diagnostics(
                 run, robust, zero_grad, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
-                restarts=cfg.restarts, more_steps=cfg.check_steps, status=say)
+                restarts=cfg.restarts, more_steps=cfg.check_steps, stochastic=stochastic,
+                rounds=convergence.CAP_ROUNDS if cfg.escalate else 0, status=say)
         if report is not None and report["suspected"] and cfg.eps > 0:
             if cfg.escalate:
                 escalation = _escalate(run, model, cfg, stochastic, say)
                 extra |= escalation.pop("masks")
             else:
-                report["verdict"] = ("not converged: masking suspected and this quick "
-                                     "evaluation does not escalate (run the full one)")
+                report["verdict"] = ("not escalated: masking suspected and this quick "
+                                     "evaluation does not run the stronger attacks (run the "
+                                     "full one)")
         corruption = None
         if cfg.corruptions:
             corruption = _corruptions(judge, batches, cfg, files, device, tracker)
@@ -478,12 +486,14 @@ def _escalate(run, model: nn.Module, cfg: EvalSettings, stochastic: bool,
                       key="escalate", queries=queries)
     ran.append(name)
     if stochastic or use_bpda:
-        how = " + ".join(filter(None, (f"EOT x{cfg.eot}" if stochastic else "",
+        how = " + ".join(filter(None, (f"EOT x{cfg.eot}, {cfg.check_steps} steps"
+                                       if stochastic else "",
                                        "BPDA" if use_bpda else "")))
         for attack in ESCALATED:
             label = f"{attack} ({how})"
             say(f"escalation: {label}")
-            masks[label] = run(attack, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps,
+            steps = cfg.check_steps if stochastic else cfg.steps
+            masks[label] = run(attack, eps=cfg.eps, alpha=cfg.alpha, steps=steps,
                                restarts=cfg.restarts, key="escalate",
                                eot=cfg.eot if stochastic else 1, bpda=use_bpda)
             ran.append(label)

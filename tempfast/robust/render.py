@@ -27,7 +27,8 @@ def header(result: dict) -> str:
         if "square" in attacks:
             run += f", square {s['square_queries']} queries"
         parts += [run, f"masking diagnostics (pgd-cw: eps curve, {s['check_steps']} steps, "
-                       f"{s['restarts'] + 1} restarts)"]
+                       f"{s['restarts'] + 1} restarts; more until the attacks converge"
+                       f"{'' if s.get('escalate', True) else ': not in a quick evaluation'})"]
     else:
         parts.append("no attacks (no masking diagnostics)")
     if result["corruptions"] is not None:
@@ -91,6 +92,10 @@ def render(result: dict, console=None) -> None:
             ctable.add_row(label, f"{cal[f'ece_{when}']:.4f}", f"{cal[f'nll_{when}']:.4f}",
                            f"{cal[f'brier_{when}']:.4f}")
         console.print(ctable)
+    converged = (result["masking"] or {}).get("convergence")
+    if converged:
+        colour = "green" if converged["converged"] else "yellow"
+        console.print(f"[{colour}]convergence: {converged['line']}[/{colour}]", highlight=False)
     for line in masking_warnings(result):
         console.print(f"[bold red]{line}[/bold red]", highlight=False)
     escalation = result.get("escalation")
@@ -118,6 +123,10 @@ def _render_masking(m: dict, console) -> None:
         c = m[key]
         table.add_row(f"pgd-cw, more {what}",
                       f"{c['base_' + what]}: {_pct(c['base_acc'])} -> {c[what]}: {_pct(c['acc'])}")
+    for r in (m.get("convergence") or {}).get("history", [])[1:]:
+        table.add_row(f"convergence round {r['round']}",
+                      f"{r['steps']} steps x {r['restarts']} restarts: pgd-cw worst case "
+                      f"{_pct(r['worst_acc'])}")
     if m["square_only_fraction"] is not None:
         table.add_row("broken by square only", _pct(m["square_only_fraction"]))
     console.print(table)

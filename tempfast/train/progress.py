@@ -48,6 +48,13 @@ def result_line(summary: dict) -> str:
     return "  ".join(parts)
 
 
+def _converged(report: dict) -> str:
+    """``yes``, ``yes (2 rounds more)`` or ``NO (cap: 3 rounds)`` / ``NO (quick evaluation)``."""
+    if report["converged"]:
+        return "yes" if report["rounds"] == 0 else f"yes ({report['rounds']} round(s) more)"
+    return f"NO (cap: {report['cap']} rounds)" if report["cap"] else "NO (quick evaluation)"
+
+
 class Reporter:
     """Silent reporter; subclasses print. Every method may be called on any rank."""
 
@@ -186,6 +193,8 @@ class RichReporter(Reporter):
         masking = summary.get("masking") or {}
         if masking:
             table.add_row("gradient masking", "SUSPECTED" if masking.get("suspected") else "no")
+            if masking.get("convergence"):
+                table.add_row("attacks converged", _converged(masking["convergence"]))
         table.add_row("temperature (train -> final)",
                       f"{summary['temperature']:.4g} -> {summary['final_temperature']:.4g}")
         best = summary.get("best") or {}
