@@ -265,3 +265,23 @@ def test_a_quick_evaluation_says_not_escalated_instead_of_escalating(digits, mon
     full = _small_eval(digits, attacks="pgd-ce")
     assert full["escalation"] is not None
     assert not full["masking"]["verdict"].startswith("not escalated")
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 8, 9, 361])
+def test_packed_masks_round_trip(n):
+    mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    text = ev.pack_mask(mask)
+    assert len(text) == (n + 3) // 4
+    assert torch.equal(ev.unpack_mask(text, n), mask)
+
+
+def test_the_result_carries_every_mask_per_example(digits):
+    result = _small_eval(digits, attacks="pgd-ce,pgd-cw")
+    n, per = result["n_examples"], result["per_example"]
+    assert set(per["attacks"]) == set(result["robust_acc"]) | set(result["extra_robust_acc"])
+    for name, text in per["attacks"].items():
+        acc = result["robust_acc"].get(name, result["extra_robust_acc"].get(name))
+        assert float(ev.unpack_mask(text, n).float().mean()) == pytest.approx(acc)
+    worst = ev.unpack_mask(per["worst_case"], n)
+    assert float(worst.float().mean()) == pytest.approx(result["worst_case_acc"])
+    assert not (worst & ~ev.unpack_mask(per["clean"], n)).any()

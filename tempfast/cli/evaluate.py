@@ -35,7 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint written by tempfast train (last.pt, best.pt)")
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
-                   help=f"comma-separated, from {', '.join(ATTACKS)}; or none (default: "
+                   help=f"comma-separated, from {', '.join(ATTACKS)}, or ta:<Name> for "
+                        "torchattacks' attack <Name> at the same budget (ta:PGD, ta:FAB; pip "
+                        "install 'tempfast[torchattacks]'); or none (default: "
                         f"{','.join(DEFAULT_ATTACKS)})")
     g.add_argument("--eps", type=number,
                    help="L-inf budget on [0, 1] pixels, e.g. 8/255 (default: the run's --eps)")

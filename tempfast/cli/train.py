@@ -139,7 +139,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--eval-restarts", type=int, default=1,
                    help="final evaluation: PGD restarts (1)")
     g.add_argument("--eval-attacks", type=names,
-                   help="final evaluation: comma-separated attacks (default: the full suite)")
+                   help="final evaluation: comma-separated attacks, ta:<Name> for torchattacks' "
+                        "(default: the full suite)")
     g.add_argument("--no-corruptions", dest="eval_corruptions", action="store_false",
                    help="final evaluation: skip the corruption suite")
     p.set_defaults(func=_main)

@@ -17,7 +17,9 @@ The evaluation suite (:data:`ATTACKS`, built by :func:`build_attack`) names each
 * ``pgd-cw``: PGD on the CW margin;
 * ``apgd-dlr`` / ``apgd-ce``: APGD (Croce & Hein 2020) with the DLR / CE loss;
 * ``square``: the Square attack (Andriushchenko et al. 2020), gradient-free random search on
-  the margin; no gradient masking can stop it.
+  the margin; no gradient masking can stop it;
+* ``ta:<Name>``: torchattacks' attack ``<Name>`` (``ta:PGD``, ``ta:FAB``, ``ta:CW``...) at the
+  same budget, with the optional extra (:mod:`tempfast.robust.torchattacks_adapter`).
 
 In the evaluation every PGD keeps each example's best iterate. ``eot`` (expectation over
 transformation) and ``bpda`` (straight-through preprocessing) are the evaluation's
@@ -32,6 +34,7 @@ from collections.abc import Callable, Iterable
 from torch import Tensor, nn
 
 from ..errors import SettingError
+from . import torchattacks_adapter as ta
 from .apgd import APGD
 from .base import eval_mode, seeded
 from .pgd import PGD
@@ -43,14 +46,20 @@ GRADIENT_FREE = ("square",)
 PGD_LOSSES = {"pgd-ce": "ce", "pgd-ce-t": "ce", "pgd-ce-adaptive": "ce_adaptive", "pgd-cw": "cw"}
 
 __all__ = ["APGD", "ATTACKS", "DEFAULT_ATTACKS", "GRADIENT_FREE", "PGD", "Square",
-           "build_attack", "eval_mode", "parse_attacks", "seeded"]
+           "build_attack", "eval_mode", "gradient_free", "parse_attacks", "seeded"]
+
+
+def gradient_free(name: str) -> bool:
+    """Whether attack ``name`` uses no gradient of the model (``square``, ``ta:Square``...)."""
+    return name in GRADIENT_FREE or ta.is_gradient_free(name)
 
 
 def build_attack(name: str, model: nn.Module, *, eps: float, alpha: float, steps: int,
                  restarts: int = 1, temperature: float = 1.0, seed: int = 0,
                  square_queries: int = 1000, eot: int = 1,
                  bpda: bool = False) -> Callable[[Tensor, Tensor], Tensor]:
-    """The suite's attack ``name`` (one of :data:`ATTACKS`) as a callable ``(x, y) -> x_adv``.
+    """The suite's attack ``name`` (one of :data:`ATTACKS`, or ``ta:<Name>``) as a callable
+    ``(x, y) -> x_adv``.
 
     ``alpha`` is the PGD step; APGD adapts its own. ``temperature`` is used by ``pgd-ce-t``
     only. The PGD attacks keep each example's best iterate and draw their random starts from
@@ -66,13 +75,17 @@ def build_attack(name: str, model: nn.Module, *, eps: float, alpha: float, steps
                     bpda=bpda)
     if name == "square":
         return Square(model, eps, queries=square_queries, restarts=restarts, seed=seed)
+    if ta.is_torchattacks(name):
+        return ta.build(name, model, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
+                        seed=seed, square_queries=square_queries)
     raise SettingError("attack", f"must be one of {', '.join(ATTACKS)}, got {name!r}")
 
 
 def parse_attacks(names: str | Iterable[str] | None, name: str = "attacks") -> list[str]:
     """Attack names from a comma-separated string or a list; ``None``: the default suite.
 
-    ``"none"`` (or ``["none"]``, or an empty list) runs no attack. An unknown name raises
+    ``"none"`` (or ``["none"]``, or an empty list) runs no attack. ``ta:<Name>`` names a
+    torchattacks attack (checked against the installed package). An unknown name raises
     :class:`~tempfast.errors.SettingError` under ``name`` (the argument that held the list).
     """
     if names is None:
@@ -84,9 +97,12 @@ def parse_attacks(names: str | Iterable[str] | None, name: str = "attacks") -> l
         return []
     out = []
     for attack in names:
-        if attack not in ATTACKS:
+        if ta.is_torchattacks(attack):
+            ta.attack_class(attack, name)
+        elif attack not in ATTACKS:
             raise SettingError(name, f"names an unknown attack {attack!r}; expected some of "
-                                     f"{', '.join(ATTACKS)} (comma-separated) or none")
+                                     f"{', '.join(ATTACKS)}, ta:<torchattacks attack> "
+                                     "(comma-separated) or none")
         if attack not in out:
             out.append(attack)
     return out

@@ -158,6 +158,19 @@ reads "not escalated", unconverged attacks "not converged"). Explicit ``--eval-*
 over these."""
 
 
+def pack_mask(mask: Tensor) -> str:
+    """A boolean mask ``(N,)`` as hex digits, 4 examples each, the first example in the highest
+    bit (``unpack_mask`` reverses it)."""
+    bits = np.packbits(mask.detach().cpu().numpy().astype(bool))
+    return bits.tobytes().hex()[:(mask.numel() + 3) // 4]
+
+
+def unpack_mask(text: str, n: int) -> Tensor:
+    """The ``(n,)`` boolean mask that :func:`pack_mask` wrote as ``text``."""
+    data = bytes.fromhex(text + "0" * (len(text) % 2))
+    return torch.from_numpy(np.unpackbits(np.frombuffer(data, np.uint8))[:n].astype(bool))
+
+
 def _model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
@@ -216,7 +229,7 @@ FORWARD_PASS = 1 / 3  # a forward pass alone, in forward + backward passes
 def attack_passes(name: str, steps: int, restarts: int, queries: int) -> float:
     """Forward + backward passes per example of one attack run (Square: its queries, forward
     passes only)."""
-    if name == "square":
+    if name in ("square", "ta:Square"):
         return restarts * queries * FORWARD_PASS
     return restarts * steps
 
@@ -307,9 +320,11 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         diagnostics then do not run), ``escalation`` (None, or why, what
         ran and its accuracies), ``corruption_acc`` (mean, None when not run),
         ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
-        ``n_examples``, ``settings`` (every setting that shapes a number, the resolved
-        ``alpha`` and ``check_steps``; ``severities`` and ``corruptions_dir`` None without
-        corruptions), ``seconds``.
+        ``per_example`` (the evaluated images' masks, packed by :func:`pack_mask`: ``clean``,
+        ``worst_case``, and per attack of ``robust_acc`` and ``extra_robust_acc``, for paired
+        tests between models evaluated on the same images), ``n_examples``, ``settings``
+        (every setting that shapes a number, the resolved ``alpha`` and ``check_steps``;
+        ``severities`` and ``corruptions_dir`` None without corruptions), ``seconds``.
 
     Raises:
         SettingError: a setting out of range or an unknown attack (a ``ValueError`` naming the
@@ -403,6 +418,10 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         "robust_acc": {name: _accuracy(mask) for name, mask in robust.items()},
         "worst_case_acc": None if worst is None else _accuracy(worst),
         "extra_robust_acc": {name: _accuracy(mask) for name, mask in extra.items()},
+        "per_example": {"clean": pack_mask(torch.cat(correct)),
+                        "worst_case": None if worst is None else pack_mask(worst),
+                        "attacks": {name: pack_mask(mask)
+                                    for name, mask in (robust | extra).items()}},
         "attack_seconds": seconds,
         "masking": report,
         "escalation": escalation,

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from . import convergence
-from .attacks import GRADIENT_FREE
+from .attacks import GRADIENT_FREE, gradient_free
 from .base import eval_mode
 from .losses import attack_loss
 
@@ -166,7 +166,7 @@ def run_diagnostics(run: RunAttack, robust: dict[str, Tensor], zero_grad: dict[s
         run, [base, masks[MORE_STEPS], masks[MORE_RESTARTS]], eps=eps, alpha=alpha,
         steps=steps, restarts=restarts, tol=tolerance(n), rounds=rounds, status=status)
     masks |= rounds_masks
-    white_box = [m for name, m in robust.items() if name not in GRADIENT_FREE] + [base]
+    white_box = [m for name, m in robust.items() if not gradient_free(name)] + [base]
     square_only = None
     if "square" in robust:
         broken_by_white_box = ~torch.stack(white_box + list(masks.values())).all(0)
@@ -226,7 +226,7 @@ def judge(report: dict, robust_acc: dict[str, float], n: int) -> dict:
                        f"{curve[-1]['eps']:.4g} (expected <= {THRESHOLDS['eps_curve_end']:.0%})")
     if report.get("stochastic"):
         reasons.append(STOCHASTIC)
-    white_box = {k: v for k, v in acc.items() if k not in GRADIENT_FREE}
+    white_box = {k: v for k, v in acc.items() if not gradient_free(k)}
     if report.get("convergence"):
         white_box["pgd-cw (converged)"] = report["convergence"]["worst_acc"]
     if "square" in acc:
