@@ -35,3 +35,13 @@ def one_line_parser_error(command: str) -> Callable[[str], NoReturn]:
         print_usage_error(command, message)
         raise SystemExit(2)
     return error
+
+
+def shift_examples(text: str) -> int | str:
+    """``all`` or a count (checked by the trainer's settings)."""
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected all or a count, got {text!r}") from None

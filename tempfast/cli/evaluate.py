@@ -21,7 +21,7 @@ import torch
 from ..errors import OutputError, UsageError, os_reason
 from ..robust.attacks import ATTACKS, DEFAULT_ATTACKS
 from ..train.distributed import resolve_device
-from .args import number, one_line_parser_error
+from .args import number, one_line_parser_error, shift_examples
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -57,7 +57,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip the calibration report (ECE, NLL and Brier before and after "
                         "temperature scaling fitted on half the test set, judged on the "
                         "other half)")
-    g = p.add_argument_group("corruptions")
+    g = p.add_argument_group("corruptions and natural perturbations")
+    g.add_argument("--perturbations", action="store_true",
+                   help="also the natural perturbations (rotation, translation, scaling, "
+                        "elastic; strengths 1-3)")
+    g.add_argument("--shift-examples", type=shift_examples,
+                   help="test images of the corruptions and perturbations: all, or a count "
+                        "(default: those of --n-examples)")
     g.add_argument("--no-corruptions", dest="corruptions", action="store_false",
                    help="skip the corruption suite")
     g.add_argument("--corruptions-dir",
@@ -139,6 +145,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         attacks=attacks, alpha=args.alpha, restarts=args.restarts, n_examples=n_examples,
         corruptions=args.corruptions, seed=args.seed, square_queries=args.square_queries,
         severities=severities, corruptions_dir=args.corruptions_dir,
+        perturbations=args.perturbations, shift_examples=args.shift_examples,
         batch_size=args.batch_size, check_steps=args.check_steps, calibration=args.calibration)
     settings.check()
     device = resolve_device(args.device)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..train.data import DATASETS
-from .args import names, number, one_line_parser_error
+from .args import names, number, one_line_parser_error, shift_examples
 
 if TYPE_CHECKING:
     from ..train.config import TrainConfig
@@ -143,6 +143,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(default: the full suite)")
     g.add_argument("--no-corruptions", dest="eval_corruptions", action="store_false",
                    help="final evaluation: skip the corruption suite")
+    g.add_argument("--eval-perturbations", action="store_true",
+                   help="final evaluation: also the natural perturbations (rotation, "
+                        "translation, scaling, elastic; strengths 1-3)")
+    g.add_argument("--eval-shift-examples", type=shift_examples,
+                   help="final evaluation: test images of the corruptions and perturbations: "
+                        "all, or a count (default: those of --eval-examples)")
+    g.add_argument("--eval-square-queries", type=int,
+                   help="final evaluation: Square's queries per image (300)")
     p.set_defaults(func=_main)
     return p
 

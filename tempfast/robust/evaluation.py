@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from . import checks, convergence, masking
 from . import corruptions as corr
+from . import perturbations as pert
 from .attacks import build_attack, eval_mode, parse_attacks, seeded
 from .bpda import declares_preprocessing
 
@@ -81,6 +82,10 @@ class EvalSettings:
             temperature scaling fitted on one half and reported on the other.
         calibration_temperature: a temperature fitted before (``tempfast calibrate``, on the
             same fit half) to report instead of fitting one.
+        perturbations: run the natural perturbations (:mod:`tempfast.robust.perturbations`:
+            rotation, translation, scaling, elastic) at strengths 1-3.
+        shift_examples: the test images of the corruptions and perturbations: None, the
+            evaluated ones (``n_examples``); ``"all"``, the whole test set; or a count.
         escalate: run the stronger attacks when masking is suspected and raise the attacks'
             budget until they converge (:mod:`tempfast.robust.convergence`); False (a quick
             evaluation): the verdict says "not escalated" and the convergence line "not
@@ -105,6 +110,8 @@ class EvalSettings:
     bpda: bool | None = None
     calibration: bool = True
     calibration_temperature: float | None = None
+    perturbations: bool = False
+    shift_examples: int | str | None = None
     escalate: bool = True
 
     def check(self) -> None:
@@ -124,6 +131,8 @@ class EvalSettings:
         checks.severities(self.severities)
         checks.at_least(self.batch_size, "batch_size", 1)
         checks.at_least(self.eot, "eot", 1)
+        if self.shift_examples is not None and self.shift_examples != "all":
+            checks.at_least(self.shift_examples, "shift_examples", 1)
 
     def resolved(self) -> EvalSettings:
         """These settings with ``attacks``, ``alpha`` and ``check_steps`` resolved (the suite's
@@ -149,11 +158,12 @@ QUICK_SETTINGS = {
     "attacks": ("pgd-ce", "apgd-dlr"),
     "n_examples": 200,
     "corruptions": False,
+    "perturbations": False,
     "calibration": False,
     "escalate": False,
 }
 """``tempfast train --eval quick``: one attack on CE at T and one scale-invariant attack, on at
-most 200 test images, no corruptions or calibration, and no escalation (a suspected masking
+most 200 test images, no corruptions, perturbations or calibration, and no escalation (a suspected masking
 reads "not escalated", unconverged attacks "not converged"). Explicit ``--eval-*`` flags win
 over these."""
 
@@ -253,11 +263,30 @@ def planned_passes(settings: EvalSettings, n: int, n_test: int | None = None) ->
         out["diagnostics"] = n * (1 + base + curve * cfg.steps * cfg.restarts
                                   + cfg.check_steps * cfg.restarts
                                   + cfg.steps * (cfg.restarts + 1))
+    shifted = _shift_count(cfg, n, n_test)
     if cfg.corruptions:
-        out["corruptions"] = n * len(corr.CORRUPTIONS) * len(cfg.severities) * FORWARD_PASS
+        out["corruptions"] = shifted * len(corr.CORRUPTIONS) * len(cfg.severities) * FORWARD_PASS
+    if cfg.perturbations:
+        out["perturbations"] = (shifted * len(pert.PERTURBATIONS) * len(pert.STRENGTHS)
+                                * FORWARD_PASS)
     if cfg.calibration:
         out["calibration"] = (n_test or n) * FORWARD_PASS
     return out
+
+
+def _shift_limit(cfg: EvalSettings) -> int | None:
+    """The ``limit`` of the corruptions' and perturbations' test batches."""
+    if cfg.shift_examples is None:
+        return cfg.n_examples
+    return None if cfg.shift_examples == "all" else int(cfg.shift_examples)
+
+
+def _shift_count(cfg: EvalSettings, n: int, n_test: int | None) -> int:
+    """Test images of the corruptions and perturbations (see ``shift_examples``)."""
+    if cfg.shift_examples is None:
+        return n
+    total = n_test if n_test is not None else n
+    return total if cfg.shift_examples == "all" else min(int(cfg.shift_examples), total)
 
 
 class _Tracker:
@@ -319,7 +348,9 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         diagnostics, see :mod:`tempfast.robust.masking`; None without attacks: the
         diagnostics then do not run), ``escalation`` (None, or why, what
         ran and its accuracies), ``corruption_acc`` (mean, None when not run),
-        ``corruptions`` (source, severities, per corruption: accuracy per severity and mean),
+        ``corruptions`` (source, severities, per corruption: accuracy per severity and mean,
+        ``n_examples``), ``perturbation_acc`` and ``perturbations`` (the same for the natural
+        perturbations by strength; None when not run),
         ``per_example`` (the evaluated images' masks, packed by :func:`pack_mask`: ``clean``,
         ``worst_case``, and per attack of ``robust_acc`` and ``extra_robust_acc``, for paired
         tests between models evaluated on the same images), ``n_examples``, ``settings``
@@ -400,9 +431,16 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
                 report["verdict"] = ("not escalated: masking suspected and this quick "
                                      "evaluation does not run the stronger attacks (run the "
                                      "full one)")
-        corruption = None
+        shift_batches = batches
+        if cfg.shift_examples is not None and (cfg.corruptions or cfg.perturbations):
+            shift_batches = [(x.float(), y) for x, y in
+                             bundle.test_batches(cfg.batch_size, device,
+                                                 limit=_shift_limit(cfg))]
+        corruption = perturbation = None
         if cfg.corruptions:
-            corruption = _corruptions(judge, batches, cfg, files, device, tracker)
+            corruption = _corruptions(judge, shift_batches, cfg, files, device, tracker)
+        if cfg.perturbations:
+            perturbation = _perturbations(judge, shift_batches, cfg, tracker)
         calibrated = None
         if cfg.calibration:
             say("calibration")
@@ -428,6 +466,8 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
         "stochastic": stochastic,
         "corruption_acc": None if corruption is None else corruption["mean"],
         "corruptions": corruption,
+        "perturbation_acc": None if perturbation is None else perturbation["mean"],
+        "perturbations": perturbation,
         "calibration": calibrated,
         "settings": {"attacks": cfg.attacks, "eps": cfg.eps, "alpha": cfg.alpha,
                      "steps": cfg.steps, "restarts": cfg.restarts,
@@ -435,6 +475,7 @@ def evaluate(model: nn.Module, bundle, settings: EvalSettings | None = None, *,
                      "eot": cfg.eot, "bpda": cfg.bpda, "escalate": cfg.escalate,
                      "severities": list(cfg.severities) if cfg.corruptions else None,
                      "corruptions_dir": cfg.corruptions_dir if cfg.corruptions else None,
+                     "perturbations": cfg.perturbations, "shift_examples": cfg.shift_examples,
                      "batch_size": cfg.batch_size,
                      "train_temperature": float(cfg.train_temperature), "seed": cfg.seed,
                      "device": str(device)},
@@ -550,10 +591,30 @@ def _corruptions(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSe
             table[name] = {}
             for s in severities:
                 hits = [judge(x, y) for x, y in
-                        files.batches(name, s, cfg.batch_size, device, limit=cfg.n_examples)]
+                        files.batches(name, s, cfg.batch_size, device, limit=_shift_limit(cfg))]
                 table[name][str(s)] = _accuracy(torch.cat(hits))
                 tracker.add(per_severity)
+    counted = sum(int(h.numel()) for h in hits)
     for row in table.values():
         row["mean"] = float(np.mean(list(row.values())))
     return {"source": source, "severities": list(severities), "per_corruption": table,
-            "mean": float(np.mean([row["mean"] for row in table.values()]))}
+            "mean": float(np.mean([row["mean"] for row in table.values()])),
+            "n_examples": counted}
+
+
+def _perturbations(judge: Judge, batches: list[tuple[Tensor, Tensor]], cfg: EvalSettings,
+                   tracker: _Tracker) -> dict:
+    """Accuracy per natural perturbation and strength, and the mean over both."""
+    n = sum(int(y.numel()) for _, y in batches)
+    table: dict[str, dict[str, float]] = {}
+    for pi, name in enumerate(pert.PERTURBATIONS):
+        tracker.say(f"perturbation {name}")
+        table[name] = {}
+        for s in pert.STRENGTHS:
+            hits = [judge(pert.perturb(x, name, s, derive_seed(cfg.seed, "perturb", pi, s, b)),
+                          y) for b, (x, y) in enumerate(batches)]
+            table[name][str(s)] = _accuracy(torch.cat(hits))
+            tracker.add(n * FORWARD_PASS)
+        table[name]["mean"] = float(np.mean(list(table[name].values())))
+    return {"source": pert.LABEL, "strengths": list(pert.STRENGTHS), "per_perturbation": table,
+            "mean": float(np.mean([row["mean"] for row in table.values()])), "n_examples": n}

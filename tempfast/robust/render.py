@@ -31,8 +31,9 @@ def header(result: dict) -> str:
                        f"{'' if s.get('escalate', True) else ': not in a quick evaluation'})"]
     else:
         parts.append("no attacks (no masking diagnostics)")
-    if result["corruptions"] is not None:
-        parts.append("corruptions")
+    for key in ("corruptions", "perturbations"):
+        if result.get(key) is not None:
+            parts.append(f"{key} on {result[key].get('n_examples') or 'the'} test images")
     if result.get("calibration"):
         parts.append("calibration")
     return ", ".join(parts)
@@ -65,6 +66,8 @@ def render(result: dict, console=None) -> None:
                       "")
     if result["corruption_acc"] is not None:
         table.add_row("corruptions (mean)", _pct(result["corruption_acc"]), "")
+    if result.get("perturbation_acc") is not None:
+        table.add_row("natural perturbations (mean)", _pct(result["perturbation_acc"]), "")
     console.print(table)
     if result["masking"] is not None:
         _render_masking(result["masking"], console)
@@ -80,6 +83,16 @@ def render(result: dict, console=None) -> None:
             ctable.add_row(name, *(_pct(row[str(sev)]) for sev in c["severities"]),
                            _pct(row["mean"]))
         console.print(ctable)
+    p = result.get("perturbations")
+    if p is not None:
+        ptable = Table(title=f"Natural perturbations ({p['n_examples']} test images)")
+        ptable.add_column("perturbation")
+        for strength in p["strengths"]:
+            ptable.add_column(f"strength {strength}", justify="right")
+        ptable.add_column("mean", justify="right")
+        for name, row in p["per_perturbation"].items():
+            ptable.add_row(name, *(_pct(row[str(s)]) for s in p["strengths"]), _pct(row["mean"]))
+        console.print(ptable)
     cal = result.get("calibration")
     if cal:
         ctable = Table(title=f"Calibration: T fitted on {cal['fit_examples']} test images, "

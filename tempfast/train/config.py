@@ -113,6 +113,9 @@ class TrainConfig:
     eval_restarts: int = 1
     eval_attacks: list[str] | None = None
     eval_corruptions: bool = True
+    eval_perturbations: bool = False
+    eval_shift_examples: int | str | None = None
+    eval_square_queries: int | None = None
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` default filled in and the settings checked.
@@ -161,6 +164,10 @@ class TrainConfig:
         check_model_name(self.model)
         if self.eval_attacks is not None:
             parse_attacks(self.eval_attacks, "eval_attacks")
+        if self.eval_shift_examples not in (None, "all"):
+            checks.at_least(self.eval_shift_examples, "eval_shift_examples", 1)
+        if self.eval_square_queries is not None:
+            checks.at_least(self.eval_square_queries, "eval_square_queries", 1)
 
     @property
     def loss_factor(self) -> bool:

@@ -69,16 +69,18 @@ def evaluate_epoch(model: nn.Module, attack: TrainingAttack | None, bundle: Data
 
 # a quick evaluation's settings -> the TrainConfig field whose explicit value wins over it
 EVAL_FLAGS = {"attacks": "eval_attacks", "n_examples": "eval_examples",
-              "corruptions": "eval_corruptions"}
+              "corruptions": "eval_corruptions", "perturbations": "eval_perturbations"}
 
 
 def explicit_eval_settings(cfg: TrainConfig) -> frozenset[str]:
     """The final evaluation's settings given explicitly in an unresolved ``cfg``: the
-    ``eval_*`` fields that are not None, and ``--no-corruptions``."""
+    ``eval_*`` fields that are not None, ``--no-corruptions`` and ``--eval-perturbations``."""
     given = {k for k in ("eval_attacks", "eval_examples", "eval_steps")
              if getattr(cfg, k) is not None}
     if not cfg.eval_corruptions:
         given.add("eval_corruptions")
+    if cfg.eval_perturbations:
+        given.add("eval_perturbations")
     return frozenset(given)
 
 
@@ -227,8 +229,9 @@ class Trainer:
             train_temperature=float(self.parts.loss_fn.temperature.detach()),
             attacks=cfg.eval_attacks, restarts=cfg.eval_restarts, n_examples=cfg.eval_examples,
             corruptions=cfg.eval_corruptions, seed=cfg.seed,
-            square_queries=SHORT_SETTINGS["square_queries"],
-            severities=SHORT_SETTINGS["severities"])
+            square_queries=cfg.eval_square_queries or SHORT_SETTINGS["square_queries"],
+            severities=SHORT_SETTINGS["severities"], perturbations=cfg.eval_perturbations,
+            shift_examples=cfg.eval_shift_examples)
         preset = cfg.eval_preset
         if preset == "auto":
             n = min(cfg.eval_examples or self.bundle.n_test, self.bundle.n_test)
@@ -258,7 +261,8 @@ class Trainer:
             "final_temperature": float(self.parts.loss_fn.temperature.detach()),
             "clean_acc": last.get("test_acc"), "clean_n": self.bundle.n_test if last else None,
             "robust_acc": None, "extra_robust_acc": None, "worst_case_acc": None,
-            "corruption_acc": None, "masking": None, "calibration": None,
+            "corruption_acc": None, "perturbation_acc": None, "masking": None,
+            "calibration": None,
             "best": progress.best,
             "last_epoch": last, "train_time_s": progress.train_time, "eval_time_s": eval_time,
             "eval_preset": self.eval_preset,
@@ -267,6 +271,7 @@ class Trainer:
         if result is not None:
             out.update({k: result.get(k) for k in ("clean_acc", "robust_acc", "worst_case_acc",
                                                    "extra_robust_acc", "corruption_acc",
+                                                   "perturbation_acc",
                                                    "masking", "calibration")})
             out["clean_n"] = result["n_examples"]
         return out

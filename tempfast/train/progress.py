@@ -190,6 +190,8 @@ class RichReporter(Reporter):
             table.add_row("robust: worst case", _pct(summary["worst_case_acc"]))
         if summary.get("corruption_acc") is not None:
             table.add_row("corruptions (mean)", _pct(summary["corruption_acc"]))
+        if summary.get("perturbation_acc") is not None:
+            table.add_row("natural perturbations (mean)", _pct(summary["perturbation_acc"]))
         masking = summary.get("masking") or {}
         if masking:
             table.add_row("gradient masking", "SUSPECTED" if masking.get("suspected") else "no")
