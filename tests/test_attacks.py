@@ -166,3 +166,27 @@ def test_bad_attack_settings_raise(digits, kwargs, match):
     name = settings.pop("name")
     with pytest.raises(ValueError, match=match):
         build_attack(name, digits.model(), **settings)
+
+
+def test_multi_targeted_pgd_tries_each_target_and_attacks_only_survivors(digits):
+    from tempfast.robust.targeted import MultiTargetedPGD
+
+    model = digits.model()
+    x, y = digits.batch(128)
+    sizes = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    torch.manual_seed(0)
+    x_adv = MultiTargetedPGD(model, 0.06, 0.02, 3, targets=3)(x, y)
+    _assert_in_budget(x_adv, x, 0.06)
+    with torch.no_grad():
+        robust = model(x_adv).argmax(1) == y
+        clean = model(x).argmax(1) == y
+    assert int(robust.sum()) < int(clean.sum())
+    # one clean pass, then per target a survivors' check and 3 steps on the survivors only
+    checks = [sizes[1], sizes[5], sizes[9]]
+    assert checks == [128] * 3 and sizes[6] <= sizes[2] and sizes[10] <= sizes[6]
+    # On two classes there is one target: the attack is margin PGD on z_other - z_y.
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    xs, ys = x[:8], torch.zeros(8, dtype=torch.long)
+    torch.manual_seed(0)
+    _assert_in_budget(MultiTargetedPGD(net, 0.06, 0.02, 2, targets=3)(xs, ys), xs, 0.06)

@@ -16,6 +16,8 @@ The evaluation suite (:data:`ATTACKS`, built by :func:`build_attack`) names each
   saturated, whatever the model's logit scale (the attack for a model trained at high T);
 * ``pgd-cw``: PGD on the CW margin;
 * ``apgd-dlr`` / ``apgd-ce``: APGD (Croce & Hein 2020) with the DLR / CE loss;
+* ``pgd-targeted``: multi-targeted PGD on ``z_t - z_y`` towards each of the 3 highest other
+  classes (:mod:`tempfast.robust.targeted`; not in the default suite);
 * ``square``: the Square attack (Andriushchenko et al. 2020), gradient-free random search on
   the margin; no gradient masking can stop it;
 * ``ta:<Name>``: torchattacks' attack ``<Name>`` (``ta:PGD``, ``ta:FAB``, ``ta:CW``...) at the
@@ -39,8 +41,10 @@ from .apgd import APGD
 from .base import eval_mode, seeded
 from .pgd import PGD
 from .square import Square
+from .targeted import MultiTargetedPGD
 
-ATTACKS = ("pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw", "apgd-dlr", "apgd-ce", "square")
+ATTACKS = ("pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw", "apgd-dlr", "apgd-ce",
+           "pgd-targeted", "square")
 DEFAULT_ATTACKS = ("pgd-ce", "pgd-ce-t", "pgd-ce-adaptive", "pgd-cw", "apgd-dlr", "square")
 GRADIENT_FREE = ("square",)
 PGD_LOSSES = {"pgd-ce": "ce", "pgd-ce-t": "ce", "pgd-ce-adaptive": "ce_adaptive", "pgd-cw": "cw"}
@@ -75,6 +79,8 @@ def build_attack(name: str, model: nn.Module, *, eps: float, alpha: float, steps
                     bpda=bpda)
     if name == "square":
         return Square(model, eps, queries=square_queries, restarts=restarts, seed=seed)
+    if name == "pgd-targeted":
+        return MultiTargetedPGD(model, eps, alpha, steps, restarts=restarts, eot=eot, bpda=bpda)
     if ta.is_torchattacks(name):
         return ta.build(name, model, eps=eps, alpha=alpha, steps=steps, restarts=restarts,
                         seed=seed, square_queries=square_queries)

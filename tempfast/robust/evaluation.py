@@ -40,6 +40,7 @@ from . import corruptions as corr
 from . import perturbations as pert
 from .attacks import build_attack, eval_mode, parse_attacks, seeded
 from .bpda import declares_preprocessing
+from .targeted import TARGETS
 
 Progress = Callable[[str], None]
 
@@ -163,9 +164,9 @@ QUICK_SETTINGS = {
     "escalate": False,
 }
 """``tempfast train --eval quick``: one attack on CE at T and one scale-invariant attack, on at
-most 200 test images, no corruptions, perturbations or calibration, and no escalation (a suspected masking
-reads "not escalated", unconverged attacks "not converged"). Explicit ``--eval-*`` flags win
-over these."""
+most 200 test images, no corruptions, perturbations or calibration, and no escalation (a
+suspected masking reads "not escalated", unconverged attacks "not converged"). Explicit
+``--eval-*`` flags win over these."""
 
 
 def pack_mask(mask: Tensor) -> str:
@@ -241,6 +242,8 @@ def attack_passes(name: str, steps: int, restarts: int, queries: int) -> float:
     passes only)."""
     if name in ("square", "ta:Square"):
         return restarts * queries * FORWARD_PASS
+    if name == "pgd-targeted":
+        return restarts * steps * TARGETS
     return restarts * steps
 
 
