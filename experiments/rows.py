@@ -167,6 +167,17 @@ def format_curve(curve: dict[float, float] | None) -> str | None:
     return ";".join(f"{number_text(e)}:{a:.6g}" for e, a in sorted(curve.items()))
 
 
+def per_example_record(run: Run, run_dir: Path) -> dict | None:
+    """The run's per-example masks for ``per_example.jsonl`` (``run``, ``n``, ``clean``,
+    ``worst_case``, ``attacks``: hex-packed by :func:`tempfast.robust.evaluation.pack_mask`,
+    the first ``n`` test images in order), or None when its evaluation recorded none."""
+    ev = json.loads((run_dir / "summary.json").read_text()).get("eval") or {}
+    per = ev.get("per_example")
+    if not per:
+        return None
+    return {"run": run.name, "n": ev["n_examples"], **per}
+
+
 def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep_command: str,
              revision: str, resumed: bool, process_s: float | None, env: dict,
              eps_curve: list[float] | None = None) -> dict:
@@ -195,10 +206,17 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
         "test_acc": (summary.get("last_epoch") or {}).get("test_acc"), "n_test": stats["n_test"],
         "clean_acc": summary["clean_acc"],
         "corruption_acc": summary["corruption_acc"],
+        "perturbation_acc": summary.get("perturbation_acc"),
+        **{f"perturb_{name}": row["mean"] for name, row in
+           ((ev.get("perturbations") or {}).get("per_perturbation") or {}).items()},
+        "shift_examples": (ev.get("perturbations") or ev.get("corruptions") or {}).get(
+            "n_examples"),
         **{table.robust_column(a): robust.get(a) for a in ATTACKS},
         "worst_case_acc": summary["worst_case_acc"],
         "masking_suspected": None if masking is None else masking["suspected"],
         "masking_kind": masking_kind(masking, robust, n),
+        "attacks_converged": ((masking or {}).get("convergence") or {}).get("converged"),
+        "convergence_rounds": ((masking or {}).get("convergence") or {}).get("rounds"),
         **{f"zero_grad_{k}": zero.get(k) for k in table.ZERO_GRAD_LOSSES},
         "masking_reasons": " | ".join((masking or {}).get("reasons", [])) or None,
         "logit_norm": stats["logit_norm"], "margin": stats["margin"],

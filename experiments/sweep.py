@@ -8,9 +8,11 @@ Each run is one ``python -m tempfast train ... --output OUT/runs/<run> --quiet``
 sweep measures the final model (``last.pt``) on the evaluated test images
 (:mod:`experiments.measure`: logit norm, margin, gradient norms and negative-class entropy at
 the run's final T) and appends one row to ``OUT/results.csv`` (:mod:`experiments.table`) with
-the trainer's final evaluation (clean, corruption, per-attack and worst-case robust accuracy,
-masking diagnostics), the final T, times, the git revision of the code that ran and the exact
-command.
+the trainer's final evaluation (clean, corruption, perturbation, per-attack and worst-case
+robust accuracy, masking diagnostics and convergence), the final T, times, the git revision
+of the code that ran and the exact command; its per-example masks (clean, each attack, worst
+case, on the evaluated test images in order) go to ``OUT/per_example.jsonl`` for the paired
+tests of the report.
 
 Resuming: rerun the same command. Runs with a row in the CSV are skipped; a run whose folder
 holds ``summary.json`` but no row gets its row; a run folder without ``summary.json`` (killed
@@ -42,7 +44,15 @@ from tempfast.cli.train import number
 from tempfast.errors import UsageError
 
 from . import table
-from .rows import Measurer, Run, code_revision, environment, make_row, number_text
+from .rows import (
+    Measurer,
+    Run,
+    code_revision,
+    environment,
+    make_row,
+    number_text,
+    per_example_record,
+)
 from .runner import Runner
 
 # Sweep flags passed through to every `tempfast train` run: (name, type). None: trainer default.
@@ -273,6 +283,7 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> int:
     check_data_files(args)
     _check_sweep_file(out, settings(args), args.dry_run)
     csv_path = out / table.RESULTS
+    per_example_path = out / table.PER_EXAMPLE
     rows = table.read_rows(csv_path) if csv_path.exists() else []
     done = {row["run"] for row in rows}
     todo = [run for run in runs if run.name not in done]
@@ -296,6 +307,9 @@ def sweep(args: argparse.Namespace, argv: list[str]) -> int:
     def record(run: Run, cmd: list[str], resumed: bool, process_s: float | None,
                how: str) -> None:
         nonlocal finished
+        masks = per_example_record(run, runs_dir / run.name)
+        if masks is not None:  # before the row: a run with a row always has its masks
+            table.append_jsonl(per_example_path, masks)
         row = make_row(run, runs_dir / run.name, measurer, command=shlex.join(["python", *cmd]),
                        sweep_command=sweep_command, revision=revision, resumed=resumed,
                        process_s=process_s, env=environment_columns,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 from tempfast.robust.attacks import ATTACKS
@@ -26,16 +27,20 @@ ZERO_GRAD_LOSSES = ("ce", "ce_at_T", "ce_adaptive", "cw", "dlr")
 TEXT = ("run", "data", "model", "adv", "compensation", "masking_kind", "masking_reasons",
         "eps_curve", "torch_version", "triton_version", "device_kind", "git_rev", "command",
         "sweep_command", "finished_at")
-BOOL = ("learn_temp", "masking_suspected", "resumed")
+BOOL = ("learn_temp", "masking_suspected", "attacks_converged", "resumed")
 INT = ("seed", "epochs", "train_subset", "eval_examples", "eval_steps", "eval_restarts",
-       "square_queries", "cal_examples", "threads", "n_test")
+       "square_queries", "cal_examples", "threads", "n_test", "convergence_rounds",
+       "shift_examples")
+PERTURBATION_COLUMNS = ("perturb_rotation", "perturb_translation", "perturb_scaling",
+                        "perturb_elastic")
 
 COLUMNS = (
     "run", "data", "model", "adv", "temp", "learn_temp", "compensation", "final_temp", "seed",
     "epochs", "train_subset",
-    "test_acc", "n_test", "clean_acc", "corruption_acc",
+    "test_acc", "n_test", "clean_acc", "corruption_acc", "perturbation_acc",
+    *PERTURBATION_COLUMNS, "shift_examples",
     *(robust_column(a) for a in ATTACKS), "worst_case_acc",
-    "masking_suspected", "masking_kind",
+    "masking_suspected", "masking_kind", "attacks_converged", "convergence_rounds",
     *(f"zero_grad_{loss}" for loss in ZERO_GRAD_LOSSES), "masking_reasons",
     "logit_norm", "margin", "logit_grad_norm_at_T", "input_grad_norm_at_T",
     "neg_entropy_norm_at_T", "p_true_at_T",
@@ -47,6 +52,9 @@ COLUMNS = (
     "git_rev", "resumed", "command", "sweep_command", "finished_at",
 )
 """Every column, in file order (see the README section of the experiments for each one)."""
+OPTIONAL = ("perturbation_acc", *PERTURBATION_COLUMNS, "shift_examples",
+            robust_column("pgd-targeted"), "attacks_converged", "convergence_rounds")
+"""Columns added after the first sweeps were committed: empty (None) when a file lacks them."""
 
 
 def _parse(column: str, text: str):
@@ -79,10 +87,11 @@ def read_rows(path: str | Path) -> list[dict]:
     """
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])
+                   and c not in OPTIONAL]
         if missing:
             raise ValueError(f"{path}: missing columns {', '.join(missing)}")
-        return [{c: _parse(c, row[c]) for c in COLUMNS} for row in reader]
+        return [{c: _parse(c, row.get(c, "")) for c in COLUMNS} for row in reader]
 
 
 def write_rows(path: str | Path, rows: list[dict]) -> None:
@@ -101,3 +110,35 @@ def parse_curve(text: str | None) -> dict[float, float]:
     if not text:
         return {}
     return {float(e): float(a) for e, a in (part.split(":") for part in text.split(";"))}
+
+
+PER_EXAMPLE = "per_example.jsonl"
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line to ``path`` and flush it to disk (a crash loses at most this
+    line; a torn last line is skipped by :func:`read_per_example`)."""
+    import os
+
+    with open(path, "a") as f:
+        f.write(json.dumps(record, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_per_example(path: str | Path) -> dict[str, dict]:
+    """The per-example records of ``per_example.jsonl`` by run name (the last one of a run
+    wins; a torn or unparsable line is skipped). Empty when the file does not exist."""
+    out: dict[str, dict] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "run" in record:
+            out[record["run"]] = record
+    return out

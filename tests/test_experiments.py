@@ -14,6 +14,7 @@ from experiments import claims, report, summary, sweep, table, tiny_imagenet
 from experiments.measure import measure
 from experiments.rows import Run
 from tempfast.errors import UsageError
+from tempfast.robust.evaluation import unpack_mask
 
 pytestmark = pytest.mark.slow  # end to end: real sweeps of training runs
 
@@ -43,6 +44,14 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
     assert rows[1]["temp"] == 4.0 and rows[1]["final_temp"] == 4.0
     assert rows[2]["learn_temp"] and rows[2]["final_temp"] != 1.0
     assert (out / "gradients.csv").exists()
+    masks = table.read_per_example(out / table.PER_EXAMPLE)
+    assert set(masks) == {r["run"] for r in rows}
+    for row in rows:
+        record = masks[row["run"]]
+        worst = unpack_mask(record["worst_case"], record["n"])
+        assert record["n"] == 24 and float(worst.float().mean()) == \
+            pytest.approx(row["worst_case_acc"])
+        assert row["attacks_converged"] is not None
 
     before = (out / "results.csv").read_text()
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*")}
@@ -404,3 +413,13 @@ def test_a_verdict_on_an_under_trained_cell_reads_inconclusive_whatever_its_test
     weak = claims.underfit(grid("fashion-mnist", 0.80, 0.80, 0.6), "none")
     assert {c.temp for c in weak} == {1.0, 8.0}  # 9 points below Fashion-MNIST's 89.0%
     assert claims.underfit(grid("fashion-mnist", 0.80, 0.80, 0.6), "pgd") == []
+
+
+def test_per_example_records_skip_a_torn_line_and_keep_a_runs_last(tmp_path):
+    path = tmp_path / table.PER_EXAMPLE
+    assert table.read_per_example(path) == {}
+    table.append_jsonl(path, {"run": "a", "n": 1, "worst_case": "0"})
+    table.append_jsonl(path, {"run": "a", "n": 1, "worst_case": "8"})
+    with open(path, "a") as f:
+        f.write('{"run": "b", "n"')  # a crash mid-line
+    assert table.read_per_example(path) == {"a": {"run": "a", "n": 1, "worst_case": "8"}}
