@@ -159,7 +159,8 @@ class Verdict:
     Holm-corrected p-values over ``comparisons`` temperatures, from ``test`` (``welch`` or
     ``binomial``) at ``df`` degrees of freedom; ``mde`` that test's minimum detectable effect
     at the Holm level; ``images`` the difference in test images; ``trend`` the slope test
-    against ``log T`` over T >= 1."""
+    against ``log T`` over T >= 1; ``paired`` the paired per-example test of the best cell
+    against T = 1 where the runs' masks were kept (:func:`paired`)."""
 
     label: str
     best: Cell | None = None
@@ -174,6 +175,7 @@ class Verdict:
     df: float | None = None
     mde: float | None = None
     trend: stats.Test | None = None
+    paired: stats.Test | None = None
 
 
 def compare(a: Cell, b: Cell, n_images: int | None) -> stats.Test:
@@ -238,6 +240,51 @@ def honest(v: Verdict, weak: set[float]) -> Verdict:
     if v.best is None or (v.best.temp not in weak and v.base.temp not in weak):
         return v
     return dataclasses.replace(v, label=UNDER_TRAINED)
+
+
+def mask_key(metric: str) -> str | None:
+    """The per-example record's key of a metric (``worst_case``, ``clean``, or the attack of a
+    ``robust_*`` column); None for metrics kept as aggregates only."""
+    if metric == "worst_case_acc":
+        return "worst_case"
+    if metric == "clean_acc":
+        return "clean"
+    if metric.startswith("robust_"):
+        return metric.removeprefix("robust_").replace("_", "-")
+    return None
+
+
+def _masks(rows: list[dict], metric: str, adv: str, temp: float) -> dict[int, np.ndarray]:
+    from tempfast.robust.evaluation import unpack_mask
+
+    key, out = mask_key(metric), {}
+    for row in rows:
+        record = row.get("per_example")
+        if (record is None or key is None or row["adv"] != adv or row["learn_temp"]
+                or row["temp"] != temp):
+            continue
+        text = record.get(key) if key in ("worst_case", "clean") else \
+            (record.get("attacks") or {}).get(key)
+        if text is not None:
+            out[row["seed"]] = unpack_mask(text, record["n"]).numpy()
+    return out
+
+
+def paired(rows: list[dict], metric: str, adv: str, temp: float,
+           base: float = 1.0) -> stats.Test | None:
+    """The paired per-example test of ``metric`` at ``temp`` against ``base`` in mode ``adv``:
+    the two-stage (seed, image) cluster bootstrap (:func:`experiments.stats.cluster_bootstrap`)
+    over the seeds whose runs at both temperatures kept their masks on the same images (rows
+    carry them under ``per_example``, from the sweep's ``per_example.jsonl``); McNemar's exact
+    test when one seed is left. None when no seed has both."""
+    a, b = _masks(rows, metric, adv, temp), _masks(rows, metric, adv, base)
+    seeds = sorted(s for s in set(a) & set(b) if a[s].shape == b[s].shape)
+    if not seeds:
+        return None
+    if len(seeds) == 1:
+        return stats.mcnemar(a[seeds[0]], b[seeds[0]])
+    return stats.cluster_bootstrap(np.stack([a[s] for s in seeds]),
+                                   np.stack([b[s] for s in seeds]))
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:

@@ -14,6 +14,7 @@ the report; without matplotlib the report is written without them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -140,6 +141,10 @@ def _test_extras(v: Verdict) -> str:
     if v.trend is not None and math.isfinite(v.trend.se):
         per_doubling = 100 * v.trend.effect * math.log(2)
         out += f"; trend {per_doubling:+.2f} pts per doubling of T, p {v.trend.p:.2g}"
+    if v.paired is not None:
+        name = {"cluster_bootstrap": "paired (seed, image) bootstrap",
+                "mcnemar": "paired McNemar (one seed)"}[v.paired.name]
+        out += f"; {name} {100 * v.paired.effect:+.1f} pts, p {v.paired.p:.2g}"
     return out
 
 
@@ -170,6 +175,8 @@ def _versus(rows: list[dict], metric: str, adv: str) -> Verdict:
     """The verdict of ``metric`` in mode ``adv``, inconclusive where its deciding cell or
     T = 1 is under-trained (:func:`experiments.claims.honest`)."""
     v = versus_t1(cells(rows, metric, adv), _n_images(rows, metric))
+    if v.best is not None:
+        v = dataclasses.replace(v, paired=claims.paired(rows, metric, adv, v.best.temp))
     return claims.honest(v, {c.temp for c in claims.underfit(rows, adv)})
 
 
@@ -742,7 +749,10 @@ def render(rows: list[dict], grad_rows: list[dict] | None, plot_files: dict[str,
         "test images stands in as a floor. The two-sided p-value is corrected by Holm's "
         "method over the temperatures tried. Beside it: the effect the test detects with 80% "
         "power at that corrected level, and a trend test (the slope against log T over every "
-        "seed at T >= 1, one test with no best-of-k). "
+        "seed at T >= 1, one test with no best-of-k); where the runs kept their per-example "
+        "results (`per_example.jsonl`), the paired test of the best T against T = 1 on the "
+        "same images: a two-stage bootstrap over seeds and then images within a seed "
+        "(clustered by seed), shown beside the verdict, which Welch's test decides. "
         f"*supported*: the best T > 1 has corrected p < {claims.ALPHA:g} and "
         f"d > {100 * claims.MIN_DIFF:g} points; *contradicted*: even the best is worse that "
         "way; otherwise *not supported*. The difference is also given in test images.",
@@ -774,9 +784,7 @@ def write_report(folder: str | Path, *, csv_path: str | Path | None = None,
     folder = Path(folder)
     csv_path = Path(csv_path) if csv_path else folder / table.RESULTS
     output = Path(output) if output else folder / "REPORT.md"
-    rows = table.read_rows(csv_path)
-    if not rows:
-        raise ValueError(f"{csv_path} holds no runs")
+    rows = table.read_results(csv_path)
     grad_path = folder / gradients.CSV_NAME
     grad_rows = gradients.read_rows(grad_path) if grad_path.exists() else None
     plot_files: dict[str, list[str]] = {}

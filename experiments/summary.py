@@ -28,9 +28,7 @@ def summary_rows(folder: str | Path) -> list[list[str]]:
         ValueError: the folder's CSV is missing columns or holds no rows.
     """
     csv_path = Path(folder) / table.RESULTS
-    rows = table.read_rows(csv_path)
-    if not rows:
-        raise ValueError(f"{csv_path} holds no runs")
+    rows = table.read_results(csv_path)
     data = ", ".join(sorted({r["data"] for r in rows}))
     out = []
     for arm in report.compensation_arms(rows):

@@ -115,6 +115,22 @@ def parse_curve(text: str | None) -> dict[float, float]:
 PER_EXAMPLE = "per_example.jsonl"
 
 
+def read_results(csv_path: str | Path) -> list[dict]:
+    """The rows of a results CSV (:func:`read_rows`), each with its run's per-example record
+    from ``per_example.jsonl`` beside it under ``per_example`` (None where none was kept).
+
+    Raises:
+        ValueError: a column is missing, a cell does not parse, or the file holds no rows.
+    """
+    rows = read_rows(csv_path)
+    if not rows:
+        raise ValueError(f"{csv_path} holds no runs")
+    masks = read_per_example(Path(csv_path).parent / PER_EXAMPLE)
+    for row in rows:
+        row["per_example"] = masks.get(row["run"])
+    return rows
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one JSON line to ``path`` and flush it to disk (a crash loses at most this
     line; a torn last line is skipped by :func:`read_per_example`)."""

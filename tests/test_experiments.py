@@ -64,6 +64,7 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
     assert report.main([str(out)]) == 0
     text = (out / "REPORT.md").read_text()
     assert "### Claim 1" in text and "## Learned temperature" in text
+    assert "paired McNemar (one seed)" in text  # the worst case's masks were kept
     for name in [*report.PLOTS, "calibration_vs_T.png"]:
         assert (out / name).stat().st_size > 1000, name
 
@@ -423,3 +424,28 @@ def test_per_example_records_skip_a_torn_line_and_keep_a_runs_last(tmp_path):
     with open(path, "a") as f:
         f.write('{"run": "b", "n"')  # a crash mid-line
     assert table.read_per_example(path) == {"a": {"run": "a", "n": 1, "worst_case": "8"}}
+
+
+def _mask_rows(effect: float, seeds: int, n: int = 400) -> list[dict]:
+    """Rows at T = 1 and T = 4 whose worst-case masks differ by ``effect`` on the same images
+    (each seed's own noise on top)."""
+    from tempfast.robust.evaluation import pack_mask
+
+    rows, gen = [], torch.Generator().manual_seed(0)
+    for seed in range(seeds):
+        base = torch.rand(n, generator=gen)
+        for temp, shift in ((1.0, 0.0), (4.0, effect)):
+            mask = (base + 0.05 * torch.rand(n, generator=gen)) < 0.5 + shift
+            rows.append({"adv": "none", "learn_temp": False, "temp": temp, "seed": seed,
+                         "per_example": {"n": n, "worst_case": pack_mask(mask), "attacks": {}}})
+    return rows
+
+
+def test_the_paired_test_finds_a_planted_effect_and_not_a_null_one():
+    found = claims.paired(_mask_rows(0.05, seeds=3), "worst_case_acc", "none", 4.0)
+    assert found.name == "cluster_bootstrap" and found.effect > 0.03 and found.p < 0.01
+    null = claims.paired(_mask_rows(0.0, seeds=3), "worst_case_acc", "none", 4.0)
+    assert abs(null.effect) < 0.03 and null.p > 0.05
+    one = claims.paired(_mask_rows(0.05, seeds=1), "worst_case_acc", "none", 4.0)
+    assert one.name == "mcnemar" and one.p < 0.05
+    assert claims.paired(_mask_rows(0.05, seeds=2), "corruption_acc", "none", 4.0) is None
