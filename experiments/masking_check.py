@@ -61,7 +61,8 @@ def _models(runs: list[Path]):
         yield label, "plain", restore_model(ckpt), bundle, temperature
         if i == 0:
             for name, wrap in WRAPPERS.items():
-                yield f"{label}, {name}", "masked", wrap(restore_model(ckpt)), bundle, temperature
+                yield (f"{label}, {name}", "masked", wrap(restore_model(ckpt)).eval(), bundle,
+                       temperature)
 
 
 def _row(label: str, kind: str, model, bundle, temperature: float) -> dict:

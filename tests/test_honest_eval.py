@@ -146,3 +146,12 @@ def test_pgd_keeps_a_misclassified_iterate_whenever_one_was_found(digits):
     with torch.no_grad():
         fooled = model(x_adv).argmax(1) != y
     assert int(seen.sum()) > 0 and torch.equal(fooled, seen)
+
+
+def test_the_reference_runs_the_model_in_eval_mode_and_restores_its_mode(digits):
+    model = nn.Sequential(nn.Dropout(0.5), digits.model())  # a fresh wrapper: training mode
+    x, y = digits.batch(32)
+    budget = dict(eps=0.1, steps=2, restarts=1, queries=10, seed=3)
+    first = reference_worst_case(model, x, y, **budget)
+    assert model.training
+    assert torch.equal(first, reference_worst_case(model.eval(), x, y, **budget))

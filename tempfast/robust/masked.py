@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD
-from .base import seeded
+from .base import eval_mode, seeded
 from .bpda import NonDifferentiable
 from .pgd import PGD
 from .square import Square
@@ -87,10 +87,11 @@ def reference_worst_case(model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
     (``queries``), each run on the examples the previous ones left. On a stochastic model (two
     forward passes differ) the gradient attacks average ``eot`` passes and an example counts
     as classified by the majority of ``votes`` passes; ``bpda``: straight-through gradients
-    through declared preprocessing. ``x``: ``(N, C, H, W)`` in [0, 1]; ``y``: ``(N,)``."""
+    through declared preprocessing. ``x``: ``(N, C, H, W)`` in [0, 1]; ``y``: ``(N,)``. The
+    model runs in eval mode throughout (its mode is restored afterwards)."""
     from .evaluation import Judge, is_stochastic
 
-    with seeded(seed, x.device):
+    with eval_mode(model), seeded(seed, x.device):
         stochastic = is_stochastic(model, x)
         judge = Judge(model, votes if stochastic else 1, seed=seed)
         robust = judge(x, y)
