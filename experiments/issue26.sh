@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Issue 26's CPU sweeps, one after another, two runs at a time; rerun to resume (each sweep
+# skips its finished runs and continues an interrupted one). The plan, its budgets and the
+# measured time of one run of each kind: experiments/README.md, "Issue 26's sweeps".
+#
+# Usage: experiments/issue26.sh [STEP ...]   (from the repository root; default: every step)
+# Steps: fm-std fm-reference digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-reference reports
+# Environment: FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist: apt-get install
+# dataset-fashion-mnist), RUNS (default /work/sweeps/issue26: checkpoints, not committed),
+# JOBS (default 2), PYTHON (default python).
+# Never run it while CI's time, a benchmark or a timing ratio is measured (two cores).
+set -uo pipefail
+
+PY=${PYTHON:-python}
+FM=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+RUNS=${RUNS:-/work/sweeps/issue26}
+JOBS=${JOBS:-2}
+OUT=experiments/results
+STEPS=("$@")
+if [[ ${#STEPS[@]} -eq 0 ]]; then
+    STEPS=(fm-std fm-reference digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-reference reports)
+fi
+SHIFT="--eval-perturbations --eval-shift-examples all"
+
+sweep() {  # sweep NAME ARGS...: experiments.sweep into OUT/NAME, checkpoints under RUNS/NAME
+    local name=$1; shift
+    echo "== $name $(date -u +%H:%M:%S)"
+    "$PY" -m experiments.sweep "$@" --jobs "$JOBS" --out "$OUT/$name" --runs-dir "$RUNS/$name"
+}
+
+for step in "${STEPS[@]}"; do
+    case $step in
+    fm-std)  # standard training to T = 1 >= 89% clean: 60,000 images x 6 epochs
+        sweep fashion-mnist-std --data fashion-mnist --data-dir "$FM" --epochs 6 \
+            --batch-size 64 --eval-examples 500 --temps 0.5 1 2 4 8 16 --adv none --seeds 3 \
+            --compensation none loss --eps-curve 0.01 0.02 0.05 --extra "$SHIFT" ;;
+    fm-reference | fm-vit-reference)  # converged references: T = 1, twice the epochs, seed 0
+        if [[ $step == fm-reference ]]; then
+            name=fashion-mnist-reference model=(--epochs 12)
+        else
+            name=fashion-mnist-vit-reference
+            model=(--model test_vit --patch-size 4 --opt adamw --epochs 10)
+        fi
+        ref=$RUNS/$name
+        if [[ ! -f $ref/summary.json ]]; then
+            "$PY" -m tempfast train --data fashion-mnist --data-dir "$FM" --temp 1 \
+                "${model[@]}" --batch-size 64 --seed 0 --threads 1 --eval none --overwrite \
+                --quiet --output "$ref"
+        fi
+        mkdir -p "$OUT/$name"
+        cp "$ref/metrics.jsonl" "$ref/config.yaml" "$OUT/$name/" ;;
+    digits-0.1 | digits-0.05)  # claim 3 rechecked: 8 seeds, all 360 images, strong budget
+        eps=${step#digits-}
+        sweep "digits-recheck-eps$eps" --data digits --eps "$eps" --temps 1 2 4 8 --adv none \
+            --seeds 8 --compensation none --eval-steps 100 --eval-restarts 5 \
+            --eval-attacks pgd-ce,pgd-ce-t,pgd-ce-adaptive,pgd-cw,apgd-dlr,square,pgd-targeted \
+            --extra "--eval-square-queries 5000 $SHIFT" ;;
+    fm-pgd)  # PGD training (eps 0.1) on 6,000 images to its plateau, the paper's plain arm
+        sweep fashion-mnist-pgd --data fashion-mnist --data-dir "$FM" --train-subset 6000 \
+            --epochs 15 --batch-size 64 --eval-examples 500 --temps 0.5 1 2 4 8 --adv pgd \
+            --seeds 3 --compensation none --extra "$SHIFT" ;;
+    fm-vit)  # a small timm ViT (test_vit, 4 px patches: 7 x 7 tokens), AdamW
+        sweep fashion-mnist-vit --data fashion-mnist --data-dir "$FM" --model test_vit \
+            --opt adamw --epochs 5 --batch-size 64 --eval-examples 500 \
+            --temps 1 4 16 --adv none --seeds 3 --compensation none loss \
+            --eps-curve 0.01 0.02 0.05 --extra "--patch-size 4 $SHIFT" ;;
+    reports)
+        done=()
+        for d in fashion-mnist-std fashion-mnist-pgd fashion-mnist-vit digits-recheck-eps0.1 \
+                 digits-recheck-eps0.05; do
+            if [[ -s $OUT/$d/results.csv ]]; then
+                "$PY" -m experiments.report "$OUT/$d" && done+=("$OUT/$d")
+            fi
+        done
+        "$PY" -m experiments.summary "$OUT/digits" "$OUT/fashion-mnist" "${done[@]}" ;;
+    *) echo "issue26.sh: unknown step $step" >&2; exit 2 ;;
+    esac
+done
