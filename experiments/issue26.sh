@@ -7,7 +7,7 @@
 # Steps: fm-std fm-reference digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-reference reports
 # Environment: FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist: apt-get install
 # dataset-fashion-mnist), RUNS (default /work/sweeps/issue26: checkpoints, not committed),
-# JOBS (default 2), PYTHON (default python).
+# JOBS (default 2), PYTHON (default python: the environment with tempfast's [train] extra).
 # Never run it while CI's time, a benchmark or a timing ratio is measured (two cores).
 set -uo pipefail
 
@@ -26,6 +26,11 @@ sweep() {  # sweep NAME ARGS...: experiments.sweep into OUT/NAME, checkpoints un
     local name=$1; shift
     echo "== $name $(date -u +%H:%M:%S)"
     "$PY" -m experiments.sweep "$@" --jobs "$JOBS" --out "$OUT/$name" --runs-dir "$RUNS/$name"
+    local rc=$?
+    if ((rc != 0)); then  # a failed run (see its sweep.log), bad input or Ctrl-C: stop here
+        echo "issue26.sh: $name stopped with exit status $rc; rerun to resume" >&2
+        exit "$rc"
+    fi
 }
 
 for step in "${STEPS[@]}"; do
@@ -45,7 +50,7 @@ for step in "${STEPS[@]}"; do
         if [[ ! -f $ref/summary.json ]]; then
             "$PY" -m tempfast train --data fashion-mnist --data-dir "$FM" --temp 1 \
                 "${model[@]}" --batch-size 64 --seed 0 --threads 1 --eval none --overwrite \
-                --quiet --output "$ref"
+                --quiet --output "$ref" || exit $?
         fi
         mkdir -p "$OUT/$name"
         cp "$ref/metrics.jsonl" "$ref/config.yaml" "$OUT/$name/" ;;
