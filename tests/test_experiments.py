@@ -397,11 +397,12 @@ def test_a_verdict_on_an_under_trained_cell_reads_inconclusive_whatever_its_test
     """Relative (10 points below the mode's best cell) and absolute (5 points below the data
     set's converged clean accuracy, standard training) under-training; the deciding cell or
     the T = 1 reference under-trained makes the verdict inconclusive."""
-    def grid(data, clean_t1, clean_t8, pgd_t8):
+    def grid(data, clean_t1, clean_t8, pgd_t8, model=None):
         rows = [_row("none", 1.0, s, clean_t1 + s / 1000, 0.10 + s / 100, 0.10) for s in (0, 1, 2)]
         rows += [_row("none", 8.0, s, clean_t8 + s / 1000, pgd_t8 + s / 100, 0.30)
                  for s in (0, 1, 2)]
-        return [{**r, "data": data} for r in rows]
+        model = model or {"digits": "small_cnn", "fashion-mnist": "small_cnn_pool"}.get(data, "x")
+        return [{**r, "data": data, "model": model} for r in rows]
 
     def verdict(rows):
         return report._versus(rows, "robust_pgd_ce", "none")
@@ -414,6 +415,8 @@ def test_a_verdict_on_an_under_trained_cell_reads_inconclusive_whatever_its_test
     weak = claims.underfit(grid("fashion-mnist", 0.80, 0.80, 0.6), "none")
     assert {c.temp for c in weak} == {1.0, 8.0}  # 9 points below Fashion-MNIST's 89.0%
     assert claims.underfit(grid("fashion-mnist", 0.80, 0.80, 0.6), "pgd") == []
+    # the reference is the CNN's: another model on the same data is judged relatively only
+    assert claims.underfit(grid("fashion-mnist", 0.80, 0.80, 0.6, "test_vit"), "none") == []
 
 
 def test_per_example_records_skip_a_torn_line_and_keep_a_runs_last(tmp_path):
