@@ -255,8 +255,9 @@ def planned_passes(settings: EvalSettings, n: int, n_test: int | None = None) ->
     """The evaluation's planned work, in forward + backward passes over one image, per stage
     (``attacks``, ``diagnostics``, ``corruptions``, ``calibration``) for ``n`` evaluated
     images (``n_test``: the whole test set, which the calibration reads). The eps curve is
-    counted in full (it stops early once accuracy reaches its floor) and an escalation, which
-    runs only when masking is suspected, is not counted."""
+    counted in full (it stops early once accuracy reaches its floor); an escalation, which
+    runs only when masking is suspected, and the convergence rounds, which run only when the
+    attacks had not converged, are not counted."""
     cfg = settings.resolved()
     out = {"attacks": n * sum(attack_passes(a, cfg.steps, cfg.restarts, cfg.square_queries)
                               for a in cfg.attacks)}
