@@ -20,8 +20,6 @@ loses only the model being evaluated, and a rerun skips the finished ones.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,13 +28,9 @@ import torch
 
 from tempfast.robust import masked
 from tempfast.robust.evaluation import evaluate
-from tempfast.train.checkpoint import (
-    RESTORE_KEYS,
-    atomic_write_text,
-    checkpoint_data,
-    load_checkpoint,
-    restore_model,
-)
+from tempfast.train.checkpoint import RESTORE_KEYS, checkpoint_data, load_checkpoint, restore_model
+
+from .check_store import CheckStore, command_line
 
 SETTINGS = dict(eps=0.1, steps=10, restarts=1, n_examples=360, square_queries=300,
                 corruptions=False, calibration=False, seed=0)
@@ -112,27 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results.json"
-    rows = json.loads(store.read_text()) if store.exists() else []
-    done = {r["model"] for r in rows}
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
-    given = sys.argv[1:] if argv is None else argv
-    command = (f"python -m experiments.masking_check {' '.join(given)}  # at {rev}, torch "
-               f"{torch.__version__}, {args.threads} thread(s)")
+    store = CheckStore(args.out, _report, command_line("experiments.masking_check", argv,
+                                                        args.threads))
+    done = {r["model"] for r in store.rows}
     try:
         for label, kind, model, bundle, temperature in _models(args.runs):
             if label in done:
                 continue
-            rows.append(_row(label, kind, model, bundle, temperature))
-            atomic_write_text(store, json.dumps(rows, indent=1))
-            atomic_write_text(args.out / "REPORT.md", _report(rows, command))
-            print(f"{label}: {'pass' if rows[-1]['passes'] else 'FAIL'}", flush=True)
+            store.add(_row(label, kind, model, bundle, temperature))
+            print(f"{label}: {'pass' if store.rows[-1]['passes'] else 'FAIL'}", flush=True)
     except KeyboardInterrupt:
         print("masking_check: interrupted; finished models are kept", file=sys.stderr)
         return 130
-    return 0 if all(r["passes"] for r in rows) else 1
+    return 0 if all(r["passes"] for r in store.rows) else 1
 
 
 if __name__ == "__main__":

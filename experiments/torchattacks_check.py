@@ -24,8 +24,6 @@ Needs ``pip install 'tempfast[torchattacks]'``. Results are written after every 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,14 +33,9 @@ import torch
 from tempfast.robust.attacks import PGD, seeded
 from tempfast.robust.evaluation import evaluate, unpack_mask
 from tempfast.robust.torchattacks_adapter import is_torchattacks
-from tempfast.train.checkpoint import (
-    RESTORE_KEYS,
-    atomic_write_text,
-    checkpoint_data,
-    load_checkpoint,
-    restore_model,
-)
+from tempfast.train.checkpoint import RESTORE_KEYS, checkpoint_data, load_checkpoint, restore_model
 
+from .check_store import CheckStore, command_line
 from .stats import mcnemar
 
 TA_ATTACKS = ("ta:PGD", "ta:APGD", "ta:FAB", "ta:Square", "ta:CW")
@@ -149,26 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    store = args.out / "results.json"
-    rows = json.loads(store.read_text()) if store.exists() else []
-    done = {(r["model"], r["eps"]) for r in rows}
     import torchattacks
 
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, check=False).stdout.strip()
-    given = sys.argv[1:] if argv is None else argv
-    command = (f"python -m experiments.torchattacks_check {' '.join(given)}  # at {rev}, "
-               f"torch {torch.__version__}, torchattacks {torchattacks.__version__}, "
-               f"{args.threads} thread(s)")
+    store = CheckStore(args.out, _report, command_line(
+        "experiments.torchattacks_check", argv, args.threads,
+        torchattacks=torchattacks.__version__))
+    done = {(r["model"], r["eps"]) for r in store.rows}
     try:
         for run in args.runs:
             for eps in args.eps:
                 if any(m.endswith(f"({run.name})") and e == eps for m, e in done):
                     continue
-                rows.append(_one(run, eps))
-                atomic_write_text(store, json.dumps(rows, indent=1))
-                atomic_write_text(args.out / "REPORT.md", _report(rows, command))
+                store.add(_one(run, eps))
                 print(f"{run.name} eps {eps}: done", flush=True)
     except KeyboardInterrupt:
         print("torchattacks_check: interrupted; finished evaluations are kept", file=sys.stderr)
