@@ -58,7 +58,11 @@ def test_scaling_changes_the_area_by_the_square_of_its_factor():
 
 
 def test_every_perturbation_is_seeded_in_range_and_grows_with_strength():
-    x = torch.rand(4, 3, 16, 16)
+    # smooth images (a Gaussian spot off the centre): a larger move is a larger change (on
+    # white noise every move of a pixel or more changes the image about as much)
+    g = torch.arange(16, dtype=torch.float32)
+    spot = torch.exp(-((g.view(-1, 1) - 5) ** 2 + (g.view(1, -1) - 9) ** 2) / (2 * 2.5 ** 2))
+    x = spot.expand(4, 3, 16, 16) * torch.linspace(0.5, 1.0, 4).view(4, 1, 1, 1)
     for name in pert.PERTURBATIONS:
         changes = []
         for strength in pert.STRENGTHS:
