@@ -253,8 +253,9 @@ def _test_size(bundle) -> int | None:
 
 def planned_passes(settings: EvalSettings, n: int, n_test: int | None = None) -> dict[str, float]:
     """The evaluation's planned work, in forward + backward passes over one image, per stage
-    (``attacks``, ``diagnostics``, ``corruptions``, ``calibration``) for ``n`` evaluated
-    images (``n_test``: the whole test set, which the calibration reads). The eps curve is
+    (``attacks``, ``diagnostics``, ``corruptions``, ``perturbations``, ``calibration``) for
+    ``n`` evaluated images (``n_test``: the whole test set, which the calibration and
+    ``shift_examples="all"`` read). The eps curve is
     counted in full (it stops early once accuracy reaches its floor); an escalation, which
     runs only when masking is suspected, and the convergence rounds, which run only when the
     attacks had not converged, are not counted."""
