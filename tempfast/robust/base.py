@@ -58,9 +58,11 @@ def project(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)
 
 
-def loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, loss: str, temperature: float = 1.0,
+def loss_and_grad(model: nn.Module, x: Tensor, y: Tensor,
+                  loss: str | Callable[[Tensor, Tensor], Tensor], temperature: float = 1.0,
                   *, eot: int = 1, bpda: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss (N,), d loss / d x, logits)`` of attack loss ``loss`` at ``x``.
+    """``(loss (N,), d loss / d x, logits)`` of attack loss ``loss`` at ``x`` (a name of
+    :mod:`tempfast.robust.losses`, or a callable ``(logits, y) -> (N,)``).
 
     ``eot > 1``: the mean loss and gradient over ``eot`` forward passes (expectation over
     transformation, for a model whose forward is random); the logits are those of the last
@@ -72,7 +74,8 @@ def loss_and_grad(model: nn.Module, x: Tensor, y: Tensor, loss: str, temperature
     with straight_through(bpda):
         for _ in range(eot):
             logits = model(x)
-            value = attack_loss(loss, logits, y, temperature)
+            value = loss(logits, y) if callable(loss) else attack_loss(loss, logits, y,
+                                                                        temperature)
             (g,) = torch.autograd.grad(value.sum(), x)
             total = value.detach() if total is None else total + value.detach()
             grad = g if grad is None else grad + g

@@ -15,10 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from . import checks
-from .base import eval_mode, project
-from .bpda import straight_through
+from .base import eval_mode, loss_and_grad, project
 
 TARGETS = 3
+
+
+def _towards(target: Tensor):
+    """The targeted margin ``z_t - z_y`` per example, as an attack loss ``(logits, y)``."""
+    return lambda logits, y: (logits.gather(1, target[:, None])
+                              - logits.gather(1, y[:, None])).squeeze(1)
 
 
 class MultiTargetedPGD:
@@ -42,23 +47,13 @@ class MultiTargetedPGD:
         self.targets, self.restarts, self.eot, self.bpda = int(targets), int(restarts), \
             int(eot), bpda
 
-    def _grad(self, x: Tensor, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.detach().requires_grad_(True)
-        grad = None
-        with straight_through(self.bpda):
-            for _ in range(self.eot):
-                logits = self.model(x)
-                margin = logits.gather(1, t[:, None]) - logits.gather(1, y[:, None])
-                (g,) = torch.autograd.grad(margin.sum(), x)
-                grad = g if grad is None else grad + g
-        return grad, logits.detach()
-
     def _one_run(self, x: Tensor, y: Tensor, t: Tensor) -> Tensor:
         x_adv = (x + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0.0, 1.0)
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         x_found = x_adv.clone()
         for _ in range(self.steps):
-            grad, logits = self._grad(x_adv, y, t)
+            _, grad, logits = loss_and_grad(self.model, x_adv, y, _towards(t), eot=self.eot,
+                                            bpda=self.bpda)
             with torch.no_grad():
                 fresh = (logits.argmax(1) != y) & ~found
                 x_found[fresh], found = x_adv[fresh], found | fresh
