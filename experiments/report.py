@@ -35,8 +35,11 @@ ATTACK_LABELS = {
     "robust_square": "Square (gradient-free)",
     "worst_case_acc": "worst case (per example, all attacks)",
 }
+PERTURBATION_LABELS = {"perturb_rotation": "rotation", "perturb_translation": "translation",
+                      "perturb_scaling": "scaling", "perturb_elastic": "elastic deformation"}
 SHORT_LABELS = {
     "test_acc": "clean (test set)", "clean_acc": "clean", "corruption_acc": "corruptions",
+    "perturbation_acc": "perturbations",
     "robust_pgd_ce": "pgd-ce",
     "robust_pgd_ce_t": "pgd-ce-t", "robust_pgd_ce_adaptive": "pgd-ce-adaptive",
     "robust_pgd_cw": "pgd-cw", "robust_apgd_dlr": "apgd-dlr",
@@ -44,7 +47,12 @@ SHORT_LABELS = {
 }
 METRIC_LABELS = {"test_acc": "clean accuracy (whole test set)", "clean_acc": "clean accuracy",
                  "corruption_acc": "mean corruption accuracy",
+                 "perturbation_acc": "mean natural-perturbation accuracy",
+                 **{k: f"{v} accuracy" for k, v in PERTURBATION_LABELS.items()},
                  **ATTACK_LABELS}
+# Metrics measured on the whole test set (or ``shift_examples`` images) when the run asked for
+# it, not on the attacks' ``eval_examples``.
+SHIFT_METRICS = ("corruption_acc", "perturbation_acc", *PERTURBATION_LABELS)
 ADAPTIVE = ("robust_pgd_ce_t", "robust_pgd_ce_adaptive", "robust_pgd_cw", "robust_apgd_dlr",
             "robust_square")
 ARM_LABELS = {"none": "plain CE(z / T) at one learning rate (the paper's setting)",
@@ -53,6 +61,7 @@ ARM_LABELS = {"none": "plain CE(z / T) at one learning rate (the paper's setting
 PLOTS = {
     "accuracy_vs_T.png": "clean accuracy",
     "corruption_vs_T.png": "mean corruption accuracy",
+    "perturbation_vs_T.png": "natural-perturbation accuracy, mean and per kind",
     "robust_vs_T.png": "robust accuracy per attack",
     "zero_grad_vs_T.png": "fraction of exactly-zero input gradients",
     "logits_vs_T.png": "logit norm, margin and logit-gradient norm",
@@ -159,9 +168,17 @@ def statistics_text(v: Verdict) -> str:
 
 def _n_images(rows: list[dict], metric: str = "clean_acc") -> int | None:
     """Test images behind each run's value of ``metric``: the whole test set for
-    ``test_acc``, the final evaluation's ``n_examples`` for the rest."""
-    key = "n_test" if metric == "test_acc" else "eval_examples"
-    found = [r[key] for r in rows if r[key]]
+    ``test_acc``, ``shift_examples`` for corruptions and perturbations where the run recorded
+    it (older CSVs did not: they used the evaluation's images), the final evaluation's
+    ``n_examples`` for the rest."""
+    def images(r: dict) -> int | None:
+        if metric == "test_acc":
+            return r["n_test"]
+        if metric in SHIFT_METRICS and r.get("shift_examples"):
+            return r["shift_examples"]
+        return r["eval_examples"]
+
+    found = [n for n in map(images, rows) if n]
     return min(found) if found else None
 
 
@@ -337,11 +354,14 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         v = verdict("1", "none", clean, "clean")
         text += [f"- standard training, {METRIC_LABELS[clean]}: "
                  f"{_verdict_line(v, rows, 'none', clean)}", ""]
+        shifted = bool(cells(rows, "perturbation_acc", "none"))
         text += ["### Claim 2: elevated temperatures improve robustness to common "
-                 "corruptions", ""]
+                 "corruptions" + (" and natural perturbations" if shifted else ""), ""]
         v = verdict("2", "none", "corruption_acc", "corruptions")
         text += [f"- standard training, mean accuracy over the corruption suite: "
                  f"{_verdict_line(v, rows, 'none', 'corruption_acc')}", ""]
+        if shifted:
+            text += perturbation_section(rows, verdict)
         text += ["### Claim 3: elevated temperatures improve robustness to untargeted PGD "
                  "(standard training)", ""]
         robustness("none", "3")
@@ -352,6 +372,25 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                     f"{_verdict_line(v, rows, 'pgd', clean)}")
         robustness("pgd", "4")
     return text, summary
+
+
+def perturbation_section(rows: list[dict], verdict) -> list[str]:
+    """Claim 2's natural perturbations (rotation, translation, scaling, elastic deformation,
+    :mod:`tempfast.robust.perturbations`): the verdict of their mean (a row of the summary,
+    through ``verdict``) and one per kind, each by the claims' rule."""
+    v = verdict("2", "none", "perturbation_acc", "natural perturbations")
+    out = [f"- standard training, mean accuracy over the natural perturbations (every kind "
+           f"and strength): {_verdict_line(v, rows, 'none', 'perturbation_acc')}", "",
+           "| perturbation | verdict (best T > 1 vs T = 1) | test |", "| --- | --- | --- |"]
+    for metric, label in PERTURBATION_LABELS.items():
+        if not cells(rows, metric, "none"):
+            continue
+        k = _versus(rows, metric, "none")
+        detail = ("" if k.best is None else
+                  f": T = {k.best.temp:g} {pct(k.best)}% vs {pct(k.base)}%")
+        out.append(f"| {label} (mean over strengths) | {k.label}{detail} | "
+                   f"{statistics_text(k)} |")
+    return [*out, ""]
 
 
 def _underfit_reason(rows: list[dict], weak: list[claims.Cell], best: claims.Cell) -> str:
@@ -371,7 +410,9 @@ def _underfit_reason(rows: list[dict], weak: list[claims.Cell], best: claims.Cel
 
 def mode_table(rows: list[dict], adv: str) -> list[str]:
     first = ("test_acc",) if clean_metric(rows) == "test_acc" else ()
-    metrics = [(m, SHORT_LABELS[m]) for m in (*first, "clean_acc", "corruption_acc",
+    shifts = ("corruption_acc",
+              *(("perturbation_acc",) if cells(rows, "perturbation_acc", adv) else ()))
+    metrics = [(m, SHORT_LABELS[m]) for m in (*first, "clean_acc", *shifts,
                                               "robust_pgd_ce", *ADAPTIVE, "worst_case_acc")]
     columns = {key: cells(rows, key, adv) for key, _ in metrics}
     temps = sorted({c.temp for cs in columns.values() for c in cs})
@@ -606,6 +647,7 @@ def conclusions(rows: list[dict]) -> list[str]:
         for adv, metric, what in (
                 ("none", clean_metric(rs), "clean accuracy (claim 1)"),
                 ("none", "corruption_acc", "corruption accuracy (claim 2)"),
+                ("none", "perturbation_acc", "natural-perturbation accuracy (claim 2)"),
                 ("none", "worst_case_acc", "robustness of standard training, adaptive attacks "
                                            "(claim 3)"),
                 ("pgd", "worst_case_acc", "robustness of PGD training, adaptive attacks "
@@ -676,6 +718,14 @@ def make_plots(rows: list[dict], out: Path, suffix: str = "") -> list[str]:
         plots.panels_figure(rows, [("ece_before", "ECE before"), ("ece_after", "ECE after")],
                             "expected calibration error", "Calibration vs T (ECE before and "
                             "after temperature scaling)", out / written[-1])
+    perturbations = [m for m in ("perturbation_acc", *PERTURBATION_LABELS)
+                     if any(r.get(m) is not None for r in rows)]
+    if perturbations:
+        written.append(name("perturbation_vs_T"))
+        plots.panels_figure(rows, [(m, "mean" if m == "perturbation_acc" else
+                                    PERTURBATION_LABELS[m]) for m in perturbations],
+                            "accuracy", "Natural-perturbation accuracy vs T (mean over "
+                            "strengths)", out / written[-1])
     if any(r["eps_curve"] for r in rows):
         written.append(name("eps_curve"))
         plots.curve_figure(rows, out / written[-1])

@@ -266,6 +266,34 @@ def test_claim_1_judges_the_whole_test_set_when_every_run_has_it(tmp_path):
     assert "| T | clean (test set) | clean |" in text
 
 
+def test_natural_perturbations_get_their_own_verdicts_on_the_images_they_ran_on(tmp_path):
+    rows = [_row("none", t, s, 0.90, 0.1, 0.1) for t in (1.0, 4.0) for s in (0, 1)]
+    for r in rows:
+        gain = 0.02 if r["temp"] == 4.0 else 0.0
+        r.update(shift_examples=10000, perturbation_acc=0.80 + gain + r["seed"] / 1000,
+                 perturb_rotation=0.78 + gain, perturb_translation=0.85,
+                 perturb_scaling=0.75 - gain, perturb_elastic=0.82 + r["seed"] / 1000)
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    # 2 points of the 10,000 images the perturbations ran on (not the attacks' 360)
+    assert "natural perturbations (every kind and strength): **supported**" in text
+    assert "+200.0 of 10000 test images" in text
+    assert "| 2 | standard training | mean natural-perturbation accuracy | natural " \
+        "perturbations | supported | T = 4: 82.0" in text
+    assert "| rotation (mean over strengths) | supported: T = 4" in text
+    assert "| scaling (mean over strengths) | contradicted: T = 4" in text
+    assert "| elastic deformation (mean over strengths) | not supported: T = 4" in text
+    assert "| T | clean | corruptions | perturbations | pgd-ce |" in text
+    # a sweep without them (older CSVs) has no such rows
+    for r in rows:
+        r.update(perturbation_acc=None, perturb_rotation=None, perturb_translation=None,
+                 perturb_scaling=None, perturb_elastic=None, shift_examples=None)
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    assert "perturbation" not in (tmp_path / "REPORT.md").read_text()
+
+
 @pytest.mark.parametrize(("best", "base", "label"), [
     ((0.95, 0.96, 0.97), (0.90, 0.91, 0.92), "supported"),
     ((0.90, 0.91, 0.92), (0.95, 0.96, 0.97), "contradicted"),
