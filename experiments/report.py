@@ -61,7 +61,6 @@ ARM_LABELS = {"none": "plain CE(z / T) at one learning rate (the paper's setting
 PLOTS = {
     "accuracy_vs_T.png": "clean accuracy",
     "corruption_vs_T.png": "mean corruption accuracy",
-    "perturbation_vs_T.png": "natural-perturbation accuracy, mean and per kind",
     "robust_vs_T.png": "robust accuracy per attack",
     "zero_grad_vs_T.png": "fraction of exactly-zero input gradients",
     "logits_vs_T.png": "logit norm, margin and logit-gradient norm",
@@ -738,6 +737,7 @@ def _plot_caption(file: str) -> str:
         if base.startswith(key.rsplit(".", 1)[0]):
             return label
     return {"calibration_vs_T": "ECE before and after temperature scaling",
+            "perturbation_vs_T": "natural-perturbation accuracy, mean and per kind",
             "eps_curve": "worst-case robust accuracy against eps"}.get(base.split("-")[0], base)
 
 

@@ -67,6 +67,7 @@ def test_sweep_and_report_run_end_to_end_and_a_rerun_skips_finished_runs(tmp_pat
     assert "paired McNemar (one seed)" in text  # the worst case's masks were kept
     for name in [*report.PLOTS, "calibration_vs_T.png"]:
         assert (out / name).stat().st_size > 1000, name
+    assert not (out / "perturbation_vs_T.png").exists()  # the sweep did not ask for them
 
 
 def test_sweep_resumes_an_interrupted_run_and_refuses_other_settings(tmp_path, capsys):
