@@ -127,3 +127,15 @@ def test_console_script_reports_bad_input_without_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == f"tempfast eval: error: checkpoint {tmp_path / 'no.pt'} not found\n"
+
+
+def test_command_line_without_the_train_extra_says_which_extra_in_one_line():
+    """A base install (``pip install tempfast``: no pyyaml, scikit-learn, timm...) runs the
+    console script to one line naming the extra, not an import traceback."""
+    code = ("import sys; sys.modules['yaml'] = None\n"
+            "from tempfast.cli import main\nsys.exit(main(['eval', 'x.pt']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == ("tempfast: the command line needs the [train] extra (no module named "
+                           "'yaml'): pip install 'tempfast[train]'\n")

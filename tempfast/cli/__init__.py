@@ -19,9 +19,17 @@ import sys
 from .._version import __version__
 from ..errors import OutputError, SettingError, UsageError
 from .args import print_usage_error
-from .calibrate import add_parser as _add_calibrate
-from .evaluate import add_parser as _add_eval
-from .train import add_parser as _add_train
+
+try:
+    from .calibrate import add_parser as _add_calibrate
+    from .evaluate import add_parser as _add_eval
+    from .train import add_parser as _add_train
+except ModuleNotFoundError as _exc:  # a package of the [train] extra is not installed
+    if (_exc.name or "tempfast").split(".")[0] == "tempfast":
+        raise
+    _MISSING: str | None = _exc.name
+else:
+    _MISSING = None
 
 # Library argument names that a subcommand spells differently as a flag (the rest are
 # ``--`` + the name with ``-`` for ``_``).
@@ -57,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if _MISSING is not None:
+        print(f"tempfast: the command line needs the [train] extra (no module named "
+              f"'{_MISSING}'): pip install 'tempfast[train]'", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for a relaunch in K processes
