@@ -4,7 +4,8 @@
 # measured time of one run of each kind: experiments/README.md, "Issue 26's sweeps".
 #
 # Usage: experiments/issue26.sh [STEP ...]   (from the repository root; default: every step)
-# Steps: fm-std fm-reference digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-reference reports
+# Steps: fm-std references digits-0.1 digits-0.05 fm-pgd fm-vit reports ("references" trains
+# fm-reference and fm-vit-reference side by side; each may also be named alone)
 # Environment: FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist: apt-get install
 # dataset-fashion-mnist), RUNS (default /work/sweeps/issue26: checkpoints, not committed),
 # JOBS (default 2), PYTHON (default python: the environment with tempfast's [train] extra).
@@ -18,7 +19,7 @@ JOBS=${JOBS:-2}
 OUT=experiments/results
 STEPS=("$@")
 if [[ ${#STEPS[@]} -eq 0 ]]; then
-    STEPS=(fm-std fm-reference digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-reference reports)
+    STEPS=(fm-std references digits-0.1 digits-0.05 fm-pgd fm-vit reports)
 fi
 SHIFT="--eval-perturbations --eval-shift-examples all"
 
@@ -33,27 +34,40 @@ sweep() {  # sweep NAME ARGS...: experiments.sweep into OUT/NAME, checkpoints un
     fi
 }
 
+reference() {  # reference STEP: a converged reference, T = 1, about twice the epochs, seed 0
+    local name model ref
+    if [[ $1 == fm-reference ]]; then
+        name=fashion-mnist-reference model=(--epochs 12)
+    else
+        name=fashion-mnist-vit-reference
+        model=(--model test_vit --patch-size 4 --opt adamw --epochs 10)
+    fi
+    ref=$RUNS/$name
+    echo "== $name $(date -u +%H:%M:%S)"
+    if [[ ! -f $ref/summary.json ]]; then  # an interrupted run continues from its checkpoint
+        local resume=(--overwrite)
+        [[ -f $ref/config.yaml ]] && resume=(--resume)
+        "$PY" -m tempfast train --data fashion-mnist --data-dir "$FM" --temp 1 \
+            "${model[@]}" --batch-size 64 --seed 0 --threads 1 --eval none "${resume[@]}" \
+            --quiet --output "$ref" || return $?
+    fi
+    mkdir -p "$OUT/$name"
+    cp "$ref/metrics.jsonl" "$ref/config.yaml" "$OUT/$name/"
+}
+
 for step in "${STEPS[@]}"; do
     case $step in
     fm-std)  # standard training to T = 1 >= 89% clean: 60,000 images x 6 epochs
         sweep fashion-mnist-std --data fashion-mnist --data-dir "$FM" --epochs 6 \
             --batch-size 64 --eval-examples 500 --temps 0.5 1 2 4 8 16 --adv none --seeds 3 \
             --compensation none loss --eps-curve 0.01 0.02 0.05 --extra "$SHIFT" ;;
-    fm-reference | fm-vit-reference)  # converged references: T = 1, twice the epochs, seed 0
-        if [[ $step == fm-reference ]]; then
-            name=fashion-mnist-reference model=(--epochs 12)
-        else
-            name=fashion-mnist-vit-reference
-            model=(--model test_vit --patch-size 4 --opt adamw --epochs 10)
-        fi
-        ref=$RUNS/$name
-        if [[ ! -f $ref/summary.json ]]; then
-            "$PY" -m tempfast train --data fashion-mnist --data-dir "$FM" --temp 1 \
-                "${model[@]}" --batch-size 64 --seed 0 --threads 1 --eval none --overwrite \
-                --quiet --output "$ref" || exit $?
-        fi
-        mkdir -p "$OUT/$name"
-        cp "$ref/metrics.jsonl" "$ref/config.yaml" "$OUT/$name/" ;;
+    fm-reference | fm-vit-reference)
+        reference "$step" || exit $? ;;
+    references)  # the two single runs side by side, one per core
+        reference fm-reference & cnn=$!
+        reference fm-vit-reference; vit=$?
+        wait "$cnn" || exit $?
+        ((vit == 0)) || exit "$vit" ;;
     digits-0.1 | digits-0.05)  # claim 3 rechecked: 8 seeds, all 360 images, strong budget
         eps=${step#digits-}
         sweep "digits-recheck-eps$eps" --data digits --eps "$eps" --temps 1 2 4 8 --adv none \
