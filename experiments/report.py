@@ -427,7 +427,7 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
         + _underfit_reason(rows, weak, best)
         + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
         ""]
-    out = [f"### {plots.MODE_LABELS[adv]}", "", *note,
+    out = [f"### {plots.MODE_LABELS[adv]}", "", *note, *plateau_note(rows, adv),
            "Accuracies in % (mean ± std over seeds); *clean (test set)*: the last epoch's "
            "on the whole test set, *clean* and the rest: the final evaluation's test images; "
            "*masked runs*: runs whose evaluation "
@@ -445,6 +445,32 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
             pct(_cell_at(extra["zero_grad_ce"], t)),
             num(_cell_at(extra["logit_norm"], t)), num(_cell_at(extra["margin"], t))]) + " |")
     return [*out, ""]
+
+
+PLATEAU = 0.01
+"""The PGD sweep's plateau rule: at T = 1, clean and training-attack accuracy change by less
+than this over the last two epochs (``clean_change_last2``, ``robust_change_last2``)."""
+
+
+def plateau_note(rows: list[dict], adv: str) -> list[str]:
+    """Whether the T = 1 runs of ``adv`` trained to their plateau, per seed (empty where the
+    rows do not carry the last two epochs' change)."""
+    base = sorted((r for r in rows if r["adv"] == adv and not r["learn_temp"]
+                   and r["temp"] == 1.0), key=lambda r: r["seed"])
+    parts, changes = [], []
+    for key, what in (("clean_change_last2", "clean"),
+                      ("robust_change_last2", "training-attack accuracy")):
+        values = [r[key] for r in base if r[key] is not None]
+        if values:
+            changes += values
+            parts.append(f"{what} {', '.join(f'{100 * v:+.1f}' for v in values)}")
+    if not parts:
+        return []
+    reached = all(abs(v) < PLATEAU for v in changes)
+    return [f"**Plateau at T = 1** (rule: clean and training-attack accuracy on the test set "
+            f"change by less than {100 * PLATEAU:g} point over the last two epochs), points "
+            f"per seed: {'; '.join(parts)}: "
+            + ("reached." if reached else "**not reached**: T = 1 is still learning."), ""]
 
 
 def learned_section(rows: list[dict]) -> list[str]:

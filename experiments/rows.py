@@ -178,6 +178,34 @@ def per_example_record(run: Run, run_dir: Path) -> dict | None:
     return {"run": run.name, "n": ev["n_examples"], **per}
 
 
+def last_two_epochs_change(run_dir: Path) -> dict[str, float | None]:
+    """How much the clean and the training-attack test accuracy (``test_acc``,
+    ``test_robust_acc`` of ``metrics.jsonl``) changed over the last two epochs: the last
+    epoch's value minus the value two epochs before it (the plateau rule of the PGD sweep:
+    both under a point at T = 1). None where the run has fewer than three epochs or did not
+    measure the accuracy; a resumed run's repeated epoch counts once (its last record)."""
+    by_epoch: dict[int, dict] = {}
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                by_epoch[record["epoch"]] = record
+    epochs = sorted(by_epoch)
+
+    def change(key: str) -> float | None:
+        if len(epochs) < 3:
+            return None
+        last, before = by_epoch[epochs[-1]].get(key), by_epoch[epochs[-3]].get(key)
+        return None if last is None or before is None else last - before
+
+    return {"clean_change_last2": change("test_acc"),
+            "robust_change_last2": change("test_robust_acc")}
+
+
 def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep_command: str,
              revision: str, resumed: bool, process_s: float | None, env: dict,
              eps_curve: list[float] | None = None) -> dict:
@@ -232,6 +260,7 @@ def make_row(run: Run, run_dir: Path, measurer: Measurer, *, command: str, sweep
         "eps": s.get("eps", config["eps"]), "eval_examples": n,
         "eval_steps": s.get("steps"), "eval_restarts": s.get("restarts"),
         "square_queries": s.get("square_queries") if "square" in robust else None,
+        **last_two_epochs_change(run_dir),
         "train_time_s": summary["train_time_s"], "eval_time_s": summary["eval_time_s"],
         "wall_time_s": summary["wall_time_s"], "process_s": process_s,
         **env, "git_rev": revision, "resumed": resumed, "command": command,

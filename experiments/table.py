@@ -47,13 +47,15 @@ COLUMNS = (
     "ece_before", "ece_after", "nll_before", "nll_after", "cal_temperature",
     "effective_temperature", "cal_examples", "eps_curve",
     "eps", "eval_examples", "eval_steps", "eval_restarts", "square_queries",
+    "clean_change_last2", "robust_change_last2",
     "train_time_s", "eval_time_s", "wall_time_s", "process_s",
     "torch_version", "triton_version", "device_kind", "threads",
     "git_rev", "resumed", "command", "sweep_command", "finished_at",
 )
 """Every column, in file order (see the README section of the experiments for each one)."""
 OPTIONAL = ("perturbation_acc", *PERTURBATION_COLUMNS, "shift_examples",
-            robust_column("pgd-targeted"), "attacks_converged", "convergence_rounds")
+            robust_column("pgd-targeted"), "attacks_converged", "convergence_rounds",
+            "clean_change_last2", "robust_change_last2")
 """Columns added after the first sweeps were committed: empty (None) when a file lacks them."""
 
 

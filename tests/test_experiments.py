@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from experiments import claims, report, summary, sweep, table, tiny_imagenet
+from experiments import rows as rows_module
 from experiments.measure import measure
 from experiments.rows import Run
 from tempfast.errors import UsageError
@@ -293,6 +294,35 @@ def test_natural_perturbations_get_their_own_verdicts_on_the_images_they_ran_on(
     table.write_rows(tmp_path / "results.csv", rows)
     report.write_report(tmp_path, with_plots=False)
     assert "perturbation" not in (tmp_path / "REPORT.md").read_text()
+
+
+def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
+    lines = [{"epoch": e, "test_acc": acc, "test_robust_acc": rob}
+             for e, acc, rob in ((1, 0.60, 0.40), (2, 0.70, 0.50), (3, 0.745, 0.55),
+                                 (3, 0.75, 0.56), (4, 0.752, 0.565))]
+    # epoch 3 written twice (a resumed run: the last record counts) and a torn last line
+    (tmp_path / "metrics.jsonl").write_text(
+        "\n".join(json.dumps(x) for x in lines) + '\n{"epoch": 5, "test_a')
+    change = rows_module.last_two_epochs_change(tmp_path)
+    assert change["clean_change_last2"] == pytest.approx(0.752 - 0.70)
+    assert change["robust_change_last2"] == pytest.approx(0.565 - 0.50)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n")
+    assert rows_module.last_two_epochs_change(tmp_path) == {
+        "clean_change_last2": None, "robust_change_last2": None}
+
+    rows = [_row("pgd", t, s, 0.90, 0.5, 0.5) for t in (1.0, 2.0) for s in (0, 1)]
+    for r in rows:
+        r.update(clean_change_last2=0.004, robust_change_last2=0.017 if r["seed"] else -0.002)
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "points per seed: clean +0.4, +0.4; training-attack accuracy -0.2, +1.7: **not " \
+        "reached**" in text
+    for r in rows:
+        r["robust_change_last2"] = 0.009
+    table.write_rows(tmp_path / "results.csv", rows)
+    report.write_report(tmp_path, with_plots=False)
+    assert "training-attack accuracy +0.9, +0.9: reached." in (tmp_path / "REPORT.md").read_text()
 
 
 @pytest.mark.parametrize(("best", "base", "label"), [
