@@ -117,14 +117,19 @@ def _row(adv: str, temp: float, seed: int, clean: float, pgd_ce: float, worst: f
     return row
 
 
+def _report_text(folder: Path, rows: list[dict]) -> str:
+    """REPORT.md of ``rows`` written as ``folder/results.csv`` (no plots)."""
+    table.write_rows(folder / "results.csv", rows)
+    report.write_report(folder, with_plots=False)
+    return (folder / "REPORT.md").read_text()
+
+
 def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     rows = [
         _row("none", 1.0, 0, 0.90, 0.10, 0.10), _row("none", 1.0, 1, 0.92, 0.12, 0.12),
         _row("none", 8.0, 0, 0.95, 0.60, 0.11, "ce"), _row("none", 8.0, 1, 0.97, 0.62, 0.09, "ce"),
     ]
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows)
     # mean ± sample std (ddof 1) over the two seeds, in %
     assert "| 1 | 91.0 ± 1.4 | 81.0 ± 1.4 | 11.0 ± 1.4 |" in text
     assert "| 8 | 96.0 ± 1.4 | 86.0 ± 1.4 | 61.0 ± 1.4 |" in text
@@ -147,12 +152,10 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
 
     # a loss x T arm at T = 8 is compared with the same T = 1 runs (they are one run)
     arm = [_row("none", 8.0, s, 0.80, 0.5, 0.05, compensation="loss") for s in (0, 1)]
-    table.write_rows(tmp_path / "results.csv", rows + arm)
     assert [r["run"] for r in report.arm_rows(rows + arm, "loss")] == [
         "none-T8-lossxT-seed0", "none-T8-lossxT-seed1", "none-T1-plain-seed0",
         "none-T1-plain-seed1"]
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows + arm)
     assert "## Arm: loss x T" in text and "## Arm: plain CE(z / T)" in text
     # -11 points: T = 8 is more than 10 points below the arm's best cell, under-trained
     assert "| loss x T | 1 | standard training | clean accuracy | clean | inconclusive " \
@@ -160,9 +163,7 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     # the logit growth is told per arm, never averaged over the arms
     for r in arm:
         r["logit_norm"] = 500.0
-    table.write_rows(tmp_path / "results.csv", rows + arm)
-    report.write_report(tmp_path, with_plots=False)
-    growth = (tmp_path / "REPORT.md").read_text().split("### In trained models")[1]
+    growth = _report_text(tmp_path, rows + arm).split("### In trained models")[1]
     plain, loss = growth.split("**loss x T, standard training**")
     assert "**plain CE(z / T) at one learning rate (the paper's setting), standard training**" \
         in plain
@@ -170,17 +171,13 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
 
     # an under-trained cell of the compensated arm is not put down to the 1/T slow-down
     weak = [{**r, "clean_acc": 0.50} for r in arm]
-    table.write_rows(tmp_path / "results.csv", rows + weak)
-    report.write_report(tmp_path, with_plots=False)
-    plain, loss = (tmp_path / "REPORT.md").read_text().split("## Arm: loss x T")
+    plain, loss = _report_text(tmp_path, rows + weak).split("## Arm: loss x T")
     assert "**Under-trained:** at T = 8" in loss
     assert "the step size is held at T = 1's in this arm" in loss
     assert "1/T gradient scale slows" not in loss
 
     rows[2]["clean_acc"] = 0.50
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows)
     assert "| 8 | 73.5 ± 33.2 |" in text
     assert "the 1/T gradient scale slows training at large T" in text
     assert "| 1 | standard training | clean accuracy | clean | inconclusive (under-trained) |" \
@@ -259,9 +256,7 @@ def test_claim_1_judges_the_whole_test_set_when_every_run_has_it(tmp_path):
     rows = [_row("none", t, s, 0.90, 0.1, 0.1) for t in (1.0, 4.0) for s in (0, 1)]
     for r, acc in zip(rows, (0.900, 0.902, 0.910, 0.912), strict=True):
         r.update(test_acc=acc, n_test=10000)
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows)
     # 1 point of 10000 images per seed: z = 0.01 / 0.0030 (binomial; the seeds agree) = 3.4
     assert "- standard training, clean accuracy (whole test set): **supported**" in text
     assert "+100.0 of 10000 test images" in text
@@ -275,9 +270,7 @@ def test_natural_perturbations_get_their_own_verdicts_on_the_images_they_ran_on(
         r.update(shift_examples=10000, perturbation_acc=0.80 + gain + r["seed"] / 1000,
                  perturb_rotation=0.78 + gain, perturb_translation=0.85,
                  perturb_scaling=0.75 - gain, perturb_elastic=0.82 + r["seed"] / 1000)
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows)
     # 2 points of the 10,000 images the perturbations ran on (not the attacks' 360)
     assert "natural perturbations (every kind and strength): **supported**" in text
     assert "+200.0 of 10000 test images" in text
@@ -291,9 +284,7 @@ def test_natural_perturbations_get_their_own_verdicts_on_the_images_they_ran_on(
     for r in rows:
         r.update(perturbation_acc=None, perturb_rotation=None, perturb_translation=None,
                  perturb_scaling=None, perturb_elastic=None, shift_examples=None)
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    assert "perturbation" not in (tmp_path / "REPORT.md").read_text()
+    assert "perturbation" not in _report_text(tmp_path, rows)
 
 
 def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
@@ -313,16 +304,12 @@ def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
     rows = [_row("pgd", t, s, 0.90, 0.5, 0.5) for t in (1.0, 2.0) for s in (0, 1)]
     for r in rows:
         r.update(clean_change_last2=0.004, robust_change_last2=0.017 if r["seed"] else -0.002)
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    text = (tmp_path / "REPORT.md").read_text()
+    text = _report_text(tmp_path, rows)
     assert "points per seed: clean +0.4, +0.4; training-attack accuracy -0.2, +1.7: **not " \
         "reached**" in text
     for r in rows:
         r["robust_change_last2"] = 0.009
-    table.write_rows(tmp_path / "results.csv", rows)
-    report.write_report(tmp_path, with_plots=False)
-    assert "training-attack accuracy +0.9, +0.9: reached." in (tmp_path / "REPORT.md").read_text()
+    assert "training-attack accuracy +0.9, +0.9: reached." in _report_text(tmp_path, rows)
 
 
 @pytest.mark.parametrize(("best", "base", "label"), [
