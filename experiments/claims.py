@@ -144,12 +144,16 @@ def holm(p_values: list[float]) -> list[float]:
 
 def accuracy_se(a: Cell, b: Cell, n_images: int | None) -> float:
     """The larger of the binomial standard error of ``mean(a) - mean(b)`` over pooled test
-    images (``seeds x n_images`` each) and the between-seed one."""
+    images (``seeds x n_images`` each) and the between-seed one. The pooled rate is kept one
+    image away from 0 and 1: at an accuracy of exactly 0% (or 100%) the binomial variance
+    vanishes, and so would the minimum detectable effect, while a handful of images would
+    still be noise."""
     _, seed_se = difference(a, b)
     if not n_images:
         return seed_se
     n_a, n_b = a.n * n_images, b.n * n_images
-    pooled = (a.mean * n_a + b.mean * n_b) / (n_a + n_b)
+    floor = 1 / (n_a + n_b)
+    pooled = min(max((a.mean * n_a + b.mean * n_b) / (n_a + n_b), floor), 1 - floor)
     binomial = math.sqrt(max(pooled * (1 - pooled), 0.0) * (1 / n_a + 1 / n_b))
     return max(binomial, seed_se)
 

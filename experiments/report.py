@@ -689,7 +689,8 @@ def conclusions(rows: list[dict]) -> list[str]:
         adaptive = _versus(rs, "worst_case_acc", "none") if "none" in _modes(rs) else None
         masked = [r for r in rs if r["masking_kind"] not in (None, "none")]
         weak = {adv: claims.underfit(rs, adv) for adv in _modes(rs)}
-        out.append(f"**{ARM_LABELS.get(arm, arm)}.** " + "; ".join(said) + ".")
+        out.append(f"**{ARM_LABELS.get(arm, arm)}.** "
+                   + ("; ".join(said) if said else "no T > 1 measured yet") + ".")
         notes = []
         if raw is not None and raw.label == "supported" and adaptive.label != "supported":
             notes.append("the gain under PGD on raw-logit CE does not survive the adaptive "

@@ -285,6 +285,10 @@ def test_natural_perturbations_get_their_own_verdicts_on_the_images_they_ran_on(
         r.update(perturbation_acc=None, perturb_rotation=None, perturb_translation=None,
                  perturb_scaling=None, perturb_elastic=None, shift_examples=None)
     assert "perturbation" not in _report_text(tmp_path, rows)
+    # an arm with no T > 1 yet (a sweep in progress) says so in the conclusions
+    early = [_row("none", 0.5, s, 0.90, 0.1, 0.1, compensation="loss") for s in (0, 1)]
+    assert "**loss x T: the step size kept at T = 1's, only the direction changes.** no T > 1 " \
+        "measured yet." in _report_text(tmp_path, rows + early)
 
 
 def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
@@ -346,6 +350,10 @@ def test_verdict_counts_test_images_and_corrects_for_the_temperatures_tried():
     assert v.label == "not supported"
     worse = claims.versus_t1([claims.Cell(1.0, (0.95,)), claims.Cell(2.0, (0.90,))], 1000)
     assert worse.label == "contradicted"
+    # every image broken at every T: no effect, but not a test that would see any effect
+    floor = claims.versus_t1([claims.Cell(1.0, (0.0,)), claims.Cell(2.0, (0.0,))], 500)
+    assert floor.p == 1.0 and floor.label == "not supported"
+    assert floor.mde == pytest.approx(2.80 * (1 / 1000 * (2 / 500)) ** 0.5, rel=0.01)
 
 
 def test_measure_matches_the_temperature_gradient_formula():
