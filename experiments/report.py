@@ -35,8 +35,9 @@ ATTACK_LABELS = {
     "robust_square": "Square (gradient-free)",
     "worst_case_acc": "worst case (per example, all attacks)",
 }
-PERTURBATION_LABELS = {"perturb_rotation": "rotation", "perturb_translation": "translation",
-                      "perturb_scaling": "scaling", "perturb_elastic": "elastic deformation"}
+PERTURBATION_LABELS = dict(zip(table.PERTURBATION_COLUMNS,
+                               ("rotation", "translation", "scaling", "elastic deformation"),
+                               strict=True))
 SHORT_LABELS = {
     "test_acc": "clean (test set)", "clean_acc": "clean", "corruption_acc": "corruptions",
     "perturbation_acc": "perturbations",
