@@ -197,6 +197,13 @@ def _versus(rows: list[dict], metric: str, adv: str) -> Verdict:
     return claims.honest(v, {c.temp for c in claims.underfit(rows, adv)})
 
 
+def _verdict_cell(v: Verdict) -> str:
+    """A verdict in a table cell: the label, then the deciding cell against T = 1."""
+    if v.best is None:
+        return v.label
+    return f"{v.label}: T = {v.best.temp:g} {pct(v.best)}% vs {pct(v.base)}%"
+
+
 def _fmt_t(t: float) -> str:
     return f"{t:g}"
 
@@ -319,9 +326,7 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         for metric in ("robust_pgd_ce", *ADAPTIVE, "worst_case_acc"):
             v = _versus(rows, metric, adv)
             family = "raw-logit CE" if metric == "robust_pgd_ce" else "adaptive"
-            detail = ("" if v.best is None else
-                      f": T = {v.best.temp:g} {pct(v.best)}% vs {pct(v.base)}%")
-            out.append(f"| {ATTACK_LABELS[metric]} | {family} | {v.label}{detail} |")
+            out.append(f"| {ATTACK_LABELS[metric]} | {family} | {_verdict_cell(v)} |")
         return out
 
     def robustness(adv: str, claim: str) -> None:
@@ -386,9 +391,7 @@ def perturbation_section(rows: list[dict], verdict) -> list[str]:
         if not cells(rows, metric, "none"):
             continue
         k = _versus(rows, metric, "none")
-        detail = ("" if k.best is None else
-                  f": T = {k.best.temp:g} {pct(k.best)}% vs {pct(k.base)}%")
-        out.append(f"| {label} (mean over strengths) | {k.label}{detail} | "
+        out.append(f"| {label} (mean over strengths) | {_verdict_cell(k)} | "
                    f"{statistics_text(k)} |")
     return [*out, ""]
 
