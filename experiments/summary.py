@@ -3,8 +3,8 @@
 
 For each sweep folder (its ``results.csv``) and each compensation arm, the same verdicts as the
 "Verdicts at a glance" table of that folder's REPORT.md (``experiments.report``), one row per
-(data set, arm, claim, metric), so the data sets can be read side by side. Printed as markdown
-(or written with ``--output``); every number comes from the CSVs.
+(sweep, arm, claim, metric), so the data sets and models can be read side by side. Printed as
+markdown (or written with ``--output``); every number comes from the CSVs.
 """
 from __future__ import annotations
 
@@ -17,23 +17,25 @@ from tempfast.train.checkpoint import atomic_write_text
 from . import report, table
 
 SHORT_ARMS = {"none": "plain CE(z / T)", "loss": "loss x T", "lr": "lr x T"}
-HEADER = ["data", "arm", "claim", "training", "metric", "attack family", "verdict",
+HEADER = ["sweep", "data / model", "arm", "claim", "training", "metric", "attack family", "verdict",
           "best T > 1 vs T = 1 (%)", "test, p, detectable effect (80% power), trend in log T"]
 
 
 def summary_rows(folder: str | Path) -> list[list[str]]:
-    """The verdict rows of one sweep folder, each led by its data set's name.
+    """The verdict rows of one sweep folder, each led by the folder's name (two sweeps of the
+    same data and model differ in budget) and its data set and model.
 
     Raises:
         ValueError: the folder's CSV is missing columns or holds no rows.
     """
     csv_path = Path(folder) / table.RESULTS
     rows = table.read_results(csv_path)
-    data = ", ".join(sorted({r["data"] for r in rows}))
+    setup = ", ".join(sorted({f"{r['data']} / {r['model']}" for r in rows}))
     out = []
     for arm in report.compensation_arms(rows):
         _, verdicts = report.claim_sections(report.arm_rows(rows, arm))
-        out += [[data, SHORT_ARMS.get(arm, arm), *v] for v in verdicts]
+        out += [[Path(folder).resolve().name, setup, SHORT_ARMS.get(arm, arm), *v]
+                for v in verdicts]
     return out
 
 

@@ -234,20 +234,21 @@ def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
         {**r, "data": "mnist", "clean_acc": 1.8 - r["clean_acc"]} for r in rows])
     assert summary.main([str(digits), str(fashion)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| data | arm | claim |")
+    assert lines[0].startswith("| sweep | data / model | arm | claim |")
     claim_1 = [line for line in lines if "| clean accuracy |" in line]
     # 6 points over two seeds each 1 point apart: Welch's t = 8.5 on 2 degrees of freedom;
     # the trend's slope is 6 points over 3 doublings of T
     stats = ("Welch t (2.0 df): p 0.014, 0.014 Holm; detectable 3.8 pts; trend {:+.2f} pts "
              "per doubling of T, p 0.014 |")
     assert claim_1 == [
-        "| synthetic | plain CE(z / T) | 1 | standard training | clean accuracy | clean | "
-        "supported | T = 8: 96.5 ± 0.7 vs 90.5 ± 0.7 | " + stats.format(2.0),
-        "| mnist | plain CE(z / T) | 1 | standard training | clean accuracy | clean | "
-        "contradicted | T = 8: 83.5 ± 0.7 vs 89.5 ± 0.7 | " + stats.format(-2.0)]
+        "| digits | synthetic / small_cnn | plain CE(z / T) | 1 | standard training | clean "
+        "accuracy | clean | supported | T = 8: 96.5 ± 0.7 vs 90.5 ± 0.7 | " + stats.format(2.0),
+        "| fashion | mnist / small_cnn | plain CE(z / T) | 1 | standard training | clean "
+        "accuracy | clean | contradicted | T = 8: 83.5 ± 0.7 vs 89.5 ± 0.7 | " + stats.format(-2.0)]
     out = tmp_path / "summary.md"
     assert summary.main([str(digits), "--output", str(out)]) == 0
-    assert out.read_text().count("| synthetic |") == 4  # claims 1, 2, 3 (raw and adaptive)
+    # claims 1, 2, 3 (raw and adaptive)
+    assert out.read_text().count("| synthetic / small_cnn |") == 4
     assert summary.main([str(tmp_path / "missing")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
