@@ -9,7 +9,9 @@ that is an accuracy over ``N`` test images:
 * every cell with T > 1 is compared with T = 1: ``diff = mean(T) - mean(T = 1)``, tested
   with **Welch's t-test over the seeds** (:func:`experiments.stats.welch`: the seeds are the
   units, so test images reused across seeds and temperatures count once, inside each seed's
-  accuracy). Where Welch's test is undefined (one seed in a cell, or no spread in either)
+  accuracy). One seed in a cell against a cell with spread: Student's t with that spread
+  for both (equal variances assumed, ``n - 1`` degrees of freedom), never below the floor
+  below. Where no spread is known (one seed in each, or no spread in either)
   the binomial noise of the pooled test images stands in (``n = seeds x N`` trials per cell,
   ``sqrt(p (1 - p) (1 / n_1 + 1 / n_2))`` at the pooled accuracy ``p``, normal tails): it
   ignores that the images are the same, so it is only a floor;
@@ -186,12 +188,16 @@ class Verdict:
 
 def compare(a: Cell, b: Cell, n_images: int | None) -> stats.Test:
     """``mean(a) - mean(b)``: Welch's t-test over the seeds where it is defined (two or more
-    seeds in each cell, some spread), else the binomial floor of the pooled test images
+    seeds in each cell, some spread); one seed against a cell with spread (an interim sweep):
+    Student's t with that cell's spread for both (:func:`experiments.stats.borrowed_spread`),
+    never below the binomial floor; else the binomial floor of the pooled test images
     (normal tails; the between-seed spread alone when ``n_images`` is unknown)."""
     welch = stats.welch(list(a.values), list(b.values))
     if a.n >= 2 and b.n >= 2 and welch.se > 0:
         return welch
     diff, se = a.mean - b.mean, accuracy_se(a, b, n_images)
+    if min(a.n, b.n) == 1 and max(a.std, b.std) > 0:
+        return stats.borrowed_spread(list(a.values), list(b.values), floor_se=se)
     return stats.Test("binomial", diff, se, two_sided_p(diff, se))
 
 

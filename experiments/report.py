@@ -141,7 +141,11 @@ def _verdict_line(v: Verdict, rows: list[dict], adv: str, metric: str) -> str:
 
 
 def _test_label(v: Verdict) -> str:
-    return f"Welch t ({v.df:.1f} df)" if v.test == "welch" else "binomial floor"
+    if v.test == "welch":
+        return f"Welch t ({v.df:.1f} df)"
+    if v.test == "borrowed":
+        return f"t, one seed, the other cell's spread ({v.df:.0f} df)"
+    return "binomial floor"
 
 
 def _test_extras(v: Verdict) -> str:
@@ -826,11 +830,14 @@ def render(rows: list[dict], grad_rows: list[dict] | None, plot_files: dict[str,
         "- For each claim every cell with T > 1 is compared with T = 1: difference d, tested "
         "with Welch's t-test over the seeds (the seeds are the units: test images reused "
         "across seeds and temperatures count once, inside each seed's accuracy); where it is "
-        "undefined (one seed, or no spread in either cell) the binomial noise of the pooled "
-        "test images stands in as a floor. The two-sided p-value is corrected by Holm's "
-        "method over the temperatures tried. Beside it: the effect the test detects with 80% "
-        "power at that corrected level, and a trend test (the slope against log T over every "
-        "seed at T >= 1, one test with no best-of-k); where the runs kept their per-example "
+        "undefined, a cell of one seed (an interim sweep) against one with spread borrows "
+        "that spread (Student's t, equal variances, never below the floor that follows), and "
+        "where no spread is known (one seed in each, or none in either) the binomial noise "
+        "of the pooled test images stands in as a floor. The two-sided p-value is "
+        "corrected by Holm's method over the temperatures tried. Beside it: the effect the "
+        "test detects with 80% power at that corrected level, and a trend test (the slope "
+        "against log T over every seed at T >= 1, one test with no best-of-k); where the "
+        "runs kept their per-example "
         "results (`per_example.jsonl`), the paired test of the best T against T = 1 on the "
         "same images: a two-stage bootstrap over seeds and then images within a seed "
         "(clustered by seed), shown beside the verdict, which Welch's test decides. "

@@ -8,6 +8,8 @@ and what it rests on); :mod:`experiments.claims` turns them into verdicts.
   degrees of freedom). With 2-3 seeds the t distribution's tails are far heavier than the
   normal's: a difference of 2.8 standard errors is p = 0.005 under the normal, about 0.05
   with 3 degrees of freedom.
+* :func:`borrowed_spread`: a cell of one seed against one of several (an interim sweep):
+  Student's t with the larger cell's spread standing in for both.
 * :func:`permutation`: the exact permutation test over seeds (every split of the pooled
   seed values): no distribution assumed. Its smallest attainable p is ``2 / C(n_a + n_b,
   n_a)`` two-sided: 0.1 for 3 seeds against 3, so three seeds alone can never reach 0.05.
@@ -68,6 +70,25 @@ def welch(a: list[float], b: list[float]) -> Test:
     df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     p = float(2 * sps.t.sf(abs(diff) / se, df))
     return Test("welch", diff, se, p, float(df))
+
+
+def borrowed_spread(a: list[float], b: list[float], floor_se: float = 0.0) -> Test:
+    """Student's t-test of ``mean(a) - mean(b)`` where one group has a single value and the
+    other two or more with some spread: the larger group's sample variance stands in for both
+    (equal variances assumed), ``se = s sqrt(1 / n_a + 1 / n_b)`` on ``n - 1`` degrees of
+    freedom (``n`` the larger group's size), and never below ``floor_se``. A single seed says
+    nothing of how seeds vary; without this, its cell would look as certain as its test
+    images alone make it. Other shapes raise ValueError."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if sorted((a.size, b.size))[0] != 1 or max(a.size, b.size) < 2:
+        raise ValueError("borrowed_spread: expected one group of one value and one of 2+")
+    group = a if a.size > 1 else b
+    diff = float(a.mean() - b.mean())
+    se = max(float(group.std(ddof=1)) * math.sqrt(1 / a.size + 1 / b.size), floor_se)
+    df = float(group.size - 1)
+    if se == 0:
+        return Test("borrowed", diff, 0.0, 1.0 if diff == 0 else 0.0, df)
+    return Test("borrowed", diff, se, float(2 * sps.t.sf(abs(diff) / se, df)), df)
 
 
 def permutation(a: list[float], b: list[float]) -> Test:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from experiments import stats
+from experiments import claims, stats
 
 
 def _rejections(test, draws, alpha=0.05):
@@ -110,3 +110,21 @@ def test_the_minimum_detectable_effect_follows_the_quantiles():
     t = stats.welch([0.91, 0.93, 0.90], [0.86, 0.89, 0.84])
     assert t.mde(comparisons=6) > t.mde() > abs(t.effect) * 0  # Holm's k widens it
     assert stats.minimum_detectable_effect(math.inf) == math.inf
+
+
+def test_one_seed_borrows_the_spread_of_the_other_cell_instead_of_the_binomial_floor():
+    # an interim sweep: T = 4 has one seed 1.5 points above three T = 1 seeds 0.7 apart
+    base, one = claims.Cell(1.0, (0.692, 0.699, 0.706)), claims.Cell(4.0, (0.714,))
+    t = stats.borrowed_spread([0.714], list(base.values))
+    s = np.std(base.values, ddof=1) * math.sqrt(1 + 1 / 3)
+    assert t.df == 2 and t.se == pytest.approx(s)
+    assert t.p == pytest.approx(2 * sps.t.sf((0.714 - 0.699) / s, 2))
+    v = claims.versus_t1([base, one], 10_000)
+    assert v.test == "borrowed" and v.label == "not supported" and v.p > 0.1
+    # the binomial floor alone (what the verdict used before) would have called it
+    floor = claims.accuracy_se(one, base, 10_000)
+    assert claims.two_sided_p(0.015, floor) < 0.05
+    # never below the floor; other shapes are refused
+    assert stats.borrowed_spread([0.5], [0.5, 0.5 + 1e-9], floor_se=0.01).se == 0.01
+    with pytest.raises(ValueError, match="borrowed_spread"):
+        stats.borrowed_spread([0.5, 0.6], [0.5, 0.6])
