@@ -56,7 +56,6 @@ import numpy as np
 
 from . import stats
 
-Z = 2.0
 ALPHA = 0.05
 MIN_DIFF = 0.005
 SLOPE_RANGE = (-1.2, -0.8)
@@ -116,14 +115,16 @@ def difference(a: Cell, b: Cell) -> tuple[float, float]:
     return a.mean - b.mean, math.sqrt(a.std ** 2 / a.n + b.std ** 2 / b.n)
 
 
-def judge_difference(diff: float, se: float) -> str:
-    """``better``, ``worse`` or ``same``: beyond ``Z`` standard errors and ``MIN_DIFF`` (the
-    rule for one planned comparison, such as a learned T against the best fixed T)."""
-    if diff > Z * se and diff > MIN_DIFF:
-        return "better"
-    if diff < -Z * se and diff < -MIN_DIFF:
-        return "worse"
-    return "same"
+def judge_difference(a: Cell, b: Cell, n_images: int | None) -> tuple[str, stats.Test]:
+    """``better``, ``worse`` or ``same`` for ``a`` against ``b`` by one planned comparison
+    (such as a learned T against the best fixed T), with its test: :func:`compare`'s test
+    (Welch's over the seeds where defined) at p < ``ALPHA``, and more than ``MIN_DIFF``."""
+    test = compare(a, b, n_images)
+    if test.p < ALPHA and test.effect > MIN_DIFF:
+        return "better", test
+    if test.p < ALPHA and test.effect < -MIN_DIFF:
+        return "worse", test
+    return "same", test
 
 
 def two_sided_p(diff: float, se: float) -> float:

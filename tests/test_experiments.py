@@ -332,6 +332,17 @@ def test_verdict_rule_compares_the_best_t_above_1_with_t_1(best, base, label):
     assert v.diff == pytest.approx(sum(best) / len(best) - sum(base) / len(base))
 
 
+def test_a_learned_t_is_judged_by_welchs_test_not_two_standard_errors():
+    fixed = claims.Cell(2.0, (0.992, 0.996, 1.000))
+    # 2.76 standard errors below on 4 degrees of freedom: p = 0.051, not significant
+    near = claims.Cell(1.0, (0.983, 0.987, 0.991))
+    word, test = claims.judge_difference(near, fixed, 360)
+    assert word == "same" and test.name == "welch" and test.p == pytest.approx(0.051, abs=0.002)
+    far = claims.Cell(1.0, (0.80, 0.81, 0.82))
+    assert claims.judge_difference(far, fixed, 360)[0] == "worse"
+    assert claims.judge_difference(fixed, far, 360)[0] == "better"
+
+
 def test_holm_adjusts_in_input_order_and_stays_monotone():
     assert claims.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert claims.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
