@@ -647,12 +647,15 @@ def curve_section(rows: list[dict]) -> list[str]:
         if v.best.temp in weak:  # as for the claims: never rest on a weak classifier unsaid
             w = versus_t1([c for c in cs if c.temp not in weak], _n_images(rows))
             recheck = (f"; T = {v.best.temp:g} is under-trained" + (
-                "" if w.best is None else
+                "; no well-trained T > 1 is left" if w.best is None else
                 f"; over the well-trained T only: **{w.label}** (T = {w.best.temp:g} "
-                f"{pct(w.best)}%, p {w.p_holm:.3g} after Holm)"))
-        verdicts.append(f"eps {e:g}: **{v.label}** (T = {v.best.temp:g} {pct(v.best)}% vs "
-                        f"{pct(v.base)}%, p {v.p_holm:.3g} after Holm{recheck})")
-    return [*out, "", "- claim 3 along the curve: " + "; ".join(verdicts), ""]
+                f"{pct(w.best)}%; {statistics_text(w)})"))
+        v = claims.honest(v, weak)
+        verdicts.append(f"- eps {e:g}: **{v.label}** (T = {v.best.temp:g} {pct(v.best)}% vs "
+                        f"{pct(v.base)}%; {statistics_text(v)}{recheck})")
+    if not verdicts:
+        return [*out, "", "Claim 3 along the curve: no T > 1 measured yet.", ""]
+    return [*out, "", "Claim 3 along the curve:", "", *verdicts, ""]
 
 
 def _well_trained_check(rows: list[dict], metric: str, adv: str, v: Verdict) -> str:

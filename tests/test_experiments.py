@@ -219,9 +219,10 @@ def test_the_eps_curve_verdict_is_rechecked_without_under_trained_cells():
     for r, acc in zip(rows, (0.20, 0.21, 0.22, 0.23, 0.50, 0.52), strict=True):
         r["eps_curve"] = f"0.05:{acc}"
     text = "\n".join(report.curve_section(rows))
-    assert "eps 0.05: **supported** (T = 16 51.0 ± 1.4% vs 20.5 ± 0.7%" in text
+    assert "- eps 0.05: **inconclusive (under-trained)** (T = 16 51.0 ± 1.4% vs 20.5 ± 0.7%; " \
+           "Welch t (1.5 df): p 0.0057, 0.011 Holm; detectable 12.5 pts;" in text
     assert "T = 16 is under-trained; over the well-trained T only: **not supported** (T = 2 " \
-           "22.5 ± 0.7%" in text
+           "22.5 ± 0.7%; Welch t (2.0 df): p 0.11, 0.11 Holm; detectable 3.8 pts;" in text
 
 
 def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
