@@ -415,6 +415,16 @@ def _underfit_reason(rows: list[dict], weak: list[claims.Cell], best: claims.Cel
     return ""
 
 
+def _under_trained_rule(rows: list[dict], adv: str) -> str:
+    """The under-training rule that applies to ``adv``'s cells, in words."""
+    rule = f"more than {100 * claims.UNDERFIT_GAP:g} points below the mode's best cell"
+    reference = claims.converged_reference(rows, adv)
+    if reference is None:
+        return rule
+    return (f"{rule} or more than {100 * claims.ABSOLUTE_GAP:g} points below "
+            f"{100 * reference:.4g}%, the converged accuracy of this model and data")
+
+
 def mode_table(rows: list[dict], adv: str) -> list[str]:
     first = ("test_acc",) if clean_metric(rows) == "test_acc" else ()
     shifts = ("corruption_acc",
@@ -429,9 +439,8 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
     best = claims.best_cell(cells(rows, "clean_acc", adv))
     note = [] if not weak else [
         f"**Under-trained:** at T = {', '.join(f'{c.temp:g}' for c in weak)} the mean clean "
-        f"accuracy ({', '.join(pct(c) + '%' for c in weak)}) is more than "
-        f"{100 * claims.UNDERFIT_GAP:g} points below the best cell (T = {best.temp:g}, "
-        f"{pct(best)}%)"
+        f"accuracy ({', '.join(pct(c) + '%' for c in weak)}) is {_under_trained_rule(rows, adv)} "
+        f"(the best cell: T = {best.temp:g}, {pct(best)}%)"
         + _underfit_reason(rows, weak, best)
         + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
         ""]
@@ -714,7 +723,7 @@ def conclusions(rows: list[dict]) -> list[str]:
             if cs:
                 notes.append(f"{plots.MODE_LABELS[adv]} at T = "
                              f"{', '.join(f'{c.temp:g}' for c in cs)} is under-trained (clean "
-                             "accuracy more than 10 points below the best): those cells describe "
+                             f"accuracy {_under_trained_rule(rs, adv)}): those cells describe "
                              "weak classifiers")
         if notes:
             out.append("Also: " + "; ".join(notes) + ".")
