@@ -44,6 +44,10 @@ reference() {  # reference STEP: a converged reference, T = 1, about twice the e
     fi
     ref=$RUNS/$name
     echo "== $name $(date -u +%H:%M:%S)"
+    if [[ -s $OUT/$name/metrics.jsonl ]]; then  # committed: claims.CONVERGED_CLEAN holds it
+        echo "$name: already in $OUT/$name (delete it to train again)"
+        return 0
+    fi
     if [[ ! -f $ref/summary.json ]]; then  # an interrupted run continues from its checkpoint
         local resume=(--overwrite)
         [[ -f $ref/config.yaml ]] && resume=(--resume)
