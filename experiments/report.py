@@ -316,13 +316,15 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     text: list[str] = []
     summary: list[list[str]] = []
 
-    def verdict(claim: str, adv: str, metric: str, family: str) -> Verdict:
-        v = _versus(rows, metric, adv)
-        summary.append([claim, plots.MODE_LABELS[adv], METRIC_LABELS[metric],
-                        family, v.label,
+    def summarise(claim: str, adv: str, metric_label: str, family: str, v: Verdict) -> None:
+        summary.append([claim, plots.MODE_LABELS[adv], metric_label, family, v.label,
                         "-" if v.best is None else
                         f"T = {v.best.temp:g}: {pct(v.best)} vs {pct(v.base)}",
                         statistics_text(v)])
+
+    def verdict(claim: str, adv: str, metric: str, family: str) -> Verdict:
+        v = _versus(rows, metric, adv)
+        summarise(claim, adv, METRIC_LABELS[metric], family, v)
         return v
 
     def attack_table(adv: str) -> list[str]:
@@ -374,6 +376,9 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         text += ["### Claim 3: elevated temperatures improve robustness to untargeted PGD "
                  "(standard training)", ""]
         robustness("none", "3")
+        for e, v, _ in curve_verdicts(rows):
+            summarise("3", "none", f"worst case at eps {e:g} (eps curve)",
+                      "scale-invariant attacks", v)
     if "pgd" in _modes(rows):
         text += ["### Claim 4: higher temperatures can improve PGD adversarial training", ""]
         v = verdict("4", "pgd", clean, "clean")
@@ -623,13 +628,9 @@ def calibration_section(rows: list[dict]) -> list[str]:
 def curve_section(rows: list[dict]) -> list[str]:
     """Standard training: worst-case robust accuracy of the scale-invariant attacks against
     eps, per training temperature (mean over seeds)."""
-    runs = [r for r in rows if r["adv"] == "none" and not r["learn_temp"] and r["eps_curve"]]
-    if not runs:
+    eps_values, by_t = _curves(rows)
+    if not by_t:
         return []
-    eps_values = sorted({e for r in runs for e in table.parse_curve(r["eps_curve"])})
-    by_t: dict[float, list[dict[float, float]]] = {}
-    for r in runs:
-        by_t.setdefault(r["temp"], []).append(table.parse_curve(r["eps_curve"]))
     out = ["#### Robustness against the budget (standard training)", "",
            "Worst case per example of PGD on CE at the adaptive temperature, PGD on the CW "
            "margin and APGD-DLR, at each eps (L-inf on [0, 1] pixels), in % (mean ± std over "
@@ -645,26 +646,47 @@ def curve_section(rows: list[dict]) -> list[str]:
             row.append(pct(Cell(t, vals)) if vals else "-")
         out.append(f"| {t:g} | " + " | ".join(row) + " |")
     verdicts = []
+    for e, v, w in curve_verdicts(rows):
+        recheck = ""
+        if w is not None:  # as for the claims: never rest on a weak classifier unsaid
+            recheck = (f"; T = {v.best.temp:g} is under-trained" + (
+                "; no well-trained T > 1 is left" if w.best is None else
+                f"; over the well-trained T only: **{w.label}** (T = {w.best.temp:g} "
+                f"{pct(w.best)}%; {statistics_text(w)})"))
+        verdicts.append(f"- eps {e:g}: **{v.label}** (T = {v.best.temp:g} {pct(v.best)}% vs "
+                        f"{pct(v.base)}%; {statistics_text(v)}{recheck})")
+    if not verdicts:
+        return [*out, "", "Claim 3 along the curve: no T > 1 measured yet.", ""]
+    return [*out, "", "Claim 3 along the curve:", "", *verdicts, ""]
+
+
+def _curves(rows: list[dict]) -> tuple[list[float], dict[float, list[dict[float, float]]]]:
+    """The eps values of standard training's curves and each temperature's curves."""
+    runs = [r for r in rows if r["adv"] == "none" and not r["learn_temp"] and r["eps_curve"]]
+    by_t: dict[float, list[dict[float, float]]] = {}
+    for r in runs:
+        by_t.setdefault(r["temp"], []).append(table.parse_curve(r["eps_curve"]))
+    return sorted({e for curves in by_t.values() for c in curves for e in c}), by_t
+
+
+def curve_verdicts(rows: list[dict]) -> list[tuple[float, Verdict, Verdict | None]]:
+    """Claim 3 at each eps of the curve: ``(eps, verdict, recheck)``, the verdict by the
+    claims' rule, inconclusive where its deciding cell or T = 1 is under-trained; ``recheck``
+    (where the deciding cell is under-trained) the same comparison over the well-trained
+    temperatures only. Eps values without a T > 1 are left out."""
+    eps_values, by_t = _curves(rows)
     weak = {c.temp for c in claims.underfit(rows, "none")}
+    out = []
     for e in eps_values:
         cs = [Cell(t, tuple(c[e] for c in curves if e in c)) for t, curves in sorted(by_t.items())]
         cs = [c for c in cs if c.values]
         v = versus_t1(cs, _n_images(rows))
         if v.best is None:
             continue
-        recheck = ""
-        if v.best.temp in weak:  # as for the claims: never rest on a weak classifier unsaid
-            w = versus_t1([c for c in cs if c.temp not in weak], _n_images(rows))
-            recheck = (f"; T = {v.best.temp:g} is under-trained" + (
-                "; no well-trained T > 1 is left" if w.best is None else
-                f"; over the well-trained T only: **{w.label}** (T = {w.best.temp:g} "
-                f"{pct(w.best)}%; {statistics_text(w)})"))
-        v = claims.honest(v, weak)
-        verdicts.append(f"- eps {e:g}: **{v.label}** (T = {v.best.temp:g} {pct(v.best)}% vs "
-                        f"{pct(v.base)}%; {statistics_text(v)}{recheck})")
-    if not verdicts:
-        return [*out, "", "Claim 3 along the curve: no T > 1 measured yet.", ""]
-    return [*out, "", "Claim 3 along the curve:", "", *verdicts, ""]
+        recheck = (versus_t1([c for c in cs if c.temp not in weak], _n_images(rows))
+                   if v.best.temp in weak else None)
+        out.append((e, claims.honest(v, weak), recheck))
+    return out
 
 
 def _well_trained_check(rows: list[dict], metric: str, adv: str, v: Verdict) -> str:
@@ -706,6 +728,11 @@ def conclusions(rows: list[dict]) -> list[str]:
             said.append(f"{what}: **{v.label}** (best T > 1: T = {v.best.temp:g}, "
                         f"{100 * v.diff:+.1f} points, p {v.p_holm:.2g} after Holm"
                         f"{_well_trained_check(rs, metric, adv, v)})")
+        curve = [f"eps {e:g} **{v.label}** (T = {v.best.temp:g}, {100 * v.diff:+.1f} "
+                 f"points, p {v.p_holm:.2g} after Holm)" for e, v, _ in curve_verdicts(rs)]
+        if curve:
+            said.append("along the eps curve (claim 3, scale-invariant attacks): "
+                        + ", ".join(curve))
         raw = _versus(rs, "robust_pgd_ce", "none") if "none" in _modes(rs) else None
         adaptive = _versus(rs, "worst_case_acc", "none") if "none" in _modes(rs) else None
         masked = [r for r in rs if r["masking_kind"] not in (None, "none")]

@@ -224,6 +224,13 @@ def test_the_eps_curve_verdict_is_rechecked_without_under_trained_cells():
            "Welch t (1.5 df): p 0.0057, 0.011 Holm; detectable 12.5 pts;" in text
     assert "T = 16 is under-trained; over the well-trained T only: **not supported** (T = 2 " \
            "22.5 ± 0.7%; Welch t (2.0 df): p 0.11, 0.11 Holm; detectable 3.8 pts;" in text
+    # the same verdict is a row of the verdict table and a clause of the conclusions
+    _, rows_of_table = report.claim_sections(rows)
+    curve_rows = [r for r in rows_of_table if "eps curve" in r[2]]
+    assert [r[2:5] for r in curve_rows] == [["worst case at eps 0.05 (eps curve)",
+                                             "scale-invariant attacks", claims.UNDER_TRAINED]]
+    assert "along the eps curve (claim 3, scale-invariant attacks): eps 0.05 **inconclusive " \
+           "(under-trained)** (T = 16, +30.5 points" in "\n".join(report.conclusions(rows))
 
 
 def test_summary_puts_the_data_sets_verdicts_side_by_side(tmp_path, capsys):
