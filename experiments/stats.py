@@ -80,7 +80,7 @@ def borrowed_spread(a: list[float], b: list[float], floor_se: float = 0.0) -> Te
     nothing of how seeds vary; without this, its cell would look as certain as its test
     images alone make it. Other shapes raise ValueError."""
     a, b = np.asarray(a, float), np.asarray(b, float)
-    if sorted((a.size, b.size))[0] != 1 or max(a.size, b.size) < 2:
+    if min(a.size, b.size) != 1 or max(a.size, b.size) < 2:
         raise ValueError("borrowed_spread: expected one group of one value and one of 2+")
     group = a if a.size > 1 else b
     diff = float(a.mean() - b.mean())

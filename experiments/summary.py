@@ -30,12 +30,12 @@ def summary_rows(folder: str | Path) -> list[list[str]]:
     """
     csv_path = Path(folder) / table.RESULTS
     rows = table.read_results(csv_path)
+    sweep = Path(folder).resolve().name
     setup = ", ".join(sorted({f"{r['data']} / {r['model']}" for r in rows}))
     out = []
     for arm in report.compensation_arms(rows):
         _, verdicts = report.claim_sections(report.arm_rows(rows, arm))
-        out += [[Path(folder).resolve().name, setup, SHORT_ARMS.get(arm, arm), *v]
-                for v in verdicts]
+        out += [[sweep, setup, SHORT_ARMS.get(arm, arm), *v] for v in verdicts]
     return out
 
 
