@@ -29,7 +29,8 @@ effect** of the deciding test (80% power at the Holm level of its comparisons) a
 **trend test** (:func:`experiments.stats.trend`): the slope of the metric against ``log T``
 over every seed of every T >= 1, one test for "higher T, higher metric" with no best-of-k.
 
-Under-trained cells (:func:`underfit`): temperatures whose mean clean accuracy is more than
+Under-trained cells (:func:`underfit`): temperatures whose mean clean accuracy (on the whole
+test set where every run measured it, :func:`clean_metric`) is more than
 ``UNDERFIT_GAP`` (10 points) below the best cell of the same training mode (relative), or, for
 standard training, more than ``ABSOLUTE_GAP`` (5 points) below the converged reference of the
 same model and data (:data:`CONVERGED_CLEAN`: absolute; PGD training has no reference yet and
@@ -245,19 +246,22 @@ def converged_reference(rows: list[dict], adv: str) -> float | None:
     return CONVERGED_CLEAN.get(setups.pop())
 
 
+def clean_metric(rows: list[dict]) -> str:
+    """The clean accuracy the claims judge: the last epoch's on the whole test set
+    (``test_acc``) when every run has it, else the final evaluation's subset's."""
+    return "test_acc" if rows and all(r.get("test_acc") is not None for r in rows) \
+        else "clean_acc"
+
+
 def underfit(rows: list[dict], adv: str) -> list[Cell]:
-    """Clean-accuracy cells of ``adv`` more than ``UNDERFIT_GAP`` below its best cell, or (for
-    standard training of a data set and model in :data:`CONVERGED_CLEAN`) whose clean
-    accuracy, on the whole test set where measured, is more than ``ABSOLUTE_GAP`` below the
-    converged one."""
-    cs = cells(rows, "clean_acc", adv)
+    """Cells of ``adv``'s judged clean accuracy (:func:`clean_metric`) more than
+    ``UNDERFIT_GAP`` below its best cell, or (for standard training of a data set and model
+    in :data:`CONVERGED_CLEAN`) more than ``ABSOLUTE_GAP`` below the converged one."""
+    cs = cells(rows, clean_metric(rows), adv)
     best = best_cell(cs)
-    weak = {c.temp for c in cs if best is not None and c.mean < best.mean - UNDERFIT_GAP}
     reference = converged_reference(rows, adv)
-    if reference is not None:
-        whole = "test_acc" if all(r.get("test_acc") is not None for r in rows) else "clean_acc"
-        weak |= {c.temp for c in cells(rows, whole, adv) if c.mean < reference - ABSOLUTE_GAP}
-    return [c for c in cs if c.temp in weak]
+    return [c for c in cs if (best is not None and c.mean < best.mean - UNDERFIT_GAP)
+            or (reference is not None and c.mean < reference - ABSOLUTE_GAP)]
 
 
 def honest(v: Verdict, weak: set[float]) -> Verdict:

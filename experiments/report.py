@@ -186,12 +186,6 @@ def _n_images(rows: list[dict], metric: str = "clean_acc") -> int | None:
     return min(found) if found else None
 
 
-def clean_metric(rows: list[dict]) -> str:
-    """The clean accuracy the claims judge: the last epoch's on the whole test set
-    (``test_acc``) when every run has it, else the final evaluation's subset's."""
-    return "test_acc" if rows and all(r["test_acc"] is not None for r in rows) else "clean_acc"
-
-
 def _versus(rows: list[dict], metric: str, adv: str) -> Verdict:
     """The verdict of ``metric`` in mode ``adv``, inconclusive where its deciding cell or
     T = 1 is under-trained (:func:`experiments.claims.honest`)."""
@@ -358,7 +352,7 @@ def claim_sections(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             text.append("- reading: the gain holds against the adaptive attacks as well.")
         text.extend(["", *attack_table(adv), ""])
 
-    clean = clean_metric(rows)
+    clean = claims.clean_metric(rows)
     text += ["## Claims of arXiv 2502.20604, one by one", ""]
     if "none" in _modes(rows):
         text += ["### Claim 1: moderate temperatures give better accuracy than T = 1", ""]
@@ -431,7 +425,8 @@ def _under_trained_rule(rows: list[dict], adv: str) -> str:
 
 
 def mode_table(rows: list[dict], adv: str) -> list[str]:
-    first = ("test_acc",) if clean_metric(rows) == "test_acc" else ()
+    judged = claims.clean_metric(rows)
+    first = ("test_acc",) if judged == "test_acc" else ()
     shifts = ("corruption_acc",
               *(("perturbation_acc",) if cells(rows, "perturbation_acc", adv) else ()))
     metrics = [(m, SHORT_LABELS[m]) for m in (*first, "clean_acc", *shifts,
@@ -441,10 +436,11 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
     head = ["T", *(label for _, label in metrics), "masked runs", "zero CE grad",
             "logit norm", "margin"]
     weak = claims.underfit(rows, adv)
-    best = claims.best_cell(cells(rows, "clean_acc", adv))
+    best = claims.best_cell(cells(rows, judged, adv))
     note = [] if not weak else [
         f"**Under-trained:** at T = {', '.join(f'{c.temp:g}' for c in weak)} the mean clean "
-        f"accuracy ({', '.join(pct(c) + '%' for c in weak)}) is {_under_trained_rule(rows, adv)} "
+        f"accuracy{' on the whole test set' if judged == 'test_acc' else ''} "
+        f"({', '.join(pct(c) + '%' for c in weak)}) is {_under_trained_rule(rows, adv)} "
         f"(the best cell: T = {best.temp:g}, {pct(best)}%)"
         + _underfit_reason(rows, weak, best)
         + ". Their robust accuracies describe weak classifiers, not a robustness effect of T.",
@@ -512,7 +508,7 @@ def learned_section(rows: list[dict]) -> list[str]:
                  if r["adv"] == adv and r["learn_temp"] and r["temp"] == t0]
         final_cell = learned(rows, "final_temp", adv, t0)
         compare = []
-        for metric in (clean_metric(rows), "worst_case_acc"):
+        for metric in (claims.clean_metric(rows), "worst_case_acc"):
             mine, fixed = learned(rows, metric, adv, t0), claims.best_cell(cells(rows, metric,
                                                                                 adv))
             if mine is None or fixed is None:
@@ -524,7 +520,7 @@ def learned_section(rows: list[dict]) -> list[str]:
         out.append("| " + " | ".join([
             plots.MODE_LABELS[adv], f"{t0:g}",
             f"{num(final_cell)} ({', '.join(f'{t:.3g}' for t in final)})",
-            pct(learned(rows, clean_metric(rows), adv, t0)),
+            pct(learned(rows, claims.clean_metric(rows), adv, t0)),
             pct(learned(rows, "worst_case_acc", adv, t0)),
             pct(learned(rows, "corruption_acc", adv, t0)), *compare]) + " |")
     return [*out, ""]
@@ -713,7 +709,7 @@ def conclusions(rows: list[dict]) -> list[str]:
         rs = arm_rows(rows, arm)
         said = []
         for adv, metric, what in (
-                ("none", clean_metric(rs), "clean accuracy (claim 1)"),
+                ("none", claims.clean_metric(rs), "clean accuracy (claim 1)"),
                 ("none", "corruption_acc", "corruption accuracy (claim 2)"),
                 ("none", "perturbation_acc", "natural-perturbation accuracy (claim 2)"),
                 ("none", "worst_case_acc", "robustness of standard training, adaptive attacks "
@@ -776,8 +772,8 @@ def make_plots(rows: list[dict], out: Path, suffix: str = "") -> list[str]:
     name = lambda base: f"{base}{suffix}.png"
     written = [name("accuracy_vs_T"), name("corruption_vs_T"), name("robust_vs_T"),
                name("zero_grad_vs_T"), name("logits_vs_T")]
-    plots.metric_figure(rows, clean_metric(rows), "clean test accuracy", "Clean accuracy vs T",
-                        out / written[0])
+    plots.metric_figure(rows, claims.clean_metric(rows), "clean test accuracy",
+                        "Clean accuracy vs T", out / written[0])
     plots.metric_figure(rows, "corruption_acc", "mean corruption accuracy",
                         "Corruption accuracy vs T", out / written[1])
     plots.panels_figure(rows, attacks, "robust accuracy", "Robust accuracy vs T, per attack",

@@ -512,6 +512,13 @@ def test_a_verdict_on_an_under_trained_cell_reads_inconclusive_whatever_its_test
     assert claims.underfit(grid("fashion-mnist", 0.86, 0.80, 0.6, "test_vit"), "none")[0].temp \
         == 8.0
     assert claims.underfit(grid("fashion-mnist", 0.50, 0.50, 0.6, "resnet18"), "none") == []
+    # where every run measured the whole test set, both rules judge that accuracy and the
+    # note quotes it: 500 evaluation images at 88% but 84% on the 10,000 is under-trained
+    whole = [{**r, "test_acc": r["clean_acc"] - 0.04}
+             for r in grid("fashion-mnist", 0.88, 0.88, 0.6)]
+    assert {c.temp for c in claims.underfit(whole, "none")} == {1.0, 8.0}
+    assert "mean clean accuracy on the whole test set (84.1 ± 0.1%, 84.1 ± 0.1%)" in "\n".join(
+        report.mode_table(whole, "none"))
 
 
 def test_per_example_records_skip_a_torn_line_and_keep_a_runs_last(tmp_path):
