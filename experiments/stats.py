@@ -131,7 +131,8 @@ def cluster_bootstrap(a_correct: np.ndarray, b_correct: np.ndarray, n_boot: int 
     arrays (row ``s`` of both: seed ``s``'s runs on the same images), with a two-stage
     bootstrap: seeds resampled with replacement, then images within each drawn seed (the
     same images for ``a`` and ``b``: paired). p: the share of bootstrap differences, centred
-    on the observed one, at least as far from 0 as the observed difference."""
+    on the observed one, at least as far from 0 as the observed difference, counted as
+    ``(k + 1) / (n_boot + 1)`` so that it is never 0 (the smallest is ``1 / (n_boot + 1)``)."""
     a_correct = np.asarray(a_correct, float)
     b_correct = np.asarray(b_correct, float)
     if a_correct.shape != b_correct.shape or a_correct.ndim != 2:
@@ -145,7 +146,8 @@ def cluster_bootstrap(a_correct: np.ndarray, b_correct: np.ndarray, n_boot: int 
         rows = rng.integers(0, seeds, seeds)
         cols = rng.integers(0, images, (seeds, images))
         draws[i] = d[rows[:, None], cols].mean()
-    p = float(np.mean(np.abs(draws - observed) >= abs(observed) - 1e-12))
+    k = int(np.sum(np.abs(draws - observed) >= abs(observed) - 1e-12))
+    p = (k + 1) / (n_boot + 1)
     return Test("cluster_bootstrap", observed, float(draws.std(ddof=1)), p)
 
 
