@@ -182,8 +182,9 @@ def last_two_epochs_change(run_dir: Path) -> dict[str, float | None]:
     """How much the clean and the training-attack test accuracy (``test_acc``,
     ``test_robust_acc`` of ``metrics.jsonl``) changed over the last two epochs: the last
     epoch's value minus the value two epochs before it (the plateau rule of the PGD sweep:
-    both under a point at T = 1). None where the run has fewer than three epochs or did not
-    measure the accuracy; a resumed run's repeated epoch counts once (its last record)."""
+    the mean of each over the T = 1 seeds under a point). None where the run has fewer than
+    three epochs or did not measure the accuracy; a resumed run's repeated epoch counts once
+    (its last record)."""
     by_epoch: dict[int, dict] = {}
     path = run_dir / "metrics.jsonl"
     if path.exists():

@@ -318,12 +318,18 @@ def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
     rows = [_row("pgd", t, s, 0.90, 0.5, 0.5) for t in (1.0, 2.0) for s in (0, 1)]
     for r in rows:
         r.update(clean_change_last2=0.004, robust_change_last2=0.017 if r["seed"] else -0.002)
-    text = _report_text(tmp_path, rows)
-    assert "points per seed: clean +0.4, +0.4; training-attack accuracy -0.2, +1.7: **not " \
-        "reached**" in text
+    text = _report_text(tmp_path, rows)  # the rule reads the T = 1 cell's mean, not each seed
+    assert "points per seed: clean +0.4, +0.4 (mean +0.4); training-attack accuracy -0.2, " \
+        "+1.7 (mean +0.8): reached (1 of 4 per-seed changes alone are a point or more;" in text
     for r in rows:
         r["robust_change_last2"] = 0.009
-    assert "training-attack accuracy +0.9, +0.9: reached." in _report_text(tmp_path, rows)
+    assert "training-attack accuracy +0.9, +0.9 (mean +0.9): reached." in \
+        _report_text(tmp_path, rows)
+    for r in rows:
+        r["clean_change_last2"] = -0.004 if r["seed"] else 0.031
+    assert "clean +3.1, -0.4 (mean +1.4); training-attack accuracy +0.9, +0.9 (mean +0.9): " \
+        "**not reached**: T = 1's accuracy still moves by a point or more." in \
+        _report_text(tmp_path, rows)
 
 
 @pytest.mark.parametrize(("best", "base", "label"), [
