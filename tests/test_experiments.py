@@ -4,6 +4,7 @@ the gradient measurements, the ready configs and the Tiny-ImageNet layout tool."
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -560,3 +561,24 @@ def test_the_paired_test_finds_a_planted_effect_and_not_a_null_one():
     one = claims.paired(_mask_rows(0.05, seeds=1), "worst_case_acc", "none", 4.0)
     assert one.name == "mcnemar" and one.p < 0.05
     assert claims.paired(_mask_rows(0.05, seeds=2), "corruption_acc", "none", 4.0) is None
+
+
+def test_code_revision_is_dirty_for_code_not_for_results_or_markdown(tmp_path):
+    def git(*cmd: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@t", *cmd], check=True, capture_output=True)
+
+    for name in ("experiments/sweep.py", "experiments/README.md", "experiments/results/a.csv",
+                 "tempfast/op.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    rev = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    for name in ("experiments/README.md", "experiments/results/a.csv"):
+        (tmp_path / name).write_text("edited while a sweep runs\n")
+    assert rows_module.code_revision(tmp_path) == rev
+    (tmp_path / "experiments/sweep.py").write_text("y\n")
+    assert rows_module.code_revision(tmp_path) == rev + "-dirty"
