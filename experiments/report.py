@@ -467,28 +467,40 @@ def mode_table(rows: list[dict], adv: str) -> list[str]:
 
 PLATEAU = 0.01
 """The PGD sweep's plateau rule: at T = 1, clean and training-attack accuracy change by less
-than this over the last two epochs (``clean_change_last2``, ``robust_change_last2``)."""
+than this over the last two epochs (``clean_change_last2``, ``robust_change_last2``), judged on
+the mean over the T = 1 seeds."""
 
 
 def plateau_note(rows: list[dict], adv: str) -> list[str]:
-    """Whether the T = 1 runs of ``adv`` trained to their plateau, per seed (empty where the
-    rows do not carry the last two epochs' change)."""
+    """Whether the T = 1 runs of ``adv`` trained to their plateau: each seed's change over the
+    last two epochs and their mean, which the rule judges (one seed's change is as noisy as one
+    epoch's accuracy against the next: the training attack runs on 512 test images). Empty
+    where the rows do not carry the change."""
     base = sorted((r for r in rows if r["adv"] == adv and not r["learn_temp"]
                    and r["temp"] == 1.0), key=lambda r: r["seed"])
-    parts, changes = [], []
+    parts, means, over, seeds = [], [], 0, 0
     for key, what in (("clean_change_last2", "clean"),
                       ("robust_change_last2", "training-attack accuracy")):
         values = [r[key] for r in base if r[key] is not None]
         if values:
-            changes += values
-            parts.append(f"{what} {', '.join(f'{100 * v:+.1f}' for v in values)}")
+            mean = sum(values) / len(values)
+            means.append(mean)
+            over += sum(abs(v) >= PLATEAU for v in values)
+            seeds = max(seeds, len(values))
+            parts.append(f"{what} {', '.join(f'{100 * v:+.1f}' for v in values)} "
+                         f"(mean {100 * mean:+.1f})")
     if not parts:
         return []
-    reached = all(abs(v) < PLATEAU for v in changes)
-    return [f"**Plateau at T = 1** (rule: clean and training-attack accuracy on the test set "
-            f"change by less than {100 * PLATEAU:g} point over the last two epochs), points "
-            f"per seed: {'; '.join(parts)}: "
-            + ("reached." if reached else "**not reached**: T = 1 is still learning."), ""]
+    reached = all(abs(m) < PLATEAU for m in means)
+    alone = (f" ({over} of {len(means) * seeds} per-seed changes alone are a point or more; "
+             "the rule reads the mean, since one seed's change is as noisy as one epoch "
+             "against the next)" if reached and over else "")
+    return [f"**Plateau at T = 1** (rule: the mean over the T = 1 seeds of the clean and the "
+            f"training-attack accuracy on the test set changes by less than "
+            f"{100 * PLATEAU:g} point over the last two epochs), points per seed: "
+            f"{'; '.join(parts)}: "
+            + (f"reached{alone}." if reached else
+               "**not reached**: T = 1's accuracy still moves by a point or more."), ""]
 
 
 def learned_section(rows: list[dict]) -> list[str]:

@@ -86,13 +86,15 @@ def environment(device: str, threads: int) -> dict:
             "device_kind": kind, "threads": threads}
 
 
-def code_revision() -> str:
-    """Git revision of the checkout the ``tempfast`` package is imported from, with
-    ``-dirty`` when tempfast/, kernels/ or experiments/ (results excluded) differ from it;
-    ``tempfast <version>`` outside a git checkout."""
+def code_revision(root: Path | None = None) -> str:
+    """Git revision of the checkout at ``root`` (default: the one the ``tempfast`` package is
+    imported from), with ``-dirty`` when code or settings under tempfast/, kernels/ or
+    experiments/ differ from it (results and Markdown text excluded: a README edited while a
+    sweep runs does not change what the rows measured); ``tempfast <version>`` outside a git
+    checkout."""
     import tempfast
 
-    root = Path(tempfast.__file__).resolve().parents[1]
+    root = Path(tempfast.__file__).resolve().parents[1] if root is None else root
 
     def git(*cmd: str) -> str:
         return subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True,
@@ -101,7 +103,7 @@ def code_revision() -> str:
     try:
         rev = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--", "tempfast", "kernels", "experiments",
-                    ":(exclude)experiments/results")
+                    ":(exclude)experiments/results", ":(exclude,glob)**/*.md")
     except (OSError, subprocess.CalledProcessError):
         return f"tempfast {tempfast.__version__}"
     return rev + ("-dirty" if dirty else "")
@@ -182,8 +184,9 @@ def last_two_epochs_change(run_dir: Path) -> dict[str, float | None]:
     """How much the clean and the training-attack test accuracy (``test_acc``,
     ``test_robust_acc`` of ``metrics.jsonl``) changed over the last two epochs: the last
     epoch's value minus the value two epochs before it (the plateau rule of the PGD sweep:
-    both under a point at T = 1). None where the run has fewer than three epochs or did not
-    measure the accuracy; a resumed run's repeated epoch counts once (its last record)."""
+    the mean of each over the T = 1 seeds under a point). None where the run has fewer than
+    three epochs or did not measure the accuracy; a resumed run's repeated epoch counts once
+    (its last record)."""
     by_epoch: dict[int, dict] = {}
     path = run_dir / "metrics.jsonl"
     if path.exists():

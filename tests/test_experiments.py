@@ -4,6 +4,7 @@ the gradient measurements, the ready configs and the Tiny-ImageNet layout tool."
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -318,12 +319,18 @@ def test_the_plateau_rule_reads_the_last_two_epochs_of_each_t1_run(tmp_path):
     rows = [_row("pgd", t, s, 0.90, 0.5, 0.5) for t in (1.0, 2.0) for s in (0, 1)]
     for r in rows:
         r.update(clean_change_last2=0.004, robust_change_last2=0.017 if r["seed"] else -0.002)
-    text = _report_text(tmp_path, rows)
-    assert "points per seed: clean +0.4, +0.4; training-attack accuracy -0.2, +1.7: **not " \
-        "reached**" in text
+    text = _report_text(tmp_path, rows)  # the rule reads the T = 1 cell's mean, not each seed
+    assert "points per seed: clean +0.4, +0.4 (mean +0.4); training-attack accuracy -0.2, " \
+        "+1.7 (mean +0.8): reached (1 of 4 per-seed changes alone are a point or more;" in text
     for r in rows:
         r["robust_change_last2"] = 0.009
-    assert "training-attack accuracy +0.9, +0.9: reached." in _report_text(tmp_path, rows)
+    assert "training-attack accuracy +0.9, +0.9 (mean +0.9): reached." in \
+        _report_text(tmp_path, rows)
+    for r in rows:
+        r["clean_change_last2"] = -0.004 if r["seed"] else 0.031
+    assert "clean +3.1, -0.4 (mean +1.4); training-attack accuracy +0.9, +0.9 (mean +0.9): " \
+        "**not reached**: T = 1's accuracy still moves by a point or more." in \
+        _report_text(tmp_path, rows)
 
 
 @pytest.mark.parametrize(("best", "base", "label"), [
@@ -554,3 +561,24 @@ def test_the_paired_test_finds_a_planted_effect_and_not_a_null_one():
     one = claims.paired(_mask_rows(0.05, seeds=1), "worst_case_acc", "none", 4.0)
     assert one.name == "mcnemar" and one.p < 0.05
     assert claims.paired(_mask_rows(0.05, seeds=2), "corruption_acc", "none", 4.0) is None
+
+
+def test_code_revision_is_dirty_for_code_not_for_results_or_markdown(tmp_path):
+    def git(*cmd: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c",
+                        "user.email=t@t", *cmd], check=True, capture_output=True)
+
+    for name in ("experiments/sweep.py", "experiments/README.md", "experiments/results/a.csv",
+                 "tempfast/op.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    rev = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    for name in ("experiments/README.md", "experiments/results/a.csv"):
+        (tmp_path / name).write_text("edited while a sweep runs\n")
+    assert rows_module.code_revision(tmp_path) == rev
+    (tmp_path / "experiments/sweep.py").write_text("y\n")
+    assert rows_module.code_revision(tmp_path) == rev + "-dirty"
