@@ -478,7 +478,7 @@ def plateau_note(rows: list[dict], adv: str) -> list[str]:
     where the rows do not carry the change."""
     base = sorted((r for r in rows if r["adv"] == adv and not r["learn_temp"]
                    and r["temp"] == 1.0), key=lambda r: r["seed"])
-    parts, means, over, seeds = [], [], 0, 0
+    parts, means, over, counted = [], [], 0, 0
     for key, what in (("clean_change_last2", "clean"),
                       ("robust_change_last2", "training-attack accuracy")):
         values = [r[key] for r in base if r[key] is not None]
@@ -486,13 +486,13 @@ def plateau_note(rows: list[dict], adv: str) -> list[str]:
             mean = sum(values) / len(values)
             means.append(mean)
             over += sum(abs(v) >= PLATEAU for v in values)
-            seeds = max(seeds, len(values))
+            counted += len(values)
             parts.append(f"{what} {', '.join(f'{100 * v:+.1f}' for v in values)} "
                          f"(mean {100 * mean:+.1f})")
     if not parts:
         return []
     reached = all(abs(m) < PLATEAU for m in means)
-    alone = (f" ({over} of {len(means) * seeds} per-seed changes alone are a point or more; "
+    alone = (f" ({over} of {counted} per-seed changes alone are a point or more; "
              "the rule reads the mean, since one seed's change is as noisy as one epoch "
              "against the next)" if reached and over else "")
     return [f"**Plateau at T = 1** (rule: the mean over the T = 1 seeds of the clean and the "
