@@ -34,8 +34,8 @@ test set where every run measured it, :func:`clean_metric`) is more than
 ``UNDERFIT_GAP`` (10 points) below the best cell of the same training mode (relative), or, for
 standard training, more than ``ABSOLUTE_GAP`` (5 points) below the converged reference of the
 same model and data (:data:`CONVERGED_CLEAN`: absolute; PGD training has no reference yet and
-is judged relatively). With a fixed learning rate the 1/T gradient scale slows training at
-large T; robust accuracies of such cells describe weak classifiers. A verdict whose deciding
+is judged relatively). With SGD at a fixed learning rate the 1/T gradient scale slows training
+at large T; robust accuracies of such cells describe weak classifiers. A verdict whose deciding
 cell or whose T = 1 reference is under-trained reads **inconclusive (under-trained)**
 (:func:`honest`), whatever its test says.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -399,16 +400,34 @@ def perturbation_section(rows: list[dict], verdict) -> list[str]:
     return [*out, ""]
 
 
+def _optimiser(rows: list[dict]) -> str:
+    """The optimiser the runs trained with: ``--opt`` in their ``tempfast train`` commands
+    (``sgd``, the trainer's default, where absent; ``mixed`` if the runs differ)."""
+    names = set()
+    for r in rows:
+        args = shlex.split(r.get("command") or "")
+        names.add(args[args.index("--opt") + 1] if "--opt" in args[:-1] else "sgd")
+    return names.pop() if len(names) == 1 else "mixed"
+
+
 def _underfit_reason(rows: list[dict], weak: list[claims.Cell], best: claims.Cell) -> str:
-    """Why the under-trained cells are weak, where the arm says: in the plain arm the 1/T
-    gradient scale at one learning rate; a compensated arm holds the step size at T = 1's, so
-    that reason does not apply there and none is given."""
+    """Why the under-trained cells are weak, where the arm says: in the plain arm with SGD the
+    1/T gradient scale at one learning rate; AdamW's update does not follow the gradient's
+    scale, so there the reason is the T-fold logit growth the models need; a compensated arm
+    holds the step size at T = 1's, so the 1/T reason does not apply there."""
     compensated = any((r["compensation"] or "none") != "none" for r in rows
                       if r["temp"] != 1.0 or r["learn_temp"])
     if compensated:
         return (": the step size is held at T = 1's in this arm, so this is not the 1/T "
                 "slow-down of the plain arm")
-    if all(c.temp > best.temp for c in weak):
+    if not all(c.temp > best.temp for c in weak):
+        return ""
+    optimiser = _optimiser(rows)
+    if optimiser == "adamw":
+        return (": AdamW's update does not shrink with the 1/T gradient scale, but at large T "
+                "the logits must grow about T-fold with updates of a fixed size, which takes "
+                "more steps than the budget gave")
+    if optimiser == "sgd":
         return (": with the same learning rate at every T, the 1/T gradient scale slows "
                 "training at large T and leaves these models unfinished")
     return ""
