@@ -4,8 +4,9 @@
 # measured time of one run of each kind: experiments/README.md, "Issue 26's sweeps".
 #
 # Usage: experiments/issue26.sh [STEP ...]   (from the repository root; default: every step)
-# Steps: fm-std references digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-10 reports ("references" trains
-# fm-reference and fm-vit-reference side by side; each may also be named alone)
+# Steps: fm-std references digits-0.1 digits-0.05 fm-pgd fm-vit fm-vit-10 reports
+# ("references" trains fm-reference and fm-vit-reference side by side; each may also be named
+# alone)
 # Environment: FASHION_MNIST_DIR (default /usr/share/datasets/fashion-mnist: apt-get install
 # dataset-fashion-mnist), RUNS (default /work/sweeps/issue26: checkpoints, not committed),
 # JOBS (default 2), PYTHON (default python: the environment with tempfast's [train] extra).

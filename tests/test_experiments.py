@@ -182,13 +182,13 @@ def test_report_tables_show_the_numbers_of_the_csv(tmp_path):
     text = _report_text(tmp_path, rows)
     assert "| 8 | 73.5 ± 33.2 |" in text
     assert "the 1/T gradient scale slows training at large T" in text
+    assert "| 1 | standard training | clean accuracy | clean | inconclusive (under-trained) |" \
+        in text
     # AdamW's update does not follow the gradient's scale: the reason given is the logit growth
     adamw = [{**r, "command": "python -m tempfast train --opt adamw --temp 8"} for r in rows]
     text = _report_text(tmp_path, adamw)
     assert "AdamW's update does not shrink with the 1/T gradient scale" in text
     assert "1/T gradient scale slows" not in text
-    assert "| 1 | standard training | clean accuracy | clean | inconclusive (under-trained) |" \
-        in text
 
 
 def test_logit_growth_says_when_no_slope_can_be_fitted():
